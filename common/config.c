@@ -1,0 +1,645 @@
+#include "common/config.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+
+typedef enum { OPT_STRING, OPT_INT, OPT_BOOL, OPT_ENUM, OPT_STRLIST, OPT_PATH, OPT_URL } opt_type;
+
+/* One configuration option. For strings min/max bound the length; for
+ * integers the value. choices lists ENUM values separated by '|'; the stored
+ * value is the index of the choice (or -1 when unset without a default). */
+typedef struct opt {
+  const char *name;
+  opt_type type;
+  size_t off;
+  const char *def;
+  int required;
+  long long min, max;
+  const char *choices;
+  const char *doc;
+} opt;
+
+#define T(f) offsetof(fx_tenant_conf, f)
+#define K(f) offsetof(fx_key_conf, f)
+#define H(f) offsetof(fx_http_conf, f)
+#define A(f) offsetof(fx_auth_conf, f)
+#define L(f) offsetof(fx_log_conf, f)
+#define TP(f) offsetof(fx_topics_conf, f)
+#define W(f) offsetof(fx_worker_conf, f)
+
+static const opt tenant_opts[] = {
+    {"id", OPT_STRING, T(id), NULL, 1, 1, 64, NULL,
+     "Tenant id, as in the FHIR base URL (Cerner: a UUID). Letters, digits, '.', '_' and '-'. "
+     "Used in message keys, logs and metric labels."},
+    {"environment", OPT_ENUM, T(environment), "production", 0, 0, 0, "sandbox|production",
+     "`production` requires https URLs; `sandbox` also allows http (simulator, local tests)."},
+    {"fhir_base", OPT_URL, T(fhir_base), NULL, 1, 8, 2048, NULL,
+     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is only "
+     "ever sent to URLs under this base."},
+    {"client_id", OPT_STRING, T(client_id), NULL, 1, 1, 256, NULL,
+     "The System app's client id from Code Console. Sent as iss and sub of the client assertion."},
+    {"token_endpoint", OPT_URL, T(token_endpoint), NULL, 0, 8, 2048, NULL,
+     "Token endpoint URL. Leave unset to discover it from "
+     "`{fhir_base}/.well-known/smart-configuration` (recommended: discovery wins on Cerner)."},
+    {"scopes", OPT_STRLIST, T(scopes), NULL, 0, 1, 256, NULL,
+     "Scopes to request. Unset: one per resource type fhirx fetches (see `fhirx scopes`)."},
+    {"smart_version", OPT_ENUM, T(smart_version), "v1", 0, 0, 0, "v1|v2",
+     "Scope syntax of the app registration: v1 `system/Patient.read`, v2 `system/Patient.rs`. A "
+     "v2 registration silently drops v1 scopes, so this must match Code Console."},
+    {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
+     "Resource types to extract for this tenant. Unset: the full Cerner query set."},
+};
+
+static const opt key_opts[] = {
+    {"path", OPT_PATH, K(path), NULL, 1, 1, 1024, NULL,
+     "PEM private key file (PKCS#8 or traditional), mode 0600. Relative paths are resolved "
+     "against the config file's directory."},
+    {"alg", OPT_ENUM, K(alg), NULL, 0, 0, 0, "RS384|ES384",
+     "Signing algorithm. Unset: inferred (RSA -> RS384, EC P-384 -> ES384)."},
+    {"kid", OPT_STRING, K(kid), NULL, 0, 1, 127, NULL,
+     "Key id published in the JWKS and sent in the assertion header. Unset: the RFC 7638 "
+     "thumbprint."},
+};
+
+static const opt http_opts[] = {
+    {"timeout_ms", OPT_INT, H(timeout_ms), "60000", 0, 100, 3600000, NULL,
+     "Whole-request timeout. Cerner's gateway answers 504 after about 57 s."},
+    {"connect_timeout_ms", OPT_INT, H(connect_timeout_ms), "10000", 0, 100, 600000, NULL,
+     "TCP + TLS connect timeout."},
+    {"max_response_bytes", OPT_INT, H(max_response_bytes), "67108864", 0, 1024, 4294967296LL,
+     NULL, "Largest response body accepted; larger ones fail as too_large."},
+    {"low_speed_bytes", OPT_INT, H(low_speed_bytes), "1", 0, 0, 1000000000, NULL,
+     "Abort a transfer slower than this many bytes/s for low_speed_seconds (0 disables)."},
+    {"low_speed_seconds", OPT_INT, H(low_speed_seconds), "30", 0, 1, 3600, NULL,
+     "See low_speed_bytes."},
+    {"ca_bundle", OPT_PATH, H(ca_bundle), NULL, 0, 1, 1024, NULL,
+     "CA bundle (PEM) for TLS verification. Unset: the system store. Verification is always on."},
+    {"user_agent", OPT_STRING, H(user_agent), "fhirx/0.1", 0, 1, 256, NULL,
+     "User-Agent header."},
+};
+
+static const opt auth_opts[] = {
+    {"assertion_lifetime_s", OPT_INT, A(assertion_lifetime_s), "240", 0, 10, 300, NULL,
+     "Lifetime of client assertions (exp - now). Servers reject more than 300 s."},
+    {"refresh_at_percent", OPT_INT, A(refresh_at_percent), "80", 0, 10, 95, NULL,
+     "Refresh a token in the background once this share of expires_in has passed, so requests "
+     "never wait for one in steady state."},
+    {"backoff_min_ms", OPT_INT, A(backoff_min_ms), "1000", 0, 10, 600000, NULL,
+     "First wait after a failed token request; doubles per failure (with jitter)."},
+    {"backoff_max_ms", OPT_INT, A(backoff_max_ms), "60000", 0, 10, 3600000, NULL,
+     "Longest wait between token requests of a failing tenant."},
+};
+
+static const opt log_opts[] = {
+    {"level", OPT_ENUM, L(level), "info", 0, 0, 0, "debug|info|warn|error|off",
+     "Least severe level written. Patient ids appear only at debug."},
+};
+
+static const opt topic_opts[] = {
+    {"jobs", OPT_STRING, TP(jobs), "fhirx.jobs", 0, 1, 249, NULL,
+     "Extraction jobs, consumed by the workers' consumer group."},
+    {"results", OPT_STRING, TP(results), "fhirx.results", 0, 1, 249, NULL,
+     "One message per FHIR resource, key `tenant/Type/id`."},
+    {"failures", OPT_STRING, TP(failures), "fhirx.failures", 0, 1, 249, NULL,
+     "One structured event per failed (patient, resource type) task."},
+    {"dlq", OPT_STRING, TP(dlq), "fhirx.dlq", 0, 1, 249, NULL,
+     "Dead letters: replayable jobs narrowed to what failed, the cause in headers."},
+    {"status", OPT_STRING, TP(status), "fhirx.status", 0, 1, 249, NULL,
+     "One completion record per job."},
+    {"parking", OPT_STRING, TP(parking), "fhirx.parking", 0, 1, 249, NULL,
+     "Jobs past the maximum number of attempts (replay)."},
+};
+
+static const opt worker_opts[] = {
+    {"threads", OPT_INT, W(threads), "0", 0, 0, 256, NULL,
+     "Worker threads, each a libuv loop with its own Kafka consumer. 0: one per CPU core."},
+    {"group_id", OPT_STRING, W(group_id), "fhirx-workers", 0, 1, 255, NULL,
+     "Kafka consumer group shared by every worker of the pool."},
+    {"max_jobs_in_flight", OPT_INT, W(max_jobs_in_flight), "16", 0, 1, 100000, NULL,
+     "Jobs a thread works on at once; its partitions pause above this and resume at half."},
+    {"max_requests_in_flight", OPT_INT, W(max_requests_in_flight), "16", 0, 1, 10000, NULL,
+     "Concurrent FHIR requests per thread."},
+    {"max_patients_per_job", OPT_INT, W(max_patients_per_job), "1000", 0, 1, 1000000, NULL,
+     "Larger jobs are dead-lettered as invalid_job (split them with `fhirx enqueue --batch`)."},
+    {"max_job_bytes", OPT_INT, W(max_job_bytes), "1048576", 0, 256, 104857600, NULL,
+     "Larger job messages are dead-lettered as invalid_job."},
+    {"max_pages", OPT_INT, W(max_pages), "1000", 0, 1, 1000000, NULL,
+     "Pages followed per search before the task fails as too_large."},
+    {"retries", OPT_INT, W(retries), "3", 0, 0, 100, NULL,
+     "Retries of a request after a transient failure (timeouts, 429, 5xx), with backoff."},
+    {"drain_timeout_ms", OPT_INT, W(drain_timeout_ms), "30000", 0, 0, 3600000, NULL,
+     "On shutdown, time to finish in-flight jobs before leaving them for redelivery."},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+typedef struct section {
+  const char *name;
+  const opt *opts;
+  size_t n_opts;
+  int is_array;   /* 1: an array of objects, each parsed with opts; 2: a free name/value map */
+  size_t off;     /* object: offset of the struct in fx_config; array: of the pointer */
+  size_t off_n;   /* array: offset of the element count */
+  size_t elem;    /* array: element size */
+  int required;
+  const char *doc;
+} section;
+
+static const section sections[] = {
+    {"tenants", tenant_opts, COUNT(tenant_opts), 1, offsetof(fx_config, tenants),
+     offsetof(fx_config, n_tenants), sizeof(fx_tenant_conf), 1,
+     "Each Cerner (Oracle Health) tenant fhirx extracts from. An array of objects."},
+    {"keys", key_opts, COUNT(key_opts), 1, offsetof(fx_config, keys), offsetof(fx_config, n_keys),
+     sizeof(fx_key_conf), 1,
+     "Private keys for client assertions, oldest first. Every public key is published in the "
+     "JWKS; the last one signs. To rotate: append a new key, publish the JWKS, then remove the "
+     "old key once Cerner has fetched the new set."},
+    {"http", http_opts, COUNT(http_opts), 0, offsetof(fx_config, http), 0, 0, 0,
+     "HTTP client settings for FHIR and token requests."},
+    {"auth", auth_opts, COUNT(auth_opts), 0, offsetof(fx_config, auth), 0, 0, 0,
+     "Token acquisition."},
+    {"log", log_opts, COUNT(log_opts), 0, offsetof(fx_config, log), 0, 0, 0, "Logging."},
+    {"kafka", NULL, 0, 2, offsetof(fx_config, kafka), 0, 0, 0,
+     "librdkafka properties (https://github.com/confluentinc/librdkafka/blob/master/"
+     "CONFIGURATION.md), applied to the consumers and the producer; prefix a name with "
+     "`consumer.` or `producer.` to apply it to one only. Values are strings, numbers or "
+     "booleans. `bootstrap.servers` is required to run the worker; the environment variable "
+     "`FHIRX_BOOTSTRAP_SERVERS` overrides it. fhirx sets, unless given here: "
+     "`enable.auto.offset.store=false`, `partition.assignment.strategy=cooperative-sticky`, "
+     "`enable.idempotence=true`, `acks=all`, `compression.type=lz4`."},
+    {"topics", topic_opts, COUNT(topic_opts), 0, offsetof(fx_config, topics), 0, 0, 0,
+     "Topic names."},
+    {"worker", worker_opts, COUNT(worker_opts), 0, offsetof(fx_config, worker), 0, 0, 0,
+     "The worker pool (`fhirx worker`)."},
+};
+
+static const char *type_name(opt_type t) {
+  switch (t) {
+  case OPT_STRING: return "string";
+  case OPT_INT: return "integer";
+  case OPT_BOOL: return "boolean";
+  case OPT_ENUM: return "enum";
+  case OPT_STRLIST: return "array of strings";
+  case OPT_PATH: return "file path";
+  case OPT_URL: return "URL";
+  }
+  return "?";
+}
+
+/* Index of value in a '|' separated list, or -1. */
+static int choice_index(const char *choices, const char *value) {
+  int i = 0;
+  size_t vl = strlen(value);
+  for (const char *p = choices; *p; i++) {
+    const char *bar = strchr(p, '|');
+    size_t len = bar ? (size_t)(bar - p) : strlen(p);
+    if (len == vl && strncmp(p, value, len) == 0) return i;
+    if (!bar) break;
+    p = bar + 1;
+  }
+  return -1;
+}
+
+static char *join_path(const char *dir, const char *value) {
+  if (value[0] == '/' || !dir) return strdup(value);
+  size_t n = strlen(dir) + 1 + strlen(value) + 1;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s/%s", dir, value);
+  return s;
+}
+
+/* Checks an http(s) URL with curl's parser and returns a normalized copy
+ * without a trailing slash. */
+static int check_url(const char *value, const char *where, char **out, fx_err *err) {
+  CURLU *u = curl_url();
+  char *scheme = NULL, *host = NULL, *query = NULL, *frag = NULL;
+  int rc = FX_EINVAL;
+  if (!u) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  if (curl_url_set(u, CURLUPART_URL, value, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+      curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host) {
+    fx_err_set(err, rc, "%s: '%s' is not an absolute URL; expected e.g. https://host/path", where,
+               value);
+    goto out;
+  }
+  if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) {
+    fx_err_set(err, rc, "%s: scheme '%s' is not allowed; use https (http only for sandbox)", where,
+               scheme);
+    goto out;
+  }
+  curl_url_get(u, CURLUPART_QUERY, &query, 0);
+  curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
+  if (query || frag) {
+    fx_err_set(err, rc, "%s: '%s' must not carry a query or fragment", where, value);
+    goto out;
+  }
+  *out = strdup(value);
+  if (!*out) {
+    rc = fx_err_set(err, FX_ENOMEM, "out of memory");
+    goto out;
+  }
+  size_t len = strlen(*out);
+  while (len > 0 && (*out)[len - 1] == '/') (*out)[--len] = '\0';
+  rc = 0;
+out:
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(query);
+  curl_free(frag);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+static void strlist_free(fx_strlist *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+  free(l->v);
+  l->v = NULL;
+  l->n = 0;
+}
+
+static int set_string(const opt *o, const char *s, void *field, const char *where,
+                      const char *dir, fx_err *err) {
+  size_t len = strlen(s);
+  if ((long long)len < o->min || (long long)len > o->max)
+    return fx_err_set(err, FX_EINVAL, "%s: length %zu is out of range %lld..%lld", where, len,
+                      o->min, o->max);
+  char **dst = field;
+  if (o->type == OPT_URL) return check_url(s, where, dst, err);
+  *dst = o->type == OPT_PATH ? join_path(dir, s) : strdup(s);
+  return *dst ? 0 : fx_err_set(err, FX_ENOMEM, "out of memory");
+}
+
+static int set_value(const opt *o, json_t *v, void *base, const char *where, const char *dir,
+                     fx_err *err) {
+  void *field = (char *)base + o->off;
+  switch (o->type) {
+  case OPT_STRING:
+  case OPT_PATH:
+  case OPT_URL:
+    if (!json_is_string(v))
+      return fx_err_set(err, FX_EINVAL, "%s: expected a %s (a JSON string)", where,
+                        type_name(o->type));
+    return set_string(o, json_string_value(v), field, where, dir, err);
+  case OPT_INT: {
+    if (!json_is_integer(v))
+      return fx_err_set(err, FX_EINVAL, "%s: expected an integer", where);
+    long long x = json_integer_value(v);
+    if (x < o->min || x > o->max)
+      return fx_err_set(err, FX_EINVAL, "%s: %lld is out of range %lld..%lld", where, x, o->min,
+                        o->max);
+    *(long long *)field = x;
+    return 0;
+  }
+  case OPT_BOOL:
+    if (!json_is_boolean(v))
+      return fx_err_set(err, FX_EINVAL, "%s: expected true or false", where);
+    *(int *)field = json_is_true(v);
+    return 0;
+  case OPT_ENUM: {
+    int idx = json_is_string(v) ? choice_index(o->choices, json_string_value(v)) : -1;
+    if (idx < 0)
+      return fx_err_set(err, FX_EINVAL, "%s: expected one of %s", where, o->choices);
+    *(int *)field = idx;
+    return 0;
+  }
+  case OPT_STRLIST: {
+    fx_strlist *l = field;
+    if (!json_is_array(v))
+      return fx_err_set(err, FX_EINVAL, "%s: expected an array of strings", where);
+    size_t n = json_array_size(v);
+    l->v = calloc(n ? n : 1, sizeof *l->v);
+    if (!l->v) return fx_err_set(err, FX_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+      json_t *e = json_array_get(v, i);
+      const char *s = json_string_value(e);
+      if (!s || (long long)strlen(s) < o->min || (long long)strlen(s) > o->max)
+        return fx_err_set(err, FX_EINVAL, "%s[%zu]: expected a string of %lld..%lld characters",
+                          where, i, o->min, o->max);
+      l->v[i] = strdup(s);
+      if (!l->v[i]) return fx_err_set(err, FX_ENOMEM, "out of memory");
+      l->n = i + 1;
+    }
+    return 0;
+  }
+  }
+  return FX_EINVAL;
+}
+
+static int set_default(const opt *o, void *base) {
+  void *field = (char *)base + o->off;
+  switch (o->type) {
+  case OPT_INT: *(long long *)field = o->def ? strtoll(o->def, NULL, 10) : 0; break;
+  case OPT_BOOL: *(int *)field = o->def && strcmp(o->def, "true") == 0; break;
+  case OPT_ENUM: *(int *)field = o->def ? choice_index(o->choices, o->def) : -1; break;
+  case OPT_STRING:
+  case OPT_PATH:
+  case OPT_URL:
+    if (o->def && !(*(char **)field = strdup(o->def))) return FX_ENOMEM;
+    break;
+  case OPT_STRLIST: break;
+  }
+  return 0;
+}
+
+static void free_fields(const opt *opts, size_t n, void *base) {
+  for (size_t i = 0; i < n; i++) {
+    void *field = (char *)base + opts[i].off;
+    if (opts[i].type == OPT_STRING || opts[i].type == OPT_PATH || opts[i].type == OPT_URL) {
+      free(*(char **)field);
+      *(char **)field = NULL;
+    } else if (opts[i].type == OPT_STRLIST) {
+      strlist_free(field);
+    }
+  }
+}
+
+static void known_names(const opt *opts, size_t n, char *buf, size_t size) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < n && used < size; i++)
+    used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? ", " : "", opts[i].name);
+}
+
+static int parse_object(json_t *obj, const opt *opts, size_t n, void *base, const char *path,
+                        const char *dir, fx_err *err) {
+  char where[256];
+  if (!json_is_object(obj)) return fx_err_set(err, FX_EINVAL, "%s: expected an object", path);
+  const char *key;
+  json_t *v;
+  json_object_foreach(obj, key, v) {
+    size_t i = 0;
+    while (i < n && strcmp(opts[i].name, key) != 0) i++;
+    if (i == n) {
+      char names[512];
+      known_names(opts, n, names, sizeof names);
+      return fx_err_set(err, FX_EINVAL, "%s.%s: unknown option; %s takes: %s", path, key, path,
+                        names);
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    snprintf(where, sizeof where, "%s.%s", path, opts[i].name);
+    v = json_object_get(obj, opts[i].name);
+    int rc;
+    if (v && !json_is_null(v))
+      rc = set_value(&opts[i], v, base, where, dir, err);
+    else if (opts[i].required)
+      rc = fx_err_set(err, FX_EINVAL, "%s is required: %s", where, opts[i].doc);
+    else
+      rc = set_default(&opts[i], base);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int valid_tenant_id(const char *id) {
+  for (const char *p = id; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '_' || *p == '.'))
+      return 0;
+  return 1;
+}
+
+static int check_tenants(const fx_config *cfg, fx_err *err) {
+  for (size_t i = 0; i < cfg->n_tenants; i++) {
+    const fx_tenant_conf *t = &cfg->tenants[i];
+    if (!valid_tenant_id(t->id))
+      return fx_err_set(err, FX_EINVAL,
+                        "tenants[%zu].id: '%s' may only contain letters, digits, '.', '_' and '-'",
+                        i, t->id);
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(cfg->tenants[j].id, t->id) == 0)
+        return fx_err_set(err, FX_EINVAL, "tenants[%zu].id: '%s' is already used by tenants[%zu]",
+                          i, t->id, j);
+    if (t->environment == FX_ENV_PRODUCTION) {
+      if (strncasecmp(t->fhir_base, "https://", 8) != 0)
+        return fx_err_set(err, FX_EINVAL,
+                          "tenants[%zu].fhir_base: production tenants must use https; http is "
+                          "only allowed with \"environment\": \"sandbox\"",
+                          i);
+      if (t->token_endpoint && strncasecmp(t->token_endpoint, "https://", 8) != 0)
+        return fx_err_set(err, FX_EINVAL,
+                          "tenants[%zu].token_endpoint: production tenants must use https", i);
+    }
+  }
+  return 0;
+}
+
+const char *fx_strmap_get(const fx_strmap *m, const char *key) {
+  for (size_t i = 0; m && i < m->n; i++)
+    if (strcmp(m->keys[i], key) == 0) return m->vals[i];
+  return NULL;
+}
+
+static int parse_map(json_t *v, fx_strmap *m, const char *name, fx_err *err) {
+  if (!v) return 0;
+  if (!json_is_object(v))
+    return fx_err_set(err, FX_EINVAL, "%s: expected an object of name/value pairs", name);
+  size_t n = json_object_size(v);
+  m->keys = calloc(n ? n : 1, sizeof *m->keys);
+  m->vals = calloc(n ? n : 1, sizeof *m->vals);
+  if (!m->keys || !m->vals) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  const char *key;
+  json_t *val;
+  json_object_foreach(v, key, val) {
+    char buf[64];
+    const char *text = buf;
+    if (json_is_string(val)) text = json_string_value(val);
+    else if (json_is_integer(val)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
+    else if (json_is_real(val)) snprintf(buf, sizeof buf, "%g", json_real_value(val));
+    else if (json_is_boolean(val)) text = json_is_true(val) ? "true" : "false";
+    else return fx_err_set(err, FX_EINVAL, "%s.%s: expected a string, number or boolean", name, key);
+    m->keys[m->n] = strdup(key);
+    m->vals[m->n] = strdup(text);
+    if (!m->keys[m->n] || !m->vals[m->n]) {
+      free(m->keys[m->n]);
+      free(m->vals[m->n]);
+      return fx_err_set(err, FX_ENOMEM, "out of memory");
+    }
+    m->n++;
+  }
+  return 0;
+}
+
+static void strmap_free(fx_strmap *m) {
+  for (size_t i = 0; i < m->n; i++) {
+    free(m->keys[i]);
+    free(m->vals[i]);
+  }
+  free(m->keys);
+  free(m->vals);
+  memset(m, 0, sizeof *m);
+}
+
+static void section_free(const section *s, fx_config *cfg) {
+  if (s->is_array == 2) {
+    strmap_free((fx_strmap *)((char *)cfg + s->off));
+  } else if (s->is_array) {
+    char **arr = (char **)((char *)cfg + s->off);
+    size_t *n = (size_t *)((char *)cfg + s->off_n);
+    for (size_t i = 0; *arr && i < *n; i++) free_fields(s->opts, s->n_opts, *arr + i * s->elem);
+    free(*arr);
+    *arr = NULL;
+    *n = 0;
+  } else {
+    free_fields(s->opts, s->n_opts, (char *)cfg + s->off);
+  }
+}
+
+static int parse_section(const section *s, json_t *v, fx_config *cfg, fx_err *err) {
+  if (s->is_array == 2) return parse_map(v, (fx_strmap *)((char *)cfg + s->off), s->name, err);
+  if (!s->is_array) {
+    json_t *empty = NULL;
+    if (!v) v = empty = json_object();
+    int rc = parse_object(v, s->opts, s->n_opts, (char *)cfg + s->off, s->name, cfg->dir, err);
+    json_decref(empty);
+    return rc;
+  }
+  if (!v || !json_is_array(v) || json_array_size(v) == 0)
+    return fx_err_set(err, FX_EINVAL, "%s is required: a non-empty array. %s", s->name, s->doc);
+  size_t n = json_array_size(v);
+  char *arr = calloc(n, s->elem);
+  if (!arr) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  *(char **)((char *)cfg + s->off) = arr;
+  *(size_t *)((char *)cfg + s->off_n) = n;
+  for (size_t i = 0; i < n; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "%s[%zu]", s->name, i);
+    int rc = parse_object(json_array_get(v, i), s->opts, s->n_opts, arr + i * s->elem, path,
+                          cfg->dir, err);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int parse_root(json_t *root, fx_config *cfg, fx_err *err) {
+  if (!json_is_object(root))
+    return fx_err_set(err, FX_EINVAL, "the top level must be a JSON object");
+  const char *key;
+  json_t *v;
+  json_object_foreach(root, key, v) {
+    size_t i = 0;
+    while (i < COUNT(sections) && strcmp(sections[i].name, key) != 0) i++;
+    if (i == COUNT(sections))
+      return fx_err_set(err, FX_EINVAL,
+                        "%s: unknown section; the top level takes: tenants, keys, http, auth, "
+                        "log, kafka, topics, worker",
+                        key);
+  }
+  for (size_t i = 0; i < COUNT(sections); i++) {
+    int rc = parse_section(&sections[i], json_object_get(root, sections[i].name), cfg, err);
+    if (rc) return rc;
+  }
+  if (cfg->auth.backoff_min_ms > cfg->auth.backoff_max_ms)
+    return fx_err_set(err, FX_EINVAL, "auth.backoff_min_ms must not exceed auth.backoff_max_ms");
+  return check_tenants(cfg, err);
+}
+
+int fx_config_parse(const char *text, const char *base_dir, fx_config **out, fx_err *err) {
+  *out = NULL;
+  json_error_t jerr;
+  json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root)
+    return fx_err_set(err, FX_EINVAL, "line %d, column %d: %s (the file must be JSON)", jerr.line,
+                      jerr.column, jerr.text);
+  fx_config *cfg = calloc(1, sizeof *cfg);
+  int rc = FX_ENOMEM;
+  if (!cfg || (base_dir && !(cfg->dir = strdup(base_dir)))) {
+    fx_err_set(err, rc, "out of memory");
+    goto fail;
+  }
+  rc = parse_root(root, cfg, err);
+  if (rc) goto fail;
+  json_decref(root);
+  *out = cfg;
+  return 0;
+fail:
+  json_decref(root);
+  fx_config_free(cfg);
+  return rc;
+}
+
+int fx_config_load(const char *path, fx_config **out, fx_err *err) {
+  *out = NULL;
+  char abs[PATH_MAX];
+  if (!realpath(path, abs))
+    return fx_err_set(err, FX_EIO, "config %s: %s", path, strerror(errno));
+  FILE *f = fopen(abs, "rb");
+  if (!f) return fx_err_set(err, FX_EIO, "config %s: %s", path, strerror(errno));
+  json_error_t jerr;
+  json_t *root = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
+  fclose(f);
+  if (!root)
+    return fx_err_set(err, FX_EINVAL, "config %s: line %d, column %d: %s (the file must be JSON)",
+                      path, jerr.line, jerr.column, jerr.text);
+  char *text = json_dumps(root, JSON_COMPACT);
+  json_decref(root);
+  if (!text) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", abs);
+  char *slash = strrchr(dir, '/');
+  if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+  int rc = fx_config_parse(text, dir, out, err);
+  free(text);
+  if (rc) {
+    fx_err_prefix(err, "config %s", path);
+    return rc;
+  }
+  (*out)->path = strdup(abs);
+  if (!(*out)->path) {
+    fx_config_free(*out);
+    *out = NULL;
+    return fx_err_set(err, FX_ENOMEM, "out of memory");
+  }
+  return 0;
+}
+
+void fx_config_free(fx_config *cfg) {
+  if (!cfg) return;
+  for (size_t i = 0; i < COUNT(sections); i++) section_free(&sections[i], cfg);
+  free(cfg->path);
+  free(cfg->dir);
+  free(cfg);
+}
+
+const fx_tenant_conf *fx_config_tenant(const fx_config *cfg, const char *id) {
+  for (size_t i = 0; cfg && id && i < cfg->n_tenants; i++)
+    if (strcmp(cfg->tenants[i].id, id) == 0) return &cfg->tenants[i];
+  return NULL;
+}
+
+void fx_config_write_reference(FILE *out) {
+  fprintf(out, "# fhirx configuration reference\n\n"
+               "Generated by `fhirx config reference` from the option tables in "
+               "`common/config.c`; do not edit by hand.\n\n"
+               "The configuration is one JSON file. Unknown options are errors, and every error "
+               "names the option's path (for example `tenants[1].fhir_base`). Relative file paths "
+               "are resolved against the directory of the configuration file.\n");
+  for (size_t s = 0; s < COUNT(sections); s++) {
+    const section *sec = &sections[s];
+    fprintf(out, "\n## `%s`%s\n\n%s\n", sec->name,
+            sec->is_array == 1 ? " (array of objects)" : (sec->is_array == 2 ? " (map)" : ""),
+            sec->doc);
+    if (!sec->n_opts) continue;
+    fputc('\n', out);
+    fprintf(out, "| option | type | default | range | description |\n|---|---|---|---|---|\n");
+    for (size_t i = 0; i < sec->n_opts; i++) {
+      const opt *o = &sec->opts[i];
+      char range[96] = "";
+      if (o->type == OPT_INT)
+        snprintf(range, sizeof range, "%lld..%lld", o->min, o->max);
+      else if (o->type == OPT_ENUM)
+        snprintf(range, sizeof range, "%s", o->choices);
+      for (char *p = range; *p; p++)
+        if (*p == '|') *p = '/';
+      fprintf(out, "| `%s` | %s | %s | %s | %s |\n", o->name, type_name(o->type),
+              o->required ? "required" : (o->def ? o->def : "unset"), range, o->doc);
+    }
+  }
+}

@@ -1,0 +1,119 @@
+/* fhirx configuration: one JSON file, described by tables.
+ *
+ * Every option is a row in a table (name, type, default, range, description),
+ * like librdkafka's configuration. The same tables parse the file, reject
+ * unknown keys, apply defaults and generate docs/configuration.md, so the
+ * reference can never drift from the code. Errors name the option by its
+ * path, e.g. "tenants[1].fhir_base", and say what a valid value looks like.
+ *
+ * Relative paths in the file (key files, CA bundle) are resolved against the
+ * directory holding the config file. */
+#ifndef FX_CONFIG_H
+#define FX_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "common/err.h"
+
+typedef struct fx_strlist {
+  char **v; /* owned strings */
+  size_t n;
+} fx_strlist;
+
+enum { FX_ENV_SANDBOX = 0, FX_ENV_PRODUCTION = 1 };
+enum { FX_SMART_V1 = 0, FX_SMART_V2 = 1 };
+
+/* Free-form name/value pairs (the kafka section: librdkafka properties). */
+typedef struct fx_strmap {
+  char **keys, **vals; /* owned */
+  size_t n;
+} fx_strmap;
+
+/* Value of key in m, or NULL. */
+const char *fx_strmap_get(const fx_strmap *m, const char *key);
+
+typedef struct fx_tenant_conf {
+  char *id;
+  int environment;      /* FX_ENV_* */
+  char *fhir_base;      /* normalized: no trailing slash */
+  char *client_id;
+  char *token_endpoint; /* NULL: discovered from {fhir_base}/.well-known/smart-configuration */
+  fx_strlist scopes;    /* empty: derived from the resource types fhirx fetches */
+  int smart_version;    /* FX_SMART_* */
+  fx_strlist resources; /* empty: the profile's full query set */
+} fx_tenant_conf;
+
+typedef struct fx_key_conf {
+  char *path; /* absolute after loading */
+  int alg;    /* -1 = infer from the key; else 0 = RS384, 1 = ES384 */
+  char *kid;  /* NULL = RFC 7638 thumbprint */
+} fx_key_conf;
+
+typedef struct fx_http_conf {
+  long long timeout_ms;
+  long long connect_timeout_ms;
+  long long max_response_bytes;
+  long long low_speed_bytes;
+  long long low_speed_seconds;
+  char *ca_bundle;
+  char *user_agent;
+} fx_http_conf;
+
+typedef struct fx_auth_conf {
+  long long assertion_lifetime_s;
+  long long refresh_at_percent;
+  long long backoff_min_ms;
+  long long backoff_max_ms;
+} fx_auth_conf;
+
+typedef struct fx_log_conf {
+  int level; /* fx_log_level */
+} fx_log_conf;
+
+typedef struct fx_topics_conf {
+  char *jobs, *results, *failures, *dlq, *status, *parking;
+} fx_topics_conf;
+
+typedef struct fx_worker_conf {
+  long long threads;              /* 0 = one per CPU core */
+  char *group_id;
+  long long max_jobs_in_flight;   /* per thread: partitions pause above this */
+  long long max_requests_in_flight; /* per thread: concurrent FHIR requests */
+  long long max_patients_per_job;
+  long long max_job_bytes;
+  long long max_pages;            /* per search */
+  long long retries;              /* per request, for transient failures */
+  long long drain_timeout_ms;     /* shutdown and revoke: finish in-flight jobs within this */
+} fx_worker_conf;
+
+typedef struct fx_config {
+  char *path; /* the file this came from (absolute) */
+  char *dir;  /* its directory, for relative paths */
+  fx_tenant_conf *tenants;
+  size_t n_tenants;
+  fx_key_conf *keys;
+  size_t n_keys;
+  fx_http_conf http;
+  fx_auth_conf auth;
+  fx_log_conf log;
+  fx_strmap kafka;
+  fx_topics_conf topics;
+  fx_worker_conf worker;
+} fx_config;
+
+/* Parses the file at path. On success *out is a new config (fx_config_free).
+ * On failure err says which option is wrong and why. */
+int fx_config_load(const char *path, fx_config **out, fx_err *err);
+
+/* Same, from JSON text; base_dir resolves relative paths (tests use this). */
+int fx_config_parse(const char *text, const char *base_dir, fx_config **out, fx_err *err);
+
+void fx_config_free(fx_config *cfg);
+
+const fx_tenant_conf *fx_config_tenant(const fx_config *cfg, const char *id);
+
+/* Writes the Markdown reference of every option (docs/configuration.md). */
+void fx_config_write_reference(FILE *out);
+
+#endif

@@ -1,0 +1,174 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "unit_util.h"
+#include "worker/app.h"
+#include "worker/resources.h"
+
+#define TENANT(extra)                                                                        \
+  "{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":\"http://127.0.0.1:9/r4/t1\"," \
+  "\"client_id\":\"c1\"" extra "}"
+#define KEYS "\"keys\":[{\"path\":\"k.pem\"}]"
+
+/* Parses text and expects failure with every needle in the message. */
+static void expect_error(const char *text, const char *needle1, const char *needle2) {
+  fx_config *cfg = NULL;
+  fx_err err = {0};
+  int rc = fx_config_parse(text, "/etc/fhirx", &cfg, &err);
+  if (rc == 0) fail_msg("accepted: %s", text);
+  assert_null(cfg);
+  if (!strstr(err.msg, needle1)) fail_msg("'%s' not in '%s'", needle1, err.msg);
+  if (needle2 && !strstr(err.msg, needle2)) fail_msg("'%s' not in '%s'", needle2, err.msg);
+}
+
+static void errors_name_the_field(void **state) {
+  (void)state;
+  expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"tenantz\":1}", "tenantz",
+               "unknown section");
+  expect_error("{" KEYS "}", "tenants is required", NULL);
+  expect_error("{\"tenants\":[" TENANT("") "]}", "keys is required", NULL);
+  expect_error("{\"tenants\":[{\"id\":\"t1\",\"client_id\":\"c\"}]," KEYS "}",
+               "tenants[0].fhir_base is required", NULL);
+  expect_error("{\"tenants\":[" TENANT("") ",{\"id\":\"t2\",\"fhir_base\":\"not a url\","
+               "\"client_id\":\"c\"}]," KEYS "}",
+               "tenants[1].fhir_base", "not an absolute URL");
+  expect_error("{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"http://x/r4/t1\",\"client_id\":\"c\""
+               "}]," KEYS "}",
+               "tenants[0].fhir_base", "production tenants must use https");
+  expect_error("{\"tenants\":[" TENANT(",\"smart_version\":\"v3\"") "]," KEYS "}",
+               "tenants[0].smart_version", "v1|v2");
+  expect_error("{\"tenants\":[" TENANT(",\"clientid\":\"x\"") "]," KEYS "}",
+               "tenants[0].clientid: unknown option", "client_id");
+  expect_error("{\"tenants\":[" TENANT("") "," TENANT("") "]," KEYS "}", "tenants[1].id",
+               "already used");
+  expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"http\":{\"timeout_ms\":5}}",
+               "http.timeout_ms", "out of range");
+  expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"http\":{\"timeout_ms\":\"30\"}}",
+               "http.timeout_ms", "expected an integer");
+  expect_error("{\"tenants\":[" TENANT("") "],\"keys\":[{\"path\":\"k.pem\",\"alg\":\"HS256\"}]}",
+               "keys[0].alg", "RS384|ES384");
+  expect_error("{\"tenants\":[" TENANT(",\"scopes\":[\"a\",3]") "]," KEYS "}",
+               "tenants[0].scopes[1]", NULL);
+  expect_error("{\"tenants\":[" TENANT(",\"token_endpoint\":\"ftp://x/token\"") "]," KEYS "}",
+               "tenants[0].token_endpoint", "scheme");
+  expect_error("{\"tenants\":[{\"id\":\"a b\",\"environment\":\"sandbox\",\"fhir_base\":"
+               "\"http://x/r4\",\"client_id\":\"c\"}]," KEYS "}",
+               "tenants[0].id", "letters, digits");
+  expect_error("{\n\"tenants\": [\n,]}", "line 3", "JSON");
+  expect_error("[1]", "top level must be a JSON object", NULL);
+}
+
+static void defaults_and_paths(void **state) {
+  (void)state;
+  fx_config *cfg = NULL;
+  fx_err err = {0};
+  const char *text = "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://fhir/r4/t1/\","
+                     "\"client_id\":\"c1\"}],\"keys\":[{\"path\":\"keys/k.pem\"},"
+                     "{\"path\":\"/abs/k2.pem\",\"alg\":\"ES384\",\"kid\":\"k2\"}]}";
+  assert_int_equal(fx_config_parse(text, "/etc/fhirx", &cfg, &err), 0);
+  assert_int_equal(cfg->n_tenants, 1);
+  const fx_tenant_conf *t = fx_config_tenant(cfg, "t1");
+  assert_non_null(t);
+  assert_null(fx_config_tenant(cfg, "t2"));
+  assert_string_equal(t->fhir_base, "https://fhir/r4/t1"); /* trailing slash dropped */
+  assert_int_equal(t->environment, FX_ENV_PRODUCTION);
+  assert_int_equal(t->smart_version, FX_SMART_V1);
+  assert_null(t->token_endpoint);
+  assert_string_equal(cfg->keys[0].path, "/etc/fhirx/keys/k.pem");
+  assert_int_equal(cfg->keys[0].alg, -1);
+  assert_null(cfg->keys[0].kid);
+  assert_string_equal(cfg->keys[1].path, "/abs/k2.pem");
+  assert_int_equal(cfg->keys[1].alg, 1);
+  assert_string_equal(cfg->keys[1].kid, "k2");
+  assert_int_equal(cfg->http.timeout_ms, 60000);
+  assert_int_equal(cfg->auth.assertion_lifetime_s, 240);
+  assert_int_equal(cfg->auth.refresh_at_percent, 80);
+  assert_int_equal(cfg->log.level, FX_LOG_INFO);
+  fx_config_free(cfg);
+}
+
+static void load_names_the_file(void **state) {
+  (void)state;
+  char *dir = ut_tmpdir();
+  char *path = ut_path(dir, "fhirx.json");
+  ut_write(path, "{\"tenants\":[" TENANT(",\"resources\":[\"Patient\",\"Medication\"]") "]," KEYS
+                 "}",
+           0600);
+  fx_app app;
+  fx_err err = {0};
+  assert_int_not_equal(fx_app_open(&app, path, &err), 0);
+  assert_non_null(strstr(err.msg, "tenants[0].resources[1]"));
+  assert_non_null(strstr(err.msg, "Medication"));
+  ut_write(path, "{\"tenants\":[" TENANT("") "]," KEYS "}", 0600);
+  assert_int_not_equal(fx_app_open(&app, path, &err), 0);
+  assert_non_null(strstr(err.msg, "keys[0]")); /* k.pem does not exist */
+  assert_non_null(strstr(err.msg, "k.pem"));
+  fx_config *cfg;
+  assert_int_equal(fx_config_load(path, &cfg, &err), 0);
+  fx_config_free(cfg);
+  free(path);
+  path = ut_path(dir, "nope.json");
+  assert_int_not_equal(fx_config_load(path, &cfg, &err), 0);
+  assert_non_null(strstr(err.msg, "nope.json"));
+  free(path);
+  ut_rmdir(dir);
+}
+
+static void scopes_follow_the_query_set(void **state) {
+  (void)state;
+  fx_config *cfg = NULL;
+  fx_err err = {0};
+  const char *text =
+      "{\"tenants\":[" TENANT("") "," "{\"id\":\"t2\",\"environment\":\"sandbox\","
+      "\"fhir_base\":\"http://x/r4/t2\",\"client_id\":\"c\",\"smart_version\":\"v2\","
+      "\"resources\":[\"Patient\",\"Observation\"]},"
+      "{\"id\":\"t3\",\"environment\":\"sandbox\",\"fhir_base\":\"http://x/r4/t3\","
+      "\"client_id\":\"c\",\"scopes\":[\"system/Patient.read\"]}]," KEYS "}";
+  assert_int_equal(fx_config_parse(text, "/", &cfg, &err), 0);
+  char *s1 = fx_tenant_scope(&cfg->tenants[0]);
+  char *s2 = fx_tenant_scope(&cfg->tenants[1]);
+  char *s3 = fx_tenant_scope(&cfg->tenants[2]);
+  /* Default: every Cerner type, v1 syntax. */
+  size_t words = 1;
+  for (const char *p = s1; *p; p++) words += *p == ' ';
+  assert_int_equal(words, 21);
+  assert_non_null(strstr(s1, "system/Patient.read"));
+  assert_non_null(strstr(s1, "system/CarePlan.read"));
+  assert_null(strstr(s1, "MedicationDispense"));
+  /* A subset, in v2 syntax, plus the types references lead to. */
+  assert_string_equal(s2, "system/Binary.rs system/Location.rs system/Observation.rs "
+                          "system/Organization.rs system/Patient.rs system/Practitioner.rs "
+                          "system/RelatedPerson.rs");
+  assert_string_equal(s3, "system/Patient.read");
+  free(s1), free(s2), free(s3);
+  fx_config_free(cfg);
+}
+
+static void reference_lists_every_option(void **state) {
+  (void)state;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  fx_config_write_reference(f);
+  fclose(f);
+  const char *names[] = {"`tenants`", "`fhir_base`", "`client_id`", "`token_endpoint`",
+                         "`smart_version`", "`keys`", "`path`", "`kid`", "`timeout_ms`",
+                         "`ca_bundle`", "`assertion_lifetime_s`", "`refresh_at_percent`",
+                         "`level`"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!strstr(buf, names[i])) fail_msg("%s missing from the reference", names[i]);
+  free(buf);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(errors_name_the_field), cmocka_unit_test(defaults_and_paths),
+      cmocka_unit_test(load_names_the_file), cmocka_unit_test(scopes_follow_the_query_set),
+      cmocka_unit_test(reference_lists_every_option)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
