@@ -1,0 +1,70 @@
+/* Asynchronous HTTP client: one curl multi handle driven by one libuv loop.
+ *
+ * curl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION -> one
+ * uv_poll_t per socket, stored with curl_multi_assign) and when to wake it
+ * (CURLMOPT_TIMERFUNCTION -> one uv_timer_t); libuv tells curl what happened
+ * with curl_multi_socket_action. Nothing blocks the loop. Connections are kept
+ * alive and reused, responses may be compressed, HTTP/2 is used where the
+ * server offers it, TLS peer and host verification are always on, and
+ * redirects are never followed (callers decide, so a bearer token cannot leak
+ * to another host).
+ *
+ * Thread: every function must be called on the loop's thread. */
+#ifndef FX_HTTP_H
+#define FX_HTTP_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "common/config.h"
+#include "common/err.h"
+
+typedef struct fx_http fx_http;
+
+typedef struct fx_http_request {
+  const char *method;       /* NULL = GET; also "POST", "DELETE" */
+  const char *url;          /* absolute */
+  const char *accept;       /* Accept header, NULL = none */
+  const char *content_type; /* for bodies */
+  const char *body;         /* copied; may contain NULs when body_len is given */
+  size_t body_len;
+  const char *bearer;       /* Authorization: Bearer <bearer>; never logged */
+  const char *const *headers; /* extra "Name: value" lines, NULL-terminated, or NULL */
+  long timeout_ms;          /* 0 = the client's default */
+  size_t max_body;          /* 0 = the client's default */
+} fx_http_request;
+
+typedef struct fx_http_response {
+  int result;        /* 0: a response arrived (any status); else FX_E* transport failure */
+  long status;       /* HTTP status, 0 if none */
+  char *body;        /* NUL-terminated, owned by the client, valid during the callback */
+  size_t body_len;
+  const char *url;   /* the requested URL */
+  double seconds;    /* total transfer time */
+  char error[256];   /* transport failure text (curl's), empty on success */
+  void *easy_;       /* private: lets fx_http_header read response headers */
+} fx_http_response;
+
+/* Called exactly once per successful fx_http_send, on the loop thread, also
+ * when the client is closed first (result FX_ECANCELED). */
+typedef void (*fx_http_cb)(fx_http_response *res, void *arg);
+
+/* Creates a client on loop. conf may be NULL for defaults. */
+int fx_http_new(uv_loop_t *loop, const fx_http_conf *conf, fx_http **out, fx_err *err);
+
+/* Starts a request. Returns 0 and later calls cb, or a negative code without
+ * calling cb (bad arguments, out of memory, client closing). */
+int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *arg, fx_err *err);
+
+/* Value of a response header (last occurrence), or NULL. Valid during the callback. */
+const char *fx_http_header(const fx_http_response *res, const char *name);
+
+/* Requests in flight. */
+size_t fx_http_inflight(const fx_http *h);
+
+/* Cancels what is in flight (their callbacks run with FX_ECANCELED), releases
+ * curl, closes the libuv handles and frees h once they are closed; the loop
+ * must keep running until then. Safe to call from inside a response callback. */
+void fx_http_close(fx_http *h);
+
+#endif

@@ -1,0 +1,298 @@
+/* fx_http against an in-process libmicrohttpd server. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/http.h"
+
+static struct MHD_Daemon *server;
+static int port;
+static atomic_int connections;
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
+                             const char *body, size_t len) {
+  /* MUST_COPY: MHD copies before returning, so the const is never written through. */
+  void *buf;
+  memcpy(&buf, &body, sizeof buf);
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_COPY);
+  MHD_add_response_header(r, "Content-Type", type);
+  MHD_add_response_header(r, "Retry-After", "7");
+  enum MHD_Result ret = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+typedef struct upload {
+  size_t len;
+} upload;
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version, const char *data,
+                               size_t *data_size, void **con_cls) {
+  (void)cls, (void)version;
+  if (strcmp(method, "POST") == 0) {
+    upload *u = *con_cls;
+    if (!u) {
+      *con_cls = calloc(1, sizeof *u);
+      return MHD_YES;
+    }
+    if (*data_size) {
+      u->len += *data_size;
+      *data_size = 0;
+      return MHD_YES;
+    }
+    char body[512];
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    const char *type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    int n = snprintf(body, sizeof body, "{\"len\":%zu,\"auth\":\"%s\",\"type\":\"%s\"}", u->len,
+                     auth ? auth : "", type ? type : "");
+    free(u);
+    *con_cls = NULL;
+    return reply(c, 200, "application/json", body, (size_t)n);
+  }
+  (void)data;
+  /* Answer on the second call, once MHD knows the request is complete: a
+   * response queued on the first call makes MHD close the connection. */
+  static int marker;
+  if (!*con_cls) {
+    *con_cls = &marker;
+    return MHD_YES;
+  }
+  if (strcmp(url, "/ok") == 0) return reply(c, 200, "application/json", "{\"ok\":true}", 11);
+  if (strcmp(url, "/big") == 0) {
+    static char big[1 << 20];
+    memset(big, 'x', sizeof big);
+    return reply(c, 200, "text/plain", big, sizeof big);
+  }
+  if (strcmp(url, "/slow") == 0) {
+    sleep(2);
+    return reply(c, 200, "text/plain", "late", 4);
+  }
+  if (strcmp(url, "/auth") == 0) {
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    return reply(c, 200, "text/plain", a ? a : "", a ? strlen(a) : 0);
+  }
+  return reply(c, 404, "text/plain", "nope", 4);
+}
+
+static void on_conn(void *cls, struct MHD_Connection *c, void **socket_context,
+                    enum MHD_ConnectionNotificationCode code) {
+  (void)cls, (void)c, (void)socket_context;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&connections, 1);
+}
+
+static int setup(void **state) {
+  (void)state;
+  server = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
+                            NULL, NULL, handler, NULL, MHD_OPTION_NOTIFY_CONNECTION, on_conn,
+                            NULL, MHD_OPTION_END);
+  if (!server) return -1;
+  port = MHD_get_daemon_info(server, MHD_DAEMON_INFO_BIND_PORT)->port;
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  MHD_stop_daemon(server);
+  return 0;
+}
+
+/* ---- a tiny driver: send, run the loop, collect ------------------------ */
+
+typedef struct result {
+  int done;
+  int rc;
+  long status;
+  char body[256];
+  char retry_after[16];
+  char type[64];
+} result;
+
+static void collect(fx_http_response *res, void *arg) {
+  result *r = arg;
+  r->done++;
+  r->rc = res->result;
+  r->status = res->status;
+  snprintf(r->body, sizeof r->body, "%s", res->body);
+  const char *ra = fx_http_header(res, "Retry-After");
+  const char *ct = fx_http_header(res, "content-type"); /* case-insensitive */
+  snprintf(r->retry_after, sizeof r->retry_after, "%s", ra ? ra : "");
+  snprintf(r->type, sizeof r->type, "%s", ct ? ct : "");
+}
+
+/* A ring of buffers so several URLs can be alive in one test. */
+static const char *url(const char *path) {
+  static char bufs[8][128];
+  static int next;
+  char *buf = bufs[next++ % 8];
+  snprintf(buf, sizeof bufs[0], "http://127.0.0.1:%d%s", port, path);
+  return buf;
+}
+
+static void finish(uv_loop_t *loop, fx_http *h) {
+  fx_http_close(h);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(loop), 0); /* every handle was closed */
+}
+
+static void get_ok(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  result r = {0};
+  fx_http_request req = {.url = url("/ok"), .accept = "application/json"};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  assert_int_equal(r.done, 0); /* never synchronous */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.rc, 0);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(r.body, "{\"ok\":true}");
+  assert_string_equal(r.retry_after, "7");
+  assert_string_equal(r.type, "application/json");
+  assert_int_equal(fx_http_inflight(h), 0);
+  finish(&loop, h);
+}
+
+static void post_with_bearer(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  result r = {0};
+  fx_http_request req = {.method = "POST",
+                         .url = url("/post"),
+                         .content_type = "application/x-www-form-urlencoded",
+                         .body = "a=1&b=2",
+                         .bearer = "tok123"};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r.status, 200);
+  assert_string_equal(
+      r.body, "{\"len\":7,\"auth\":\"Bearer tok123\",\"type\":\"application/x-www-form-urlencoded\"}");
+  finish(&loop, h);
+}
+
+static void many_in_parallel_reuse_connections(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  enum { N = 64 };
+  result rs[N];
+  memset(rs, 0, sizeof rs);
+  for (int i = 0; i < N; i++) {
+    fx_http_request req = {.url = url("/ok")};
+    assert_int_equal(fx_http_send(h, &req, collect, &rs[i], &err), 0);
+  }
+  assert_int_equal(fx_http_inflight(h), N);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(rs[i].done, 1);
+    assert_int_equal(rs[i].status, 200);
+  }
+  /* Sequential requests after that ride on kept-alive connections. */
+  int before = atomic_load(&connections);
+  for (int i = 0; i < 20; i++) {
+    result r = {0};
+    fx_http_request req = {.url = url("/ok")};
+    assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.status, 200);
+  }
+  assert_int_equal(atomic_load(&connections), before);
+  finish(&loop, h);
+}
+
+static void too_large_timeout_refused(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  result big = {0}, slow = {0}, refused = {0}, ok = {0};
+  fx_http_request r1 = {.url = url("/big"), .max_body = 1000};
+  fx_http_request r2 = {.url = url("/slow"), .timeout_ms = 300};
+  fx_http_request r3 = {.url = "http://127.0.0.1:1/nothing-listens-here"};
+  fx_http_request r4 = {.url = url("/big")}; /* default cap (64 MiB) lets 1 MiB through */
+  assert_int_equal(fx_http_send(h, &r1, collect, &big, &err), 0);
+  assert_int_equal(fx_http_send(h, &r2, collect, &slow, &err), 0);
+  assert_int_equal(fx_http_send(h, &r3, collect, &refused, &err), 0);
+  assert_int_equal(fx_http_send(h, &r4, collect, &ok, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(big.rc, FX_ETOOLARGE);
+  assert_int_equal(slow.rc, FX_ETRANSIENT);
+  assert_int_equal(refused.rc, FX_ETRANSIENT);
+  assert_int_equal(ok.rc, 0);
+  assert_int_equal(ok.status, 200);
+  finish(&loop, h);
+}
+
+static void close_cancels_inflight(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  result r = {0};
+  fx_http_request req = {.url = url("/slow")};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  uv_run(&loop, UV_RUN_NOWAIT); /* connect and send */
+  fx_http_close(h);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.rc, FX_ECANCELED);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Closing from inside a completion callback is allowed. */
+static void close_from_callback_cb(fx_http_response *res, void *arg) {
+  collect(res, ((void **)arg)[0]);
+  fx_http_close(((void **)arg)[1]);
+}
+
+static void close_inside_callback(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  result a = {0}, b = {0};
+  void *ctx[2] = {&a, h};
+  fx_http_request fast = {.url = url("/ok")}, slow = {.url = url("/slow")};
+  assert_int_equal(fx_http_send(h, &fast, close_from_callback_cb, ctx, &err), 0);
+  assert_int_equal(fx_http_send(h, &slow, collect, &b, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(a.status, 200);
+  assert_int_equal(b.done, 1);
+  assert_int_equal(b.rc, FX_ECANCELED);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
+                                     cmocka_unit_test(post_with_bearer),
+                                     cmocka_unit_test(many_in_parallel_reuse_connections),
+                                     cmocka_unit_test(too_large_timeout_refused),
+                                     cmocka_unit_test(close_cancels_inflight),
+                                     cmocka_unit_test(close_inside_callback)};
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
