@@ -1,0 +1,35 @@
+/* Authorized FHIR requests: a token from the cache, the tenant's base pinned,
+ * and the 401 rule (drop the rejected token, get a new one, retry once; a
+ * second 401 is reported, never looped on).
+ *
+ * Thread: call on lp's thread; the callback runs there too. */
+#ifndef FX_FHIR_H
+#define FX_FHIR_H
+
+#include "common/http.h"
+#include "common/loop.h"
+#include "common/token.h"
+
+/* Exactly one of res and ae is non-NULL:
+ *   res: an HTTP exchange finished (any status, or a transport failure in res->result);
+ *   ae:  no request was sent: no token could be had, or the URL is outside the base. */
+typedef void (*fx_fhir_cb)(fx_http_response *res, const fx_auth_error *ae, void *arg);
+
+typedef struct fx_fhir_request {
+  const char *tenant;
+  const char *fhir_base; /* the token is only ever sent under this base */
+  const char *url;       /* absolute */
+  const char *accept;    /* NULL = application/fhir+json */
+  long timeout_ms;
+} fx_fhir_request;
+
+/* Returns 0 and later calls cb once, or a negative code without calling it. */
+int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_fhir_cb cb,
+                void *arg, fx_err *err);
+
+/* One line from an OperationOutcome body ("error required: at least one of ..."),
+ * empty if the body is not one. Diagnostics come from the server, not from
+ * the resource data, so they are safe to log. */
+void fx_fhir_outcome_summary(const char *body, char *out, size_t size);
+
+#endif

@@ -1,0 +1,183 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/smart.h"
+#include "unit_util.h"
+
+static fx_key key = {.alg = FX_ALG_ES384, .kid = "kid-123", .path = "k.pem"};
+static const fx_smart_client client = {
+    .tenant = "t1",
+    .client_id = "client-1",
+    .fhir_base = "https://fhir/r4/t1",
+    .token_endpoint = "https://auth/tenants/t1/protocols/oauth2/profiles/smart-v1/token",
+    .scope = "system/Patient.read system/Observation.read",
+    .key = &key};
+
+#define CERNER_URI(reason)                                                                    \
+  "https://authorization.cerner.com/errors/"                                                 \
+  "urn%3Acerner%3Aerror%3Aauthorization-server%3Aoauth2%3Atoken%3A" reason                   \
+  "/instances/8c6f2b7e-1f0e-4c8e-a0a4-5c2f6d1f9a11?client=client-1&tenant=t1"
+
+static void success(void **state) {
+  (void)state;
+  fx_token_grant g;
+  fx_auth_error e;
+  assert_int_equal(
+      fx_smart_parse_token_response(&client, 200, "application/json",
+                                    "{\"access_token\":\"abc\",\"token_type\":\"bearer\","
+                                    "\"expires_in\":570,\"scope\":\"system/Patient.read\"}",
+                                    &g, &e),
+      0);
+  assert_string_equal(g.access_token, "abc");
+  assert_string_equal(g.scope, "system/Patient.read");
+  assert_int_equal(g.expires_in, 570);
+  fx_token_grant_clear(&g);
+  /* No scope in the answer means "as requested" (RFC 6749 5.1). */
+  assert_int_equal(fx_smart_parse_token_response(
+                       &client, 200, "application/json",
+                       "{\"access_token\":\"abc\",\"token_type\":\"Bearer\",\"expires_in\":60}",
+                       &g, &e),
+                   0);
+  assert_string_equal(g.scope, client.scope);
+  fx_token_grant_clear(&g);
+}
+
+static void invalid_client_names_kid_and_reason(void **state) {
+  (void)state;
+  fx_token_grant g;
+  fx_auth_error e;
+  int rc = fx_smart_parse_token_response(
+      &client, 400, "application/json",
+      "{\"error\":\"invalid_client\",\"error_uri\":\"" CERNER_URI("unknown-kid") "\"}", &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_string_equal(e.oauth_error, "invalid_client");
+  assert_string_equal(e.reason, "unknown-kid");
+  assert_int_equal(e.http_status, 400);
+  assert_non_null(strstr(e.err.msg, "kid 'kid-123'"));
+  assert_non_null(strstr(e.err.msg, "ES384"));
+  assert_non_null(strstr(e.err.msg, "Cerner Central"));
+  assert_non_null(strstr(e.err.msg, "fhirx keys jwks"));
+  assert_null(g.access_token);
+
+  rc = fx_smart_parse_token_response(
+      &client, 400, "application/json",
+      "{\"error\":\"invalid_client\",\"error_description\":\"bad aud\",\"error_uri\":\"" CERNER_URI(
+          "invalid-audience") "\"}",
+      &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "reason: invalid-audience; bad aud"));
+  assert_non_null(strstr(e.err.msg, "token_endpoint"));
+}
+
+static void invalid_scope_lists_what_we_asked(void **state) {
+  (void)state;
+  fx_token_grant g;
+  fx_auth_error e;
+  int rc = fx_smart_parse_token_response(&client, 400, "application/json",
+                                         "{\"error\":\"invalid_scope\"}", &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "system/Patient.read system/Observation.read"));
+  assert_non_null(strstr(e.err.msg, "Code Console"));
+}
+
+static void outages_are_transient(void **state) {
+  (void)state;
+  fx_token_grant g;
+  fx_auth_error e;
+  assert_int_equal(fx_smart_parse_token_response(&client, 503, "text/html",
+                                                 "<html><body>Service Unavailable</body></html>",
+                                                 &g, &e),
+                   FX_ETRANSIENT);
+  assert_non_null(strstr(e.err.msg, "HTML"));
+  assert_non_null(strstr(e.err.msg, "503"));
+  assert_int_equal(fx_smart_parse_token_response(&client, 200, "text/html", "<html/>", &g, &e),
+                   FX_ETRANSIENT);
+  assert_int_equal(fx_smart_parse_token_response(&client, 502, "application/json", "{}", &g, &e),
+                   FX_ETRANSIENT);
+  assert_int_equal(fx_smart_parse_token_response(&client, 429, NULL, "", &g, &e), FX_ETRANSIENT);
+}
+
+static void refuses_non_bearer(void **state) {
+  (void)state;
+  fx_token_grant g;
+  fx_auth_error e;
+  assert_int_equal(fx_smart_parse_token_response(
+                       &client, 200, "application/json",
+                       "{\"access_token\":\"abc\",\"token_type\":\"mac\",\"expires_in\":60}", &g,
+                       &e),
+                   FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "Bearer"));
+  assert_int_equal(fx_smart_parse_token_response(&client, 200, "application/json",
+                                                 "{\"token_type\":\"Bearer\"}", &g, &e),
+                   FX_EAUTH);
+}
+
+static void cerner_reason(void **state) {
+  (void)state;
+  char r[64];
+  assert_int_equal(fx_smart_cerner_reason(CERNER_URI("jti-replayed"), r, sizeof r), 0);
+  assert_string_equal(r, "jti-replayed");
+  assert_int_equal(fx_smart_cerner_reason("https://x/errors/urn:cerner:error:authorization-"
+                                          "server:oauth2:token:expired/instances/1",
+                                          r, sizeof r),
+                   0);
+  assert_string_equal(r, "expired");
+  assert_int_equal(fx_smart_cerner_reason("https://example.com/help", r, sizeof r), -1);
+  assert_int_equal(fx_smart_cerner_reason(NULL, r, sizeof r), -1);
+}
+
+static void scope_missing(void **state) {
+  (void)state;
+  char *m = fx_scope_missing("a b c", "c a");
+  assert_string_equal(m, "b");
+  free(m);
+  m = fx_scope_missing("a b", "a b");
+  assert_string_equal(m, "");
+  free(m);
+  m = fx_scope_missing("system/Patient.read", "system/Patient.reads");
+  assert_string_equal(m, "system/Patient.read");
+  free(m);
+}
+
+static void discovery_checks(void **state) {
+  (void)state;
+  char *te = NULL;
+  fx_auth_error e;
+  const char *good = "{\"token_endpoint\":\"https://auth/token\","
+                     "\"token_endpoint_auth_methods_supported\":[\"private_key_jwt\"],"
+                     "\"token_endpoint_auth_signing_alg_values_supported\":[\"RS384\",\"ES384\"]}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, good, FX_ALG_ES384, &te, &e), 0);
+  assert_string_equal(te, "https://auth/token");
+  free(te);
+  const char *rs_only = "{\"token_endpoint\":\"https://auth/token\","
+                        "\"token_endpoint_auth_signing_alg_values_supported\":[\"RS384\"]}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, rs_only, FX_ALG_ES384, &te, &e),
+                   FX_EUNSUPPORTED);
+  assert_non_null(strstr(e.err.msg, "ES384"));
+  assert_non_null(strstr(e.err.msg, "RS384"));
+  const char *no_jwt = "{\"token_endpoint\":\"https://auth/token\","
+                       "\"token_endpoint_auth_methods_supported\":[\"client_secret_basic\"]}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, no_jwt, FX_ALG_ES384, &te, &e),
+                   FX_EUNSUPPORTED);
+  assert_non_null(strstr(e.err.msg, "private_key_jwt"));
+  assert_int_equal(fx_smart_check_discovery("t1", 404, "", FX_ALG_ES384, &te, &e), FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "fhir_base"));
+  assert_int_equal(fx_smart_check_discovery("t1", 503, "", FX_ALG_ES384, &te, &e), FX_ETRANSIENT);
+  assert_int_equal(fx_smart_check_discovery("t1", 200, "<html>", FX_ALG_ES384, &te, &e),
+                   FX_ETRANSIENT);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(success),
+                                     cmocka_unit_test(invalid_client_names_kid_and_reason),
+                                     cmocka_unit_test(invalid_scope_lists_what_we_asked),
+                                     cmocka_unit_test(outages_are_transient),
+                                     cmocka_unit_test(refuses_non_bearer),
+                                     cmocka_unit_test(cerner_reason),
+                                     cmocka_unit_test(scope_missing),
+                                     cmocka_unit_test(discovery_checks)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
