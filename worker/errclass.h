@@ -1,0 +1,30 @@
+/* Error classes: the vocabulary of failure records, dead-letter headers and
+ * `fhirx replay --error-class`. Each class says whether a later attempt can
+ * succeed without anyone changing anything. */
+#ifndef FX_ERRCLASS_H
+#define FX_ERRCLASS_H
+
+typedef enum fx_errclass {
+  FX_EC_NONE = 0,
+  FX_EC_INVALID_JOB,        /* not JSON, schema violation, unknown resource type, too many patients */
+  FX_EC_UNKNOWN_TENANT,     /* the job names a tenant this worker is not configured for */
+  FX_EC_AUTH,               /* no token: invalid_client, discovery mismatch, 401 twice */
+  FX_EC_SCOPE,              /* invalid_scope, or 403 for a type whose scope was not granted */
+  FX_EC_NOT_FOUND,          /* 404 */
+  FX_EC_SEARCH_RESTRICTION, /* 400: Cerner refused the search's parameters */
+  FX_EC_THROTTLED,          /* 429 beyond the retry budget */
+  FX_EC_TRANSIENT,          /* timeouts, resets, 5xx beyond the retry budget */
+  FX_EC_TOO_LARGE,          /* response or resource over a configured limit */
+  FX_EC_FOREIGN_REFERENCE,  /* a link or reference outside the tenant's FHIR base */
+  FX_EC_INVALID_RESPONSE,   /* the server's answer is not the FHIR JSON we asked for */
+  FX_EC_SERVER,             /* another permanent HTTP error (406, 409, 422, ...) */
+  FX_EC_COUNT
+} fx_errclass;
+
+const char *fx_errclass_name(fx_errclass c);
+/* FX_EC_NONE when the name is unknown. */
+fx_errclass fx_errclass_parse(const char *name);
+/* 1 if retrying later without a change can succeed. */
+int fx_errclass_transient(fx_errclass c);
+
+#endif

@@ -1,0 +1,280 @@
+#include "worker/job.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/resources.h"
+
+#define MAX_ID 128
+#define MAX_PATIENT_ID 64
+
+static int fail(fx_job_error *e, fx_errclass cls, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(fx_job_error *e, fx_errclass cls, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  va_end(ap);
+  e->cls = cls;
+  return -1;
+}
+
+/* Ids travel in URLs, message keys and headers: keep them to a safe alphabet. */
+static int safe_id(const char *s, size_t max, const char *extra) {
+  size_t n = strlen(s);
+  if (n == 0 || n > max) return 0;
+  for (const char *p = s; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+          strchr(extra, *p)))
+      return 0;
+  return 1;
+}
+
+/* RFC 3339 date or date-time, as FHIR's _lastUpdated takes it. */
+static int valid_instant(const char *s) {
+  int y, mo, d, h, mi, sec, n = 0;
+  size_t len = strlen(s);
+  if (len == 10) return sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) == 3 && n == 10 && mo >= 1 &&
+                        mo <= 12 && d >= 1 && d <= 31;
+  if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 || n != 19)
+    return 0;
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60) return 0;
+  const char *p = s + 19;
+  if (*p == '.')
+    for (p++; *p >= '0' && *p <= '9'; p++) {}
+  if (strcmp(p, "Z") == 0) return 1;
+  int oh, om;
+  return (*p == '+' || *p == '-') && sscanf(p + 1, "%2d:%2d%n", &oh, &om, &n) == 2 && n == 5 &&
+         p[6] == '\0';
+}
+
+static int parse_types(json_t *arr, const char *where, uint32_t *out, fx_job_error *e) {
+  if (!json_is_array(arr) || json_array_size(arr) == 0)
+    return fail(e, FX_EC_INVALID_JOB, "%s: expected a non-empty array of resource types", where);
+  uint32_t set = 0, patient = fx_patient_types();
+  size_t i;
+  json_t *v;
+  json_array_foreach(arr, i, v) {
+    const char *t = json_string_value(v);
+    int idx = fx_resource_index(t);
+    if (idx < 0)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "%s[%zu]: '%s' is not a resource type fhirx extracts (see `fhirx scopes`)",
+                  where, i, t ? t : "(not a string)");
+    if (!(patient & FX_TYPE_BIT(idx)))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "%s[%zu]: %s cannot be searched by patient on Cerner; it is fetched through "
+                  "references (set follow_references)",
+                  where, i, t);
+    set |= FX_TYPE_BIT(idx);
+  }
+  *out = set;
+  return 0;
+}
+
+static int add_task(fx_job *job, size_t cap, const char *patient, uint32_t types,
+                    fx_job_error *e) {
+  for (size_t i = 0; i < job->n_tasks; i++)
+    if (strcmp(job->tasks[i].patient, patient) == 0) {
+      job->tasks[i].types |= types; /* the same patient twice: one task, union of types */
+      return 0;
+    }
+  if (job->n_tasks == cap) return fail(e, FX_EC_INVALID_JOB, "too many tasks");
+  job->tasks[job->n_tasks].patient = strdup(patient);
+  if (!job->tasks[job->n_tasks].patient) return fail(e, FX_EC_INVALID_JOB, "out of memory");
+  job->tasks[job->n_tasks++].types = types;
+  return 0;
+}
+
+static int check_patient(json_t *v, const char *where, size_t i, fx_job_error *e) {
+  const char *p = json_string_value(v);
+  if (!p || !safe_id(p, MAX_PATIENT_ID, "-."))
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s[%zu]: a patient id must be a string of 1..%d letters, digits, '-' or '.'",
+                where, i, MAX_PATIENT_ID);
+  return 0;
+}
+
+static const char *const known_fields[] = {"job_id", "tenant", "patients", "resources", "tasks",
+                                           "since", "follow_references", "attempt"};
+
+static int parse_fields(json_t *doc, const fx_config *cfg, const fx_job_limits *lim, fx_job *job,
+                        fx_job_error *e) {
+  /* Keep what can be read of the id and tenant first: even a rejected job
+   * gets a status record and a dead letter that name it. */
+  const char *id0 = json_string_value(json_object_get(doc, "job_id"));
+  const char *tenant0 = json_string_value(json_object_get(doc, "tenant"));
+  if (id0 && safe_id(id0, MAX_ID, "-._:")) snprintf(e->job_id, sizeof e->job_id, "%s", id0);
+  if (tenant0) snprintf(e->tenant, sizeof e->tenant, "%s", tenant0);
+  const char *key;
+  json_t *v;
+  json_object_foreach(doc, key, v) {
+    size_t i = 0, n = sizeof known_fields / sizeof known_fields[0];
+    while (i < n && strcmp(known_fields[i], key) != 0) i++;
+    if (i == n)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "unknown field '%s'; a job has job_id, tenant, patients or tasks, resources, "
+                  "since, follow_references, attempt",
+                  key);
+  }
+  const char *id = json_string_value(json_object_get(doc, "job_id"));
+  if (!id || !safe_id(id, MAX_ID, "-._:"))
+    return fail(e, FX_EC_INVALID_JOB,
+                "job_id: required, a string of 1..%d letters, digits, '-', '.', '_' or ':'",
+                MAX_ID);
+  const char *tenant = tenant0;
+  if (!tenant) return fail(e, FX_EC_INVALID_JOB, "tenant: required, a configured tenant id");
+  const fx_tenant_conf *t = fx_config_tenant(cfg, tenant);
+  if (!t)
+    return fail(e, FX_EC_UNKNOWN_TENANT,
+                "tenant '%.64s' is not configured on this worker; add it under tenants[] (then "
+                "replay the dead letter)",
+                tenant);
+  if (!(job->job_id = strdup(id)) || !(job->tenant = strdup(tenant)))
+    return fail(e, FX_EC_INVALID_JOB, "out of memory");
+
+  json_t *since = json_object_get(doc, "since");
+  if (since) {
+    if (!json_is_string(since) || !valid_instant(json_string_value(since)))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "since: expected an RFC 3339 date or date-time, e.g. 2026-11-01T00:00:00Z");
+    if (!(job->since = strdup(json_string_value(since))))
+      return fail(e, FX_EC_INVALID_JOB, "out of memory");
+  }
+  json_t *follow = json_object_get(doc, "follow_references");
+  if (follow && !json_is_boolean(follow))
+    return fail(e, FX_EC_INVALID_JOB, "follow_references: expected true or false");
+  job->follow_references = follow ? json_is_true(follow) : 0;
+  json_t *attempt = json_object_get(doc, "attempt");
+  if (attempt && (!json_is_integer(attempt) || json_integer_value(attempt) < 1 ||
+                  json_integer_value(attempt) > 1000))
+    return fail(e, FX_EC_INVALID_JOB, "attempt: expected an integer from 1 to 1000");
+  job->attempt = attempt ? (int)json_integer_value(attempt) : 1;
+
+  json_t *patients = json_object_get(doc, "patients"), *tasks = json_object_get(doc, "tasks");
+  json_t *resources = json_object_get(doc, "resources");
+  if (!patients == !tasks)
+    return fail(e, FX_EC_INVALID_JOB, "a job needs exactly one of patients or tasks");
+  size_t n = json_array_size(patients ? patients : tasks);
+  if ((patients && !json_is_array(patients)) || (tasks && !json_is_array(tasks)) || n == 0)
+    return fail(e, FX_EC_INVALID_JOB, "%s: expected a non-empty array",
+                patients ? "patients" : "tasks");
+  if (n > lim->max_patients)
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s: %zu patients is more than this worker's limit of %zu per job; split the job "
+                "(`fhirx enqueue --batch`)",
+                patients ? "patients" : "tasks", n, lim->max_patients);
+  job->tasks = calloc(n, sizeof *job->tasks);
+  if (!job->tasks) return fail(e, FX_EC_INVALID_JOB, "out of memory");
+
+  uint32_t types = fx_tenant_types(t);
+  if (resources && parse_types(resources, "resources", &types, e)) return -1;
+  if (types == 0)
+    return fail(e, FX_EC_INVALID_JOB, "tenant %s has no resource types to fetch per patient",
+                tenant);
+  size_t i;
+  json_t *item;
+  if (patients) {
+    json_array_foreach(patients, i, item) {
+      if (check_patient(item, "patients", i, e) ||
+          add_task(job, n, json_string_value(item), types, e))
+        return -1;
+    }
+    return 0;
+  }
+  if (resources)
+    return fail(e, FX_EC_INVALID_JOB, "resources: give resources inside each task instead");
+  json_array_foreach(tasks, i, item) {
+    char where[48];
+    snprintf(where, sizeof where, "tasks[%zu]", i);
+    json_t *p = json_object_get(item, "patient"), *r = json_object_get(item, "resources");
+    if (!json_is_object(item) || !p || !r || json_object_size(item) != 2)
+      return fail(e, FX_EC_INVALID_JOB, "%s: expected {\"patient\": ..., \"resources\": [...]}",
+                  where);
+    uint32_t task_types;
+    char rwhere[64];
+    snprintf(rwhere, sizeof rwhere, "%s.resources", where);
+    if (check_patient(p, "tasks.patient", i, e) || parse_types(r, rwhere, &task_types, e) ||
+        add_task(job, n, json_string_value(p), task_types, e))
+      return -1;
+  }
+  return 0;
+}
+
+int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job_limits *lim,
+                 fx_job **out, fx_job_error *e) {
+  *out = NULL;
+  memset(e, 0, sizeof *e);
+  if (len > lim->max_bytes)
+    return fail(e, FX_EC_INVALID_JOB,
+                "the job is %zu bytes, more than the %zu bytes a job may have; split it", len,
+                lim->max_bytes);
+  json_error_t jerr;
+  json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!doc)
+    return fail(e, FX_EC_INVALID_JOB, "not JSON: %s at line %d, column %d", jerr.text, jerr.line,
+                jerr.column);
+  if (!json_is_object(doc)) {
+    json_decref(doc);
+    return fail(e, FX_EC_INVALID_JOB, "a job must be a JSON object");
+  }
+  fx_job *job = calloc(1, sizeof *job);
+  int rc = job ? parse_fields(doc, cfg, lim, job, e) : fail(e, FX_EC_INVALID_JOB, "out of memory");
+  json_decref(doc);
+  if (rc) {
+    fx_job_free(job);
+    return -1;
+  }
+  *out = job;
+  return 0;
+}
+
+void fx_job_free(fx_job *job) {
+  if (!job) return;
+  for (size_t i = 0; i < job->n_tasks; i++) free(job->tasks[i].patient);
+  free(job->tasks);
+  free(job->job_id);
+  free(job->tenant);
+  free(job->since);
+  free(job);
+}
+
+size_t fx_job_task_count(const fx_job *job) {
+  size_t n = 0;
+  for (size_t i = 0; i < job->n_tasks; i++) n += (size_t)__builtin_popcount(job->tasks[i].types);
+  return n;
+}
+
+static json_t *types_json(uint32_t types) {
+  json_t *arr = json_array();
+  for (size_t i = 0; i < fx_cerner_types_n; i++)
+    if (types & FX_TYPE_BIT(i)) json_array_append_new(arr, json_string(fx_cerner_types[i]));
+  return arr;
+}
+
+json_t *fx_job_to_json(const fx_job *job) {
+  json_t *o = json_pack("{s:s, s:s}", "job_id", job->job_id, "tenant", job->tenant);
+  if (!o) return NULL;
+  int uniform = 1;
+  for (size_t i = 1; i < job->n_tasks; i++) uniform &= job->tasks[i].types == job->tasks[0].types;
+  if (uniform && job->n_tasks) {
+    json_t *pats = json_array();
+    for (size_t i = 0; i < job->n_tasks; i++)
+      json_array_append_new(pats, json_string(job->tasks[i].patient));
+    json_object_set_new(o, "patients", pats);
+    json_object_set_new(o, "resources", types_json(job->tasks[0].types));
+  } else {
+    json_t *tasks = json_array();
+    for (size_t i = 0; i < job->n_tasks; i++)
+      json_array_append_new(tasks, json_pack("{s:s, s:o}", "patient", job->tasks[i].patient,
+                                             "resources", types_json(job->tasks[i].types)));
+    json_object_set_new(o, "tasks", tasks);
+  }
+  if (job->since) json_object_set_new(o, "since", json_string(job->since));
+  if (job->follow_references) json_object_set_new(o, "follow_references", json_true());
+  json_object_set_new(o, "attempt", json_integer(job->attempt));
+  return o;
+}
