@@ -1,0 +1,273 @@
+#include "tests/sim/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PATIENTS 1000000L
+#define MAX_EXPIRES_IN 86400L
+
+/* Every object in the file is checked against its list of allowed keys so a
+ * typo ("expire_in") fails loudly instead of silently using a default. */
+static const char *const top_keys[] = {"seed", "tenants", NULL};
+static const char *const tenant_keys[] = {"id",           "sandbox",      "patients", "expires_in",
+                                          "auth_methods", "signing_algs", "clients",  NULL};
+static const char *const client_keys[] = {"client_id", "jwks_file", "jwks_url", "jwks",
+                                          "scopes",    NULL};
+
+static int fail(char *err, size_t n, const char *where, const char *what) {
+  snprintf(err, n, "%s%s%s", where, *where ? ": " : "", what);
+  return -1;
+}
+
+static int check_keys(json_t *o, const char *const *allowed, const char *where, char *err,
+                      size_t n) {
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    bool ok = false;
+    for (size_t i = 0; allowed[i] && !ok; i++) ok = strcmp(allowed[i], key) == 0;
+    if (!ok) {
+      snprintf(err, n, "%s%sunknown key \"%s\"", where, *where ? ": " : "", key);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int get_long(json_t *o, const char *key, long min, long max, long def,
+                    const char *where, long *out, char *err, size_t n) {
+  json_t *v = json_object_get(o, key);
+  *out = def;
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+    snprintf(err, n, "%s.%s: expected an integer from %ld to %ld", where, key, min, max);
+    return -1;
+  }
+  *out = (long)json_integer_value(v);
+  return 0;
+}
+
+/* Reads an optional array of non-empty strings; `def` (NULL-terminated) is
+ * used when the key is absent. */
+static int get_strv(json_t *o, const char *key, const char *const *def, const char *where,
+                    sim_strv *out, char *err, size_t n) {
+  json_t *v = json_object_get(o, key);
+  *out = (sim_strv){0};
+  if (!v) {
+    for (size_t i = 0; def && def[i]; i++)
+      if (sim_strv_push(out, def[i]) != 0) return fail(err, n, where, "out of memory");
+    return 0;
+  }
+  if (!json_is_array(v)) goto bad;
+  size_t i;
+  json_t *s;
+  json_array_foreach(v, i, s) {
+    if (!json_is_string(s) || !*json_string_value(s)) goto bad;
+    if (sim_strv_push(out, json_string_value(s)) != 0) {
+      sim_strv_free(out);
+      return fail(err, n, where, "out of memory");
+    }
+  }
+  return 0;
+bad:
+  sim_strv_free(out);
+  snprintf(err, n, "%s.%s: expected an array of non-empty strings", where, key);
+  return -1;
+}
+
+/* Returns the string value of an optional key, NULL when absent; -1 in *rc
+ * when present but not a non-empty string. */
+static const char *opt_str(json_t *o, const char *key, const char *where, int *rc,
+                           char *err, size_t n) {
+  json_t *v = json_object_get(o, key);
+  if (!v) return NULL;
+  if (!json_is_string(v) || !*json_string_value(v)) {
+    snprintf(err, n, "%s.%s: expected a non-empty string", where, key);
+    *rc = -1;
+    return NULL;
+  }
+  return json_string_value(v);
+}
+
+static int check_client_id(const char *id, const char *where, char *err, size_t n) {
+  if (!id) return fail(err, n, where, "client_id: required non-empty string");
+  if (strlen(id) > 256) return fail(err, n, where, "client_id: longer than 256 characters");
+  for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+    if (*p < 0x21 || *p == 0x7f) return fail(err, n, where, "client_id: contains whitespace");
+  return 0;
+}
+
+/* Exactly one JWKS source, because a real registration has exactly one. */
+static int parse_jwks_source(json_t *obj, const char *where, sim_client *c, char *err,
+                             size_t n) {
+  int rc = 0;
+  const char *file = opt_str(obj, "jwks_file", where, &rc, err, n);
+  const char *url = opt_str(obj, "jwks_url", where, &rc, err, n);
+  json_t *inl = json_object_get(obj, "jwks");
+  if (rc) return rc;
+  if ((file != NULL) + (url != NULL) + (inl != NULL) != 1)
+    return fail(err, n, where, "exactly one of jwks_file, jwks_url, jwks is required");
+  if (url && strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+    return fail(err, n, where, "jwks_url: must start with http:// or https://");
+  if (inl && (!json_is_object(inl) || !json_is_array(json_object_get(inl, "keys"))))
+    return fail(err, n, where, "jwks: expected an object with a \"keys\" array");
+  c->jwks_file = sim_strdup(file);
+  c->jwks_url = sim_strdup(url);
+  c->jwks = inl ? json_deep_copy(inl) : NULL;
+  if ((file && !c->jwks_file) || (url && !c->jwks_url) || (inl && !c->jwks))
+    return fail(err, n, where, "out of memory");
+  return 0;
+}
+
+int sim_client_parse(json_t *obj, const char *where, sim_client *out, char *err,
+                     size_t errlen) {
+  *out = (sim_client){0};
+  if (!json_is_object(obj)) return fail(err, errlen, where, "expected an object");
+  if (check_keys(obj, client_keys, where, err, errlen)) return -1;
+  int rc = 0;
+  const char *id = opt_str(obj, "client_id", where, &rc, err, errlen);
+  if (rc || check_client_id(id, where, err, errlen)) return -1;
+  if (!json_is_array(json_object_get(obj, "scopes")))
+    return fail(err, errlen, where, "scopes: required array of strings");
+  out->client_id = strdup(id);
+  if (!out->client_id || parse_jwks_source(obj, where, out, err, errlen) ||
+      get_strv(obj, "scopes", NULL, where, &out->scopes, err, errlen)) {
+    if (!out->client_id) fail(err, errlen, where, "out of memory");
+    sim_client_clear(out);
+    return -1;
+  }
+  return 0;
+}
+
+int sim_client_copy(sim_client *dst, const sim_client *src) {
+  *dst = (sim_client){0};
+  dst->client_id = sim_strdup(src->client_id);
+  dst->jwks_file = sim_strdup(src->jwks_file);
+  dst->jwks_url = sim_strdup(src->jwks_url);
+  dst->jwks = src->jwks ? json_deep_copy(src->jwks) : NULL;
+  int rc = sim_strv_copy(&dst->scopes, &src->scopes);
+  if (rc || !dst->client_id || (src->jwks_file && !dst->jwks_file) ||
+      (src->jwks_url && !dst->jwks_url) || (src->jwks && !dst->jwks)) {
+    sim_client_clear(dst);
+    return -1;
+  }
+  return 0;
+}
+
+void sim_client_clear(sim_client *c) {
+  free(c->client_id);
+  free(c->jwks_file);
+  free(c->jwks_url);
+  json_decref(c->jwks);
+  sim_strv_free(&c->scopes);
+  *c = (sim_client){0};
+}
+
+bool sim_tenant_id_valid(const char *id) {
+  size_t len = strlen(id);
+  if (len == 0 || len > 64) return false;
+  for (const char *p = id; *p; p++) {
+    char c = *p;
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+          c == '-' || c == '.' || c == '_'))
+      return false;
+  }
+  return true;
+}
+
+static int parse_clients(json_t *arr, const char *where, sim_tenant_cfg *t, char *err,
+                         size_t n) {
+  if (!arr) return 0;
+  if (!json_is_array(arr)) return fail(err, n, where, "clients: expected an array");
+  t->clients = calloc(json_array_size(arr) + 1, sizeof *t->clients);
+  if (!t->clients) return fail(err, n, where, "out of memory");
+  for (size_t i = 0; i < json_array_size(arr); i++) {
+    char cw[128];
+    snprintf(cw, sizeof cw, "%s.clients[%zu]", where, i);
+    sim_client *c = &t->clients[t->nclients];
+    if (sim_client_parse(json_array_get(arr, i), cw, c, err, n)) return -1;
+    t->nclients++;
+    for (size_t j = 0; j + 1 < t->nclients; j++)
+      if (strcmp(t->clients[j].client_id, c->client_id) == 0)
+        return fail(err, n, cw, "client_id: duplicate within the tenant");
+  }
+  return 0;
+}
+
+static int parse_tenant(json_t *o, const char *where, sim_tenant_cfg *t, char *err,
+                        size_t n) {
+  static const char *const def_methods[] = {"private_key_jwt", NULL};
+  static const char *const def_algs[] = {"RS384", "ES384", NULL};
+  if (!json_is_object(o)) return fail(err, n, where, "expected an object");
+  if (check_keys(o, tenant_keys, where, err, n)) return -1;
+  json_t *id = json_object_get(o, "id");
+  if (!json_is_string(id) || !sim_tenant_id_valid(json_string_value(id))) {
+    snprintf(err, n, "%s.id: required string of 1-64 characters [A-Za-z0-9._-]", where);
+    return -1;
+  }
+  if (!(t->id = strdup(json_string_value(id)))) return fail(err, n, where, "out of memory");
+  json_t *sb = json_object_get(o, "sandbox");
+  if (sb && !json_is_boolean(sb)) {
+    snprintf(err, n, "%s.sandbox: expected true or false", where);
+    return -1;
+  }
+  t->sandbox = json_is_true(sb);
+  if (get_long(o, "patients", 0, MAX_PATIENTS, 0, where, &t->patients, err, n) ||
+      get_long(o, "expires_in", 1, MAX_EXPIRES_IN, 570, where, &t->expires_in, err, n) ||
+      get_strv(o, "auth_methods", def_methods, where, &t->auth_methods, err, n) ||
+      get_strv(o, "signing_algs", def_algs, where, &t->signing_algs, err, n))
+    return -1;
+  return parse_clients(json_object_get(o, "clients"), where, t, err, n);
+}
+
+static int parse_top(json_t *root, sim_config *c, char *err, size_t n) {
+  if (!json_is_object(root)) return fail(err, n, "", "top level: expected an object");
+  if (check_keys(root, top_keys, "", err, n)) return -1;
+  json_t *seed = json_object_get(root, "seed");
+  if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0))
+    return fail(err, n, "seed", "expected a non-negative integer");
+  c->seed = seed ? (uint64_t)json_integer_value(seed) : 0;
+  json_t *ts = json_object_get(root, "tenants");
+  if (!json_is_array(ts) || json_array_size(ts) == 0)
+    return fail(err, n, "tenants", "required non-empty array");
+  c->tenants = calloc(json_array_size(ts), sizeof *c->tenants);
+  if (!c->tenants) return fail(err, n, "tenants", "out of memory");
+  for (size_t i = 0; i < json_array_size(ts); i++) {
+    char where[64];
+    snprintf(where, sizeof where, "tenants[%zu]", i);
+    c->ntenants++;
+    if (parse_tenant(json_array_get(ts, i), where, &c->tenants[i], err, n)) return -1;
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(c->tenants[j].id, c->tenants[i].id) == 0)
+        return fail(err, n, where, "id: duplicate tenant id");
+  }
+  return 0;
+}
+
+int sim_config_load(const char *path, sim_config *out, char *err, size_t errlen) {
+  *out = (sim_config){0};
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    snprintf(err, errlen, "%s: line %d column %d: %s", path, jerr.line, jerr.column, jerr.text);
+    return -1;
+  }
+  int rc = parse_top(root, out, err, errlen);
+  json_decref(root);
+  if (rc) sim_config_free(out);
+  return rc;
+}
+
+void sim_config_free(sim_config *c) {
+  for (size_t i = 0; i < c->ntenants; i++) {
+    sim_tenant_cfg *t = &c->tenants[i];
+    free(t->id);
+    sim_strv_free(&t->auth_methods);
+    sim_strv_free(&t->signing_algs);
+    for (size_t j = 0; j < t->nclients; j++) sim_client_clear(&t->clients[j]);
+    free(t->clients);
+  }
+  free(c->tenants);
+  *c = (sim_config){0};
+}

@@ -1,0 +1,202 @@
+/* Control API for tests under /_sim/ (no auth, JSON in and out):
+ *
+ *   GET    /_sim/health
+ *   GET    /_sim/counters
+ *   POST   /_sim/counters/reset
+ *   POST   /_sim/tenants/{t}/clients    one client object, added or replaced
+ *   POST   /_sim/tenants/{t}/settings   {expires_in, revoke_tokens, fhir_always_401}
+ *   POST   /_sim/tenants/{t}/faults     {target, status, content_type, body, headers,
+ *                                        delay_ms, count}
+ *   DELETE /_sim/tenants/{t}/faults
+ *
+ * Bodies are validated completely before anything changes, so a rejected
+ * request (400 {"error": "..."}) leaves the simulator as it was. */
+#include "tests/sim/config.h"
+#include "tests/sim/http.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_DELAY_MS 600000
+
+static void reply(sim_resp *resp, unsigned status, const char *error) {
+  json_t *doc = error ? json_pack("{s:s}", "error", error) : json_pack("{s:b}", "ok", 1);
+  sim_resp_json(resp, status, SIM_CT_JSON, doc);
+}
+
+/* Parses the body as a JSON object (new reference) or answers 400. */
+static json_t *body_object(const sim_req *req, sim_resp *resp) {
+  json_error_t e;
+  json_t *o = json_loadb(req->body.data ? req->body.data : "", req->body.len,
+                         JSON_REJECT_DUPLICATES, &e);
+  if (!json_is_object(o)) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "body must be a JSON object (%s)", o ? "not an object" : e.text);
+    sim_utf8_trim(msg);
+    reply(resp, 400, msg);
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static bool only_keys(json_t *o, const char *const *allowed, sim_resp *resp) {
+  const char *key;
+  const json_t *v;
+  json_object_foreach(o, key, v) {
+    size_t i = 0;
+    while (allowed[i] && strcmp(allowed[i], key) != 0) i++;
+    if (!allowed[i]) {
+      char k[101], msg[160];
+      snprintf(k, sizeof k, "%s", key);
+      sim_utf8_trim(k); /* the cut may fall inside a character */
+      snprintf(msg, sizeof msg, "unknown key \"%s\"", k);
+      reply(resp, 400, msg);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void put_client(sim_req *req, sim_tenant *t, sim_resp *resp) {
+  json_t *o = body_object(req, resp);
+  if (!o) return;
+  char err[256];
+  sim_client c;
+  if (sim_client_parse(o, "client", &c, err, sizeof err) != 0) {
+    sim_utf8_trim(err);
+    reply(resp, 400, err);
+  } else if (sim_state_put_client(req->st, t, &c) != 0) {
+    reply(resp, 500, "out of memory");
+  } else {
+    reply(resp, 200, NULL);
+  }
+  sim_client_clear(&c);
+  json_decref(o);
+}
+
+static void settings(sim_req *req, sim_tenant *t, sim_resp *resp) {
+  static const char *const keys[] = {"expires_in", "revoke_tokens", "fhir_always_401", NULL};
+  json_t *o = body_object(req, resp);
+  if (!o || !only_keys(o, keys, resp)) goto out;
+  const json_t *exp = json_object_get(o, "expires_in");
+  const json_t *revoke = json_object_get(o, "revoke_tokens");
+  const json_t *always = json_object_get(o, "fhir_always_401");
+  if (exp && (!json_is_integer(exp) || json_integer_value(exp) < 1 ||
+              json_integer_value(exp) > 86400)) {
+    reply(resp, 400, "expires_in: expected an integer from 1 to 86400");
+  } else if ((revoke && !json_is_boolean(revoke)) || (always && !json_is_boolean(always))) {
+    reply(resp, 400, "revoke_tokens and fhir_always_401 must be true or false");
+  } else {
+    if (exp) sim_state_set_expires_in(req->st, t, (long)json_integer_value(exp));
+    if (json_is_true(revoke)) sim_state_revoke_tokens(req->st, t);
+    if (always) sim_state_set_always_401(req->st, t, json_is_true(always));
+    reply(resp, 200, NULL);
+  }
+out:
+  json_decref(o);
+}
+
+static bool int_in(const json_t *v, long lo, long hi) {
+  return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
+}
+
+static const char *fault_problem(json_t *o) {
+  const json_t *status = json_object_get(o, "status"), *delay = json_object_get(o, "delay_ms");
+  const json_t *count = json_object_get(o, "count");
+  json_t *headers = json_object_get(o, "headers");
+  const char *target = json_string_value(json_object_get(o, "target"));
+  if (!target || sim_target_from_name(target) < 0)
+    return "target: expected \"token\", \"discovery\" or \"fhir\"";
+  if (status && !(int_in(status, 100, 599) || int_in(status, 0, 0)))
+    return "status: expected 0 (delay only) or an HTTP status 100-599";
+  if (delay && !int_in(delay, 0, MAX_DELAY_MS)) return "delay_ms: expected 0-600000";
+  if (count && !(int_in(count, 1, 1000000000L) || int_in(count, -1, -1)))
+    return "count: expected a positive integer or -1 (until cleared)";
+  if (!json_integer_value(status) && !json_integer_value(delay))
+    return "a fault needs a status or a delay_ms";
+  const json_t *ct = json_object_get(o, "content_type"), *body = json_object_get(o, "body");
+  if ((ct && !json_is_string(ct)) || (body && !json_is_string(body)))
+    return "content_type and body must be strings";
+  if (headers && !json_is_object(headers)) return "headers: expected an object of strings";
+  const char *k;
+  const json_t *v;
+  json_object_foreach(headers, k, v) {
+    if (!json_is_string(v) || strpbrk(json_string_value(v), "\r\n") || strpbrk(k, "\r\n: "))
+      return "headers: expected an object of single-line strings";
+  }
+  return NULL;
+}
+
+static void set_fault(sim_req *req, sim_tenant *t, sim_resp *resp) {
+  static const char *const keys[] = {"target",   "status", "content_type", "body",
+                                     "delay_ms", "count",  "headers",      NULL};
+  json_t *o = body_object(req, resp);
+  if (!o || !only_keys(o, keys, resp)) goto out;
+  const char *problem = fault_problem(o);
+  if (problem) {
+    reply(resp, 400, problem);
+    goto out;
+  }
+  const json_t *count = json_object_get(o, "count"), *headers = json_object_get(o, "headers");
+  sim_fault f = {
+      .count = count ? (long)json_integer_value(count) : 1,
+      .status = (unsigned)json_integer_value(json_object_get(o, "status")),
+      .delay_ms = (long)json_integer_value(json_object_get(o, "delay_ms")),
+      .content_type = sim_strdup(json_string_value(json_object_get(o, "content_type"))),
+      .body = sim_strdup(json_string_value(json_object_get(o, "body"))),
+      .headers = headers ? json_deep_copy(headers) : NULL,
+  };
+  sim_target target =
+      (sim_target)sim_target_from_name(json_string_value(json_object_get(o, "target")));
+  sim_state_set_fault(req->st, t, target, &f);
+  reply(resp, 200, NULL);
+out:
+  json_decref(o);
+}
+
+/* /tenants/{t}/<what> */
+static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
+  char id[128];
+  size_t len = strcspn(rest, "/");
+  if (len == 0 || len >= sizeof id) {
+    reply(resp, 404, "no such control endpoint");
+    return;
+  }
+  memcpy(id, rest, len);
+  id[len] = '\0';
+  sim_tenant *t = sim_state_tenant(req->st, id);
+  const char *what = rest + len;
+  bool post = strcmp(req->method, "POST") == 0;
+  if (!t)
+    reply(resp, 404, "unknown tenant");
+  else if (post && strcmp(what, "/clients") == 0)
+    put_client(req, t, resp);
+  else if (post && strcmp(what, "/settings") == 0)
+    settings(req, t, resp);
+  else if (post && strcmp(what, "/faults") == 0)
+    set_fault(req, t, resp);
+  else if (strcmp(req->method, "DELETE") == 0 && strcmp(what, "/faults") == 0) {
+    sim_state_clear_faults(req->st, t);
+    reply(resp, 200, NULL);
+  } else
+    reply(resp, 404, "no such control endpoint (or wrong method)");
+}
+
+void sim_control_handle(sim_req *req, sim_resp *resp) {
+  const char *sub = req->subpath;
+  bool get = strcmp(req->method, "GET") == 0, post = strcmp(req->method, "POST") == 0;
+  if (get && strcmp(sub, "/health") == 0) {
+    reply(resp, 200, NULL);
+  } else if (get && strcmp(sub, "/counters") == 0) {
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_state_counters_json(req->st));
+  } else if (post && strcmp(sub, "/counters/reset") == 0) {
+    sim_state_reset_counters(req->st);
+    reply(resp, 200, NULL);
+  } else if (strncmp(sub, "/tenants/", 9) == 0) {
+    tenant_route(req, sub + 9, resp);
+  } else {
+    reply(resp, 404, "no such control endpoint (or wrong method)");
+  }
+  sim_resp_header(resp, "Cache-Control", "no-store");
+}

@@ -1,0 +1,158 @@
+/* FHIR R4 endpoints under /r4/{tenant}: bearer token checks (401 with
+ * Cerner's WWW-Authenticate, 403 for a missing scope), then read by id or
+ * search through the per-type rules in fhir_types.c. */
+#include "tests/sim/fhir.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define REALM "fhir-ehr-code.cerner.com"
+
+void sim_fhir_outcome(sim_resp *resp, unsigned status, const char *code, const char *diagnostics) {
+  json_t *oo = json_pack("{s:s, s:[{s:s, s:s, s:{s:s}, s:s}]}", "resourceType",
+                         "OperationOutcome", "issue", "severity", "error", "code", code,
+                         "details", "text", diagnostics, "diagnostics", diagnostics);
+  sim_resp_json(resp, status, SIM_CT_FHIR, oo);
+}
+
+static void unauthorized(sim_resp *resp, const char *why) {
+  sim_fhir_outcome(resp, 401, "login", why);
+  /* why never contains quotes: it comes from fixed strings in state.c/here. */
+  sim_resp_header(resp, "WWW-Authenticate",
+                  "Bearer realm=\"" REALM "\", error=\"invalid_token\", error_description=\"%s\"",
+                  why);
+}
+
+/* The token after "Bearer " (scheme case-insensitive), or NULL. */
+static const char *bearer_token(const sim_req *req) {
+  const char *h = sim_req_header(req, "Authorization");
+  if (!h || strncasecmp(h, "Bearer ", 7) != 0) return NULL;
+  h += 7;
+  while (*h == ' ') h++;
+  return *h ? h : NULL;
+}
+
+/* SMART v2 permissions are a subsequence of "cruds"; reading needs 'r'. */
+static bool v2_permits_read(const char *perm, size_t len) {
+  const char *order = "cruds";
+  bool read = false;
+  for (size_t i = 0; i < len; i++) {
+    const char *at = memchr(order, perm[i], strlen(order));
+    if (!at) return false;
+    order = at + 1;
+    read = read || perm[i] == 'r';
+  }
+  return read;
+}
+
+/* True if a granted scope allows reading `type`: system/T.read (v1) or
+ * system/T.<v2 permissions with r>, optionally followed by "?query". */
+static bool scope_allows_read(const char *scopes, const char *type) {
+  size_t tlen = strlen(type);
+  for (const char *p = scopes; *p;) {
+    size_t len = strcspn(p, " ");
+    const char *end = p + len;
+    if (len > 7 + tlen + 1 && strncmp(p, "system/", 7) == 0 && strncmp(p + 7, type, tlen) == 0 &&
+        p[7 + tlen] == '.') {
+      const char *perm = p + 7 + tlen + 1;
+      size_t plen = strcspn(perm, " ?");
+      if ((plen == 4 && strncmp(perm, "read", 4) == 0) || v2_permits_read(perm, plen))
+        return true;
+    }
+    p = *end ? end + 1 : end;
+  }
+  return false;
+}
+
+/* Checks the bearer token; fills resp (401) and returns NULL when it is not
+ * valid, else returns its granted scopes (new string, caller frees). */
+static char *authenticate(sim_req *req, sim_resp *resp) {
+  const char *token = bearer_token(req);
+  if (!token) {
+    unauthorized(resp, "the request has no bearer token");
+    return NULL;
+  }
+  char why[128], *scopes = NULL;
+  if (sim_state_token_scope(req->st, req->tenant, token, &scopes, why, sizeof why) != 0) {
+    unauthorized(resp, why);
+    return NULL;
+  }
+  return scopes;
+}
+
+static void forbidden(sim_resp *resp, const char *type) {
+  char diag[256];
+  snprintf(diag, sizeof diag,
+           "insufficient scope: the access token lacks system/%s.read (SMART v2: system/%s.rs)",
+           type, type);
+  sim_fhir_outcome(resp, 403, "forbidden", diag);
+}
+
+static bool id_valid(const char *id) {
+  size_t len = strlen(id);
+  if (len == 0 || len > 64) return false;
+  for (const char *p = id; *p; p++)
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '.'))
+      return false;
+  return true;
+}
+
+static void read_resource(sim_req *req, sim_resp *resp, sim_rtype type, const char *id) {
+  bool valid = id_valid(id);
+  const sim_resource *r = valid ? sim_store_find(req->tenant->store, type, id) : NULL;
+  if (!r) {
+    /* Only a valid id is echoed: the path is client-controlled bytes. */
+    char diag[160];
+    snprintf(diag, sizeof diag, "%s/%s was not found", sim_rtype_name(type),
+             valid ? id : "(invalid id)");
+    sim_fhir_outcome(resp, 404, "not-found", diag);
+    return;
+  }
+  char *body = malloc(r->json_len);
+  if (!body) {
+    sim_fhir_outcome(resp, 500, "exception", "out of memory");
+    return;
+  }
+  memcpy(body, r->json, r->json_len);
+  sim_resp_body(resp, 200, SIM_CT_FHIR, body, r->json_len);
+}
+
+/* Splits subpath "/Type" or "/Type/id"; returns the type or -1, and the id
+ * (pointer into subpath, NULL for a search). */
+static int parse_path(const char *subpath, char *type_name, size_t n, const char **id) {
+  *id = NULL;
+  if (*subpath != '/') return -1;
+  size_t len = strcspn(subpath + 1, "/");
+  if (len == 0 || len >= n) return -1;
+  memcpy(type_name, subpath + 1, len);
+  type_name[len] = '\0';
+  const char *rest = subpath + 1 + len;
+  if (*rest == '/') {
+    *id = rest + 1;
+    if (!**id || strchr(*id, '/')) return -1; /* no _history, $operations, ... yet */
+  }
+  return sim_rtype_from_name(type_name);
+}
+
+void sim_fhir_handle(sim_req *req, sim_resp *resp) {
+  char type_name[64];
+  const char *id;
+  int type = parse_path(req->subpath, type_name, sizeof type_name, &id);
+  /* Authentication comes first, as on Cerner: nothing is revealed without a token. */
+  char *scopes = authenticate(req, resp);
+  if (!scopes) return;
+  if (strcmp(req->method, "GET") != 0)
+    sim_fhir_outcome(resp, 405, "not-supported", "this simulator serves GET only");
+  else if (type < 0)
+    sim_fhir_outcome(resp, 404, "not-supported", "unknown resource type or path");
+  else if (!scope_allows_read(scopes, type_name))
+    forbidden(resp, type_name);
+  else if (id)
+    read_resource(req, resp, (sim_rtype)type, id);
+  else
+    sim_fhir_search(req, resp, sim_search_def_for((sim_rtype)type));
+  free(scopes);
+}

@@ -1,0 +1,413 @@
+#include "tests/sim/http.h"
+
+#include "common/log.h"
+#include "tests/sim/delay.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_BODY (1024 * 1024)
+#define SHUTDOWN_WAIT_MS 2000L
+
+struct sim_server {
+  struct MHD_Daemon *daemon;
+  sim_state *st;
+  sim_delay delay;
+  bool verbose;
+  unsigned port;
+  char fallback_host[96]; /* used when a request has no usable Host header */
+};
+
+/* Per-request state kept in MHD's con_cls between callbacks. */
+typedef struct req_ctx {
+  sim_req req;
+  sim_server *srv;
+  sim_fault fault;
+  bool has_fault;
+  bool suspended;     /* a delay was applied */
+  bool delay_pending; /* suspended and not yet accounted as resumed in sim_delay */
+  int64_t started_ms;
+  unsigned status;
+  bool oom; /* copying the request out of MHD failed */
+} req_ctx;
+
+/* ---- responses ---- */
+
+void sim_resp_body(sim_resp *r, unsigned status, const char *content_type, char *body,
+                   size_t len) {
+  free(r->body);
+  r->status = status;
+  r->content_type = content_type;
+  r->body = body;
+  r->len = body ? len : 0;
+}
+
+void sim_resp_json(sim_resp *r, unsigned status, const char *content_type, json_t *doc) {
+  char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(doc);
+  if (!text) {
+    sim_resp_body(r, 500, SIM_CT_JSON, NULL, 0);
+    return;
+  }
+  sim_resp_body(r, status, content_type, text, strlen(text));
+}
+
+void sim_resp_header(sim_resp *r, const char *name, const char *fmt, ...) {
+  if (r->nhdrs == SIM_RESP_MAX_HEADERS) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *value = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (!value) return;
+  va_start(ap, fmt);
+  vsnprintf(value, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  r->hdrs[r->nhdrs].name = name;
+  r->hdrs[r->nhdrs].value = value;
+  r->nhdrs++;
+}
+
+void sim_resp_free(sim_resp *r) {
+  free(r->body);
+  for (size_t i = 0; i < r->nhdrs; i++) free(r->hdrs[i].value);
+  *r = (sim_resp){0};
+}
+
+/* ---- requests ---- */
+
+const char *sim_req_header(const sim_req *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *sim_req_query(const sim_req *r, const char *key) {
+  for (size_t i = 0; i < r->nquery; i++)
+    if (strcmp(r->query[i].key, key) == 0) return r->query[i].value;
+  return NULL;
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value) {
+  (void)kind;
+  req_ctx *c = cls;
+  sim_req *r = &c->req;
+  sim_kv *q = realloc(r->query, (r->nquery + 1) * sizeof *q);
+  if (q) {
+    r->query = q;
+    q[r->nquery].key = strdup(key);
+    q[r->nquery].value = strdup(value ? value : "");
+    if (q[r->nquery].key && q[r->nquery].value) {
+      r->nquery++;
+      return MHD_YES;
+    }
+    free(q[r->nquery].key);
+    free(q[r->nquery].value);
+  }
+  c->oom = true;
+  return MHD_NO;
+}
+
+/* The Host header becomes part of URLs we hand out (token_endpoint, fullUrl,
+ * next links) and of the expected JWT aud, so only host[:port] characters
+ * are accepted; anything else falls back to the listening address. */
+static void set_host(sim_req *r, const char *fallback) {
+  const char *h = sim_req_header(r, MHD_HTTP_HEADER_HOST);
+  bool ok = h && *h && strlen(h) < sizeof r->host;
+  for (const char *p = h; ok && *p; p++)
+    ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+         strchr(".-:[]_", *p) != NULL;
+  snprintf(r->host, sizeof r->host, "%s", ok ? h : fallback);
+}
+
+/* Copies the path segment after `prefix` (up to the next '/') into seg and
+ * returns the rest of the path, or NULL if path does not start with prefix. */
+static const char *segment_after(const char *path, const char *prefix, char *seg, size_t n) {
+  size_t plen = strlen(prefix);
+  if (strncmp(path, prefix, plen) != 0) return NULL;
+  const char *start = path + plen;
+  size_t len = strcspn(start, "/");
+  if (len == 0 || len >= n) return NULL;
+  memcpy(seg, start, len);
+  seg[len] = '\0';
+  return start + len;
+}
+
+static void route(sim_req *r) {
+  char tenant[128];
+  const char *rest;
+  r->route = SIM_ROUTE_NOT_FOUND;
+  if (strcmp(r->path, "/_sim") == 0 || strncmp(r->path, "/_sim/", 6) == 0) {
+    r->route = SIM_ROUTE_CONTROL;
+    r->subpath = r->path + 5;
+  } else if ((rest = segment_after(r->path, "/r4/", tenant, sizeof tenant))) {
+    r->tenant = sim_state_tenant(r->st, tenant);
+    r->subpath = rest;
+    if (!r->tenant)
+      r->route = SIM_ROUTE_UNKNOWN_TENANT;
+    else if (strcmp(rest, "/.well-known/smart-configuration") == 0)
+      r->route = SIM_ROUTE_DISCOVERY;
+    else
+      r->route = SIM_ROUTE_FHIR;
+  } else if ((rest = segment_after(r->path, "/tenants/", tenant, sizeof tenant))) {
+    r->tenant = sim_state_tenant(r->st, tenant);
+    if (!r->tenant)
+      r->route = SIM_ROUTE_UNKNOWN_TENANT;
+    else if (strcmp(rest, "/protocols/oauth2/profiles/smart-v1/token") == 0)
+      r->route = SIM_ROUTE_TOKEN;
+  }
+}
+
+static int route_target(sim_route route) {
+  switch (route) {
+  case SIM_ROUTE_TOKEN: return SIM_TARGET_TOKEN;
+  case SIM_ROUTE_DISCOVERY: return SIM_TARGET_DISCOVERY;
+  case SIM_ROUTE_FHIR: return SIM_TARGET_FHIR;
+  default: return -1;
+  }
+}
+
+static void ctx_free(req_ctx *c);
+
+static req_ctx *ctx_new(sim_server *srv, struct MHD_Connection *conn, const char *url,
+                        const char *method) {
+  req_ctx *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->srv = srv;
+  c->started_ms = sim_mono_ms();
+  c->req.conn = conn;
+  c->req.st = srv->st;
+  snprintf(c->req.method, sizeof c->req.method, "%s", method);
+  c->req.path = strdup(url);
+  if (c->req.path) MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, c);
+  if (!c->req.path || c->oom) {
+    ctx_free(c);
+    return NULL;
+  }
+  set_host(&c->req, srv->fallback_host);
+  route(&c->req);
+  /* The fault is chosen when the request arrives, so `count` is consumed in
+   * arrival order even if bodies finish uploading in another order. */
+  int target = route_target(c->req.route);
+  if (target >= 0)
+    c->has_fault = sim_state_take_fault(srv->st, c->req.tenant, (sim_target)target, &c->fault);
+  return c;
+}
+
+static void ctx_free(req_ctx *c) {
+  for (size_t i = 0; i < c->req.nquery; i++) {
+    free(c->req.query[i].key);
+    free(c->req.query[i].value);
+  }
+  free(c->req.query);
+  free(c->req.path);
+  sim_buf_free(&c->req.body);
+  sim_fault_clear(&c->fault);
+  free(c);
+}
+
+/* ---- dispatch ---- */
+
+static void fault_response(const sim_fault *f, sim_resp *resp) {
+  char *body = sim_strdup(f->body ? f->body : "");
+  sim_resp_body(resp, f->status, f->content_type ? f->content_type : "text/plain;charset=utf-8",
+                body, body ? strlen(body) : 0);
+  const char *name;
+  const json_t *v;
+  json_object_foreach(f->headers, name, v) {
+    /* resp borrows the name; the fault copy lives in the request context,
+     * which outlasts send_response (where MHD copies it). */
+    sim_resp_header(resp, name, "%s", json_string_value(v));
+  }
+}
+
+static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
+  sim_req *r = &c->req;
+  sim_state *st = r->st;
+  bool faulted = c->has_fault && c->fault.status != 0;
+  if (r->route == SIM_ROUTE_TOKEN) {
+    char *client = sim_token_peek_client(r);
+    sim_count_token_request(st, r->tenant, client);
+    free(client);
+  } else if (r->route == SIM_ROUTE_DISCOVERY) {
+    sim_count_discovery(st, r->tenant);
+  }
+  if (faulted) {
+    sim_count_fault(st, r->tenant, (sim_target)route_target(r->route));
+    fault_response(&c->fault, resp);
+  } else if (r->route == SIM_ROUTE_TOKEN) {
+    sim_token_handle(r, resp);
+  } else if (r->route == SIM_ROUTE_DISCOVERY) {
+    sim_discovery_handle(r, resp);
+  } else {
+    sim_fhir_handle(r, resp);
+  }
+  if (r->route == SIM_ROUTE_FHIR) sim_count_fhir(st, r->tenant, resp->status);
+}
+
+static void dispatch(req_ctx *c, sim_resp *resp) {
+  sim_req *r = &c->req;
+  if (r->body_too_large) {
+    sim_fhir_outcome(resp, 413, "too-costly", "request body larger than 1 MiB");
+    return;
+  }
+  switch (r->route) {
+  case SIM_ROUTE_CONTROL: sim_control_handle(r, resp); break;
+  case SIM_ROUTE_UNKNOWN_TENANT:
+    sim_fhir_outcome(resp, 404, "not-found", "unknown tenant");
+    break;
+  case SIM_ROUTE_NOT_FOUND:
+    sim_fhir_outcome(resp, 404, "not-found", "no such endpoint");
+    break;
+  default: dispatch_tenant(c, resp); break;
+  }
+}
+
+static enum MHD_Result send_response(req_ctx *c, sim_resp *resp) {
+  struct MHD_Response *mr =
+      resp->body ? MHD_create_response_from_buffer(resp->len, resp->body, MHD_RESPMEM_MUST_FREE)
+                 : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+  if (!mr) {
+    sim_resp_free(resp);
+    return MHD_NO;
+  }
+  resp->body = NULL; /* MHD frees it with the response */
+  if (resp->content_type)
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
+  for (size_t i = 0; i < resp->nhdrs; i++)
+    MHD_add_response_header(mr, resp->hdrs[i].name, resp->hdrs[i].value);
+  c->status = resp->status;
+  enum MHD_Result rc = MHD_queue_response(c->req.conn, resp->status, mr);
+  MHD_destroy_response(mr);
+  sim_resp_free(resp);
+  return rc;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+  (void)version;
+  sim_server *srv = cls;
+  req_ctx *c = *con_cls;
+  if (!c) {
+    c = ctx_new(srv, conn, url, method);
+    *con_cls = c;
+    return c ? MHD_YES : MHD_NO;
+  }
+  if (*upload_data_size) {
+    if (c->req.body.len + *upload_data_size > MAX_BODY)
+      c->req.body_too_large = true;
+    else
+      sim_buf_append(&c->req.body, upload_data, *upload_data_size);
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (c->delay_pending) {
+    c->delay_pending = false;
+    sim_delay_resumed(&srv->delay);
+  } else if (!c->suspended && c->has_fault && c->fault.delay_ms > 0) {
+    c->suspended = c->delay_pending = true;
+    if (sim_delay_suspend(&srv->delay, conn, c->fault.delay_ms)) return MHD_YES;
+    c->delay_pending = false; /* shutting down: answer without the delay */
+  }
+  sim_resp resp = {0};
+  dispatch(c, &resp);
+  return send_response(c, &resp);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  (void)conn;
+  sim_server *srv = cls;
+  req_ctx *c = *con_cls;
+  if (!c) return;
+  /* A resumed connection can be closed without the handler running again
+   * (the client gave up meanwhile); shutdown must not wait for it. */
+  if (c->delay_pending) sim_delay_resumed(&srv->delay);
+  if (srv->verbose) {
+    char status[8], ms[24];
+    snprintf(status, sizeof status, "%u", c->status);
+    snprintf(ms, sizeof ms, "%lld", (long long)(sim_mono_ms() - c->started_ms));
+    /* Debug level: paths carry patient ids (synthetic, but the rule is global). */
+    fx_log(FX_LOG_DEBUG, "request", "method", c->req.method, "path", c->req.path, "status", status,
+           "ms", ms, "completed", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted",
+           NULL);
+  }
+  ctx_free(c);
+  *con_cls = NULL;
+}
+
+/* ---- server ---- */
+
+static int parse_addr(const char *host, unsigned port, struct sockaddr_storage *ss, bool *v6) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons((uint16_t)port);
+    *v6 = false;
+    return 0;
+  }
+  if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((uint16_t)port);
+    *v6 = true;
+    return 0;
+  }
+  return -1;
+}
+
+sim_server *sim_server_start(sim_state *st, const sim_server_opts *o, char *err, size_t errlen) {
+  struct sockaddr_storage ss;
+  bool v6 = false;
+  if (parse_addr(o->host, o->port, &ss, &v6) != 0) {
+    snprintf(err, errlen, "--host %s: not a numeric IPv4 or IPv6 address", o->host);
+    return NULL;
+  }
+  sim_server *srv = calloc(1, sizeof *srv);
+  if (!srv || sim_delay_start(&srv->delay) != 0) {
+    snprintf(err, errlen, "out of memory or cannot start the delay thread");
+    free(srv);
+    return NULL;
+  }
+  srv->st = st;
+  srv->verbose = o->verbose;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                   (v6 ? MHD_USE_IPv6 : 0) | (o->verbose ? MHD_USE_ERROR_LOG : 0);
+  srv->daemon = MHD_start_daemon(
+      flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
+      (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)o->threads,
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned int)60, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096, MHD_OPTION_END);
+  if (!srv->daemon) {
+    snprintf(err, errlen, "cannot listen on %s port %u (in use, or not a local address?)",
+             o->host, o->port);
+    sim_delay_stop(&srv->delay, 0);
+    sim_delay_destroy(&srv->delay);
+    free(srv);
+    return NULL;
+  }
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  srv->port = info ? info->port : o->port;
+  snprintf(srv->fallback_host, sizeof srv->fallback_host, v6 ? "[%s]:%u" : "%s:%u", o->host,
+           srv->port);
+  return srv;
+}
+
+unsigned sim_server_port(const sim_server *s) { return s->port; }
+
+void sim_server_stop(sim_server *s) {
+  if (!s) return;
+  sim_delay_stop(&s->delay, SHUTDOWN_WAIT_MS);
+  MHD_stop_daemon(s->daemon);
+  sim_delay_destroy(&s->delay);
+  free(s);
+}

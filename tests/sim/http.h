@@ -1,0 +1,110 @@
+/* The simulator's HTTP server: libmicrohttpd with an internal epoll polling
+ * thread and a thread pool, request/response types shared by the handlers,
+ * and routing to the token, discovery, FHIR and control modules.
+ *
+ * Handlers run on MHD pool threads; they build the whole response in memory
+ * (sim_resp) and never block on another request. */
+#ifndef SIM_HTTP_H
+#define SIM_HTTP_H
+
+#include "tests/sim/state.h"
+#include "tests/sim/util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define SIM_CT_JSON "application/json;charset=utf-8"
+#define SIM_CT_FHIR "application/fhir+json;charset=utf-8"
+
+typedef struct sim_kv {
+  char *key;
+  char *value;
+} sim_kv;
+
+typedef enum {
+  SIM_ROUTE_NOT_FOUND,
+  SIM_ROUTE_UNKNOWN_TENANT,
+  SIM_ROUTE_CONTROL,
+  SIM_ROUTE_DISCOVERY,
+  SIM_ROUTE_TOKEN,
+  SIM_ROUTE_FHIR,
+} sim_route;
+
+struct MHD_Connection;
+
+/* One request. Everything is copied out of MHD at the first callback so
+ * handlers may run after a suspend/resume. */
+typedef struct sim_req {
+  struct MHD_Connection *conn;
+  sim_state *st;
+  char method[16];
+  char *path;      /* owned, URL path without the query */
+  char host[256];  /* sanitized Host header: what {host} means in URLs we build */
+  sim_kv *query;   /* owned, decoded query arguments in request order */
+  size_t nquery;
+  sim_buf body;
+  bool body_too_large;
+  sim_route route;
+  sim_tenant *tenant;  /* for tenant routes */
+  const char *subpath; /* into path: after "/r4/{tenant}" (FHIR) or "/_sim" (control) */
+} sim_req;
+
+/* Request header value (borrowed) or NULL; only valid inside the handler. */
+const char *sim_req_header(const sim_req *r, const char *name);
+/* First value of a query argument (borrowed) or NULL. */
+const char *sim_req_query(const sim_req *r, const char *key);
+
+#define SIM_RESP_MAX_HEADERS 8
+
+typedef struct sim_resp {
+  unsigned status;
+  const char *content_type; /* borrowed: static, or alive until the response is sent */
+  char *body;               /* owned */
+  size_t len;
+  struct {
+    const char *name; /* borrowed like content_type */
+    char *value;      /* owned */
+  } hdrs[SIM_RESP_MAX_HEADERS];
+  size_t nhdrs;
+} sim_resp;
+
+/* Sets status and body, taking ownership of body (malloc'd, may be NULL). */
+void sim_resp_body(sim_resp *r, unsigned status, const char *content_type, char *body,
+                   size_t len);
+/* Serializes doc (stolen) as the body; OOM turns into a bodiless 500. */
+void sim_resp_json(sim_resp *r, unsigned status, const char *content_type, json_t *doc);
+void sim_resp_header(sim_resp *r, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void sim_resp_free(sim_resp *r);
+
+typedef struct sim_server_opts {
+  const char *host; /* numeric IPv4 or IPv6 address */
+  unsigned port;    /* 0 = any free port */
+  unsigned threads;
+  bool verbose;
+} sim_server_opts;
+
+typedef struct sim_server sim_server;
+
+/* Starts listening. Returns a server (stop with sim_server_stop) or NULL
+ * with a message in err. st must outlive the server. */
+sim_server *sim_server_start(sim_state *st, const sim_server_opts *o, char *err, size_t errlen);
+unsigned sim_server_port(const sim_server *s);
+/* Resumes delayed requests, stops MHD and frees the server. */
+void sim_server_stop(sim_server *s);
+
+/* Handlers (each in its own file). They fill resp; counting of requests per
+ * target happens in http.c so that injected faults are counted too. */
+void sim_discovery_handle(sim_req *req, sim_resp *resp);
+void sim_token_handle(sim_req *req, sim_resp *resp);
+void sim_fhir_handle(sim_req *req, sim_resp *resp);
+void sim_control_handle(sim_req *req, sim_resp *resp);
+
+/* The client a token request names (unverified iss of the assertion, else
+ * the client_id form field): new string or NULL. */
+char *sim_token_peek_client(const sim_req *req);
+
+/* FHIR OperationOutcome response with one error issue. */
+void sim_fhir_outcome(sim_resp *resp, unsigned status, const char *code, const char *diagnostics);
+
+#endif

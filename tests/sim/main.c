@@ -1,0 +1,166 @@
+/* cerner-sim: a stand-in for Oracle Health (Cerner) Millennium tenants that
+ * the tests and the demo run against. See docs/simulator.md.
+ *
+ *   cerner-sim --config FILE [--host 127.0.0.1] [--port N] [--port-file PATH]
+ *              [--threads N] [--verbose]
+ *
+ * Exit status: 0 after SIGTERM/SIGINT, 2 for bad arguments or configuration,
+ * 1 when the server cannot start. */
+#include "common/log.h"
+#include "tests/sim/config.h"
+#include "tests/sim/fhir.h"
+#include "tests/sim/http.h"
+#include "tests/sim/state.h"
+
+#include <curl/curl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_THREADS 64
+
+typedef struct options {
+  const char *config;
+  const char *host;
+  const char *port_file;
+  unsigned port;
+  unsigned threads;
+  bool verbose;
+} options;
+
+static int usage(const char *problem) {
+  fprintf(stderr,
+          "cerner-sim: %s\nusage: cerner-sim --config FILE [--host 127.0.0.1] [--port N] "
+          "[--port-file PATH] [--threads N] [--verbose]\n",
+          problem);
+  return 2;
+}
+
+static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigned *out) {
+  char *end;
+  unsigned long v = strtoul(s, &end, 10);
+  if (!*s || *end || *s == '-' || v < lo || v > hi) return -1;
+  *out = (unsigned)v;
+  return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},    {"host", required_argument, NULL, 'H'},
+      {"port", required_argument, NULL, 'p'},      {"port-file", required_argument, NULL, 'f'},
+      {"threads", required_argument, NULL, 't'},   {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
+  *o = (options){.host = "127.0.0.1", .threads = 2};
+  int c;
+  while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'c': o->config = optarg; break;
+    case 'H': o->host = optarg; break;
+    case 'f': o->port_file = optarg; break;
+    case 'v': o->verbose = true; break;
+    case 'p':
+      if (parse_uint(optarg, 0, 65535, &o->port)) return usage("--port: expected 0-65535");
+      break;
+    case 't':
+      if (parse_uint(optarg, 1, MAX_THREADS, &o->threads))
+        return usage("--threads: expected 1-64");
+      break;
+    default: return usage("unknown option");
+    }
+  }
+  if (optind < argc) return usage("unexpected argument");
+  if (!o->config) return usage("--config is required");
+  return 0;
+}
+
+/* Written as tmp + rename so a reader polling for the file never sees a
+ * partial number. */
+static int write_port_file(const char *path, unsigned port) {
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = fopen(tmp, "w");
+  if (!f) return -1;
+  int ok = fprintf(f, "%u\n", port) > 0;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return -1;
+  }
+  return 0;
+}
+
+/* SIGTERM/SIGINT are blocked in every thread (MHD's threads inherit the mask)
+ * and collected synchronously with sigwait, so no handler runs at an
+ * arbitrary point and shutdown happens on the main thread. */
+static void block_signals(sigset_t *set) {
+  /* POSIX leaves it unspecified whether a blocked signal whose action is an
+   * inherited SIG_IGN stays pending; with the default action sigwait always
+   * sees it. */
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+static int serve(const options *o, sim_state *st, const sigset_t *set) {
+  char err[512];
+  sim_server_opts so = {.host = o->host, .port = o->port, .threads = o->threads,
+                        .verbose = o->verbose};
+  sim_server *srv = sim_server_start(st, &so, err, sizeof err);
+  if (!srv) {
+    fprintf(stderr, "cerner-sim: %s\n", err);
+    return 1;
+  }
+  unsigned port = sim_server_port(srv);
+  if (o->port_file && write_port_file(o->port_file, port) != 0) {
+    fprintf(stderr, "cerner-sim: cannot write --port-file %s\n", o->port_file);
+    sim_server_stop(srv);
+    return 1;
+  }
+  if (o->verbose) {
+    fx_log_set_level(FX_LOG_DEBUG);
+    char p[16];
+    snprintf(p, sizeof p, "%u", port);
+    fx_log(FX_LOG_INFO, "cerner-sim listening", "host", o->host, "port", p, NULL);
+  }
+  int sig = 0;
+  sigwait(set, &sig);
+  if (o->verbose) fx_log(FX_LOG_INFO, "cerner-sim stopping", NULL);
+  sim_server_stop(srv);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  /* First, so a SIGTERM that arrives during start-up stays pending and ends
+   * in a clean shutdown instead of killing a half-initialized process. */
+  sigset_t set;
+  block_signals(&set);
+  options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc) return rc;
+
+  char err[512];
+  sim_config cfg;
+  if (sim_config_load(o.config, &cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "cerner-sim: config %s: %s\n", o.config, err);
+    return 2;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  sim_state st;
+  if (sim_state_init(&st, &cfg, sim_fhir_prepare_store, err, sizeof err) != 0) {
+    fprintf(stderr, "cerner-sim: %s\n", err);
+    rc = 1;
+  } else {
+    rc = serve(&o, &st, &set);
+  }
+  sim_state_free(&st);
+  sim_config_free(&cfg);
+  curl_global_cleanup();
+  return rc;
+}

@@ -1,0 +1,400 @@
+#include "tests/sim/state.h"
+
+#include "tests/sim/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Maps are swept for expired entries once they double in size, which keeps
+ * the amortized cost per insert constant without a background thread. */
+#define PRUNE_MIN 1024
+
+typedef struct issued_token {
+  size_t tenant;
+  char *client_id;
+  char *scope;
+  int64_t expires_at_ms;
+  uint64_t generation;
+} issued_token;
+
+static const char *const target_names[SIM_TARGET_COUNT] = {"token", "discovery", "fhir"};
+
+const char *sim_target_name(sim_target t) { return target_names[t]; }
+
+int sim_target_from_name(const char *name) {
+  for (int i = 0; i < SIM_TARGET_COUNT; i++)
+    if (strcmp(target_names[i], name) == 0) return i;
+  return -1;
+}
+
+void sim_fault_clear(sim_fault *f) {
+  free(f->content_type);
+  free(f->body);
+  json_decref(f->headers);
+  *f = (sim_fault){0};
+}
+
+static void issued_token_free(void *p) {
+  issued_token *it = p;
+  free(it->client_id);
+  free(it->scope);
+  free(it);
+}
+
+static int counters_init(sim_counters *c) {
+  *c = (sim_counters){.token_rejections = json_object(),
+                      .by_client = json_object(),
+                      .fhir_by_status = json_object(),
+                      .faults_served = json_object()};
+  return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served ? 0 : -1;
+}
+
+static void counters_free(sim_counters *c) {
+  json_decref(c->token_rejections);
+  json_decref(c->by_client);
+  json_decref(c->fhir_by_status);
+  json_decref(c->faults_served);
+  *c = (sim_counters){0};
+}
+
+static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
+                       sim_store_indexer indexer, char *err, size_t errlen) {
+  sim_data_params dp = {.seed = seed, .tenant_id = tc->id, .sandbox = tc->sandbox,
+                        .patients = tc->patients};
+  t->id = strdup(tc->id);
+  t->expires_in = tc->expires_in;
+  t->store = sim_store_build(&dp, indexer, err, errlen);
+  if (!t->store) return -1;
+  t->clients = calloc(tc->nclients + 1, sizeof *t->clients);
+  if (!t->id || !t->clients || sim_strv_copy(&t->auth_methods, &tc->auth_methods) ||
+      sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters))
+    goto oom;
+  for (size_t i = 0; i < tc->nclients; i++) {
+    if (sim_client_copy(&t->clients[i], &tc->clients[i])) goto oom;
+    t->nclients++;
+  }
+  return 0;
+oom:
+  snprintf(err, errlen, "out of memory");
+  return -1;
+}
+
+static void tenant_free(sim_tenant *t) {
+  free(t->id);
+  sim_store_free(t->store);
+  sim_strv_free(&t->auth_methods);
+  sim_strv_free(&t->signing_algs);
+  for (size_t i = 0; i < t->nclients; i++) sim_client_clear(&t->clients[i]);
+  free(t->clients);
+  for (int i = 0; i < SIM_TARGET_COUNT; i++) sim_fault_clear(&t->faults[i]);
+  counters_free(&t->counters);
+}
+
+int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer indexer, char *err,
+                   size_t errlen) {
+  *st = (sim_state){.tokens_prune_at = PRUNE_MIN, .jtis_prune_at = PRUNE_MIN};
+  pthread_mutex_init(&st->lock, NULL);
+  sim_map_init(&st->tokens, issued_token_free);
+  sim_map_init(&st->jtis, free);
+  st->tenants = calloc(cfg->ntenants, sizeof *st->tenants);
+  if (!st->tenants) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  for (size_t i = 0; i < cfg->ntenants; i++) {
+    st->ntenants++;
+    st->tenants[i].index = i;
+    if (tenant_init(&st->tenants[i], &cfg->tenants[i], cfg->seed, indexer, err, errlen)) return -1;
+  }
+  return 0;
+}
+
+void sim_state_free(sim_state *st) {
+  for (size_t i = 0; i < st->ntenants; i++) tenant_free(&st->tenants[i]);
+  free(st->tenants);
+  sim_map_free(&st->tokens);
+  sim_map_free(&st->jtis);
+  pthread_mutex_destroy(&st->lock);
+  *st = (sim_state){0};
+}
+
+sim_tenant *sim_state_tenant(sim_state *st, const char *id) {
+  for (size_t i = 0; i < st->ntenants; i++)
+    if (strcmp(st->tenants[i].id, id) == 0) return &st->tenants[i];
+  return NULL;
+}
+
+static sim_client *find_client(sim_tenant *t, const char *client_id) {
+  for (size_t i = 0; i < t->nclients; i++)
+    if (strcmp(t->clients[i].client_id, client_id) == 0) return &t->clients[i];
+  return NULL;
+}
+
+int sim_state_client_copy(sim_state *st, sim_tenant *t, const char *client_id, sim_client *out) {
+  pthread_mutex_lock(&st->lock);
+  sim_client *c = find_client(t, client_id);
+  int rc = c ? sim_client_copy(out, c) : -1;
+  pthread_mutex_unlock(&st->lock);
+  return rc;
+}
+
+int sim_state_put_client(sim_state *st, sim_tenant *t, sim_client *c) {
+  int rc = 0;
+  pthread_mutex_lock(&st->lock);
+  sim_client *old = find_client(t, c->client_id);
+  if (old) {
+    sim_client_clear(old);
+    *old = *c;
+  } else {
+    sim_client *v = realloc(t->clients, (t->nclients + 1) * sizeof *v);
+    if (v) {
+      t->clients = v;
+      v[t->nclients++] = *c;
+    } else {
+      rc = -1;
+    }
+  }
+  pthread_mutex_unlock(&st->lock);
+  if (rc == 0) *c = (sim_client){0};
+  return rc;
+}
+
+long sim_state_expires_in(sim_state *st, sim_tenant *t) {
+  pthread_mutex_lock(&st->lock);
+  long v = t->expires_in;
+  pthread_mutex_unlock(&st->lock);
+  return v;
+}
+
+void sim_state_set_expires_in(sim_state *st, sim_tenant *t, long seconds) {
+  pthread_mutex_lock(&st->lock);
+  t->expires_in = seconds;
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_state_revoke_tokens(sim_state *st, sim_tenant *t) {
+  pthread_mutex_lock(&st->lock);
+  t->token_generation++;
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_state_set_always_401(sim_state *st, sim_tenant *t, bool on) {
+  pthread_mutex_lock(&st->lock);
+  t->fhir_always_401 = on;
+  pthread_mutex_unlock(&st->lock);
+}
+
+static bool jti_expired(const char *key, void *value, void *arg) {
+  (void)key;
+  return *(int64_t *)value < *(int64_t *)arg;
+}
+
+static bool token_expired(const char *key, void *value, void *arg) {
+  (void)key;
+  return ((issued_token *)value)->expires_at_ms <= *(int64_t *)arg;
+}
+
+/* Sweeps expired entries once the map has grown past *prune_at; `now` is in
+ * the unit the predicate compares. */
+static void maybe_prune(sim_map *m, size_t *prune_at, sim_map_pred expired, int64_t now) {
+  if (m->count < *prune_at) return;
+  sim_map_remove_if(m, expired, &now);
+  *prune_at = m->count * 2 > PRUNE_MIN ? m->count * 2 : PRUNE_MIN;
+}
+
+int sim_state_use_jti(sim_state *st, sim_tenant *t, const char *client_id, const char *jti,
+                      int64_t exp) {
+  sim_buf key = {0};
+  sim_buf_printf(&key, "%s\x1f%s\x1f%s", t->id, client_id, jti);
+  int64_t *until = malloc(sizeof *until);
+  if (key.oom || !until) {
+    sim_buf_free(&key);
+    free(until);
+    return -1;
+  }
+  /* Keep the jti until the assertion could no longer be accepted anyway. */
+  int64_t now = sim_now();
+  *until = exp > now ? exp : now;
+  int rc;
+  pthread_mutex_lock(&st->lock);
+  int64_t *seen = sim_map_get(&st->jtis, key.data);
+  if (seen && *seen >= now) {
+    rc = 0;
+  } else {
+    maybe_prune(&st->jtis, &st->jtis_prune_at, jti_expired, now);
+    rc = sim_map_put(&st->jtis, key.data, until) == 0 ? 1 : -1;
+    if (rc == 1) until = NULL;
+  }
+  pthread_mutex_unlock(&st->lock);
+  free(until);
+  sim_buf_free(&key);
+  return rc;
+}
+
+char *sim_state_issue_token(sim_state *st, sim_tenant *t, const char *client_id,
+                            const char *scope, long expires_in) {
+  char *token = sim_random_b64url(32);
+  issued_token *it = calloc(1, sizeof *it);
+  if (!token || !it || !(it->client_id = strdup(client_id)) || !(it->scope = strdup(scope)))
+    goto fail;
+  it->tenant = t->index;
+  int64_t now_ms = sim_now_ms();
+  it->expires_at_ms = now_ms + (int64_t)expires_in * 1000;
+  pthread_mutex_lock(&st->lock);
+  it->generation = t->token_generation;
+  maybe_prune(&st->tokens, &st->tokens_prune_at, token_expired, now_ms);
+  int rc = sim_map_put(&st->tokens, token, it);
+  pthread_mutex_unlock(&st->lock);
+  if (rc == 0) return token;
+fail:
+  if (it) issued_token_free(it);
+  free(token);
+  return NULL;
+}
+
+int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char **scope,
+                          char *why, size_t whylen) {
+  const char *problem = NULL;
+  *scope = NULL;
+  int64_t now_ms = sim_now_ms();
+  pthread_mutex_lock(&st->lock);
+  issued_token *it = sim_map_get(&st->tokens, token);
+  if (t->fhir_always_401)
+    problem = "the access token is invalid (fhir_always_401 is set)";
+  else if (!it)
+    problem = "the access token is unknown";
+  else if (it->tenant != t->index)
+    problem = "the access token was issued for another tenant";
+  else if (it->expires_at_ms <= now_ms)
+    problem = "the access token has expired";
+  else if (it->generation != t->token_generation)
+    problem = "the access token has been revoked";
+  else if (!(*scope = strdup(it->scope)))
+    problem = "out of memory";
+  pthread_mutex_unlock(&st->lock);
+  if (!problem) return 0;
+  snprintf(why, whylen, "%s", problem);
+  return -1;
+}
+
+void sim_state_set_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *f) {
+  pthread_mutex_lock(&st->lock);
+  sim_fault old = t->faults[target];
+  t->faults[target] = *f;
+  pthread_mutex_unlock(&st->lock);
+  sim_fault_clear(&old);
+  *f = (sim_fault){0};
+}
+
+void sim_state_clear_faults(sim_state *st, sim_tenant *t) {
+  sim_fault old[SIM_TARGET_COUNT];
+  pthread_mutex_lock(&st->lock);
+  for (int i = 0; i < SIM_TARGET_COUNT; i++) {
+    old[i] = t->faults[i];
+    t->faults[i] = (sim_fault){0};
+  }
+  pthread_mutex_unlock(&st->lock);
+  for (int i = 0; i < SIM_TARGET_COUNT; i++) sim_fault_clear(&old[i]);
+}
+
+bool sim_state_take_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *out) {
+  *out = (sim_fault){0};
+  bool taken = false;
+  pthread_mutex_lock(&st->lock);
+  sim_fault *f = &t->faults[target];
+  if (f->count != 0) {
+    out->status = f->status;
+    out->delay_ms = f->delay_ms;
+    out->content_type = sim_strdup(f->content_type);
+    out->body = sim_strdup(f->body);
+    out->headers = f->headers ? json_deep_copy(f->headers) : NULL;
+    out->count = 1;
+    if (f->count > 0 && --f->count == 0) sim_fault_clear(f);
+    taken = true;
+  }
+  pthread_mutex_unlock(&st->lock);
+  return taken;
+}
+
+static void bump(json_t *obj, const char *key) {
+  json_t *v = json_object_get(obj, key);
+  if (v)
+    json_integer_set(v, json_integer_value(v) + 1);
+  else
+    json_object_set_new(obj, key, json_integer(1));
+}
+
+void sim_count_token_request(sim_state *st, sim_tenant *t, const char *client_id) {
+  pthread_mutex_lock(&st->lock);
+  t->counters.token_requests++;
+  if (client_id) bump(t->counters.by_client, client_id);
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_token_outcome(sim_state *st, sim_tenant *t, const char *rejection) {
+  pthread_mutex_lock(&st->lock);
+  if (rejection)
+    bump(t->counters.token_rejections, rejection);
+  else
+    t->counters.tokens_granted++;
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_discovery(sim_state *st, sim_tenant *t) {
+  pthread_mutex_lock(&st->lock);
+  t->counters.discovery_requests++;
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status) {
+  char key[8];
+  snprintf(key, sizeof key, "%u", status);
+  pthread_mutex_lock(&st->lock);
+  t->counters.fhir_requests++;
+  bump(t->counters.fhir_by_status, key);
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target) {
+  pthread_mutex_lock(&st->lock);
+  bump(t->counters.faults_served, target_names[target]);
+  pthread_mutex_unlock(&st->lock);
+}
+
+static json_t *tenant_counters(const sim_counters *c) {
+  return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O}", "token_requests",
+                   (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
+                   "token_rejections", c->token_rejections, "token_requests_by_client",
+                   c->by_client, "discovery_requests", (json_int_t)c->discovery_requests,
+                   "fhir_requests", (json_int_t)c->fhir_requests, "fhir_by_status",
+                   c->fhir_by_status, "faults_served", c->faults_served);
+}
+
+json_t *sim_state_counters_json(sim_state *st) {
+  json_t *tenants = json_object();
+  if (!tenants) return NULL;
+  pthread_mutex_lock(&st->lock);
+  /* Deep copies, because the live maps keep changing after the lock is released. */
+  for (size_t i = 0; i < st->ntenants; i++) {
+    json_t *c = tenant_counters(&st->tenants[i].counters);
+    json_t *copy = c ? json_deep_copy(c) : NULL;
+    json_decref(c);
+    json_object_set_new(tenants, st->tenants[i].id, copy ? copy : json_null());
+  }
+  pthread_mutex_unlock(&st->lock);
+  return json_pack("{s:o}", "tenants", tenants);
+}
+
+void sim_state_reset_counters(sim_state *st) {
+  pthread_mutex_lock(&st->lock);
+  for (size_t i = 0; i < st->ntenants; i++) {
+    sim_counters *c = &st->tenants[i].counters;
+    c->token_requests = c->tokens_granted = c->discovery_requests = c->fhir_requests = 0;
+    json_object_clear(c->token_rejections);
+    json_object_clear(c->by_client);
+    json_object_clear(c->fhir_by_status);
+    json_object_clear(c->faults_served);
+  }
+  pthread_mutex_unlock(&st->lock);
+}

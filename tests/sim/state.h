@@ -1,0 +1,137 @@
+/* Everything the simulator remembers between requests: tenants and their
+ * clients, issued tokens, seen jtis, settings, injected faults and counters.
+ *
+ * Threading: MHD's pool threads call these functions concurrently. One mutex
+ * guards all mutable fields and is held only for map look-ups and counter
+ * increments, never across I/O, crypto or response building. The tenant
+ * array, tenant ids, signing/auth lists and data stores are immutable after
+ * sim_state_init and are read without the lock. */
+#ifndef SIM_STATE_H
+#define SIM_STATE_H
+
+#include "tests/sim/config.h"
+#include "tests/sim/data.h"
+#include "tests/sim/map.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum {
+  SIM_TARGET_TOKEN,
+  SIM_TARGET_DISCOVERY,
+  SIM_TARGET_FHIR,
+  SIM_TARGET_COUNT
+} sim_target;
+
+const char *sim_target_name(sim_target t);
+int sim_target_from_name(const char *name); /* -1 if unknown */
+
+/* An injected failure for the next `count` requests of one target. */
+typedef struct sim_fault {
+  long count;         /* requests left; -1 = until cleared; 0 = inactive */
+  unsigned status;    /* 0 = only delay, then answer normally */
+  long delay_ms;
+  char *content_type; /* owned */
+  char *body;         /* owned */
+  json_t *headers;    /* owned object of string values, or NULL */
+} sim_fault;
+
+void sim_fault_clear(sim_fault *f);
+
+typedef struct sim_counters {
+  long token_requests;
+  long tokens_granted;
+  long discovery_requests;
+  long fhir_requests;
+  json_t *token_rejections; /* reason or OAuth error -> count */
+  json_t *by_client;        /* client_id -> token requests */
+  json_t *fhir_by_status;   /* "200" -> count */
+  json_t *faults_served;    /* target -> count */
+} sim_counters;
+
+typedef struct sim_tenant {
+  /* Immutable after init. */
+  char *id;
+  sim_store *store;
+  sim_strv auth_methods;
+  sim_strv signing_algs;
+  size_t index;
+  /* Guarded by sim_state.lock. */
+  long expires_in;
+  bool fhir_always_401;
+  uint64_t token_generation; /* bumped by revoke_tokens; older tokens are invalid */
+  sim_client *clients;
+  size_t nclients;
+  sim_fault faults[SIM_TARGET_COUNT];
+  sim_counters counters;
+} sim_tenant;
+
+typedef struct sim_state {
+  pthread_mutex_t lock;
+  sim_tenant *tenants;
+  size_t ntenants;
+  sim_map tokens;  /* access token -> issued_token */
+  sim_map jtis;    /* "tenant\x1fclient\x1fjti" -> int64_t expiry */
+  size_t tokens_prune_at;
+  size_t jtis_prune_at;
+} sim_state;
+
+/* Builds tenants (including their synthetic data, prepared for searching by
+ * indexer) from cfg. Returns 0, or -1 with a message in err. cfg is not
+ * modified or kept. */
+int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer indexer, char *err,
+                   size_t errlen);
+void sim_state_free(sim_state *st);
+
+/* Borrowed tenant or NULL; no lock needed. */
+sim_tenant *sim_state_tenant(sim_state *st, const char *id);
+
+/* Copies the client into *out (caller clears it). Returns 0, or -1 if the
+ * tenant has no such client (or on OOM). */
+int sim_state_client_copy(sim_state *st, sim_tenant *t, const char *client_id, sim_client *out);
+/* Adds or replaces a client by client_id; takes ownership of *c's contents
+ * on success. Returns 0 or -1 on OOM. */
+int sim_state_put_client(sim_state *st, sim_tenant *t, sim_client *c);
+
+long sim_state_expires_in(sim_state *st, sim_tenant *t);
+void sim_state_set_expires_in(sim_state *st, sim_tenant *t, long seconds);
+void sim_state_revoke_tokens(sim_state *st, sim_tenant *t);
+void sim_state_set_always_401(sim_state *st, sim_tenant *t, bool on);
+
+/* Records a jti until `exp`. Returns 1 if it was new, 0 if it was already
+ * seen for this tenant and client (a replay), -1 on OOM. */
+int sim_state_use_jti(sim_state *st, sim_tenant *t, const char *client_id, const char *jti,
+                      int64_t exp);
+
+/* Issues and remembers a token. Returns a new string (caller frees) or NULL. */
+char *sim_state_issue_token(sim_state *st, sim_tenant *t, const char *client_id,
+                            const char *scope, long expires_in);
+
+/* Checks a bearer token for a FHIR request on tenant t. Returns 0 with the
+ * token's granted scopes in *scope (new string, caller frees), or -1 with the
+ * reason in why (fhir_always_401, unknown, other tenant, expired, revoked). */
+int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char **scope,
+                          char *why, size_t whylen);
+
+/* Stores a fault (taking ownership of f's contents) for the tenant's target. */
+void sim_state_set_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *f);
+void sim_state_clear_faults(sim_state *st, sim_tenant *t);
+/* If a fault is armed for target, consumes one use and copies it into *out
+ * (caller clears). Returns true when *out was filled. */
+bool sim_state_take_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *out);
+
+/* Counters. client_id may be NULL when the request named none. */
+void sim_count_token_request(sim_state *st, sim_tenant *t, const char *client_id);
+/* rejection: a reason code, an OAuth error, or NULL for a granted token. */
+void sim_count_token_outcome(sim_state *st, sim_tenant *t, const char *rejection);
+void sim_count_discovery(sim_state *st, sim_tenant *t);
+void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status);
+void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
+
+/* New reference: {"tenants":{"<id>":{...}}}. */
+json_t *sim_state_counters_json(sim_state *st);
+void sim_state_reset_counters(sim_state *st);
+
+#endif
