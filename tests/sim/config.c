@@ -1,17 +1,25 @@
 #include "tests/sim/config.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_PATIENTS 1000000L
 #define MAX_EXPIRES_IN 86400L
+#define MAX_BINARY_BYTES 67108864L /* 64 MiB: its base64 JSON form must still fit in memory */
+#define MAX_SCALE 100.0
 
 /* Every object in the file is checked against its list of allowed keys so a
  * typo ("expire_in") fails loudly instead of silently using a default. */
 static const char *const top_keys[] = {"seed", "tenants", NULL};
-static const char *const tenant_keys[] = {"id",           "sandbox",      "patients", "expires_in",
-                                          "auth_methods", "signing_algs", "clients",  NULL};
+static const char *const tenant_keys[] = {
+    "id",           "sandbox",           "patients",           "expires_in",
+    "auth_methods", "signing_algs",      "clients",            "per_patient",
+    "per_patient_scale", "per_patient_vary", "practitioners",  "organizations",
+    "locations",    "foreign_references", "binary_min_bytes",  "binary_max_bytes",
+    "binary_large_bytes", "binary_large_every", "paging_repeats", "paging_short_pages",
+    "paging_outcomes", NULL};
 static const char *const client_keys[] = {"client_id", "jwks_file", "jwks_url", "jwks",
                                           "scopes",    NULL};
 
@@ -45,6 +53,102 @@ static int get_long(json_t *o, const char *key, long min, long max, long def,
     return -1;
   }
   *out = (long)json_integer_value(v);
+  return 0;
+}
+
+static int get_bool(json_t *o, const char *key, bool *out, const char *where, char *err,
+                    size_t n) {
+  json_t *v = json_object_get(o, key);
+  if (!v) return 0;
+  if (!json_is_boolean(v)) {
+    snprintf(err, n, "%s.%s: expected true or false", where, key);
+    return -1;
+  }
+  *out = json_is_true(v);
+  return 0;
+}
+
+static int get_unsigned(json_t *o, const char *key, long min, long max, unsigned *out,
+                        const char *where, char *err, size_t n) {
+  long v;
+  if (get_long(o, key, min, max, (long)*out, where, &v, err, n)) return -1;
+  *out = (unsigned)v;
+  return 0;
+}
+
+/* "per_patient": {"Observation": 30, ...} overrides the defaults type by
+ * type; "per_patient_scale" then multiplies every count. */
+static int parse_per_patient(json_t *o, const char *where, sim_data_knobs *k, char *err,
+                             size_t n) {
+  json_t *pp = json_object_get(o, "per_patient");
+  if (pp && !json_is_object(pp)) {
+    snprintf(err, n, "%s.per_patient: expected an object of type name -> count", where);
+    return -1;
+  }
+  const char *type;
+  json_t *v;
+  json_object_foreach(pp, type, v) {
+    int t = sim_rtype_from_name(type);
+    if (t < 0 || !sim_rtype_per_patient((sim_rtype)t)) {
+      snprintf(err, n,
+               "%s.per_patient: \"%s\" is not a per-patient resource type (Patient, "
+               "Practitioner, Organization, Location and Binary have their own knobs)",
+               where, type);
+      return -1;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > SIM_PP_MAX) {
+      snprintf(err, n, "%s.per_patient.%s: expected an integer from 0 to %d", where, type,
+               SIM_PP_MAX);
+      return -1;
+    }
+    k->per_patient[t] = (unsigned)json_integer_value(v);
+  }
+  json_t *scale = json_object_get(o, "per_patient_scale");
+  if (!scale) return 0;
+  double f = json_number_value(scale);
+  if (!json_is_number(scale) || f < 0 || f > MAX_SCALE) {
+    snprintf(err, n, "%s.per_patient_scale: expected a number from 0 to %g", where, MAX_SCALE);
+    return -1;
+  }
+  for (int t = 0; t < SIM_RT_COUNT; t++) {
+    double scaled = floor(k->per_patient[t] * f + 0.5);
+    if (scaled > SIM_PP_MAX) {
+      snprintf(err, n, "%s.per_patient_scale: %s would have %.0f per patient, more than %d",
+               where, sim_rtype_name((sim_rtype)t), scaled, SIM_PP_MAX);
+      return -1;
+    }
+    k->per_patient[t] = (unsigned)scaled;
+  }
+  return 0;
+}
+
+static int parse_data_knobs(json_t *o, const char *where, sim_data_knobs *k, char *err,
+                            size_t n) {
+  sim_data_knobs_default(k);
+  if (parse_per_patient(o, where, k, err, n) ||
+      get_bool(o, "per_patient_vary", &k->per_patient_vary, where, err, n) ||
+      get_unsigned(o, "practitioners", 1, 100000, &k->practitioners, where, err, n) ||
+      get_unsigned(o, "organizations", 1, 10000, &k->organizations, where, err, n) ||
+      get_unsigned(o, "locations", 1, 10000, &k->locations, where, err, n) ||
+      get_bool(o, "foreign_references", &k->foreign_references, where, err, n) ||
+      get_unsigned(o, "binary_min_bytes", 128, MAX_BINARY_BYTES, &k->binary_min_bytes, where,
+                   err, n) ||
+      get_unsigned(o, "binary_max_bytes", 128, MAX_BINARY_BYTES, &k->binary_max_bytes, where,
+                   err, n) ||
+      get_unsigned(o, "binary_large_bytes", 128, MAX_BINARY_BYTES, &k->binary_large_bytes,
+                   where, err, n) ||
+      get_unsigned(o, "binary_large_every", 0, 1000000, &k->binary_large_every, where, err,
+                   n) ||
+      get_bool(o, "paging_repeats", &k->paging_repeats, where, err, n) ||
+      get_bool(o, "paging_short_pages", &k->paging_short_pages, where, err, n) ||
+      get_bool(o, "paging_outcomes", &k->paging_outcomes, where, err, n))
+    return -1;
+  if (k->binary_max_bytes < k->binary_min_bytes) {
+    snprintf(err, n, "%s.binary_max_bytes: smaller than binary_min_bytes (%u)", where,
+             k->binary_min_bytes);
+    return -1;
+  }
   return 0;
 }
 
@@ -216,7 +320,8 @@ static int parse_tenant(json_t *o, const char *where, sim_tenant_cfg *t, char *e
   if (get_long(o, "patients", 0, MAX_PATIENTS, 0, where, &t->patients, err, n) ||
       get_long(o, "expires_in", 1, MAX_EXPIRES_IN, 570, where, &t->expires_in, err, n) ||
       get_strv(o, "auth_methods", def_methods, where, &t->auth_methods, err, n) ||
-      get_strv(o, "signing_algs", def_algs, where, &t->signing_algs, err, n))
+      get_strv(o, "signing_algs", def_algs, where, &t->signing_algs, err, n) ||
+      parse_data_knobs(o, where, &t->data, err, n))
     return -1;
   return parse_clients(json_object_get(o, "clients"), where, t, err, n);
 }

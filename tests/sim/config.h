@@ -5,6 +5,7 @@
 #ifndef SIM_CONFIG_H
 #define SIM_CONFIG_H
 
+#include "tests/sim/data.h"
 #include "tests/sim/util.h"
 
 #include <jansson.h>
@@ -29,6 +30,7 @@ typedef struct sim_tenant_cfg {
   sim_strv signing_algs;
   sim_client *clients;
   size_t nclients;
+  sim_data_knobs data; /* per_patient, pools, Binary sizes, paging quirks */
 } sim_tenant_cfg;
 
 typedef struct sim_config {

@@ -8,10 +8,15 @@
  *   POST   /_sim/tenants/{t}/faults     {target, status, content_type, body, headers,
  *                                        delay_ms, count}
  *   DELETE /_sim/tenants/{t}/faults
+ *   GET    /_sim/tenants/{t}/expected   what a correct extraction returns (control_data.c)
+ *   POST   /_sim/tenants/{t}/touch      bump meta.lastUpdated of some resources
+ *   DELETE /_sim/tenants/{t}/touch      forget every touch
+ *   GET    /_sim/tenants/{t}/reads      reads per "Type/id"
  *
  * Bodies are validated completely before anything changes, so a rejected
  * request (400 {"error": "..."}) leaves the simulator as it was. */
 #include "tests/sim/config.h"
+#include "tests/sim/fhir.h"
 #include "tests/sim/http.h"
 
 #include <stdio.h>
@@ -167,16 +172,25 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
   id[len] = '\0';
   sim_tenant *t = sim_state_tenant(req->st, id);
   const char *what = rest + len;
-  bool post = strcmp(req->method, "POST") == 0;
+  bool post = strcmp(req->method, "POST") == 0, get = strcmp(req->method, "GET") == 0;
+  bool del = strcmp(req->method, "DELETE") == 0;
   if (!t)
     reply(resp, 404, "unknown tenant");
+  else if (get && strcmp(what, "/expected") == 0)
+    sim_control_expected(req, t, resp);
+  else if (get && strcmp(what, "/reads") == 0)
+    sim_control_reads(req, t, resp);
+  else if (post && strcmp(what, "/touch") == 0)
+    sim_control_touch(req, t, resp);
+  else if (del && strcmp(what, "/touch") == 0)
+    sim_control_untouch(req, t, resp);
   else if (post && strcmp(what, "/clients") == 0)
     put_client(req, t, resp);
   else if (post && strcmp(what, "/settings") == 0)
     settings(req, t, resp);
   else if (post && strcmp(what, "/faults") == 0)
     set_fault(req, t, resp);
-  else if (strcmp(req->method, "DELETE") == 0 && strcmp(what, "/faults") == 0) {
+  else if (del && strcmp(what, "/faults") == 0) {
     sim_state_clear_faults(req->st, t);
     reply(resp, 200, NULL);
   } else

@@ -1,6 +1,8 @@
 /* Patients: Cerner's public sandbox patients (when the tenant is a sandbox)
- * followed by `patients` synthetic ones with ids 20000001, 20000002, ... */
-#include "tests/sim/data.h"
+ * followed by `patients` synthetic ones with ids 20000001, 20000002, ...
+ * Each names its general practitioner (the first of its care team, see
+ * sim_patient_team) and a managing organization from the tenant's pools. */
+#include "tests/sim/data_internal.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -8,8 +10,7 @@
 
 #define FIRST_SYNTHETIC_ID 20000001L
 #define MRN_SYSTEM "urn:oid:2.16.840.1.113883.6.1000"
-/* 2024-01-01T00:00:00Z: synthetic lastUpdated values fall in the year after it. */
-#define DATA_EPOCH 1704067200LL
+#define DATA_EPOCH SIM_DATA_EPOCH
 
 typedef struct patient_spec {
   const char *id;
@@ -92,13 +93,42 @@ static json_t *patient_doc(const patient_spec *p, const char *mrn, int64_t updat
   return doc;
 }
 
-static int add_sandbox(sim_store *s) {
+/* Appended after the other fields (and drawn from their own stream) so that
+ * adding them left every earlier byte of a Patient unchanged. */
+static int add_links(sim_store *s, const sim_data_params *dp, json_t *doc, uint32_t ordinal) {
+  unsigned team[SIM_TEAM_SIZE];
+  sim_patient_team(dp, ordinal, team);
+  sim_pool_layout l;
+  sim_pool_layout_of(&dp->knobs, &l);
+  unsigned org = l.nprov ? ordinal % l.nprov : 0;
+  char gp[48], mo[48];
+  snprintf(gp, sizeof gp, "Practitioner/%ld", SIM_PRACTITIONER_BASE + (long)team[0]);
+  snprintf(mo, sizeof mo, "Organization/%ld", SIM_ORGANIZATION_BASE + (long)org);
+  json_t *gps = json_pack("[{s:s, s:s}]", "reference", gp, "display",
+                          sim_pool_display(s, SIM_RT_PRACTITIONER, team[0]));
+  json_t *mos = json_pack("{s:s, s:s}", "reference", mo, "display",
+                          sim_pool_display(s, SIM_RT_ORGANIZATION, org));
+  if (!gps || !mos) {
+    json_decref(gps);
+    json_decref(mos);
+    return -1;
+  }
+  json_object_set_new(doc, "generalPractitioner", gps);
+  json_object_set_new(doc, "managingOrganization", mos);
+  return 0;
+}
+
+static int add_sandbox(sim_store *s, const sim_data_params *dp) {
   for (size_t i = 0; i < sizeof sandbox_patients / sizeof *sandbox_patients; i++) {
     const patient_spec *p = &sandbox_patients[i];
     char mrn[16];
     snprintf(mrn, sizeof mrn, "%s", p->id + 1); /* stable and unique among these */
     json_t *doc = patient_doc(p, mrn, DATA_EPOCH + (int64_t)i * 86400, 1);
-    if (!doc || sim_store_add(s, SIM_RT_PATIENT, doc) != 0) return -1;
+    if (!doc || add_links(s, dp, doc, SIM_SANDBOX_ORDINAL + (uint32_t)i) != 0) {
+      json_decref(doc);
+      return -1;
+    }
+    if (sim_store_add(s, SIM_RT_PATIENT, doc) != 0) return -1;
   }
   return 0;
 }
@@ -162,7 +192,8 @@ static int add_synthetic(sim_store *s, const sim_data_params *p, long index) {
   spec.id = id;
   spec.birth_date = birth;
   json_t *doc = patient_doc(&spec, mrn, updated, version);
-  if (!doc || add_contact(doc, &r, spec.family, spec.given) != 0) {
+  if (!doc || add_contact(doc, &r, spec.family, spec.given) != 0 ||
+      add_links(s, p, doc, (uint32_t)index + 1) != 0) {
     json_decref(doc);
     return -1;
   }
@@ -170,7 +201,9 @@ static int add_synthetic(sim_store *s, const sim_data_params *p, long index) {
 }
 
 int sim_gen_patients(sim_store *s, const sim_data_params *p) {
-  if (p->sandbox && add_sandbox(s) != 0) return -1;
+  _Static_assert(sizeof sandbox_patients / sizeof *sandbox_patients == SIM_SANDBOX_PATIENTS,
+                 "data_internal.h counts the sandbox patients");
+  if (p->sandbox && add_sandbox(s, p) != 0) return -1;
   for (long i = 0; i < p->patients; i++)
     if (add_synthetic(s, p, i) != 0) return -1;
   return 0;

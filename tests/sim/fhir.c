@@ -1,6 +1,7 @@
 /* FHIR R4 endpoints under /r4/{tenant}: bearer token checks (401 with
- * Cerner's WWW-Authenticate, 403 for a missing scope), then read by id or
- * search through the per-type rules in fhir_types.c. */
+ * Cerner's WWW-Authenticate, 403 for a missing scope), then read by id (any
+ * type, Binary in fhir_binary.c) or search through the per-type rules in
+ * fhir_types.c. */
 #include "tests/sim/fhir.h"
 
 #include <stdio.h>
@@ -90,6 +91,23 @@ static void forbidden(sim_resp *resp, const char *type) {
   sim_fhir_outcome(resp, 403, "forbidden", diag);
 }
 
+/* Binary needs its own scope plus one of the types whose attachments it
+ * holds, as on Cerner. Fills resp and returns false when not allowed. */
+static bool binary_allowed(const char *scopes, sim_resp *resp) {
+  if (!scope_allows_read(scopes, "Binary")) {
+    forbidden(resp, "Binary");
+    return false;
+  }
+  if (!scope_allows_read(scopes, "DocumentReference") &&
+      !scope_allows_read(scopes, "DiagnosticReport")) {
+    sim_fhir_outcome(resp, 403, "forbidden",
+                     "insufficient scope: reading Binary also needs system/DocumentReference.read "
+                     "or system/DiagnosticReport.read");
+    return false;
+  }
+  return true;
+}
+
 static bool id_valid(const char *id) {
   size_t len = strlen(id);
   if (len == 0 || len > 64) return false;
@@ -102,8 +120,8 @@ static bool id_valid(const char *id) {
 
 static void read_resource(sim_req *req, sim_resp *resp, sim_rtype type, const char *id) {
   bool valid = id_valid(id);
-  const sim_resource *r = valid ? sim_store_find(req->tenant->store, type, id) : NULL;
-  if (!r) {
+  uint64_t handle;
+  if (!valid || !sim_store_resolve(req->tenant->store, type, id, &handle)) {
     /* Only a valid id is echoed: the path is client-controlled bytes. */
     char diag[160];
     snprintf(diag, sizeof diag, "%s/%s was not found", sim_rtype_name(type),
@@ -111,13 +129,14 @@ static void read_resource(sim_req *req, sim_resp *resp, sim_rtype type, const ch
     sim_fhir_outcome(resp, 404, "not-found", diag);
     return;
   }
-  char *body = malloc(r->json_len);
-  if (!body) {
+  sim_buf b = {0};
+  sim_store_write(req->tenant->store, type, handle, req->host, &b);
+  size_t len;
+  char *body = sim_buf_steal(&b, &len);
+  if (body)
+    sim_resp_body(resp, 200, SIM_CT_FHIR, body, len);
+  else
     sim_fhir_outcome(resp, 500, "exception", "out of memory");
-    return;
-  }
-  memcpy(body, r->json, r->json_len);
-  sim_resp_body(resp, 200, SIM_CT_FHIR, body, r->json_len);
 }
 
 /* Splits subpath "/Type" or "/Type/id"; returns the type or -1, and the id
@@ -148,11 +167,30 @@ void sim_fhir_handle(sim_req *req, sim_resp *resp) {
     sim_fhir_outcome(resp, 405, "not-supported", "this simulator serves GET only");
   else if (type < 0)
     sim_fhir_outcome(resp, 404, "not-supported", "unknown resource type or path");
-  else if (!scope_allows_read(scopes, type_name))
+  else if (type == SIM_RT_BINARY && id) {
+    if (binary_allowed(scopes, resp)) sim_fhir_read_binary(req, resp, id_valid(id) ? id : "");
+  } else if (!scope_allows_read(scopes, type_name))
     forbidden(resp, type_name);
   else if (id)
     read_resource(req, resp, (sim_rtype)type, id);
   else
     sim_fhir_search(req, resp, sim_search_def_for((sim_rtype)type));
   free(scopes);
+}
+
+void sim_fhir_classify(const sim_req *req, char type[64], const char **kind, char read_key[160]) {
+  const char *id;
+  int t = parse_path(req->subpath, type, 64, &id);
+  read_key[0] = '\0';
+  if (t < 0) {
+    type[0] = '\0';
+    *kind = "search";
+    return;
+  }
+  if (id) {
+    *kind = "read";
+    snprintf(read_key, 160, "%s/%s", type, id_valid(id) ? id : "(invalid id)");
+  } else {
+    *kind = sim_req_query(req, "-pageContext") ? "page" : "search";
+  }
 }

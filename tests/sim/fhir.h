@@ -1,15 +1,15 @@
 /* Internal interface of the FHIR modules (fhir*.c): how each resource type
  * is searched.
  *
- * Searching works on search keys extracted once per resource at start-up
- * (sim_key: name + value), never on the JSON: a type's `index` function
- * extracts them, its `params` table says how each parameter compares, and
- * an optional `indexed_param` gets a value -> resources index so the common
- * patient=X search does not scan the whole type.
+ * Stored types (Patient and the pools) are searched on search keys
+ * extracted once per resource at start-up (sim_key: name + value), never on
+ * the JSON: a type's `index` function extracts them, its `params` table says
+ * how each parameter compares, and an optional `indexed_param` gets a value
+ * -> resources index.
  *
- * Adding a resource type = a generator in data_<type>.c, a row in
- * fhir_types.c, and usually nothing else (sim_index_patient_ref covers the
- * usual subject/patient reference). */
+ * Per-patient types are searched by patient (or _id): the matches are the
+ * patient's resources of that type, computed from ids alone, filtered on
+ * _lastUpdated where the type honours it (data_clinical.c). */
 #ifndef SIM_FHIR_H
 #define SIM_FHIR_H
 
@@ -37,12 +37,16 @@ typedef struct sim_search_def {
   sim_rtype type;
   bool searchable;              /* false: read only (Binary) */
   const char *const *required;  /* NULL-terminated, at least one must be present; NULL = none */
-  const sim_search_param *params; /* terminated by {NULL}; unknown parameters are ignored */
-  sim_index_fn index;           /* extracts search keys; NULL = only _id works */
+  const sim_search_param *params; /* stored types; terminated by {NULL}; others are ignored */
+  sim_index_fn index;           /* stored types: extracts search keys; NULL = only _id works */
   const char *indexed_param;    /* a key with a value -> resources index, or NULL */
   unsigned default_count;
   unsigned max_count;
   unsigned max_matches;         /* 0 = unlimited; more matches answer 422 (Patient: 1000) */
+  bool last_updated;            /* honours _lastUpdated (per-patient types) */
+  bool id_alone;                /* _id must be sent alone (_count aside) */
+  bool quirks;                  /* Cerner's paging quirks apply (knobs paging_*) */
+  const char *patient_requires; /* "name=value" a search by patient must carry, or NULL */
 } sim_search_def;
 
 /* Borrowed row for type t (every sim_rtype has one). */
@@ -64,7 +68,32 @@ bool sim_fhir_match(const sim_search_def *def, const sim_resource *r, const sim_
 
 /* Index functions. */
 int sim_index_patient(sim_resource *r);
-/* "patient" and "subject" keys from a subject/patient reference to Patient/<id>. */
-int sim_index_patient_ref(sim_resource *r);
+int sim_index_practitioner(sim_resource *r);
+int sim_index_organization(sim_resource *r);
+int sim_index_location(sim_resource *r);
+/* Shared by them: "family"/"given"/"name" keys from name[], "identifier" keys. */
+int sim_index_names(sim_resource *r);
+int sim_index_identifiers(sim_resource *r);
+int sim_index_string(sim_resource *r, const char *key, const json_t *value);
+
+/* Parses a FHIR date or instant of any precision (YYYY, YYYY-MM,
+ * YYYY-MM-DD, YYYY-MM-DDThh:mm[:ss[.fff]][Z|+hh:mm]) into the half-open
+ * range [*lo_ms, *hi_ms) of epoch milliseconds it denotes. Returns 0 or -1. */
+int sim_fhir_parse_instant(const char *s, int64_t *lo_ms, int64_t *hi_ms);
+
+/* Binary read (fhir_binary.c): Accept decides between the Binary resource
+ * and the raw document; anything else is 406. */
+void sim_fhir_read_binary(sim_req *req, sim_resp *resp, const char *id);
+
+/* Classifies a FHIR request for the counters without answering it: the
+ * resource type name (or "" when unknown), the kind ("read", "search" or
+ * "page") and, for reads, "Type/id" in read_key (else ""). */
+void sim_fhir_classify(const sim_req *req, char type[64], const char **kind, char read_key[160]);
+
+/* Control endpoints that need the FHIR rules (control_data.c). */
+void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_touch(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_untouch(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_reads(sim_req *req, sim_tenant *t, sim_resp *resp);
 
 #endif

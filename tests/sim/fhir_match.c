@@ -100,21 +100,6 @@ bool sim_fhir_match(const sim_search_def *def, const sim_resource *r, const sim_
   return true;
 }
 
-/* ---- index functions shared by clinical types ---- */
-
-int sim_index_patient_ref(sim_resource *r) {
-  static const char *const fields[] = {"subject", "patient"};
-  for (size_t i = 0; i < 2; i++) {
-    const char *ref =
-        json_string_value(json_object_get(json_object_get(r->doc, fields[i]), "reference"));
-    if (ref && strncmp(ref, "Patient/", 8) == 0 &&
-        (sim_resource_add_key(r, "patient", ref + 8) ||
-         sim_resource_add_key(r, "subject", ref + 8)))
-      return -1;
-  }
-  return 0;
-}
-
 int sim_fhir_prepare_store(sim_store *s) {
   for (int t = 0; t < SIM_RT_COUNT; t++) {
     const sim_search_def *def = sim_search_def_for((sim_rtype)t);

@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <string.h>
 
-static int add_str(sim_resource *r, const char *name, const json_t *v) {
-  return json_is_string(v) ? sim_resource_add_key(r, name, json_string_value(v)) : 0;
+int sim_index_string(sim_resource *r, const char *key, const json_t *value) {
+  return json_is_string(value) ? sim_resource_add_key(r, key, json_string_value(value)) : 0;
 }
 
+#define add_str sim_index_string
+
 /* name matches family, any given name or the text; family/given separately. */
-static int index_names(sim_resource *r) {
+int sim_index_names(sim_resource *r) {
   size_t i, j;
   const json_t *name, *given;
   json_array_foreach(json_object_get(r->doc, "name"), i, name) {
@@ -26,7 +28,7 @@ static int index_names(sim_resource *r) {
   return 0;
 }
 
-static int index_identifiers(sim_resource *r) {
+int sim_index_identifiers(sim_resource *r) {
   size_t i;
   const json_t *ident;
   json_array_foreach(json_object_get(r->doc, "identifier"), i, ident) {
@@ -56,7 +58,7 @@ static int index_contacts(sim_resource *r) {
 }
 
 int sim_index_patient(sim_resource *r) {
-  if (index_names(r) || index_identifiers(r) || index_contacts(r) ||
+  if (sim_index_names(r) || sim_index_identifiers(r) || index_contacts(r) ||
       add_str(r, "birthdate", json_object_get(r->doc, "birthDate")) ||
       add_str(r, "gender", json_object_get(r->doc, "gender")))
     return -1;

@@ -2,6 +2,7 @@
 
 #include "common/log.h"
 #include "tests/sim/delay.h"
+#include "tests/sim/fhir.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -236,6 +237,13 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
     free(client);
   } else if (r->route == SIM_ROUTE_DISCOVERY) {
     sim_count_discovery(st, r->tenant);
+  } else if (r->route == SIM_ROUTE_FHIR) {
+    /* Counted before the fault check, like fhir_requests: a client that
+     * retries a faulted read has fetched it twice. */
+    char type[64], read_key[160];
+    const char *kind;
+    sim_fhir_classify(r, type, &kind, read_key);
+    sim_count_fhir_request(st, r->tenant, type, kind, read_key);
   }
   if (faulted) {
     sim_count_fault(st, r->tenant, (sim_target)route_target(r->route));

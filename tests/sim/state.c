@@ -46,8 +46,15 @@ static int counters_init(sim_counters *c) {
   *c = (sim_counters){.token_rejections = json_object(),
                       .by_client = json_object(),
                       .fhir_by_status = json_object(),
-                      .faults_served = json_object()};
-  return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served ? 0 : -1;
+                      .faults_served = json_object(),
+                      .fhir_by_type = json_object(),
+                      .fhir_by_kind = json_object(),
+                      .fhir_by_type_kind = json_object(),
+                      .reads = json_object()};
+  return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served &&
+                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads
+             ? 0
+             : -1;
 }
 
 static void counters_free(sim_counters *c) {
@@ -55,13 +62,17 @@ static void counters_free(sim_counters *c) {
   json_decref(c->by_client);
   json_decref(c->fhir_by_status);
   json_decref(c->faults_served);
+  json_decref(c->fhir_by_type);
+  json_decref(c->fhir_by_kind);
+  json_decref(c->fhir_by_type_kind);
+  json_decref(c->reads);
   *c = (sim_counters){0};
 }
 
 static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
                        sim_store_indexer indexer, char *err, size_t errlen) {
   sim_data_params dp = {.seed = seed, .tenant_id = tc->id, .sandbox = tc->sandbox,
-                        .patients = tc->patients};
+                        .patients = tc->patients, .knobs = tc->data};
   t->id = strdup(tc->id);
   t->expires_in = tc->expires_in;
   t->store = sim_store_build(&dp, indexer, err, errlen);
@@ -362,13 +373,42 @@ void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target) {
   pthread_mutex_unlock(&st->lock);
 }
 
+void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, const char *kind,
+                            const char *read_key) {
+  if (!*type) return;
+  char type_kind[96];
+  snprintf(type_kind, sizeof type_kind, "%s.%s", type, kind);
+  pthread_mutex_lock(&st->lock);
+  bump(t->counters.fhir_by_type, type);
+  bump(t->counters.fhir_by_kind, kind);
+  bump(t->counters.fhir_by_type_kind, type_kind);
+  if (*read_key) bump(t->counters.reads, read_key);
+  pthread_mutex_unlock(&st->lock);
+}
+
+json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
+  json_t *out = json_object();
+  size_t tlen = type ? strlen(type) : 0;
+  const char *key;
+  json_t *v;
+  pthread_mutex_lock(&st->lock);
+  json_object_foreach(t->counters.reads, key, v) {
+    if (!type || (strncmp(key, type, tlen) == 0 && key[tlen] == '/'))
+      json_object_set_new(out, key, json_integer(json_integer_value(v)));
+  }
+  pthread_mutex_unlock(&st->lock);
+  return out;
+}
+
 static json_t *tenant_counters(const sim_counters *c) {
-  return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O}", "token_requests",
+  return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O}", "token_requests",
                    (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
                    "token_rejections", c->token_rejections, "token_requests_by_client",
                    c->by_client, "discovery_requests", (json_int_t)c->discovery_requests,
                    "fhir_requests", (json_int_t)c->fhir_requests, "fhir_by_status",
-                   c->fhir_by_status, "faults_served", c->faults_served);
+                   c->fhir_by_status, "faults_served", c->faults_served, "fhir_by_type",
+                   c->fhir_by_type, "fhir_by_kind", c->fhir_by_kind, "fhir_by_type_kind",
+                   c->fhir_by_type_kind);
 }
 
 json_t *sim_state_counters_json(sim_state *st) {
@@ -395,6 +435,10 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->by_client);
     json_object_clear(c->fhir_by_status);
     json_object_clear(c->faults_served);
+    json_object_clear(c->fhir_by_type);
+    json_object_clear(c->fhir_by_kind);
+    json_object_clear(c->fhir_by_type_kind);
+    json_object_clear(c->reads);
   }
   pthread_mutex_unlock(&st->lock);
 }

@@ -49,6 +49,10 @@ typedef struct sim_counters {
   json_t *by_client;        /* client_id -> token requests */
   json_t *fhir_by_status;   /* "200" -> count */
   json_t *faults_served;    /* target -> count */
+  json_t *fhir_by_type;      /* "Observation" -> requests */
+  json_t *fhir_by_kind;      /* "read" | "search" | "page" -> requests */
+  json_t *fhir_by_type_kind; /* "Observation.page" -> requests */
+  json_t *reads;             /* "Practitioner/4000001" -> reads of that path */
 } sim_counters;
 
 typedef struct sim_tenant {
@@ -129,6 +133,13 @@ void sim_count_token_outcome(sim_state *st, sim_tenant *t, const char *rejection
 void sim_count_discovery(sim_state *st, sim_tenant *t);
 void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status);
 void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
+/* One FHIR request by resource type and kind ("read", "search", "page");
+ * type "" (unknown type or path) counts nowhere; read_key "Type/id" or "". */
+void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, const char *kind,
+                            const char *read_key);
+/* New reference: {"Type/id": reads} of the tenant, only `type`'s when type
+ * is not NULL. */
+json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type);
 
 /* New reference: {"tenants":{"<id>":{...}}}. */
 json_t *sim_state_counters_json(sim_state *st);

@@ -46,7 +46,14 @@ void sim_buf_printf(sim_buf *b, const char *fmt, ...) {
 
 void sim_buf_json_str(sim_buf *b, const char *s) {
   sim_buf_append(b, "\"", 1);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    /* Copy the run of characters that need no escaping in one go: resources
+     * are written through here string by string. */
+    const unsigned char *run = p;
+    while (*p >= 0x20 && *p != '"' && *p != '\\') p++;
+    if (p > run) sim_buf_append(b, (const char *)run, (size_t)(p - run));
+    if (!*p) break;
     char esc[8];
     switch (*p) {
     case '"': sim_buf_append(b, "\\\"", 2); break;
@@ -55,13 +62,10 @@ void sim_buf_json_str(sim_buf *b, const char *s) {
     case '\r': sim_buf_append(b, "\\r", 2); break;
     case '\t': sim_buf_append(b, "\\t", 2); break;
     default:
-      if (*p < 0x20) {
-        snprintf(esc, sizeof esc, "\\u%04x", *p);
-        sim_buf_puts(b, esc);
-      } else {
-        sim_buf_append(b, (const char *)p, 1);
-      }
+      snprintf(esc, sizeof esc, "\\u%04x", *p);
+      sim_buf_puts(b, esc);
     }
+    p++;
   }
   sim_buf_append(b, "\"", 1);
 }

@@ -59,6 +59,17 @@ int fx_sim_delete(const fx_sim *s, const char *path);
  * -1 if the tenant or counter does not exist or the request fails. */
 long fx_sim_counter(const fx_sim *s, const char *tenant, const char *name);
 
+/* GET /_sim/tenants/{tenant}/expected: what a correct per-patient extraction
+ * of `types` (comma-separated, NULL = every per-patient type) returns for
+ * `patient` (one id or a comma list), with _lastUpdated=ge`since` where the
+ * type honours it (since may be NULL). New reference
+ * {"resources": ["Type/id", ...], "references": [...]}, or NULL on error. */
+json_t *fx_sim_expected(const fx_sim *s, const char *tenant, const char *patient,
+                        const char *types, const char *since);
+/* How often `path` ("Practitioner/4000001") was read on the tenant since the
+ * last counter reset (GET /_sim/tenants/{tenant}/reads); -1 on error. */
+long fx_sim_reads(const fx_sim *s, const char *tenant, const char *path);
+
 /* ---- HTTP ---- */
 
 typedef struct fxt_http_resp {

@@ -2,6 +2,7 @@
 #include "fx_testsupport.h"
 #include "support_internal.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -176,6 +177,35 @@ long fx_sim_counter(const fx_sim *s, const char *tenant, const char *name) {
   } else if (!dot && json_is_integer(v)) {
     out = (long)json_integer_value(v);
   }
+  json_decref(all);
+  return out;
+}
+
+/* Appends "?name=value" or "&name=value" (value percent-encoded) when value is set. */
+static void add_param(char *url, size_t n, const char *name, const char *value) {
+  if (!value) return;
+  char *esc = curl_easy_escape(NULL, value, 0);
+  size_t len = strlen(url);
+  snprintf(url + len, n - len, "%c%s=%s", strchr(url, '?') ? '&' : '?', name, esc ? esc : "");
+  curl_free(esc);
+}
+
+json_t *fx_sim_expected(const fx_sim *s, const char *tenant, const char *patient,
+                        const char *types, const char *since) {
+  char path[4096];
+  snprintf(path, sizeof path, "/_sim/tenants/%s/expected", tenant);
+  add_param(path, sizeof path, "patient", patient);
+  add_param(path, sizeof path, "types", types);
+  add_param(path, sizeof path, "since", since);
+  return fx_sim_get_json(s, path);
+}
+
+long fx_sim_reads(const fx_sim *s, const char *tenant, const char *path) {
+  char url[512];
+  snprintf(url, sizeof url, "/_sim/tenants/%s/reads", tenant);
+  json_t *all = fx_sim_get_json(s, url);
+  const json_t *v = json_object_get(all, path);
+  long out = all ? (v ? (long)json_integer_value(v) : 0) : -1;
   json_decref(all);
   return out;
 }
