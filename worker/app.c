@@ -51,7 +51,9 @@ int fx_app_open(fx_app *app, const char *config_path, fx_err *err) {
   int rc = fx_config_load(config_path, &app->cfg, err);
   if (!rc) rc = check_resources(app->cfg, err);
   if (!rc) {
-    fx_log_set_level((fx_log_level)app->cfg->log.level);
+    const char *env = getenv("FHIRX_LOG_LEVEL"); /* the environment wins over the file */
+    int level = env ? fx_log_level_parse(env) : -1;
+    fx_log_set_level((fx_log_level)(level >= 0 ? level : app->cfg->log.level));
     rc = fx_app_load_keys(app->cfg, &app->keys, err);
   }
   if (!rc) rc = fx_token_cache_new(&app->keys, &app->cfg->auth, &app->tokens, err);

@@ -19,5 +19,8 @@ int fx_cmd_token(int argc, char **argv);
 int fx_cmd_get(int argc, char **argv);
 int fx_cmd_scopes(int argc, char **argv);
 int fx_cmd_config(int argc, char **argv);
+int fx_cmd_worker(int argc, char **argv);
+int fx_cmd_enqueue(int argc, char **argv);
+int fx_cmd_report(int argc, char **argv);
 
 #endif

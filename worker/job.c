@@ -232,6 +232,8 @@ int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job
   return 0;
 }
 
+int fx_job_id_valid(const char *s) { return s && safe_id(s, MAX_ID, "-._:"); }
+
 void fx_job_free(fx_job *job) {
   if (!job) return;
   for (size_t i = 0; i < job->n_tasks; i++) free(job->tasks[i].patient);

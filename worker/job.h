@@ -59,6 +59,9 @@ int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job
 
 void fx_job_free(fx_job *job);
 
+/* 1 if s is an acceptable job_id: 1..128 of [A-Za-z0-9._:-]. */
+int fx_job_id_valid(const char *s);
+
 /* The job as JSON (new reference), in the tasks form when tasks differ in
  * their types, else the compact patients/resources form. */
 json_t *fx_job_to_json(const fx_job *job);

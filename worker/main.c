@@ -11,6 +11,9 @@ static const struct {
   int (*run)(int argc, char **argv);
   const char *summary;
 } commands[] = {
+    {"worker", fx_cmd_worker, "run the worker pool: consume jobs, extract, publish"},
+    {"enqueue", fx_cmd_enqueue, "validate and produce extraction jobs"},
+    {"report", fx_cmd_report, "summarize status records and results from the output topics"},
     {"keys", fx_cmd_keys, "generate signing keys; print the JWKS to publish on Cerner Central"},
     {"token", fx_cmd_token, "exchange a client assertion for an access token (smoke test)"},
     {"get", fx_cmd_get, "read one FHIR resource or search through the full auth chain"},

@@ -79,3 +79,35 @@ uint32_t fx_tenant_types(const fx_tenant_conf *t) {
   }
   return set & fx_patient_types();
 }
+
+/* Indexed like fx_cerner_types. Reference-only types have no patient query. */
+static const fx_type_query queries[] = {
+    /* AllergyIntolerance */ {0, "patient", "", 0, 1},
+    /* Binary */ {0, NULL, "", 0, 0},
+    /* CarePlan: Cerner rejects a patient search without this category */
+    {0, "patient", "&category=assess-plan", 100, 1},
+    /* CareTeam */ {0, "patient", "", 0, 1},
+    /* Condition */ {0, "patient", "", 0, 1},
+    /* Coverage */ {0, "patient", "", 0, 0},
+    /* Device */ {0, "patient", "", 0, 1},
+    /* DiagnosticReport */ {0, "patient", "", 100, 1},
+    /* DocumentReference */ {0, "patient", "", 100, 1},
+    /* Encounter */ {0, "patient", "", 100, 1},
+    /* Goal */ {0, "patient", "", 0, 1},
+    /* Immunization */ {0, "patient", "", 0, 1},
+    /* Location */ {0, NULL, "", 0, 0},
+    /* MedicationRequest */ {0, "patient", "", 100, 1},
+    /* Observation */ {0, "patient", "", 200, 1},
+    /* Organization */ {0, NULL, "", 0, 0},
+    /* Patient */ {1, NULL, "", 0, 0},
+    /* Practitioner */ {0, NULL, "", 0, 0},
+    /* Procedure */ {0, "patient", "", 0, 1},
+    /* RelatedPerson */ {0, "patient", "", 0, 0},
+    /* ServiceRequest */ {0, "patient", "", 0, 1},
+};
+
+const fx_type_query *fx_type_query_of(int type_index) {
+  return type_index >= 0 && (size_t)type_index < sizeof queries / sizeof queries[0]
+             ? &queries[type_index]
+             : NULL;
+}

@@ -33,6 +33,19 @@ uint32_t fx_patient_types(void);
  * resources (those fetched per patient) or every per-patient type. */
 uint32_t fx_tenant_types(const fx_tenant_conf *t);
 
+/* How a type is fetched for one patient on Cerner (facts: search rules):
+ * read Patient/{id}, or search {Type}?{param}={id}{extra}&_count={count}, and
+ * whether _lastUpdated can narrow it for incremental extracts. */
+typedef struct fx_type_query {
+  int read;           /* 1: GET {Type}/{patient id} */
+  const char *param;  /* patient search parameter */
+  const char *extra;  /* fixed parameters, e.g. "&category=assess-plan", or "" */
+  int count;          /* _count to send, 0 = server default */
+  int last_updated;   /* _lastUpdated=ge honoured */
+} fx_type_query;
+
+const fx_type_query *fx_type_query_of(int type_index);
+
 /* The scope for reading type in the tenant's SMART syntax:
  * v1 "system/Patient.read", v2 "system/Patient.rs". */
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size);

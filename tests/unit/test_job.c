@@ -131,6 +131,17 @@ static void rejects(void **state) {
   memset(big, ' ', sizeof big - 1);
   big[sizeof big - 1] = '\0';
   expect_bad(big, FX_EC_INVALID_JOB, "more than the 4096 bytes");
+  /* A 10 MB job against a 1 MiB limit is refused before it is parsed. */
+  size_t ten = 10 * 1000 * 1000;
+  char *huge = malloc(ten);
+  memset(huge, ' ', ten);
+  fx_job_limits mib = {.max_bytes = 1 << 20, .max_patients = 1000};
+  fx_job *hj = NULL;
+  fx_job_error he;
+  assert_int_equal(fx_job_parse(huge, ten, cfg, &mib, &hj, &he), -1);
+  assert_int_equal(he.cls, FX_EC_INVALID_JOB);
+  assert_non_null(strstr(he.msg, "10000000 bytes"));
+  free(huge);
   /* What could be read of a bad job is kept for its status record. */
   fx_job *job;
   fx_job_error e;

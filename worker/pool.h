@@ -1,0 +1,161 @@
+/* The worker pool: `fhirx worker`.
+ *
+ * One process runs N worker threads and a supervisor (the main thread).
+ *
+ *   main thread: signals, the shared idempotent producer's delivery reports
+ *                (its queue bridged into the main loop), thread start/stop.
+ *   worker thread (x N): a libuv loop with its own Kafka consumer (same
+ *                group, cooperative-sticky), its own curl multi, and the
+ *                jobs of the partitions it was assigned.
+ *
+ * A job ("run") lives on the thread that consumed it. Its outputs (results,
+ * failures, dead letter, status) are produced on the shared producer with
+ * the run as opaque; delivery reports arrive on the main thread, which
+ * counts them down and posts the run back to its thread when the last one
+ * is in. Only then is the run's offset released to the partition tracker
+ * (offsets.h), which stores the offset after the lowest unfinished job.
+ *
+ * Ownership: a run is freed on its thread once (a) every task is done and
+ * (b) every output is acknowledged; runs.outputs is the atomic count of (b)
+ * plus one guard held while (a) is not yet true. Exactly one party sees the
+ * count reach zero. */
+#ifndef FX_POOL_H
+#define FX_POOL_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "common/kafka.h"
+#include "common/loop.h"
+#include "worker/app.h"
+#include "worker/job.h"
+#include "worker/offsets.h"
+#include "worker/resources.h"
+
+typedef struct fx_pool fx_pool;
+typedef struct fx_wthread fx_wthread;
+typedef struct fx_run fx_run;
+typedef struct fx_fetch fx_fetch;
+
+#define FX_NTYPES 21
+
+/* Process-wide counters, for logs now and /metrics later. */
+typedef struct fx_pool_stats {
+  atomic_ullong jobs_consumed, jobs_completed, jobs_partial, jobs_failed;
+  atomic_ullong results, failures, dead_letters, statuses, delivery_errors;
+  atomic_ullong http_requests, http_retries;
+} fx_pool_stats;
+
+struct fx_pool {
+  fx_app app;
+  fx_job_limits limits;
+  size_t max_message; /* largest value we produce (message.max.bytes minus headroom) */
+  rd_kafka_t *producer;
+  rd_kafka_queue_t *producer_q;
+  uv_loop_t *main_loop;
+  fx_loop main_lp;
+  fx_kqueue *producer_kq;
+  fx_wthread **threads;
+  size_t n_threads;
+  atomic_int threads_running;
+  atomic_int force; /* drain deadline passed: give up on undelivered outputs */
+  char identity[300]; /* "host:pid", in status records */
+  fx_pool_stats stats;
+};
+
+/* One resource fetch: a read, or a search followed page by page. */
+struct fx_fetch {
+  fx_fetch *next;   /* in the ready queue or the waiting list */
+  fx_run *run;
+  size_t task; /* index in run->job->tasks */
+  int type;    /* index in fx_cerner_types */
+  char *url;   /* what to GET next */
+  int page;
+  int attempts;
+  uv_timer_t timer; /* retry delay; the fetch is freed in its close callback */
+};
+
+struct fx_run {
+  fx_wthread *wt;
+  fx_run *prev, *next;
+  fx_partition *part; /* reference */
+  int64_t offset, timestamp;
+  char *key;          /* the message key, for dead letters of unparseable jobs */
+  fx_job *job;        /* NULL when the job was invalid */
+  fx_job_error jerr;
+  char *raw;          /* invalid jobs: the original value, for the dead letter */
+  size_t raw_len;
+  atomic_int outputs;
+  atomic_int delivery_failed;
+  atomic_int awaiting_acks; /* tasks done; the status waits for the other outputs' acks */
+  size_t tasks_left, tasks_failed;
+  uint32_t *failed_types; /* per task */
+  uint32_t counts[FX_NTYPES];
+  size_t resources, failures;
+  fx_errclass first_class;
+  long first_status;
+  char first_reason[256];
+  char first_failure_at[32], last_failure_at[32];
+  char started_at[32];
+  uint64_t started_ms;
+  struct fx_strset *seen; /* Type/id published by this job */
+  size_t cursor_task;     /* the next (task, type) to start */
+  int cursor_type;
+  uint32_t full_types;    /* types fetched in full although the job had since */
+  int state;              /* 0 completed, 1 partial, 2 failed: set when the status is made */
+  int abandoned;
+};
+
+struct fx_wthread {
+  fx_pool *pool;
+  int index;
+  uv_thread_t tid;
+  uv_loop_t uv;
+  fx_loop lp;
+  rd_kafka_t *consumer;
+  rd_kafka_queue_t *cq;
+  fx_kqueue *ckq;
+  fx_partition **parts;
+  size_t n_parts, cap_parts;
+  fx_run *runs;
+  size_t n_runs;
+  int paused;
+  fx_fetch *q_head, *q_tail; /* fetches ready to send (next pages, retries due) */
+  fx_fetch *waiting;         /* fetches in a retry delay */
+  size_t inflight;           /* fetches sending or waiting for a token */
+  struct fx_deferred *def_head, *def_tail; /* outputs the producer's queue had no room for */
+  uv_timer_t def_timer;
+  int stopping, closing, closed;
+  uv_timer_t drain_timer;
+};
+
+/* pool.c */
+int fx_pool_run(const char *config_path);
+
+/* producer.c: produce with run as opaque. On success librdkafka owns value
+ * (malloc'd; it frees it) and headers, and the run counts one more output.
+ * On failure (e.g. the local queue is full) nothing changed hands: the
+ * caller still owns value and headers and may try again later. */
+int fx_produce(fx_pool *p, fx_run *run, const char *topic, const char *key, char *value,
+               size_t value_len, rd_kafka_headers_t *headers);
+int fx_producer_open(fx_pool *p, fx_err *err);
+void fx_producer_close(fx_pool *p);
+
+/* run.c */
+void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *m);
+void fx_run_complete(void *run); /* on the run's thread, when its outputs are all in */
+void fx_run_acked(void *run);    /* on the run's thread: every output but the status is in */
+void fx_run_abandon(fx_run *run);
+void fx_wthread_pump(fx_wthread *wt);
+
+/* wthread.c */
+int fx_wthread_start(fx_pool *p, int index, fx_err *err);
+void fx_wthread_stop(void *wt); /* posted to the thread's mailbox */
+void fx_wthread_run_done(fx_wthread *wt); /* a run was freed: backpressure, shutdown */
+
+/* "2026-11-30T06:10:00.123Z" */
+void fx_iso_now(char out[32]);
+
+#endif
