@@ -6,7 +6,7 @@ ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test asan-test docs clean install
+.PHONY: all deps build demo test asan-test bench docs clean install
 
 all: build
 
@@ -36,3 +36,6 @@ install: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+bench: build
+	@cmake --build $(BUILD) --target bench

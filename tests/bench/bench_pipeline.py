@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""Benchmark: a fixed extract through fhirx on the embedded Kafka + simulator.
+
+Reports resources/s, worker CPU seconds per 1,000 resources, the worker's
+peak RSS, token requests per tenant and requests per resource. Measures and
+reports only: it asserts nothing about time.
+
+  bench_pipeline.py [--jobs 200] [--patients-per-job 5] [--threads 2] [--json OUT]
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../e2e"))
+from e2e import SANDBOX, Env, FHIRX, log  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--patients-per-job", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    tenants = [{"id": SANDBOX, "sandbox": True, "patients": 500},
+               {"id": "hospital-b", "patients": 500}]
+    env = Env(tenants=tenants, worker_extra={
+        "worker": {"threads": a.threads, "max_jobs_in_flight": 32,
+                   "max_requests_in_flight": 32},
+        "log": {"level": "warn"}})
+    try:
+        jobs = []
+        for i in range(a.jobs):
+            t = tenants[i % 2]
+            pats = ["%d" % (20000001 + (i * a.patients_per_job + k) % t["patients"])
+                    for k in range(a.patients_per_job)]
+            jobs.append({"job_id": "bench-%05d" % i, "tenant": t["id"], "patients": pats})
+        env.enqueue(jobs)  # queued before the worker starts: it runs flat out
+        worker = subprocess.Popen([FHIRX, "worker", "--config", env.config],
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=open(os.path.join(env.dir, "worker.log"), "wb"))
+        t0 = time.time()
+        while True:
+            n = len(env.read("fhirx.status"))
+            if n >= a.jobs:
+                break
+            if time.time() - t0 > 900:
+                raise SystemExit("benchmark timed out with %d of %d jobs" % (n, a.jobs))
+            time.sleep(0.5)
+        t_end = time.time()
+        worker.send_signal(15)
+        _, status, ru = os.wait4(worker.pid, 0)
+        statuses = {m.key: m.json() for m in env.read("fhirx.status")}
+        resources = sum(s["resources"] for s in statuses.values())
+        states = {}
+        for s in statuses.values():
+            states[s["state"]] = states.get(s["state"], 0) + 1
+        counters = env.sim_get("/_sim/counters")["tenants"]
+        tokens = {t: c.get("token_requests", 0) for t, c in counters.items()}
+        fhir = sum(c.get("fhir_requests", 0) for c in counters.values())
+        cpu = ru.ru_utime + ru.ru_stime
+        # The processing window from the status records themselves: the first
+        # job's start to the last job's end (the ~3 s group join is excluded).
+        from datetime import datetime
+        def ts(x):
+            return datetime.strptime(x, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+        busy = max(ts(s["finished_at"]) for s in statuses.values()) - \
+            min(ts(s["started_at"]) for s in statuses.values())
+        out = {
+            "jobs": a.jobs, "patients": a.jobs * a.patients_per_job, "threads": a.threads,
+            "states": states, "resources": resources,
+            "wall_seconds_total": round(t_end - t0, 2),
+            "processing_seconds": round(busy, 2),
+            "resources_per_second": round(resources / busy, 1) if busy > 0 else None,
+            "worker_cpu_seconds": round(cpu, 2),
+            "cpu_seconds_per_1000_resources": round(cpu / resources * 1000, 3) if resources else None,
+            "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
+            "token_requests_per_tenant": tokens,
+            "fhir_requests": fhir,
+            "requests_per_resource": round(fhir / resources, 3) if resources else None,
+            "worker_exit": os.waitstatus_to_exitcode(status),
+        }
+        print(json.dumps(out, indent=2))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=2)
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    main()

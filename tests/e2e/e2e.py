@@ -1,0 +1,277 @@
+"""End-to-end test harness: the embedded Kafka, the Cerner simulator and
+fhirx workers as real processes, read back with confluent-kafka.
+
+Run with Debian's /usr/bin/python3 (python3-confluent-kafka). Binaries come
+from the build directory passed as FHIRX_BUILD (ctest sets it)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from confluent_kafka import Consumer, TopicPartition, Producer
+
+BUILD = os.environ.get("FHIRX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
+FHIRX = os.path.join(BUILD, "worker/fhirx")
+SIM = os.path.join(BUILD, "tests/sim/cerner-sim")
+MOCK = os.path.join(BUILD, "tests/kafka/fhirx-kafka-mock")
+SANDBOX = "ec2458f2-1e24-41c8-b71b-0e701af7583d"
+TOPICS = ["fhirx.jobs", "fhirx.results", "fhirx.failures", "fhirx.dlq", "fhirx.status"]
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def wait_file(path, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path) as f:
+                return f.read().strip()
+        time.sleep(0.05)
+    raise RuntimeError("timed out waiting for " + path)
+
+
+class Env:
+    """A temp dir with a key, a simulator, an embedded Kafka and a config."""
+
+    def __init__(self, tenants=None, partitions=6, sim_extra=None, worker_extra=None,
+                 scopes=None):
+        self.dir = tempfile.mkdtemp(prefix="fhirx-e2e-")
+        self.procs = []
+        self.workers = []
+        self.tenants = tenants or [{"id": SANDBOX, "sandbox": True, "patients": 30}]
+        self.partitions = partitions
+        key = os.path.join(self.dir, "key.pem")
+        subprocess.run([FHIRX, "keys", "generate", "--alg", "ES384", "--out", key], check=True,
+                       capture_output=True)
+        jwks = subprocess.run([FHIRX, "keys", "jwks", "--key", key], check=True,
+                              capture_output=True, text=True).stdout
+        with open(os.path.join(self.dir, "jwks.json"), "w") as f:
+            f.write(jwks)
+        self.scopes = scopes or ["system/%s.read" % t for t in (
+            "Patient", "Observation", "Condition", "Encounter", "AllergyIntolerance",
+            "Procedure", "Immunization", "MedicationRequest", "CarePlan", "CareTeam", "Goal",
+            "Device", "Coverage", "DiagnosticReport", "DocumentReference", "ServiceRequest",
+            "RelatedPerson", "Practitioner", "Organization", "Location", "Binary")]
+        sim_cfg = {"seed": 7, "tenants": []}
+        for t in self.tenants:
+            st = dict(t)
+            st.update({"clients": [{"client_id": "fhirx-e2e",
+                                    "jwks_file": os.path.join(self.dir, "jwks.json"),
+                                    "scopes": self.scopes}]})
+            if sim_extra:
+                st.update(sim_extra)
+            sim_cfg["tenants"].append(st)
+        with open(os.path.join(self.dir, "sim.json"), "w") as f:
+            json.dump(sim_cfg, f)
+        self.start(SIM, "--config", os.path.join(self.dir, "sim.json"), "--port-file",
+                   os.path.join(self.dir, "sim.port"), "--threads", "2", name="sim")
+        self.start(MOCK, "--partitions", str(partitions), "--bootstrap-file",
+                   os.path.join(self.dir, "kafka.bootstrap"), "--control-file",
+                   os.path.join(self.dir, "kafka.control"), name="kafka")
+        self.sim_url = "http://127.0.0.1:" + wait_file(os.path.join(self.dir, "sim.port"))
+        self.bootstrap = wait_file(os.path.join(self.dir, "kafka.bootstrap"))
+        self.control = wait_file(os.path.join(self.dir, "kafka.control"))
+        self.config = os.path.join(self.dir, "fhirx.json")
+        cfg = {
+            "tenants": [{"id": t["id"], "environment": "sandbox",
+                         "fhir_base": "%s/r4/%s" % (self.sim_url, t["id"]),
+                         "client_id": "fhirx-e2e"} for t in self.tenants],
+            "keys": [{"path": "key.pem"}],
+            "kafka": {"bootstrap.servers": self.bootstrap,
+                      "consumer.session.timeout.ms": 6000,
+                      "consumer.heartbeat.interval.ms": 500,
+                      "consumer.fetch.wait.max.ms": 100,
+                      "consumer.auto.commit.interval.ms": 500,
+                      "producer.linger.ms": 2},
+            "worker": {"threads": 2, "drain_timeout_ms": 10000},
+            "log": {"level": "info"},
+        }
+        if worker_extra:
+            for k, v in worker_extra.items():
+                cfg.setdefault(k, {}).update(v)
+        with open(self.config, "w") as f:
+            json.dump(cfg, f, indent=1)
+
+    def start(self, *argv, name):
+        logf = open(os.path.join(self.dir, name + ".log"), "ab")
+        p = subprocess.Popen(list(argv), stdout=logf, stderr=logf, cwd=self.dir)
+        p.name = name
+        self.procs.append(p)
+        return p
+
+    def start_worker(self, name="worker"):
+        p = self.start(FHIRX, "worker", "--config", self.config, name=name)
+        self.workers.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, timeout=60):
+        p.send_signal(sig)
+        return p.wait(timeout)
+
+    def control_post(self, path, body=None):
+        req = urllib.request.Request(self.control + path, method="POST",
+                                     data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return r.status
+
+    def sim_get(self, path):
+        with urllib.request.urlopen(self.sim_url + path) as r:
+            return json.load(r)
+
+    def sim_post(self, path, body):
+        req = urllib.request.Request(self.sim_url + path, method="POST",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return r.status
+
+    def producer(self):
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5,
+                         "message.max.bytes": 16 * 1024 * 1024})
+
+    def enqueue(self, jobs, partition=None):
+        """Produces job dicts (or raw bytes) to fhirx.jobs, keyed by job_id."""
+        p = self.producer()
+        errors = []
+        for i, j in enumerate(jobs):
+            if isinstance(j, (bytes, str)):
+                value, key = (j if isinstance(j, bytes) else j.encode()), b"raw-%d" % i
+            else:
+                value, key = json.dumps(j).encode(), j.get("job_id", "x").encode()
+            kw = {"partition": partition} if partition is not None else {}
+            p.produce("fhirx.jobs", value=value, key=key,
+                      on_delivery=lambda err, msg: err and errors.append(err), **kw)
+            p.poll(0)
+        assert p.flush(30) == 0 and not errors, errors
+
+    def read(self, topic, min_count=0, timeout=60):
+        """Every message of topic from the beginning (no group); waits for min_count."""
+        end = time.time() + timeout
+        while True:
+            msgs = read_topic(self.bootstrap, topic)
+            if len(msgs) >= min_count or time.time() > end:
+                return msgs
+            time.sleep(0.5)
+
+    def wait_status(self, n, timeout=120):
+        """Status records until n distinct jobs have one (a job redone after a
+        rebalance or a crash has more than one)."""
+        end = time.time() + timeout
+        while True:
+            msgs = read_topic(self.bootstrap, "fhirx.status")
+            jobs = {m.key for m in msgs}
+            if len(jobs) >= n:
+                return msgs
+            if time.time() > end:
+                raise AssertionError("only %d of %d jobs have a status record after %ds" %
+                                     (len(jobs), n, timeout))
+            time.sleep(0.5)
+
+    def validate(self, expect_status, check_jobs=True):
+        """Every message on the output topics checked against schemas/ by the
+        independent validator (tests/schemas/validate_topics.py)."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        argv = [sys.executable, os.path.join(here, "../schemas/validate_topics.py"),
+                "--bootstrap", self.bootstrap, "--schemas", os.path.join(here, "../../schemas"),
+                "--expect-status", str(expect_status), "--timeout", "60"]
+        if check_jobs:
+            argv.append("--check-jobs")
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        return r.returncode, (r.stdout + r.stderr).strip()
+
+    def committed(self, group="fhirx-workers"):
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
+                      "enable.auto.commit": False})
+        parts = [TopicPartition("fhirx.jobs", i) for i in range(self.partitions)]
+        got = c.committed(parts, timeout=10)
+        ends = {}
+        for tp in parts:
+            lo, hi = c.get_watermark_offsets(tp, timeout=10)
+            ends[tp.partition] = hi
+        c.close()
+        return {tp.partition: tp.offset for tp in got}, ends
+
+    def close(self, keep=False):
+        # Workers first, so they drain while Kafka and the simulator still run.
+        for p in self.workers + list(reversed(self.procs)):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                if p in self.workers:
+                    try:
+                        p.wait(60)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if keep or os.environ.get("FHIRX_E2E_KEEP"):
+            log("kept " + self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self, name):
+        with open(os.path.join(self.dir, name + ".log"), errors="replace") as f:
+            return f.read()
+
+
+class Msg:
+    __slots__ = ("topic", "partition", "offset", "key", "value", "headers")
+
+    def __init__(self, m):
+        self.topic, self.partition, self.offset = m.topic(), m.partition(), m.offset()
+        self.key = m.key().decode() if m.key() is not None else None
+        self.value = m.value()
+        self.headers = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
+
+    def json(self):
+        return json.loads(self.value)
+
+
+def read_topic(bootstrap, topic, timeout=20):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 100,
+                  "enable.partition.eof": False})
+    md = c.list_topics(topic, timeout=10)
+    if topic not in md.topics or md.topics[topic].error is not None:
+        c.close()
+        return []
+    parts, remaining = [], {}
+    for pid in md.topics[topic].partitions:
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
+        if hi > lo:
+            parts.append(TopicPartition(topic, pid, lo))
+            remaining[pid] = hi
+    out = []
+    if parts:
+        c.assign(parts)
+        end = time.time() + timeout
+        while remaining and time.time() < end:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            out.append(Msg(m))
+            if m.offset() + 1 >= remaining.get(m.partition(), 0):
+                remaining.pop(m.partition(), None)
+    c.close()
+    return out
+
+
+class Check:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, cond, what):
+        if not cond:
+            log("FAIL [%s]: %s" % (self.name, what))
+            raise SystemExit(1)
+        log("ok [%s]: %s" % (self.name, what))
