@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "common/strutil.h"
 #include "worker/app.h"
 #include "worker/cli.h"
 #include "worker/kclient.h"
@@ -37,7 +38,7 @@ static void on_result(const rd_kafka_message_t *m, void *arg) {
   report *r = arg;
   r->results++;
   if (!m->key) return;
-  char *key = strndup(m->key, m->key_len);
+  char *key = fx_memstr(m->key, m->key_len);
   if (key && fx_strset_add(r->keys, key) == 1) {
     char *slash = strchr(key, '/'), *type = slash ? slash + 1 : NULL;
     char *end = type ? strchr(type, '/') : NULL;

@@ -13,6 +13,7 @@
 
 #include "common/fhir.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/pool.h"
 #include "worker/strset.h"
@@ -702,7 +703,7 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
   part->refs++;
   run->offset = m->offset;
   run->timestamp = rd_kafka_message_timestamp(m, NULL);
-  if (m->key) run->key = strndup(m->key, m->key_len);
+  if (m->key) run->key = fx_memstr(m->key, m->key_len);
   atomic_init(&run->outputs, 1); /* the guard, dropped when every task is done */
   atomic_init(&run->delivery_failed, 0);
   atomic_init(&run->awaiting_acks, 0);
