@@ -54,7 +54,11 @@ static const opt tenant_opts[] = {
      "Scope syntax of the app registration: v1 `system/Patient.read`, v2 `system/Patient.rs`. A "
      "v2 registration silently drops v1 scopes, so this must match Code Console."},
     {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
-     "Resource types to extract for this tenant. Unset: the full Cerner query set."},
+     "Resource types to extract for this tenant. Unset: every type the profile fetches per "
+     "patient."},
+    {"profile", OPT_STRING, T(profile), "cerner", 0, 1, 1024, NULL,
+     "Query profile: how each type is fetched and which references are followed. `cerner` (built "
+     "in, worker/profiles/cerner.json) or the path of a profile file."},
 };
 
 static const opt key_opts[] = {
@@ -136,6 +140,13 @@ static const opt worker_opts[] = {
      "Retries of a request after a transient failure (timeouts, 429, 5xx), with backoff."},
     {"drain_timeout_ms", OPT_INT, W(drain_timeout_ms), "30000", 0, 0, 3600000, NULL,
      "On shutdown, time to finish in-flight jobs before leaving them for redelivery."},
+    {"ref_cache_entries", OPT_INT, W(ref_cache_entries), "20000", 0, 0, 10000000, NULL,
+     "Referenced entities (Practitioner, Organization, ...) kept per process, shared by all "
+     "threads and jobs. 0 disables the cache."},
+    {"ref_cache_bytes", OPT_INT, W(ref_cache_bytes), "67108864", 0, 0, 17179869184LL, NULL,
+     "Memory the reference cache may use; least recently used entries go first."},
+    {"ref_cache_ttl_s", OPT_INT, W(ref_cache_ttl_s), "3600", 0, 1, 604800, NULL,
+     "A referenced entity is fetched again after this many seconds."},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -408,7 +419,14 @@ static int valid_tenant_id(const char *id) {
 
 static int check_tenants(const fx_config *cfg, fx_err *err) {
   for (size_t i = 0; i < cfg->n_tenants; i++) {
-    const fx_tenant_conf *t = &cfg->tenants[i];
+    fx_tenant_conf *t = &cfg->tenants[i];
+    /* A profile that names a file is relative to the config, like key paths. */
+    if (strchr(t->profile, '/') || strstr(t->profile, ".json")) {
+      char *abs = join_path(cfg->dir, t->profile);
+      if (!abs) return fx_err_set(err, FX_ENOMEM, "out of memory");
+      free(t->profile);
+      t->profile = abs;
+    }
     if (!valid_tenant_id(t->id))
       return fx_err_set(err, FX_EINVAL,
                         "tenants[%zu].id: '%s' may only contain letters, digits, '.', '_' and '-'",

@@ -42,6 +42,7 @@ typedef struct fx_tenant_conf {
   fx_strlist scopes;    /* empty: derived from the resource types fhirx fetches */
   int smart_version;    /* FX_SMART_* */
   fx_strlist resources; /* empty: the profile's full query set */
+  char *profile;        /* built-in profile name, or a file path (absolute after loading) */
 } fx_tenant_conf;
 
 typedef struct fx_key_conf {
@@ -85,6 +86,9 @@ typedef struct fx_worker_conf {
   long long max_pages;            /* per search */
   long long retries;              /* per request, for transient failures */
   long long drain_timeout_ms;     /* shutdown and revoke: finish in-flight jobs within this */
+  long long ref_cache_entries;    /* reference cache, per process */
+  long long ref_cache_bytes;
+  long long ref_cache_ttl_s;
 } fx_worker_conf;
 
 typedef struct fx_config {

@@ -50,6 +50,7 @@ int fx_app_open(fx_app *app, const char *config_path, fx_err *err) {
   memset(app, 0, sizeof *app);
   int rc = fx_config_load(config_path, &app->cfg, err);
   if (!rc) rc = check_resources(app->cfg, err);
+  if (!rc) rc = fx_profile_set_load(app->cfg, &app->profiles, err);
   if (!rc) {
     const char *env = getenv("FHIRX_LOG_LEVEL"); /* the environment wins over the file */
     int level = env ? fx_log_level_parse(env) : -1;
@@ -58,7 +59,7 @@ int fx_app_open(fx_app *app, const char *config_path, fx_err *err) {
   }
   if (!rc) rc = fx_token_cache_new(&app->keys, &app->cfg->auth, &app->tokens, err);
   for (size_t i = 0; !rc && i < app->cfg->n_tenants; i++) {
-    char *scope = fx_tenant_scope(&app->cfg->tenants[i]);
+    char *scope = fx_tenant_scope(&app->cfg->tenants[i], app->profiles.by_tenant[i]);
     rc = scope ? fx_token_cache_set_tenant(app->tokens, &app->cfg->tenants[i], scope, err)
                : fx_err_set(err, FX_ENOMEM, "out of memory");
     free(scope);
@@ -70,6 +71,7 @@ int fx_app_open(fx_app *app, const char *config_path, fx_err *err) {
 void fx_app_close(fx_app *app) {
   fx_token_cache_free(app->tokens);
   fx_keyset_free(&app->keys);
+  fx_profile_set_free(&app->profiles);
   fx_config_free(app->cfg);
   memset(app, 0, sizeof *app);
 }

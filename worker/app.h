@@ -6,9 +6,11 @@
 #include "common/config.h"
 #include "common/keys.h"
 #include "common/token.h"
+#include "worker/profile.h"
 
 typedef struct fx_app {
   fx_config *cfg;
+  fx_profile_set profiles;
   fx_keyset keys;
   fx_token_cache *tokens;
 } fx_app;

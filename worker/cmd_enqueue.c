@@ -96,7 +96,13 @@ int fx_cmd_enqueue(int argc, char **argv) {
   fx_job *parsed = NULL;
   fx_job_error jerr;
   int rc = FX_EXIT_OK;
-  if (fx_job_parse(text, strlen(text), cfg, &lim, &parsed, &jerr) != 0) {
+  fx_profile_set profiles;
+  if (fx_profile_set_load(cfg, &profiles, &err) != 0) {
+    free(text);
+    fx_config_free(cfg);
+    return fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
+  }
+  if (fx_job_parse(text, strlen(text), &profiles, &lim, &parsed, &jerr) != 0) {
     rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "the job would be rejected (%s): %s",
                      fx_errclass_name(jerr.cls), jerr.msg);
   } else if (dry) {
@@ -117,6 +123,7 @@ int fx_cmd_enqueue(int argc, char **argv) {
   }
   fx_job_free(parsed);
   free(text);
+  fx_profile_set_free(&profiles);
   fx_config_free(cfg);
   return rc;
 }

@@ -47,13 +47,18 @@ int fx_cmd_scopes(int argc, char **argv) {
     return fx_cli_fail("scopes", FX_EXIT_USAGE, "tenant '%s' is not in the config's tenants[]",
                        tenant);
   }
+  fx_profile_set profiles;
+  if (fx_profile_set_load(cfg, &profiles, &err) != 0) {
+    fx_config_free(cfg);
+    return fx_cli_fail("scopes", FX_EXIT_FAIL, "%s", err.msg);
+  }
   /* Union in first-seen order; scope strings are short, a linear scan is fine. */
   char **seen = NULL;
   size_t n_seen = 0;
   int rc = FX_EXIT_OK;
   for (size_t i = 0; i < cfg->n_tenants && rc == FX_EXIT_OK; i++) {
     if (tenant && strcmp(cfg->tenants[i].id, tenant) != 0) continue;
-    char *scope = fx_tenant_scope(&cfg->tenants[i]);
+    char *scope = fx_tenant_scope(&cfg->tenants[i], profiles.by_tenant[i]);
     if (!scope) {
       rc = fx_cli_fail("scopes", FX_EXIT_FAIL, "out of memory");
       break;
@@ -75,6 +80,7 @@ int fx_cmd_scopes(int argc, char **argv) {
   }
   for (size_t j = 0; j < n_seen; j++) free(seen[j]);
   free(seen);
+  fx_profile_set_free(&profiles);
   fx_config_free(cfg);
   return rc;
 }

@@ -51,10 +51,11 @@ static int valid_instant(const char *s) {
          p[6] == '\0';
 }
 
-static int parse_types(json_t *arr, const char *where, uint32_t *out, fx_job_error *e) {
+static int parse_types(json_t *arr, const char *where, const fx_profile *prof, uint32_t *out,
+                       fx_job_error *e) {
   if (!json_is_array(arr) || json_array_size(arr) == 0)
     return fail(e, FX_EC_INVALID_JOB, "%s: expected a non-empty array of resource types", where);
-  uint32_t set = 0, patient = fx_patient_types();
+  uint32_t set = 0, patient = fx_profile_patient_types(prof);
   size_t i;
   json_t *v;
   json_array_foreach(arr, i, v) {
@@ -66,9 +67,9 @@ static int parse_types(json_t *arr, const char *where, uint32_t *out, fx_job_err
                   where, i, t ? t : "(not a string)");
     if (!(patient & FX_TYPE_BIT(idx)))
       return fail(e, FX_EC_INVALID_JOB,
-                  "%s[%zu]: %s cannot be searched by patient on Cerner; it is fetched through "
-                  "references (set follow_references)",
-                  where, i, t);
+                  "%s[%zu]: the tenant's profile (%s) does not fetch %s per patient; it is "
+                  "reached through references (set follow_references)",
+                  where, i, prof->name, t);
     set |= FX_TYPE_BIT(idx);
   }
   *out = set;
@@ -101,8 +102,9 @@ static int check_patient(json_t *v, const char *where, size_t i, fx_job_error *e
 static const char *const known_fields[] = {"job_id", "tenant", "patients", "resources", "tasks",
                                            "since", "follow_references", "attempt"};
 
-static int parse_fields(json_t *doc, const fx_config *cfg, const fx_job_limits *lim, fx_job *job,
-                        fx_job_error *e) {
+static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limits *lim,
+                        fx_job *job, fx_job_error *e) {
+  const fx_config *cfg = ps->cfg;
   /* Keep what can be read of the id and tenant first: even a rejected job
    * gets a status record and a dead letter that name it. */
   const char *id0 = json_string_value(json_object_get(doc, "job_id"));
@@ -170,8 +172,9 @@ static int parse_fields(json_t *doc, const fx_config *cfg, const fx_job_limits *
   job->tasks = calloc(n, sizeof *job->tasks);
   if (!job->tasks) return fail(e, FX_EC_INVALID_JOB, "out of memory");
 
-  uint32_t types = fx_tenant_types(t);
-  if (resources && parse_types(resources, "resources", &types, e)) return -1;
+  const fx_profile *prof = fx_profile_for(ps, tenant);
+  uint32_t types = fx_tenant_types(t, prof);
+  if (resources && parse_types(resources, "resources", prof, &types, e)) return -1;
   if (types == 0)
     return fail(e, FX_EC_INVALID_JOB, "tenant %s has no resource types to fetch per patient",
                 tenant);
@@ -197,15 +200,15 @@ static int parse_fields(json_t *doc, const fx_config *cfg, const fx_job_limits *
     uint32_t task_types;
     char rwhere[64];
     snprintf(rwhere, sizeof rwhere, "%s.resources", where);
-    if (check_patient(p, "tasks.patient", i, e) || parse_types(r, rwhere, &task_types, e) ||
+    if (check_patient(p, "tasks.patient", i, e) || parse_types(r, rwhere, prof, &task_types, e) ||
         add_task(job, n, json_string_value(p), task_types, e))
       return -1;
   }
   return 0;
 }
 
-int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job_limits *lim,
-                 fx_job **out, fx_job_error *e) {
+int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
+                 const fx_job_limits *lim, fx_job **out, fx_job_error *e) {
   *out = NULL;
   memset(e, 0, sizeof *e);
   if (len > lim->max_bytes)
@@ -222,7 +225,7 @@ int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job
     return fail(e, FX_EC_INVALID_JOB, "a job must be a JSON object");
   }
   fx_job *job = calloc(1, sizeof *job);
-  int rc = job ? parse_fields(doc, cfg, lim, job, e) : fail(e, FX_EC_INVALID_JOB, "out of memory");
+  int rc = job ? parse_fields(doc, ps, lim, job, e) : fail(e, FX_EC_INVALID_JOB, "out of memory");
   json_decref(doc);
   if (rc) {
     fx_job_free(job);

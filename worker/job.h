@@ -23,6 +23,7 @@
 
 #include "common/config.h"
 #include "worker/errclass.h"
+#include "worker/profile.h"
 
 typedef struct fx_job_task {
   char *patient;
@@ -51,11 +52,11 @@ typedef struct fx_job_error {
   char msg[512];
 } fx_job_error;
 
-/* Parses and validates a job. cfg supplies the tenants and their default
- * query sets. Returns 0 and a new job in *out (fx_job_free), or -1 with err
- * filled. */
-int fx_job_parse(const char *buf, size_t len, const fx_config *cfg, const fx_job_limits *lim,
-                 fx_job **out, fx_job_error *err);
+/* Parses and validates a job. profiles supplies the tenants (profiles->cfg)
+ * and how each fetches. Returns 0 and a new job in *out (fx_job_free), or -1
+ * with err filled. */
+int fx_job_parse(const char *buf, size_t len, const fx_profile_set *profiles,
+                 const fx_job_limits *lim, fx_job **out, fx_job_error *err);
 
 void fx_job_free(fx_job *job);
 

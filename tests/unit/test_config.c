@@ -130,9 +130,11 @@ static void scopes_follow_the_query_set(void **state) {
       "{\"id\":\"t3\",\"environment\":\"sandbox\",\"fhir_base\":\"http://x/r4/t3\","
       "\"client_id\":\"c\",\"scopes\":[\"system/Patient.read\"]}]," KEYS "}";
   assert_int_equal(fx_config_parse(text, "/", &cfg, &err), 0);
-  char *s1 = fx_tenant_scope(&cfg->tenants[0]);
-  char *s2 = fx_tenant_scope(&cfg->tenants[1]);
-  char *s3 = fx_tenant_scope(&cfg->tenants[2]);
+  fx_profile_set ps;
+  assert_int_equal(fx_profile_set_load(cfg, &ps, &err), 0);
+  char *s1 = fx_tenant_scope(&cfg->tenants[0], ps.by_tenant[0]);
+  char *s2 = fx_tenant_scope(&cfg->tenants[1], ps.by_tenant[1]);
+  char *s3 = fx_tenant_scope(&cfg->tenants[2], ps.by_tenant[2]);
   /* Default: every Cerner type, v1 syntax. */
   size_t words = 1;
   for (const char *p = s1; *p; p++) words += *p == ' ';
@@ -146,6 +148,7 @@ static void scopes_follow_the_query_set(void **state) {
                           "system/RelatedPerson.rs");
   assert_string_equal(s3, "system/Patient.read");
   free(s1), free(s2), free(s3);
+  fx_profile_set_free(&ps);
   fx_config_free(cfg);
 }
 

@@ -10,21 +10,24 @@
 #include "worker/resources.h"
 
 static fx_config *cfg;
+static fx_profile_set profiles;
 static const fx_job_limits lim = {.max_bytes = 4096, .max_patients = 3};
 
 static int setup(void **state) {
   (void)state;
   fx_err err = {0};
-  return fx_config_parse(
+  int rc = fx_config_parse(
       "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\"},"
       "{\"id\":\"t2\",\"fhir_base\":\"https://x/r4/t2\",\"client_id\":\"c\","
       "\"resources\":[\"Patient\",\"Condition\",\"Practitioner\"]}],"
       "\"keys\":[{\"path\":\"k.pem\"}]}",
       "/", &cfg, &err);
+  return rc ? rc : fx_profile_set_load(cfg, &profiles, &err);
 }
 
 static int teardown(void **state) {
   (void)state;
+  fx_profile_set_free(&profiles);
   fx_config_free(cfg);
   return 0;
 }
@@ -34,7 +37,7 @@ static uint32_t bit(const char *type) { return FX_TYPE_BIT(fx_resource_index(typ
 static void expect_bad(const char *text, fx_errclass cls, const char *needle) {
   fx_job *job = NULL;
   fx_job_error e;
-  if (fx_job_parse(text, strlen(text), cfg, &lim, &job, &e) == 0) fail_msg("accepted: %s", text);
+  if (fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e) == 0) fail_msg("accepted: %s", text);
   assert_null(job);
   if (e.cls != cls) fail_msg("class %s, want %s: %s", fx_errclass_name(e.cls), fx_errclass_name(cls), e.msg);
   if (!strstr(e.msg, needle)) fail_msg("'%s' not in '%s'", needle, e.msg);
@@ -47,7 +50,7 @@ static void valid_jobs(void **state) {
                      "\"since\":\"2026-11-01T00:00:00Z\",\"follow_references\":true}";
   fx_job *job;
   fx_job_error e;
-  assert_int_equal(fx_job_parse(text, strlen(text), cfg, &lim, &job, &e), 0);
+  assert_int_equal(fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e), 0);
   assert_string_equal(job->job_id, "j-1");
   assert_int_equal(job->n_tasks, 2); /* the repeated patient folds into one task */
   assert_string_equal(job->tasks[1].patient, "12724066");
@@ -60,13 +63,13 @@ static void valid_jobs(void **state) {
 
   /* Without resources: the tenant's query set, per-patient types only. */
   const char *t2 = "{\"job_id\":\"j2\",\"tenant\":\"t2\",\"patients\":[\"1\"],\"attempt\":3}";
-  assert_int_equal(fx_job_parse(t2, strlen(t2), cfg, &lim, &job, &e), 0);
+  assert_int_equal(fx_job_parse(t2, strlen(t2), &profiles, &lim, &job, &e), 0);
   assert_int_equal(job->tasks[0].types, bit("Patient") | bit("Condition"));
   assert_int_equal(job->attempt, 3);
   fx_job_free(job);
   const char *t1 = "{\"job_id\":\"j3\",\"tenant\":\"t1\",\"patients\":[\"1\"]}";
-  assert_int_equal(fx_job_parse(t1, strlen(t1), cfg, &lim, &job, &e), 0);
-  assert_int_equal(job->tasks[0].types, fx_patient_types());
+  assert_int_equal(fx_job_parse(t1, strlen(t1), &profiles, &lim, &job, &e), 0);
+  assert_int_equal(job->tasks[0].types, fx_profile_patient_types(profiles.by_tenant[0]));
   assert_false(job->tasks[0].types & bit("Practitioner"));
   assert_true(job->tasks[0].types & bit("RelatedPerson"));
   fx_job_free(job);
@@ -79,14 +82,14 @@ static void tasks_round_trip(void **state) {
                      "[\"Condition\",\"Patient\"]}],\"attempt\":2}";
   fx_job *job;
   fx_job_error e;
-  assert_int_equal(fx_job_parse(text, strlen(text), cfg, &lim, &job, &e), 0);
+  assert_int_equal(fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e), 0);
   json_t *j = fx_job_to_json(job);
   char *again = json_dumps(j, JSON_COMPACT);
   assert_string_equal(again, "{\"job_id\":\"j\",\"tenant\":\"t1\",\"tasks\":[{\"patient\":\"1\","
                              "\"resources\":[\"Observation\"]},{\"patient\":\"2\",\"resources\":"
                              "[\"Condition\",\"Patient\"]}],\"attempt\":2}");
   fx_job *job2;
-  assert_int_equal(fx_job_parse(again, strlen(again), cfg, &lim, &job2, &e), 0);
+  assert_int_equal(fx_job_parse(again, strlen(again), &profiles, &lim, &job2, &e), 0);
   assert_int_equal(job2->tasks[1].types, job->tasks[1].types);
   free(again);
   json_decref(j);
@@ -138,7 +141,7 @@ static void rejects(void **state) {
   fx_job_limits mib = {.max_bytes = 1 << 20, .max_patients = 1000};
   fx_job *hj = NULL;
   fx_job_error he;
-  assert_int_equal(fx_job_parse(huge, ten, cfg, &mib, &hj, &he), -1);
+  assert_int_equal(fx_job_parse(huge, ten, &profiles, &mib, &hj, &he), -1);
   assert_int_equal(he.cls, FX_EC_INVALID_JOB);
   assert_non_null(strstr(he.msg, "10000000 bytes"));
   free(huge);
@@ -146,13 +149,13 @@ static void rejects(void **state) {
   fx_job *job;
   fx_job_error e;
   const char *t = "{\"job_id\":\"keep-me\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"x\":1}";
-  assert_int_equal(fx_job_parse(t, strlen(t), cfg, &lim, &job, &e), -1);
+  assert_int_equal(fx_job_parse(t, strlen(t), &profiles, &lim, &job, &e), -1);
   assert_string_equal(e.job_id, "keep-me");
   t = "{\"job_id\":\"bad id\",\"tenant\":\"t1\",\"patients\":[\"1\"]}";
-  assert_int_equal(fx_job_parse(t, strlen(t), cfg, &lim, &job, &e), -1);
+  assert_int_equal(fx_job_parse(t, strlen(t), &profiles, &lim, &job, &e), -1);
   assert_string_equal(e.job_id, ""); /* an unsafe id is not echoed */
   t = "{\"job_id\":\"keep-me\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"since\":\"x\"}";
-  assert_int_equal(fx_job_parse(t, strlen(t), cfg, &lim, &job, &e), -1);
+  assert_int_equal(fx_job_parse(t, strlen(t), &profiles, &lim, &job, &e), -1);
   assert_string_equal(e.job_id, "keep-me");
   assert_string_equal(e.tenant, "t1");
 }

@@ -1,0 +1,211 @@
+#include "worker/profile.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/resources.h"
+
+/* worker/profiles/cerner.json, embedded at build time (profile_builtin.c). */
+extern const char fx_profile_cerner_json[];
+
+static int fail(fx_err *err, const char *origin, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(fx_err *err, const char *origin, const char *fmt, ...) {
+  char what[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  return fx_err_set(err, FX_EINVAL, "%s: %s", origin, what);
+}
+
+static int parse_rule(json_t *o, const char *type, const char *origin, fx_type_rule *r,
+                      fx_err *err) {
+  if (!json_is_object(o)) return fail(err, origin, "types.%s: expected an object", type);
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    if (strcmp(key, "fetch") && strcmp(key, "search") && strcmp(key, "count") &&
+        strcmp(key, "incremental") && strcmp(key, "accept"))
+      return fail(err, origin,
+                  "types.%s.%s: unknown field; a type takes fetch, search, count, incremental, accept",
+                  type, key);
+  }
+  const char *fetch = json_string_value(json_object_get(o, "fetch"));
+  if (!fetch) return fail(err, origin, "types.%s.fetch: required: read, search, reference or none", type);
+  if (strcmp(fetch, "read") == 0) r->mode = FX_FETCH_READ;
+  else if (strcmp(fetch, "search") == 0) r->mode = FX_FETCH_SEARCH;
+  else if (strcmp(fetch, "reference") == 0) r->mode = FX_FETCH_REFERENCE;
+  else if (strcmp(fetch, "none") == 0) r->mode = FX_FETCH_NONE;
+  else return fail(err, origin, "types.%s.fetch: '%s' is not read, search, reference or none", type, fetch);
+  json_t *search = json_object_get(o, "search");
+  if (r->mode == FX_FETCH_SEARCH) {
+    const char *s = json_string_value(search);
+    if (!s || !strstr(s, "{patient}") || strchr(s, '?') || strchr(s, '#'))
+      return fail(err, origin,
+                  "types.%s.search: a search needs a query string with {patient}, e.g. "
+                  "\"patient={patient}\"",
+                  type);
+    if (!(r->search = strdup(s))) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  } else if (search) {
+    return fail(err, origin, "types.%s.search: only a search type takes search", type);
+  }
+  json_t *count = json_object_get(o, "count");
+  if (count && (!json_is_integer(count) || json_integer_value(count) < 1 ||
+                json_integer_value(count) > 1000))
+    return fail(err, origin, "types.%s.count: expected an integer from 1 to 1000", type);
+  r->count = count ? (int)json_integer_value(count) : 0;
+  json_t *inc = json_object_get(o, "incremental");
+  if (inc && !json_is_boolean(inc))
+    return fail(err, origin, "types.%s.incremental: expected true or false", type);
+  r->incremental = inc && json_is_true(inc);
+  const char *accept = json_string_value(json_object_get(o, "accept"));
+  if (accept && !(r->accept = strdup(accept))) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  return 0;
+}
+
+static int parse_doc(json_t *doc, const char *origin, fx_profile *p, fx_err *err) {
+  if (!json_is_object(doc)) return fail(err, origin, "expected a JSON object");
+  const char *key;
+  json_t *v;
+  json_object_foreach(doc, key, v) {
+    if (strcmp(key, "name") && strcmp(key, "description") && strcmp(key, "types") &&
+        strcmp(key, "references"))
+      return fail(err, origin, "%s: unknown field; a profile has name, description, types, references",
+                  key);
+  }
+  const char *name = json_string_value(json_object_get(doc, "name"));
+  if (!name) return fail(err, origin, "name: required");
+  if (!(p->name = strdup(name))) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  json_t *types = json_object_get(doc, "types");
+  if (!json_is_object(types)) return fail(err, origin, "types: required, an object");
+  json_object_foreach(types, key, v) {
+    int idx = fx_resource_index(key);
+    if (idx < 0)
+      return fail(err, origin, "types.%s: not one of the 21 resource types fhirx knows", key);
+    int rc = parse_rule(v, key, origin, &p->types[idx], err);
+    if (rc) return rc;
+  }
+  json_t *refs = json_object_get(doc, "references");
+  if (refs) {
+    json_t *follow = json_object_get(refs, "follow"), *depth = json_object_get(refs, "depth");
+    if (!json_is_object(refs) || (follow && !json_is_array(follow)) ||
+        (depth && (!json_is_integer(depth) || json_integer_value(depth) < 0 ||
+                   json_integer_value(depth) > 5)))
+      return fail(err, origin,
+                  "references: expected {\"follow\": [types], \"depth\": 0..5}");
+    size_t i;
+    json_t *t;
+    json_array_foreach(follow, i, t) {
+      int idx = fx_resource_index(json_string_value(t));
+      if (idx < 0)
+        return fail(err, origin, "references.follow: '%s' is not a resource type",
+                    json_string_value(t) ? json_string_value(t) : "(not a string)");
+      p->follow |= FX_TYPE_BIT(idx);
+    }
+    p->depth = depth ? (int)json_integer_value(depth) : 1;
+  }
+  return 0;
+}
+
+int fx_profile_parse(const char *text, const char *origin, fx_profile **out, fx_err *err) {
+  *out = NULL;
+  json_error_t jerr;
+  json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+  if (!doc)
+    return fx_err_set(err, FX_EINVAL, "%s: line %d, column %d: %s", origin, jerr.line,
+                      jerr.column, jerr.text);
+  fx_profile *p = calloc(1, sizeof *p);
+  int rc = p ? parse_doc(doc, origin, p, err) : fx_err_set(err, FX_ENOMEM, "out of memory");
+  json_decref(doc);
+  if (rc) {
+    fx_profile_free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+int fx_profile_load(const char *name_or_path, fx_profile **out, fx_err *err) {
+  if (strcmp(name_or_path, "cerner") == 0)
+    return fx_profile_parse(fx_profile_cerner_json, "built-in profile cerner", out, err);
+  FILE *f = fopen(name_or_path, "rb");
+  if (!f)
+    return fx_err_set(err, FX_EIO,
+                      "profile '%s' is neither a built-in profile (cerner) nor a readable file",
+                      name_or_path);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *text = n >= 0 && n < (1 << 20) ? malloc((size_t)n + 1) : NULL;
+  size_t got = text ? fread(text, 1, (size_t)n, f) : 0;
+  fclose(f);
+  if (!text || got != (size_t)n) {
+    free(text);
+    return fx_err_set(err, FX_EIO, "cannot read profile %s", name_or_path);
+  }
+  text[n] = '\0';
+  char origin[600];
+  snprintf(origin, sizeof origin, "profile %s", name_or_path);
+  int rc = fx_profile_parse(text, origin, out, err);
+  free(text);
+  return rc;
+}
+
+void fx_profile_free(fx_profile *p) {
+  if (!p) return;
+  for (int i = 0; i < FX_PROFILE_TYPES; i++) {
+    free(p->types[i].search);
+    free(p->types[i].accept);
+  }
+  free(p->name);
+  free(p);
+}
+
+uint32_t fx_profile_patient_types(const fx_profile *p) {
+  uint32_t set = 0;
+  for (int i = 0; i < FX_PROFILE_TYPES; i++)
+    if (p->types[i].mode == FX_FETCH_READ || p->types[i].mode == FX_FETCH_SEARCH)
+      set |= FX_TYPE_BIT(i);
+  return set;
+}
+
+int fx_profile_set_load(const fx_config *cfg, fx_profile_set *set, fx_err *err) {
+  memset(set, 0, sizeof *set);
+  set->cfg = cfg;
+  set->by_tenant = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof *set->by_tenant);
+  set->owned = calloc(cfg->n_tenants ? cfg->n_tenants : 1, sizeof *set->owned);
+  if (!set->by_tenant || !set->owned) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  for (size_t i = 0; i < cfg->n_tenants; i++) {
+    const char *want = cfg->tenants[i].profile;
+    /* Tenants naming the same profile share one copy. */
+    for (size_t j = 0; j < i && !set->by_tenant[i]; j++)
+      if (strcmp(cfg->tenants[j].profile, want) == 0) set->by_tenant[i] = set->by_tenant[j];
+    if (set->by_tenant[i]) continue;
+    int rc = fx_profile_load(want, &set->by_tenant[i], err);
+    if (rc) {
+      fx_err_prefix(err, "tenants[%zu].profile", i);
+      fx_profile_set_free(set);
+      return rc;
+    }
+    set->owned[set->n_owned++] = set->by_tenant[i];
+  }
+  return 0;
+}
+
+void fx_profile_set_free(fx_profile_set *set) {
+  for (size_t i = 0; set->owned && i < set->n_owned; i++) fx_profile_free(set->owned[i]);
+  free(set->owned);
+  free(set->by_tenant);
+  memset(set, 0, sizeof *set);
+}
+
+const fx_profile *fx_profile_for(const fx_profile_set *set, const char *tenant) {
+  for (size_t i = 0; set->cfg && i < set->cfg->n_tenants; i++)
+    if (strcmp(set->cfg->tenants[i].id, tenant) == 0) return set->by_tenant[i];
+  return NULL;
+}
