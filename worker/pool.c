@@ -105,6 +105,9 @@ int fx_pool_run(const char *config_path) {
   p->limits.max_bytes = (size_t)wc->max_job_bytes;
   p->limits.max_patients = (size_t)wc->max_patients_per_job;
   p->n_threads = wc->threads ? (size_t)wc->threads : (size_t)uv_available_parallelism();
+  if (wc->ref_cache_entries > 0)
+    p->refs = fx_refcache_new((size_t)wc->ref_cache_entries, (size_t)wc->ref_cache_bytes,
+                              (uint64_t)wc->ref_cache_ttl_s * 1000u);
   p->threads = calloc(p->n_threads, sizeof *p->threads);
   supervisor s = {.pool = p};
   rc = p->threads ? fx_loop_init(&p->main_lp, &loop, NULL, &err) : FX_ENOMEM;
@@ -141,6 +144,7 @@ int fx_pool_run(const char *config_path) {
   fx_producer_close(p);
   uv_run(&loop, UV_RUN_DEFAULT);
   log_totals(p);
+  fx_refcache_free(p->refs);
   free(p->threads);
   fx_app_close(&p->app);
   rc = uv_loop_close(&loop);

@@ -29,6 +29,7 @@
 
 #include "common/kafka.h"
 #include "common/loop.h"
+#include "common/refcache.h"
 #include "worker/app.h"
 #include "worker/job.h"
 #include "worker/offsets.h"
@@ -46,6 +47,7 @@ typedef struct fx_pool_stats {
   atomic_ullong jobs_consumed, jobs_completed, jobs_partial, jobs_failed;
   atomic_ullong results, failures, dead_letters, statuses, delivery_errors;
   atomic_ullong http_requests, http_retries;
+  atomic_ullong refs_fetched, refs_cached;
 } fx_pool_stats;
 
 struct fx_pool {
@@ -62,6 +64,7 @@ struct fx_pool {
   atomic_int threads_running;
   atomic_int force; /* drain deadline passed: give up on undelivered outputs */
   char identity[300]; /* "host:pid", in status records */
+  fx_refcache *refs;  /* NULL when worker.ref_cache_entries is 0 */
   fx_pool_stats stats;
 };
 
@@ -69,8 +72,12 @@ struct fx_pool {
 struct fx_fetch {
   fx_fetch *next;   /* in the ready queue or the waiting list */
   fx_run *run;
-  size_t task; /* index in run->job->tasks */
+  size_t task; /* index in run->job->tasks (for a reference: the task it came from) */
   int type;    /* index in fx_cerner_types */
+  int depth;   /* 0: a patient task; n: a reference n hops away */
+  int origin_type;  /* references: the type of the task that led here */
+  int cache_owner;  /* references: this fetch fills the reference cache */
+  char *ref_key;    /* references: "Practitioner/5" */
   char *url;   /* what to GET next */
   int page;
   int attempts;
@@ -101,6 +108,8 @@ struct fx_run {
   char started_at[32];
   uint64_t started_ms;
   struct fx_strset *seen; /* Type/id published by this job */
+  struct fx_strset *requested; /* Type/id references asked for (fetched, cached or failed) */
+  size_t refs_fetched, refs_cached;
   size_t cursor_task;     /* the next (task, type) to start */
   int cursor_type;
   uint32_t full_types;    /* types fetched in full although the job had since */

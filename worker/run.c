@@ -57,6 +57,14 @@ static const char *run_tenant(const fx_run *r) {
 
 static int run_attempt(const fx_run *r) { return r->job ? r->job->attempt : 1; }
 
+static const fx_tenant_conf *run_tenant_conf(const fx_run *r) {
+  return fx_config_tenant(r->wt->pool->app.cfg, r->job->tenant);
+}
+
+static const fx_profile *run_profile(const fx_run *r) {
+  return fx_profile_for(&r->wt->pool->app.profiles, r->job->tenant);
+}
+
 /* ---- producing ------------------------------------------------------------ */
 
 static void on_deferred_timer(uv_timer_t *t);
@@ -169,14 +177,18 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   }
   memcpy(run->last_failure_at, now, sizeof now);
   run->failures++;
-  if (f) run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
+  /* What a replay re-runs: the failed (patient, type) task; for a reference,
+   * the task that led to it, and only when trying again could help. */
+  if (f && f->depth == 0) run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
+  else if (f && fx_errclass_transient(fl->cls)) run->failed_types[f->task] |= FX_TYPE_BIT(f->origin_type);
   const char *job_id = run_job_id(run, jb, sizeof jb);
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:o, s:s, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", job_id, "tenant",
       run_tenant(run) ? json_string(run_tenant(run)) : json_null(), "patient",
       f ? json_string(run->job->tasks[f->task].patient) : json_null(), "resource_type",
-      f ? fx_cerner_types[f->type] : "", "reference", json_null(), "error_class",
+      f ? fx_cerner_types[f->type] : "", "reference",
+      f && f->ref_key ? json_string(f->ref_key) : json_null(), "error_class",
       fx_errclass_name(fl->cls), "transient", fx_errclass_transient(fl->cls), "http_status",
       fl->status ? json_integer(fl->status) : json_null(), "outcome",
       fl->outcome && *fl->outcome ? json_string(fl->outcome) : json_null(), "url",
@@ -197,6 +209,16 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
 }
 
 /* ---- the end of a run ----------------------------------------------------- */
+
+/* A job is dead-lettered when it could not run at all, or when some of its
+ * tasks failed in a way a replay can redo (see record_failure). Permanent
+ * failures of referenced entities alone are recorded, not dead-lettered. */
+static int needs_dead_letter(const fx_run *run) {
+  if (!run->job) return 1;
+  for (size_t i = 0; i < run->job->n_tasks; i++)
+    if (run->failed_types[i]) return 1;
+  return 0;
+}
 
 static void publish_dead_letter(fx_run *run) {
   fx_pool *p = run->wt->pool;
@@ -267,13 +289,14 @@ static void publish_status(fx_run *run) {
   for (size_t i = 0; i < fx_cerner_types_n; i++)
     if (run->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(run->counts[i]));
   json_t *o = json_pack(
-      "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:i, s:i, s:I, s:o, s:o, s:o, s:s, s:s,"
+      "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s, s:s,"
       " s:I, s:o}",
       "type", "status", "job_id", job_id, "tenant",
       run_tenant(run) ? json_string(run_tenant(run)) : json_null(), "state", states[run->state],
       "attempt", run_attempt(run), "patients", (json_int_t)(run->job ? run->job->n_tasks : 0),
       "tasks", (json_int_t)tasks, "tasks_failed", (json_int_t)run->tasks_failed, "counts", counts,
-      "resources", (json_int_t)run->resources, "references_fetched", 0, "references_cached", 0,
+      "resources", (json_int_t)run->resources, "references_fetched", (json_int_t)run->refs_fetched,
+      "references_cached", (json_int_t)run->refs_cached,
       "failures", (json_int_t)run->failures, "error_class",
       run->failures ? json_string(fx_errclass_name(run->first_class)) : json_null(), "full_types",
       types_array(run->full_types), "since",
@@ -309,7 +332,7 @@ static void tasks_finished(fx_run *run) {
     release(run);
     return;
   }
-  if (run->failures) publish_dead_letter(run);
+  if (run->failures && needs_dead_letter(run)) publish_dead_letter(run);
   atomic_store(&run->awaiting_acks, 1);
   /* Nothing in flight but the guard: no report will come to trigger it. */
   if (atomic_load(&run->outputs) == 1 && atomic_exchange(&run->awaiting_acks, 0) == 1)
@@ -329,10 +352,19 @@ static void task_done(fx_run *run) {
 static void on_fetch_closed(uv_handle_t *h) {
   fx_fetch *f = h->data;
   free(f->url);
+  free(f->ref_key);
   free(f);
 }
 
-static void fetch_free(fx_fetch *f) { uv_close((uv_handle_t *)&f->timer, on_fetch_closed); }
+static void fetch_free(fx_fetch *f) {
+  /* A reference fetch that was to fill the cache and did not: wake whoever
+   * waits for it, so they fetch it themselves. */
+  if (f->cache_owner) {
+    fx_refcache_fail(f->run->wt->pool->refs, f->run->job->tenant, f->ref_key);
+    f->cache_owner = 0;
+  }
+  uv_close((uv_handle_t *)&f->timer, on_fetch_closed);
+}
 
 static void fetch_finish(fx_fetch *f) {
   fx_run *run = f->run;
@@ -347,31 +379,46 @@ static void enqueue(fx_wthread *wt, fx_fetch *f) {
   wt->q_tail = f;
 }
 
+/* Replaces every {patient} in a profile's search template. */
+static void expand(const char *tmpl, const char *patient, char *out, size_t size) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (const char *p = tmpl; *p && used + 1 < size;) {
+    if (strncmp(p, "{patient}", 9) == 0) {
+      used += (size_t)snprintf(out + used, size - used, "%s", patient);
+      p += 9;
+    } else {
+      out[used++] = *p++;
+      out[used] = '\0';
+    }
+  }
+}
+
 static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full) {
-  const fx_tenant_conf *t = fx_config_tenant(run->wt->pool->app.cfg, run->job->tenant);
-  const fx_type_query *q = fx_type_query_of(type);
+  const fx_tenant_conf *t = run_tenant_conf(run);
+  const fx_type_rule *rule = &run_profile(run)->types[type];
   const char *patient = run->job->tasks[task].patient;
-  char *url = NULL;
-  if (q->read) {
-    size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(patient) + 3;
-    if ((url = malloc(n))) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_cerner_types[type], patient);
+  char query[1024] = "", count[32] = "", since[160] = "";
+  if (rule->mode == FX_FETCH_READ) {
     if (run->job->since) *full |= FX_TYPE_BIT(type);
+    size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(patient) + 3;
+    char *url = malloc(n);
+    if (url) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_cerner_types[type], patient);
     return url;
   }
-  char count[32] = "", since[160] = "";
-  if (q->count) snprintf(count, sizeof count, "&_count=%d", q->count);
-  if (run->job->since && q->last_updated) {
+  expand(rule->search, patient, query, sizeof query);
+  if (rule->count) snprintf(count, sizeof count, "&_count=%d", rule->count);
+  if (run->job->since && rule->incremental) {
     char *e = curl_easy_escape(NULL, run->job->since, 0);
     snprintf(since, sizeof since, "&_lastUpdated=ge%s", e ? e : "");
     curl_free(e);
   } else if (run->job->since) {
-    *full |= FX_TYPE_BIT(type);
+    *full |= FX_TYPE_BIT(type); /* Cerner cannot narrow it: fetched in full, and said so */
   }
-  size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(q->param) +
-             strlen(patient) + strlen(q->extra) + strlen(count) + strlen(since) + 8;
-  if ((url = malloc(n)))
-    snprintf(url, n, "%s/%s?%s=%s%s%s%s", t->fhir_base, fx_cerner_types[type], q->param, patient,
-             q->extra, count, since);
+  size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(query) +
+             strlen(count) + strlen(since) + 4;
+  char *url = malloc(n);
+  if (url) snprintf(url, n, "%s/%s?%s%s%s", t->fhir_base, fx_cerner_types[type], query, count, since);
   return url;
 }
 
@@ -417,7 +464,8 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
   const fx_tenant_conf *t = fx_config_tenant(wt->pool->app.cfg, run->job->tenant);
-  fx_fhir_request req = {.tenant = t->id, .fhir_base = t->fhir_base, .url = f->url};
+  fx_fhir_request req = {.tenant = t->id, .fhir_base = t->fhir_base, .url = f->url,
+                         .accept = run_profile(run)->types[f->type].accept};
   fx_err err = {0};
   wt->inflight++;
   f->attempts++;
@@ -520,6 +568,8 @@ static fx_errclass class_of_status(long status) {
   }
 }
 
+static void follow_references(const fx_fetch *from, json_t *res);
+
 static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   fx_run *run = f->run;
   fx_pool *p = run->wt->pool;
@@ -545,7 +595,8 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   fx_iso_now(now);
   fx_url_redact(f->url, shown, sizeof shown);
   rd_kafka_headers_t *h = headers_for(run);
-  rd_kafka_header_add(h, "fhirx-patient", -1, run->job->tasks[f->task].patient, -1);
+  /* Referenced entities are shared by many patients: no patient header. */
+  if (f->depth == 0) rd_kafka_header_add(h, "fhirx-patient", -1, run->job->tasks[f->task].patient, -1);
   rd_kafka_header_add(h, "fhirx-source-url", -1, shown, -1);
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, via, -1);
@@ -554,6 +605,252 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   if (idx >= 0) run->counts[idx]++;
   run->resources++;
   atomic_fetch_add(&p->stats.results, 1);
+  follow_references(f, res);
+}
+
+/* ---- references ------------------------------------------------------------- */
+
+typedef struct ref_wait {
+  fx_run *run;
+  size_t task;
+  int type, depth, origin_type;
+  char key[160];
+} ref_wait;
+
+static fx_fetch *new_fetch(fx_run *run, size_t task, int type) {
+  fx_fetch *f = calloc(1, sizeof *f);
+  if (!f) return NULL;
+  f->run = run;
+  f->task = task;
+  f->type = type;
+  uv_timer_init(&run->wt->uv, &f->timer);
+  f->timer.data = f;
+  return f;
+}
+
+static char *entity_url(const fx_run *run, const char *key) {
+  const char *base = run_tenant_conf(run)->fhir_base;
+  size_t n = strlen(base) + strlen(key) + 2;
+  char *url = malloc(n);
+  if (url) snprintf(url, n, "%s/%s", base, key);
+  return url;
+}
+
+/* Fetches a reference ourselves (a cache miss, or no cache). */
+static void fetch_reference(const ref_wait *w, int cache_owner) {
+  fx_run *run = w->run;
+  fx_fetch *f = new_fetch(run, w->task, w->type);
+  if (!f || !(f->ref_key = strdup(w->key)) || !(f->url = entity_url(run, w->key))) {
+    if (f) {
+      if (cache_owner) fx_refcache_fail(run->wt->pool->refs, run->job->tenant, w->key);
+      fetch_free(f);
+    }
+    task_done(run);
+    return;
+  }
+  f->depth = w->depth;
+  f->origin_type = w->origin_type;
+  f->cache_owner = cache_owner && run->wt->pool->refs;
+  enqueue(run->wt, f);
+}
+
+/* Publishes a referenced entity from the cache, as if it had been fetched. */
+static void publish_cached(const ref_wait *w, const char *json, size_t len) {
+  fx_run *run = w->run;
+  json_t *doc = json_loadb(json, len, 0, NULL);
+  char *url = entity_url(run, w->key);
+  if (doc && url) {
+    fx_fetch f = {.run = run, .task = w->task, .type = w->type, .depth = w->depth,
+                  .origin_type = w->origin_type, .ref_key = (char *)(uintptr_t)w->key, .url = url};
+    publish_resource(&f, doc, "reference");
+    run->refs_cached++;
+    atomic_fetch_add(&run->wt->pool->stats.refs_cached, 1);
+  }
+  json_decref(doc);
+  free(url);
+}
+
+static void on_reference_ready(const char *json, size_t len, void *arg) {
+  ref_wait *w = arg;
+  fx_run *run = w->run;
+  if (run->abandoned) {
+    task_done(run);
+  } else if (json) {
+    publish_cached(w, json, len);
+    task_done(run);
+  } else {
+    fetch_reference(w, 0); /* the fetch we waited for failed: try ourselves */
+  }
+  free(w);
+  fx_wthread_pump(run->wt);
+}
+
+static void request_reference(const fx_fetch *from, int type, const char *key) {
+  fx_run *run = from->run;
+  fx_pool *p = run->wt->pool;
+  ref_wait w = {.run = run, .task = from->task, .type = type, .depth = from->depth + 1,
+                .origin_type = from->depth > 0 ? from->origin_type : from->type};
+  snprintf(w.key, sizeof w.key, "%s", key);
+  run->tasks_left++; /* one unit for this reference, done by task_done */
+  if (!p->refs) {
+    fetch_reference(&w, 0);
+    return;
+  }
+  ref_wait *waiting = malloc(sizeof *waiting);
+  if (!waiting) {
+    fetch_reference(&w, 0);
+    return;
+  }
+  *waiting = w;
+  char *json = NULL;
+  size_t len = 0;
+  int rc = fx_refcache_get(p->refs, run->job->tenant, key, &run->wt->lp, on_reference_ready,
+                           waiting, &json, &len);
+  if (rc == FX_REF_WAIT) return; /* on_reference_ready owns waiting now */
+  free(waiting);
+  if (rc == FX_REF_HIT) {
+    publish_cached(&w, json, len);
+    free(json);
+    task_done(run);
+  } else {
+    fetch_reference(&w, 1);
+  }
+}
+
+/* A reference that points outside the tenant's base is never fetched with
+ * its token: recorded once per job as foreign_reference. */
+static int safe_fhir_id(const char *s, size_t n);
+
+/* "Type/id" from the end of a URL's path, when it has that shape. */
+static int url_type_id(const char *url, char *out, size_t size) {
+  size_t end = strcspn(url, "?#");
+  const char *p = url + end;
+  const char *id = NULL, *type = NULL;
+  for (const char *q = p; q > url; q--)
+    if (q[-1] == '/') {
+      if (!id) id = q;
+      else {
+        type = q;
+        break;
+      }
+    }
+  if (!type || !id) return -1;
+  size_t tl = (size_t)(id - 1 - type), il = (size_t)(p - id);
+  char t[40];
+  if (tl == 0 || tl >= sizeof t || !safe_fhir_id(id, il)) return -1;
+  memcpy(t, type, tl);
+  t[tl] = '\0';
+  if (fx_resource_index(t) < 0) return -1;
+  snprintf(out, size, "%s/%.*s", t, (int)il, id);
+  return 0;
+}
+
+/* A reference that points outside the tenant's base is never fetched with
+ * its token: recorded once per job as foreign_reference. */
+static void foreign_reference(const fx_fetch *from, const char *url) {
+  fx_run *run = from->run;
+  char key[600], shown[512], msg[700], ref[160];
+  snprintf(key, sizeof key, "foreign:%s", url);
+  if (fx_strset_add(run->requested, key) != 1) return;
+  fx_url_redact(url, shown, sizeof shown);
+  snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not fetched with "
+           "the tenant's token", shown);
+  fx_fetch f = *from;
+  /* The failure names what was referenced (when the URL says) and where. */
+  f.ref_key = url_type_id(url, ref, sizeof ref) == 0 ? ref : NULL;
+  f.origin_type = from->depth > 0 ? from->origin_type : from->type;
+  f.depth = from->depth + 1; /* a reference is one hop away, fetched or not */
+  if (f.ref_key) {
+    char type[40];
+    snprintf(type, sizeof type, "%.*s", (int)strcspn(ref, "/"), ref);
+    f.type = fx_resource_index(type);
+  }
+  failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = url, .attempts = 1, .message = msg};
+  record_failure(run, &f, &fl);
+}
+
+static int safe_fhir_id(const char *s, size_t n) {
+  if (n == 0 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+          (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.'))
+      return 0;
+  return 1;
+}
+
+/* One reference value: "#x" (contained), "Type/id[/_history/n]", or an
+ * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary). */
+static void consider_reference(const fx_fetch *from, const char *ref, int only_type) {
+  fx_run *run = from->run;
+  const fx_profile *prof = run_profile(run);
+  if (!ref || !*ref || ref[0] == '#') return;
+  const char *rel = ref;
+  if (strstr(ref, "://")) {
+    const char *base = run_tenant_conf(run)->fhir_base;
+    if (!fx_url_within(ref, base)) {
+      foreign_reference(from, ref);
+      return;
+    }
+    /* Same origin and path prefix: what follows the base's path is Type/id. */
+    const char *path = strstr(ref, "://") + 3;
+    path = strchr(path, '/');
+    const char *bpath = strchr(strstr(base, "://") + 3, '/');
+    size_t bl = bpath ? strlen(bpath) : 0;
+    if (!path || strncmp(path, bpath ? bpath : "", bl) != 0) return;
+    rel = path + bl;
+    while (*rel == '/') rel++;
+  }
+  const char *slash = strchr(rel, '/');
+  if (!slash) return;
+  char type[40];
+  size_t tl = (size_t)(slash - rel);
+  if (tl == 0 || tl >= sizeof type) return;
+  memcpy(type, rel, tl);
+  type[tl] = '\0';
+  int idx = fx_resource_index(type);
+  if (idx < 0 || !(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  const char *id = slash + 1;
+  size_t il = strcspn(id, "/?#");
+  if (!safe_fhir_id(id, il)) return;
+  char key[160];
+  snprintf(key, sizeof key, "%s/%.*s", type, (int)il, id);
+  if (fx_strset_has(run->seen, key) || fx_strset_add(run->requested, key) != 1) return;
+  request_reference(from, idx, key);
+}
+
+static void walk_references(const fx_fetch *from, json_t *v) {
+  const char *k;
+  json_t *child;
+  size_t i;
+  if (json_is_object(v)) {
+    json_object_foreach(v, k, child) {
+      if (strcmp(k, "reference") == 0 && json_is_string(child))
+        consider_reference(from, json_string_value(child), -1);
+      else
+        walk_references(from, child);
+    }
+  } else if (json_is_array(v)) {
+    json_array_foreach(v, i, child) walk_references(from, child);
+  }
+}
+
+/* Every reference in res, plus attachment URLs as Binary, to the profile's
+ * depth; each referenced entity is asked for once per job. */
+static void follow_references(const fx_fetch *from, json_t *res) {
+  fx_run *run = from->run;
+  const fx_profile *prof = run_profile(run);
+  if (!run->job->follow_references || from->depth >= prof->depth || !prof->follow) return;
+  walk_references(from, res);
+  const char *rt = json_string_value(json_object_get(res, "resourceType"));
+  int binary = fx_resource_index("Binary");
+  size_t i;
+  json_t *item;
+  if (rt && strcmp(rt, "DocumentReference") == 0)
+    json_array_foreach(json_object_get(res, "content"), i, item)
+      consider_reference(from, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")), binary);
+  else if (rt && strcmp(rt, "DiagnosticReport") == 0)
+    json_array_foreach(json_object_get(res, "presentedForm"), i, item)
+      consider_reference(from, json_string_value(json_object_get(item, "url")), binary);
 }
 
 /* A search page: publish its entries, then follow Bundle.link[next]. Returns
@@ -642,15 +939,27 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     json_error_t jerr;
     json_t *doc = json_loadb(res->body, res->body_len, 0, &jerr);
     const char *rt = json_string_value(json_object_get(doc, "resourceType"));
-    const fx_type_query *q = fx_type_query_of(f->type);
+    int is_read = f->depth > 0 || run_profile(run)->types[f->type].mode == FX_FETCH_READ;
     int continues = 0;
-    if (rt && q->read && strcmp(rt, fx_cerner_types[f->type]) == 0) {
-      publish_resource(f, doc, "read");
-    } else if (rt && !q->read && strcmp(rt, "Bundle") == 0) {
+    if (rt && is_read && strcmp(rt, fx_cerner_types[f->type]) == 0) {
+      if (f->depth > 0) {
+        if (f->cache_owner) { /* share it before anything else can go wrong */
+          size_t len;
+          char *text = dump(doc, &len);
+          if (text) fx_refcache_put(wt->pool->refs, run->job->tenant, f->ref_key, text, len);
+          else fx_refcache_fail(wt->pool->refs, run->job->tenant, f->ref_key);
+          free(text);
+          f->cache_owner = 0;
+        }
+        run->refs_fetched++;
+        atomic_fetch_add(&wt->pool->stats.refs_fetched, 1);
+      }
+      publish_resource(f, doc, f->depth > 0 ? "reference" : "read");
+    } else if (rt && !is_read && strcmp(rt, "Bundle") == 0) {
       continues = handle_bundle(f, doc);
     } else {
       fl.cls = FX_EC_INVALID_RESPONSE;
-      snprintf(msg, sizeof msg, "expected a %s but got %s", q->read ? fx_cerner_types[f->type] : "Bundle",
+      snprintf(msg, sizeof msg, "expected a %s but got %s", is_read ? fx_cerner_types[f->type] : "Bundle",
                doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON");
     }
     json_decref(doc);
@@ -674,7 +983,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   }
   fl.message = msg;
   record_failure(run, f, &fl);
-  run->tasks_failed++;
+  if (f->depth == 0) run->tasks_failed++;
   fetch_finish(f);
   fx_wthread_pump(wt);
 }
@@ -684,6 +993,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 static void run_free(fx_run *run) {
   fx_job_free(run->job);
   fx_strset_free(run->seen);
+  fx_strset_free(run->requested);
   free(run->failed_types);
   free(run->raw);
   free(run->key);
@@ -693,7 +1003,8 @@ static void run_free(fx_run *run) {
 void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *m) {
   fx_pool *p = wt->pool;
   fx_run *run = calloc(1, sizeof *run);
-  if (!run || !(run->seen = fx_strset_new())) {
+  if (!run || !(run->seen = fx_strset_new()) || !(run->requested = fx_strset_new())) {
+    if (run) fx_strset_free(run->seen);
     free(run);
     fx_log(FX_LOG_ERROR, "out of memory starting a job; it will be consumed again", NULL);
     return; /* its slot stays unfinished: the offset never passes it */
@@ -720,7 +1031,7 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
   wt->n_runs++;
   atomic_fetch_add(&p->stats.jobs_consumed, 1);
 
-  if (fx_job_parse(m->payload ? m->payload : "", m->len, p->app.cfg, &p->limits, &run->job,
+  if (fx_job_parse(m->payload ? m->payload : "", m->len, &p->app.profiles, &p->limits, &run->job,
                    &run->jerr) != 0) {
     if (m->len <= p->max_message && (run->raw = malloc(m->len ? m->len : 1))) {
       memcpy(run->raw, m->payload, m->len);
