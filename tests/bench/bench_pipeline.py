@@ -2,8 +2,8 @@
 """Benchmark: a fixed extract through fhirx on the embedded Kafka + simulator.
 
 Reports resources/s, worker CPU seconds per 1,000 resources, the worker's
-peak RSS, token requests per tenant and requests per resource. Measures and
-reports only: it asserts nothing about time.
+peak RSS, token requests per tenant, requests per resource and the reference
+cache's hit ratio. Measures and reports only: it asserts nothing about time.
 
   bench_pipeline.py [--jobs 200] [--patients-per-job 5] [--threads 2] [--json OUT]
 """
@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--patients-per-job", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--no-references", action="store_true",
+                    help="do not follow references (the default follows them)")
     a = ap.parse_args()
     tenants = [{"id": SANDBOX, "sandbox": True, "patients": 500},
                {"id": "hospital-b", "patients": 500}]
@@ -38,7 +40,10 @@ def main():
             t = tenants[i % 2]
             pats = ["%d" % (20000001 + (i * a.patients_per_job + k) % t["patients"])
                     for k in range(a.patients_per_job)]
-            jobs.append({"job_id": "bench-%05d" % i, "tenant": t["id"], "patients": pats})
+            job = {"job_id": "bench-%05d" % i, "tenant": t["id"], "patients": pats}
+            if not a.no_references:
+                job["follow_references"] = True
+            jobs.append(job)
         env.enqueue(jobs)  # queued before the worker starts: it runs flat out
         worker = subprocess.Popen([FHIRX, "worker", "--config", env.config],
                                   stdout=subprocess.DEVNULL,
@@ -56,6 +61,8 @@ def main():
         _, status, ru = os.wait4(worker.pid, 0)
         statuses = {m.key: m.json() for m in env.read("fhirx.status")}
         resources = sum(s["resources"] for s in statuses.values())
+        ref_fetched = sum(s["references_fetched"] for s in statuses.values())
+        ref_cached = sum(s["references_cached"] for s in statuses.values())
         states = {}
         for s in statuses.values():
             states[s["state"]] = states.get(s["state"], 0) + 1
@@ -82,6 +89,10 @@ def main():
             "token_requests_per_tenant": tokens,
             "fhir_requests": fhir,
             "requests_per_resource": round(fhir / resources, 3) if resources else None,
+            "references_fetched": ref_fetched,
+            "references_from_cache": ref_cached,
+            "reference_cache_hit_ratio": round(ref_cached / (ref_fetched + ref_cached), 3)
+            if ref_fetched + ref_cached else None,
             "worker_exit": os.waitstatus_to_exitcode(status),
         }
         print(json.dumps(out, indent=2))

@@ -223,7 +223,139 @@ def scenario_outage(check):
         env.close()
 
 
-SCENARIOS = {"many": scenario_many, "malformed": scenario_malformed, "kill": scenario_kill,
+REF_TYPES = "Practitioner,Organization,Location,RelatedPerson,Binary"
+CLINICAL = ["Patient", "Observation", "Condition", "Encounter", "DocumentReference",
+            "DiagnosticReport", "CareTeam", "Coverage", "Immunization", "Goal"]
+
+
+def expected_with_refs(env, tenant, patients, types, since=None):
+    keys = set()
+    for p in patients:
+        q = "/_sim/tenants/%s/expected?patient=%s&types=%s&ref_types=%s" % (
+            tenant, p, ",".join(types), REF_TYPES)
+        if since:
+            q += "&since=" + since
+        e = env.sim_get(q)
+        keys.update(e["resources"])
+        keys.update(e["references"])
+    return keys
+
+
+def scenario_references(check):
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 40}])
+    try:
+        w = env.start_worker()
+        jobs = []
+        for i in range(20):
+            pats = ["%d" % (20000001 + (2 * i + k) % 40) for k in range(2)]
+            jobs.append({"job_id": "ref-%02d" % i, "tenant": SANDBOX, "patients": pats,
+                         "resources": CLINICAL, "follow_references": True})
+        env.enqueue(jobs)
+        statuses = {m.key: m.json() for m in env.wait_status(len(jobs))}
+        check(all(s["state"] == "completed" for s in statuses.values()),
+              "all reference jobs completed: %s" % collections.Counter(
+                  s["state"] for s in statuses.values()))
+        by_job = results_by_job(env)
+        for j in jobs:
+            want = expected_with_refs(env, SANDBOX, j["patients"], CLINICAL)
+            got = [m.key.split("/", 1)[1] for m in by_job[j["job_id"]]]
+            if len(got) != len(set(got)) or set(got) != want:
+                check(False, "job %s: missing %s extra %s dup %d" % (
+                    j["job_id"], sorted(want - set(got))[:6], sorted(set(got) - want)[:6],
+                    len(got) - len(set(got))))
+        check(True, "each job published its patients' resources plus every entity they reference")
+        refs = [m for ms in by_job.values() for m in ms if m.headers.get("fhirx-via") == "reference"]
+        check(refs and all("fhirx-patient" not in m.headers for m in refs),
+              "referenced entities carry no patient header (%d published)" % len(refs))
+        reads = env.sim_get("/_sim/tenants/%s/reads" % SANDBOX)
+        shared = {k: n for k, n in reads.items()
+                  if k.split("/")[0] in ("Practitioner", "Organization", "Location")}
+        check(shared and max(shared.values()) == 1,
+              "each shared Practitioner/Organization/Location was fetched once (%d entities, "
+              "max %d reads)" % (len(shared), max(shared.values()) if shared else 0))
+        fetched = sum(s["references_fetched"] for s in statuses.values())
+        cached = sum(s["references_cached"] for s in statuses.values())
+        check(cached > fetched / 2,
+              "the reference cache served %d of %d references" % (cached, cached + fetched))
+        rc, out = env.validate(len(jobs))
+        check(rc == 0, "outputs validate against schemas/:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+def scenario_since(check):
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 5}])
+    try:
+        w = env.start_worker()
+        patient = "20000002"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+        touched = set()
+        for t, n in (("Observation", 3), ("Condition", 2)):
+            r = json.loads(urlopen_post(env, "/_sim/tenants/%s/touch" % SANDBOX,
+                                        {"patient": patient, "type": t, "count": n}))
+            touched.update(r["touched"])
+        types = ["Observation", "Condition", "CarePlan"]
+        job = {"job_id": "since-1", "tenant": SANDBOX, "patients": [patient], "resources": types,
+               "since": since}
+        env.enqueue([job])
+        status = env.wait_status(1)[0].json()
+        got = {m.key.split("/", 1)[1] for m in env.read("fhirx.results")}
+        careplans = {k for k in got if k.startswith("CarePlan/")}
+        check({k for k in got if not k.startswith("CarePlan/")} == touched,
+              "a since-extract returns exactly what changed: %s" % sorted(touched))
+        want = expected_keys(env, SANDBOX, [patient], types, since=since)
+        check(got == want, "and agrees with the simulator (%d resources)" % len(want))
+        check(status["full_types"] == ["CarePlan"] and careplans,
+              "CarePlan cannot be narrowed by _lastUpdated: fetched in full (%d) and said so" %
+              len(careplans))
+        check(status["since"] == since, "the status record carries since")
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+def scenario_foreign_and_large(check):
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 4}],
+              sim_extra={"foreign_references": True, "binary_large_every": 1,
+                         "binary_large_bytes": 3000000})
+    try:
+        w = env.start_worker()
+        job = {"job_id": "fl-1", "tenant": SANDBOX, "patients": ["20000001", "20000002"],
+               "resources": ["DocumentReference", "DiagnosticReport", "Encounter", "Observation"],
+               "follow_references": True}
+        env.enqueue([job])
+        status = env.wait_status(1)[0].json()
+        failures = [m.json() for m in env.read("fhirx.failures", 1)]
+        classes = collections.Counter(f["error_class"] for f in failures)
+        check(classes["too_large"] > 0 and classes["foreign_reference"] > 0,
+              "too-large Binaries and foreign references become failures: %s" % dict(classes))
+        big = [f for f in failures if f["error_class"] == "too_large"]
+        check(all(f["resource_type"] == "Binary" and f["reference"].startswith("Binary/") and
+                  "bytes" in f["message"] for f in big),
+              "each too_large failure names the Binary and its size")
+        foreign = [f for f in failures if f["error_class"] == "foreign_reference"]
+        check(all(not f["transient"] and "outside the tenant" in f["message"] for f in foreign),
+              "foreign references are permanent and explained")
+        check(status["state"] == "partial", "the job is partial, not failed")
+        check(not env.read("fhirx.dlq"), "permanent reference failures are not dead-lettered")
+        rc, out = env.validate(1)
+        check(rc == 0, "outputs validate:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+def urlopen_post(env, path, body):
+    import urllib.request
+    req = urllib.request.Request(env.sim_url + path, method="POST", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return r.read()
+
+
+SCENARIOS = {"references": scenario_references, "since": scenario_since,
+             "foreign_and_large": scenario_foreign_and_large,"many": scenario_many, "malformed": scenario_malformed, "kill": scenario_kill,
              "outage": scenario_outage}
 
 if __name__ == "__main__":
