@@ -149,6 +149,18 @@ static const opt worker_opts[] = {
      "A referenced entity is fetched again after this many seconds."},
 };
 
+#define RP(f) offsetof(fx_replay_conf, f)
+static const opt replay_opts[] = {
+    {"max_attempts", OPT_INT, RP(max_attempts), "5", 0, 1, 1000, NULL,
+     "A dead letter whose job already ran this many times goes to the parking topic instead of "
+     "back to the jobs topic."},
+    {"group_id", OPT_STRING, RP(group_id), "fhirx-replay", 0, 1, 255, NULL,
+     "Consumer group `fhirx replay` reads the dead-letter topic with, so each run continues "
+     "where the last one stopped."},
+    {"rate_per_s", OPT_INT, RP(rate_per_s), "0", 0, 0, 1000000, NULL,
+     "Jobs replayed per second (0: as fast as Kafka takes them)."},
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 typedef struct section {
@@ -189,6 +201,8 @@ static const section sections[] = {
      "Topic names."},
     {"worker", worker_opts, COUNT(worker_opts), 0, offsetof(fx_config, worker), 0, 0, 0,
      "The worker pool (`fhirx worker`)."},
+    {"replay", replay_opts, COUNT(replay_opts), 0, offsetof(fx_config, replay), 0, 0, 0,
+     "`fhirx replay`: dead letters back to the jobs topic."},
 };
 
 static const char *type_name(opt_type t) {
@@ -547,7 +561,7 @@ static int parse_root(json_t *root, fx_config *cfg, fx_err *err) {
     if (i == COUNT(sections))
       return fx_err_set(err, FX_EINVAL,
                         "%s: unknown section; the top level takes: tenants, keys, http, auth, "
-                        "log, kafka, topics, worker",
+                        "log, kafka, topics, worker, replay",
                         key);
   }
   for (size_t i = 0; i < COUNT(sections); i++) {

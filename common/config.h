@@ -91,6 +91,12 @@ typedef struct fx_worker_conf {
   long long ref_cache_ttl_s;
 } fx_worker_conf;
 
+typedef struct fx_replay_conf {
+  long long max_attempts; /* a dead letter past this goes to the parking topic */
+  char *group_id;         /* replay's own consumer group on the dlq topic */
+  long long rate_per_s;   /* jobs per second, 0 = unlimited */
+} fx_replay_conf;
+
 typedef struct fx_config {
   char *path; /* the file this came from (absolute) */
   char *dir;  /* its directory, for relative paths */
@@ -104,6 +110,7 @@ typedef struct fx_config {
   fx_strmap kafka;
   fx_topics_conf topics;
   fx_worker_conf worker;
+  fx_replay_conf replay;
 } fx_config;
 
 /* Parses the file at path. On success *out is a new config (fx_config_free).
