@@ -56,6 +56,12 @@ static const opt tenant_opts[] = {
     {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
      "Resource types to extract for this tenant. Unset: every type the profile fetches per "
      "patient."},
+    {"max_concurrency", OPT_INT, T(max_concurrency), "16", 0, 1, 10000, NULL,
+     "Requests in flight to this tenant per worker process. The limit adapts below this: halved "
+     "on 429s and timeouts, grown back one at a time on success."},
+    {"rate_per_s", OPT_INT, T(rate_per_s), "0", 0, 0, 100000, NULL,
+     "Requests per second to this tenant per worker process (token bucket); 0 = no rate limit."},
+    {"burst", OPT_INT, T(burst), "20", 0, 1, 100000, NULL, "Token bucket size for rate_per_s."},
     {"profile", OPT_STRING, T(profile), "cerner", 0, 1, 1024, NULL,
      "Query profile: how each type is fetched and which references are followed. `cerner` (built "
      "in, worker/profiles/cerner.json) or the path of a profile file."},
@@ -83,6 +89,9 @@ static const opt http_opts[] = {
      "Abort a transfer slower than this many bytes/s for low_speed_seconds (0 disables)."},
     {"low_speed_seconds", OPT_INT, H(low_speed_seconds), "30", 0, 1, 3600, NULL,
      "See low_speed_bytes."},
+    {"max_json_depth", OPT_INT, H(max_json_depth), "64", 0, 8, 2000, NULL,
+     "Deepest JSON nesting accepted in a response; deeper ones fail as invalid_response before "
+     "they are parsed."},
     {"ca_bundle", OPT_PATH, H(ca_bundle), NULL, 0, 1, 1024, NULL,
      "CA bundle (PEM) for TLS verification. Unset: the system store. Verification is always on."},
     {"user_agent", OPT_STRING, H(user_agent), "fhirx/0.1", 0, 1, 256, NULL,
@@ -147,6 +156,21 @@ static const opt worker_opts[] = {
      "Memory the reference cache may use; least recently used entries go first."},
     {"ref_cache_ttl_s", OPT_INT, W(ref_cache_ttl_s), "3600", 0, 1, 604800, NULL,
      "A referenced entity is fetched again after this many seconds."},
+    {"job_deadline_s", OPT_INT, W(job_deadline_s), "3600", 0, 10, 604800, NULL,
+     "A task that would have to wait past its job's start plus this (Retry-After, an open "
+     "breaker, backoff) fails as throttled/transient and is dead-lettered, instead of holding "
+     "a worker for hours."},
+    {"max_references_per_job", OPT_INT, W(max_references_per_job), "50000", 0, 1, 10000000, NULL,
+     "Referenced entities one job may fetch; beyond, the job records a too_large failure."},
+    {"breaker_window", OPT_INT, W(breaker_window), "20", 0, 4, 256, NULL,
+     "Circuit breaker: the last this many requests to a tenant are considered."},
+    {"breaker_percent", OPT_INT, W(breaker_percent), "50", 0, 1, 100, NULL,
+     "Circuit breaker: it opens when this share of them failed transiently (timeouts, resets, "
+     "5xx, 429); the tenant's tasks wait instead of failing."},
+    {"breaker_cooldown_ms", OPT_INT, W(breaker_cooldown_ms), "5000", 0, 100, 3600000, NULL,
+     "Circuit breaker: first pause before a probe request; doubles while probes fail."},
+    {"breaker_cooldown_max_ms", OPT_INT, W(breaker_cooldown_max_ms), "120000", 0, 100, 86400000,
+     NULL, "Circuit breaker: the longest pause between probes."},
 };
 
 #define RP(f) offsetof(fx_replay_conf, f)

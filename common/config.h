@@ -43,6 +43,9 @@ typedef struct fx_tenant_conf {
   int smart_version;    /* FX_SMART_* */
   fx_strlist resources; /* empty: the profile's full query set */
   char *profile;        /* built-in profile name, or a file path (absolute after loading) */
+  long long max_concurrency; /* requests in flight to this tenant, per process */
+  long long rate_per_s;      /* 0 = unlimited */
+  long long burst;
 } fx_tenant_conf;
 
 typedef struct fx_key_conf {
@@ -57,6 +60,7 @@ typedef struct fx_http_conf {
   long long max_response_bytes;
   long long low_speed_bytes;
   long long low_speed_seconds;
+  long long max_json_depth;
   char *ca_bundle;
   char *user_agent;
 } fx_http_conf;
@@ -89,6 +93,12 @@ typedef struct fx_worker_conf {
   long long ref_cache_entries;    /* reference cache, per process */
   long long ref_cache_bytes;
   long long ref_cache_ttl_s;
+  long long job_deadline_s;       /* a task that would wait past this fails instead */
+  long long max_references_per_job;
+  long long breaker_window;
+  long long breaker_percent;
+  long long breaker_cooldown_ms;
+  long long breaker_cooldown_max_ms;
 } fx_worker_conf;
 
 typedef struct fx_replay_conf {

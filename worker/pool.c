@@ -105,6 +105,18 @@ int fx_pool_run(const char *config_path) {
   p->limits.max_bytes = (size_t)wc->max_job_bytes;
   p->limits.max_patients = (size_t)wc->max_patients_per_job;
   p->n_threads = wc->threads ? (size_t)wc->threads : (size_t)uv_available_parallelism();
+  p->gov = fx_governor_new();
+  for (size_t i = 0; p->gov && i < p->app.cfg->n_tenants; i++) {
+    const fx_tenant_conf *t = &p->app.cfg->tenants[i];
+    fx_gov_conf gc = {.max_concurrency = (int)t->max_concurrency,
+                      .rate_per_s = (double)t->rate_per_s,
+                      .burst = (int)t->burst,
+                      .breaker_window = (int)wc->breaker_window,
+                      .breaker_ratio = (double)wc->breaker_percent / 100.0,
+                      .breaker_cooldown_ms = (uint64_t)wc->breaker_cooldown_ms,
+                      .breaker_cooldown_max_ms = (uint64_t)wc->breaker_cooldown_max_ms};
+    fx_governor_set_tenant(p->gov, t->id, &gc);
+  }
   if (wc->ref_cache_entries > 0)
     p->refs = fx_refcache_new((size_t)wc->ref_cache_entries, (size_t)wc->ref_cache_bytes,
                               (uint64_t)wc->ref_cache_ttl_s * 1000u);
@@ -145,6 +157,7 @@ int fx_pool_run(const char *config_path) {
   uv_run(&loop, UV_RUN_DEFAULT);
   log_totals(p);
   fx_refcache_free(p->refs);
+  fx_governor_free(p->gov);
   free(p->threads);
   fx_app_close(&p->app);
   rc = uv_loop_close(&loop);

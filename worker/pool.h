@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/governor.h"
 #include "common/kafka.h"
 #include "common/loop.h"
 #include "common/refcache.h"
@@ -48,6 +49,7 @@ typedef struct fx_pool_stats {
   atomic_ullong results, failures, dead_letters, statuses, delivery_errors;
   atomic_ullong http_requests, http_retries;
   atomic_ullong refs_fetched, refs_cached;
+  atomic_ullong governor_waits;
 } fx_pool_stats;
 
 struct fx_pool {
@@ -65,6 +67,7 @@ struct fx_pool {
   atomic_int force; /* drain deadline passed: give up on undelivered outputs */
   char identity[300]; /* "host:pid", in status records */
   fx_refcache *refs;  /* NULL when worker.ref_cache_entries is 0 */
+  fx_governor *gov;   /* per-tenant limits, Retry-After, circuit breaker */
   fx_pool_stats stats;
 };
 
@@ -77,6 +80,7 @@ struct fx_fetch {
   int depth;   /* 0: a patient task; n: a reference n hops away */
   int origin_type;  /* references: the type of the task that led here */
   int cache_owner;  /* references: this fetch fills the reference cache */
+  int governed;     /* holds a governor slot until its answer is in */
   char *ref_key;    /* references: "Practitioner/5" */
   char *url;   /* what to GET next */
   int page;
@@ -109,7 +113,8 @@ struct fx_run {
   uint64_t started_ms;
   struct fx_strset *seen; /* Type/id published by this job */
   struct fx_strset *requested; /* Type/id references asked for (fetched, cached or failed) */
-  size_t refs_fetched, refs_cached;
+  size_t refs_fetched, refs_cached, refs_requested;
+  uint64_t deadline_ms; /* worker.job_deadline_s after it started */
   size_t cursor_task;     /* the next (task, type) to start */
   int cursor_type;
   uint32_t full_types;    /* types fetched in full although the job had since */
@@ -136,7 +141,12 @@ struct fx_wthread {
   size_t inflight;           /* fetches sending or waiting for a token */
   struct fx_deferred *def_head, *def_tail; /* outputs the producer's queue had no room for */
   uv_timer_t def_timer;
+  uv_timer_t pump_timer; /* wakes the pump when a blocked tenant may go again */
   int stopping, closing, closed;
+  int assigned_once; /* the group gave this consumer an assignment at least once */
+  int commit_tries;  /* final commit attempts */
+  int left;          /* consumer_close_queue called */
+  int skip_destroy;  /* see maybe_close: librdkafka 2.0.2 cannot destroy it safely */
   uv_timer_t drain_timer;
 };
 

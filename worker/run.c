@@ -14,6 +14,7 @@
 #include "common/fhir.h"
 #include "common/log.h"
 #include "common/strutil.h"
+#include "common/governor.h"
 #include "common/url.h"
 #include "worker/pool.h"
 #include "worker/strset.h"
@@ -203,9 +204,15 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   snprintf(key, sizeof key, "%s/%s", run_tenant(run) ? run_tenant(run) : "", job_id);
   if (value) emit(run, p->app.cfg->topics.failures, key, value, len, headers_for(run));
   atomic_fetch_add(&p->stats.failures, 1);
+  /* Patient ids only at debug: a read URL or a server's message can hold one. */
+  char status[16] = "";
+  if (fl->status) snprintf(status, sizeof status, "%ld", fl->status);
   fx_log(FX_LOG_WARN, "task failed", "job_id", job_id, "error_class", fx_errclass_name(fl->cls),
-         "resource_type", f ? fx_cerner_types[f->type] : NULL, "url", shown[0] ? shown : NULL,
-         "reason", fl->message, NULL);
+         "resource_type", f ? fx_cerner_types[f->type] : NULL, "http_status",
+         status[0] ? status : NULL, NULL);
+  if (fx_log_enabled(FX_LOG_DEBUG))
+    fx_log(FX_LOG_DEBUG, "task failed: details", "job_id", job_id, "url", shown[0] ? shown : NULL,
+           "reason", fl->message, NULL);
 }
 
 /* ---- the end of a run ----------------------------------------------------- */
@@ -422,10 +429,19 @@ static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full)
   return url;
 }
 
-/* The next (patient, type) of the oldest run with work left, as a fetch. */
-static fx_fetch *next_task(fx_wthread *wt) {
+/* The next (patient, type) of the oldest run with work left, as a fetch.
+ * Runs of a tenant the governor blocks (breaker open, every slot taken) are
+ * passed over, so one slow or failing tenant does not starve the others;
+ * *blocked_ms says when the first of them may go again. */
+static fx_fetch *next_task(fx_wthread *wt, long *blocked_ms) {
+  uint64_t now = fx_now_ms();
   for (fx_run *run = wt->runs; run; run = run->next) {
     if (run->abandoned || cursor_exhausted(run)) continue;
+    long blocked = fx_governor_blocked(wt->pool->gov, run->job->tenant, now);
+    if (blocked > 0) {
+      if (*blocked_ms <= 0 || blocked < *blocked_ms) *blocked_ms = blocked;
+      continue;
+    }
     const fx_job_task *task = &run->job->tasks[run->cursor_task];
     int type = run->cursor_type;
     while (type < FX_NTYPES && !(task->types & FX_TYPE_BIT(type))) type++;
@@ -472,6 +488,11 @@ static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   atomic_fetch_add(&wt->pool->stats.http_requests, 1);
   if (fx_fhir_get(&wt->lp, wt->pool->app.tokens, &req, on_fetched, f, &err) != 0) {
     wt->inflight--;
+    if (f->governed) {
+      fx_governor_done(wt->pool->gov, t->id, fx_cerner_types[f->type], FX_GOV_CANCELED, -1,
+                       fx_now_ms());
+      f->governed = 0;
+    }
     failure fl = {.cls = err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_JOB,
                   .url = f->url, .attempts = f->attempts, .message = err.msg};
     record_failure(run, f, &fl);
@@ -480,22 +501,59 @@ static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   }
 }
 
+static void park(fx_wthread *wt, fx_fetch *f, uint64_t ms);
+
+/* Asks the tenant's governor whether f may be sent now. If not, f waits (or,
+ * when the wait would outlast its job's deadline, fails with the reason). */
+static int admitted(fx_wthread *wt, fx_fetch *f) {
+  fx_run *run = f->run;
+  const char *why = NULL;
+  uint64_t now = fx_now_ms();
+  long wait = fx_governor_acquire(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], now, &why);
+  if (wait <= 0) {
+    f->governed = 1;
+    return 1;
+  }
+  atomic_fetch_add(&wt->pool->stats.governor_waits, 1);
+  if (now + (uint64_t)wait <= run->deadline_ms) {
+    park(wt, f, (uint64_t)wait);
+    return 0;
+  }
+  char msg[300];
+  snprintf(msg, sizeof msg,
+           "the tenant asked to wait %ld s (%s), past this job's deadline (worker.job_deadline_s); "
+           "replay the dead letter once the tenant is healthy", wait / 1000, why);
+  int throttled = strcmp(why, "retry-after") == 0 || strcmp(why, "rate") == 0;
+  failure fl = {.cls = throttled ? FX_EC_THROTTLED : FX_EC_TRANSIENT, .url = f->url,
+                .attempts = f->attempts, .message = msg};
+  record_failure(run, f, &fl);
+  if (f->depth == 0) run->tasks_failed++;
+  fetch_finish(f);
+  return 0;
+}
+
+static void on_pump_timer(uv_timer_t *t) { fx_wthread_pump(t->data); }
+
 void fx_wthread_pump(fx_wthread *wt) {
   size_t max = (size_t)wt->pool->app.cfg->worker.max_requests_in_flight;
+  long blocked_ms = 0;
   while (wt->inflight < max && !wt->closing) {
     fx_fetch *f = wt->q_head;
     if (f) {
       wt->q_head = f->next;
       if (!wt->q_head) wt->q_tail = NULL;
-    } else if (!(f = next_task(wt))) {
+    } else if (!(f = next_task(wt, &blocked_ms))) {
       break;
     }
     if (f->run->abandoned || !wt->lp.http) { /* no HTTP client after the drain deadline */
       fetch_finish(f);
       continue;
     }
-    send_fetch(wt, f);
+    if (admitted(wt, f)) send_fetch(wt, f);
   }
+  /* Work was passed over for a blocked tenant: look again when it may go. */
+  if (blocked_ms > 0 && !wt->closing && !uv_is_active((uv_handle_t *)&wt->pump_timer))
+    uv_timer_start(&wt->pump_timer, on_pump_timer, (uint64_t)blocked_ms, 0);
 }
 
 /* ---- retries ---------------------------------------------------------------- */
@@ -541,12 +599,20 @@ static uint64_t retry_delay(int attempts, long after_ms) {
   return d;
 }
 
-static int schedule_retry(fx_wthread *wt, fx_fetch *f, long after_ms) {
-  if (f->attempts > wt->pool->app.cfg->worker.retries || wt->stopping) return 0;
-  atomic_fetch_add(&wt->pool->stats.http_retries, 1);
+static void park(fx_wthread *wt, fx_fetch *f, uint64_t ms) {
   f->next = wt->waiting;
   wt->waiting = f;
-  uv_timer_start(&f->timer, on_retry_due, retry_delay(f->attempts, after_ms), 0);
+  uv_timer_start(&f->timer, on_retry_due, ms, 0);
+}
+
+/* Retries a transient failure later, unless attempts are used up, the
+ * worker is draining, or the wait would end past the job's deadline. */
+static int schedule_retry(fx_wthread *wt, fx_fetch *f, long after_ms) {
+  if (f->attempts > wt->pool->app.cfg->worker.retries || wt->stopping) return 0;
+  uint64_t delay = retry_delay(f->attempts, after_ms);
+  if (fx_now_ms() + delay > f->run->deadline_ms) return 0;
+  atomic_fetch_add(&wt->pool->stats.http_retries, 1);
+  park(wt, f, delay);
   return 1;
 }
 
@@ -688,6 +754,20 @@ static void on_reference_ready(const char *json, size_t len, void *arg) {
 static void request_reference(const fx_fetch *from, int type, const char *key) {
   fx_run *run = from->run;
   fx_pool *p = run->wt->pool;
+  if (++run->refs_requested > (size_t)p->app.cfg->worker.max_references_per_job) {
+    if (run->refs_requested == (size_t)p->app.cfg->worker.max_references_per_job + 1) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "the job references more than %lld entities "
+               "(worker.max_references_per_job); the rest were not fetched",
+               p->app.cfg->worker.max_references_per_job);
+      fx_fetch f = *from;
+      f.depth = from->depth + 1;
+      f.ref_key = NULL;
+      failure fl = {.cls = FX_EC_TOO_LARGE, .attempts = 1, .message = msg};
+      record_failure(run, &f, &fl);
+    }
+    return;
+  }
   ref_wait w = {.run = run, .task = from->task, .type = type, .depth = from->depth + 1,
                 .origin_type = from->depth > 0 ? from->origin_type : from->type};
   snprintf(w.key, sizeof w.key, "%s", key);
@@ -903,11 +983,26 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
   return 1;
 }
 
+/* How the answer counts for the tenant's governor. */
+static fx_gov_outcome outcome_of(const fx_http_response *res, const fx_auth_error *ae) {
+  if (ae || (res->result == FX_ECANCELED)) return FX_GOV_CANCELED;
+  if (res->result) return res->result == FX_ETOOLARGE ? FX_GOV_OK : FX_GOV_TRANSIENT;
+  if (res->status == 429) return FX_GOV_THROTTLED;
+  if (res->status == 408 || res->status >= 500) return FX_GOV_TRANSIENT;
+  return FX_GOV_OK;
+}
+
 static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   fx_fetch *f = arg;
   fx_run *run = f->run;
   fx_wthread *wt = run->wt;
   wt->inflight--;
+  long after = ae ? -1 : retry_after_ms(res);
+  if (f->governed) {
+    fx_governor_done(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], outcome_of(res, ae),
+                     after, fx_now_ms());
+    f->governed = 0;
+  }
   if (run->abandoned || wt->closing) {
     fetch_finish(f);
     fx_wthread_pump(wt);
@@ -915,13 +1010,12 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   }
   failure fl = {.url = f->url, .attempts = f->attempts};
   char outcome[512] = "", msg[768] = "";
-  long after = -1;
   int transient = 0;
   if (ae) {
     fl.cls = strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH;
     transient = ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED;
     if (ae->err.code == FX_EPERM) fl.cls = FX_EC_FOREIGN_REFERENCE;
-    after = ae->retry_after_ms > 0 ? ae->retry_after_ms : -1;
+    after = ae->retry_after_ms > 0 ? ae->retry_after_ms : -1; /* the token's backoff */
     snprintf(msg, sizeof msg, "%s", ae->err.msg);
   } else if (res->result) {
     fl.cls = res->result == FX_ETOOLARGE ? FX_EC_TOO_LARGE : FX_EC_TRANSIENT;
@@ -931,10 +1025,14 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     fl.cls = class_of_status(res->status);
     fl.status = res->status;
     transient = fx_errclass_transient(fl.cls);
-    after = retry_after_ms(res);
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
     snprintf(msg, sizeof msg, "HTTP %ld%s%s", res->status, outcome[0] ? ": " : "", outcome);
     fl.outcome = outcome;
+  } else if (!fx_json_depth_ok(res->body, res->body_len, (int)wt->pool->app.cfg->http.max_json_depth)) {
+    fl.cls = FX_EC_INVALID_RESPONSE;
+    fl.status = res->status;
+    snprintf(msg, sizeof msg, "the response nests JSON deeper than http.max_json_depth (%lld); "
+             "not parsed", wt->pool->app.cfg->http.max_json_depth);
   } else {
     json_error_t jerr;
     json_t *doc = json_loadb(res->body, res->body_len, 0, &jerr);
@@ -1020,6 +1118,7 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
   atomic_init(&run->awaiting_acks, 0);
   fx_iso_now(run->started_at);
   run->started_ms = fx_now_ms();
+  run->deadline_ms = run->started_ms + (uint64_t)p->app.cfg->worker.job_deadline_s * 1000u;
   run->prev = NULL;
   /* Oldest first: next_task() serves runs in consumption order. */
   fx_run **tail = &wt->runs;

@@ -66,6 +66,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   char n[16];
   snprintf(n, sizeof n, "%d", parts->cnt);
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    wt->assigned_once = 1;
     for (int i = 0; i < parts->cnt; i++)
       if (add_part(wt, parts->elems[i].topic, parts->elems[i].partition) != 0)
         fx_log(FX_LOG_ERROR, "out of memory tracking a partition", NULL);
@@ -126,7 +127,7 @@ static void on_consumer_events(void *arg) {
   for (int i = 0; i < POLL_BUDGET; i++) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(wt->consumer, 0);
     if (!m) {
-      if (wt->closing && rd_kafka_consumer_closed(wt->consumer)) finish_close(wt);
+      if (wt->left && rd_kafka_consumer_closed(wt->consumer)) finish_close(wt);
       return;
     }
     handle_message(wt, m);
@@ -136,11 +137,48 @@ static void on_consumer_events(void *arg) {
 }
 
 static void on_close_tick(uv_timer_t *t) { on_consumer_events(t->data); }
+static void on_commit_retry(uv_timer_t *t);
 
-/* Leaves the group once no run is left (or the drain deadline passed). */
+static void leave_group(fx_wthread *wt);
+
+/* The final commit's answer, served on this thread by consumer_poll. */
+static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+  (void)rk, (void)offsets;
+  fx_wthread *wt = opaque;
+  if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && wt->commit_tries < 10) {
+    /* The coordinator may be moving; the drain deadline still bounds this. */
+    fx_log(FX_LOG_WARN, "final offset commit failed; trying again", "error", rd_kafka_err2str(err),
+           NULL);
+    wt->commit_tries++;
+    uv_timer_start(&wt->drain_timer, on_commit_retry, 300, 0);
+    return;
+  }
+  if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    fx_log(FX_LOG_ERROR, "final offset commit failed; finished jobs will be consumed again",
+           "error", rd_kafka_err2str(err), NULL);
+  leave_group(wt);
+}
+
+static void commit_stored(fx_wthread *wt) {
+  rd_kafka_resp_err_t err = rd_kafka_commit_queue(wt->consumer, NULL, wt->cq, on_committed, wt);
+  if (err) on_committed(wt->consumer, err, NULL, wt);
+}
+
+static void on_commit_retry(uv_timer_t *t) { commit_stored(t->data); }
+
+/* Closing: commit what finished (explicitly, so a failed commit is seen and
+ * retried), then leave the group. Called once no run is left, or after the
+ * drain deadline. */
 static void begin_close(fx_wthread *wt) {
   if (wt->closing) return;
   wt->closing = 1;
+  uv_timer_stop(&wt->drain_timer);
+  commit_stored(wt);
+  fx_kqueue_kick(wt->ckq);
+}
+
+static void leave_group(fx_wthread *wt) {
   uv_timer_stop(&wt->drain_timer);
   /* No run is left (maybe_close checks), so no fetch is queued either. */
   rd_kafka_error_t *e = rd_kafka_consumer_close_queue(wt->consumer, wt->cq);
@@ -148,12 +186,22 @@ static void begin_close(fx_wthread *wt) {
     fx_log(FX_LOG_WARN, "consumer close", "error", rd_kafka_error_string(e), NULL);
     rd_kafka_error_destroy(e);
   }
+  wt->left = 1;
   /* Closing ends without a final event on the queue: look every 100 ms too. */
   uv_timer_start(&wt->drain_timer, on_close_tick, 0, 100);
 }
 
+/* Leaves the group once nothing is left to finish. One more condition works
+ * around a librdkafka 2.0.2 bug (confluentinc/librdkafka#4312, fixed in
+ * 2.3.0): destroying a cooperative-sticky consumer that never received an
+ * assignment trips an assertion and aborts the process. So a worker stopped
+ * during its first group join waits for that assignment (normally seconds);
+ * only past the drain deadline does it close without one, and then it skips
+ * rd_kafka_destroy (the process is exiting anyway). */
 static void maybe_close(fx_wthread *wt) {
-  if (wt->stopping && !wt->closing && wt->n_runs == 0 && !wt->def_head) begin_close(wt);
+  if (wt->stopping && !wt->closing && wt->n_runs == 0 && !wt->def_head &&
+      (wt->assigned_once || wt->skip_destroy))
+    begin_close(wt);
 }
 
 void fx_wthread_run_done(fx_wthread *wt) {
@@ -165,6 +213,13 @@ void fx_wthread_run_done(fx_wthread *wt) {
 
 static void on_drain_deadline(uv_timer_t *t) {
   fx_wthread *wt = t->data;
+  if (!wt->assigned_once) {
+    fx_log(FX_LOG_WARN,
+           "stopping before the consumer group assigned this thread anything; its consumer is "
+           "not destroyed (librdkafka 2.0.2 would abort)",
+           NULL);
+    wt->skip_destroy = 1;
+  }
   char n[16];
   snprintf(n, sizeof n, "%zu", wt->n_runs);
   fx_log(FX_LOG_WARN, "drain deadline passed; unfinished jobs are left for redelivery", "jobs", n,
@@ -198,6 +253,7 @@ static void finish_close(fx_wthread *wt) {
   wt->ckq = NULL;
   uv_close((uv_handle_t *)&wt->drain_timer, NULL);
   uv_close((uv_handle_t *)&wt->def_timer, NULL);
+  uv_close((uv_handle_t *)&wt->pump_timer, NULL);
   fx_loop_close(&wt->lp);
 }
 
@@ -206,7 +262,7 @@ static void thread_main(void *arg) {
   uv_run(&wt->uv, UV_RUN_DEFAULT);
   /* Everything on the loop is closed: the consumer can go. */
   rd_kafka_queue_destroy(wt->cq);
-  rd_kafka_destroy(wt->consumer);
+  if (!wt->skip_destroy) rd_kafka_destroy(wt->consumer);
   wt->consumer = NULL;
   for (size_t i = 0; i < wt->n_parts; i++) fx_partition_unref(wt->parts[i]);
   free(wt->parts);
@@ -255,6 +311,8 @@ int fx_wthread_start(fx_pool *p, int index, fx_err *err) {
   wt->drain_timer.data = wt;
   uv_timer_init(&wt->uv, &wt->def_timer);
   wt->def_timer.data = wt;
+  uv_timer_init(&wt->uv, &wt->pump_timer);
+  wt->pump_timer.data = wt;
   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, p->app.cfg->topics.jobs, RD_KAFKA_PARTITION_UA);
   rd_kafka_resp_err_t kerr = rd_kafka_subscribe(wt->consumer, topics);

@@ -217,7 +217,9 @@ def scenario_outage(check):
         # finishes with every job still complete.
         w2 = env.start_worker("worker2")
         time.sleep(8)
-        check(env.stop(w2) == 0, "a restarted worker exits 0")
+        rc = env.stop(w2)
+        check(rc == 0, "a restarted worker exits 0 (got %s; log tail: %s)" % (
+            rc, env.logs("worker2")[-600:] if rc else ""))
         check_jobs_complete(check, env, jobs, allow_duplicates=True)
     finally:
         env.close()
