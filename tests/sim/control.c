@@ -5,9 +5,12 @@
  *   POST   /_sim/counters/reset
  *   POST   /_sim/tenants/{t}/clients    one client object, added or replaced
  *   POST   /_sim/tenants/{t}/settings   {expires_in, revoke_tokens, fhir_always_401}
- *   POST   /_sim/tenants/{t}/faults     {target, status, content_type, body, headers,
- *                                        delay_ms, count}
- *   DELETE /_sim/tenants/{t}/faults
+ *   POST   /_sim/tenants/{t}/faults     one fault (fault.c validates it), added or
+ *                                       replacing the fault with the same name
+ *   GET    /_sim/tenants/{t}/faults     the list, with how often each matched/fired
+ *   DELETE /_sim/tenants/{t}/faults[?name=N]  all of them, or one
+ *   GET    /_sim/tenants/{t}/retry_after_violations  retries sent too early
+ *   DELETE /_sim/tenants/{t}/retry_after_violations  forget them
  *   GET    /_sim/tenants/{t}/expected   what a correct extraction returns (control_data.c)
  *   POST   /_sim/tenants/{t}/touch      bump meta.lastUpdated of some resources
  *   DELETE /_sim/tenants/{t}/touch      forget every touch
@@ -21,8 +24,6 @@
 
 #include <stdio.h>
 #include <string.h>
-
-#define MAX_DELAY_MS 600000
 
 static void reply(sim_resp *resp, unsigned status, const char *error) {
   json_t *doc = error ? json_pack("{s:s}", "error", error) : json_pack("{s:b}", "ok", 1);
@@ -102,62 +103,30 @@ out:
   json_decref(o);
 }
 
-static bool int_in(const json_t *v, long lo, long hi) {
-  return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
-}
-
-static const char *fault_problem(json_t *o) {
-  const json_t *status = json_object_get(o, "status"), *delay = json_object_get(o, "delay_ms");
-  const json_t *count = json_object_get(o, "count");
-  json_t *headers = json_object_get(o, "headers");
-  const char *target = json_string_value(json_object_get(o, "target"));
-  if (!target || sim_target_from_name(target) < 0)
-    return "target: expected \"token\", \"discovery\" or \"fhir\"";
-  if (status && !(int_in(status, 100, 599) || int_in(status, 0, 0)))
-    return "status: expected 0 (delay only) or an HTTP status 100-599";
-  if (delay && !int_in(delay, 0, MAX_DELAY_MS)) return "delay_ms: expected 0-600000";
-  if (count && !(int_in(count, 1, 1000000000L) || int_in(count, -1, -1)))
-    return "count: expected a positive integer or -1 (until cleared)";
-  if (!json_integer_value(status) && !json_integer_value(delay))
-    return "a fault needs a status or a delay_ms";
-  const json_t *ct = json_object_get(o, "content_type"), *body = json_object_get(o, "body");
-  if ((ct && !json_is_string(ct)) || (body && !json_is_string(body)))
-    return "content_type and body must be strings";
-  if (headers && !json_is_object(headers)) return "headers: expected an object of strings";
-  const char *k;
-  const json_t *v;
-  json_object_foreach(headers, k, v) {
-    if (!json_is_string(v) || strpbrk(json_string_value(v), "\r\n") || strpbrk(k, "\r\n: "))
-      return "headers: expected an object of single-line strings";
-  }
-  return NULL;
-}
-
 static void set_fault(sim_req *req, sim_tenant *t, sim_resp *resp) {
-  static const char *const keys[] = {"target",   "status", "content_type", "body",
-                                     "delay_ms", "count",  "headers",      NULL};
   json_t *o = body_object(req, resp);
-  if (!o || !only_keys(o, keys, resp)) goto out;
-  const char *problem = fault_problem(o);
-  if (problem) {
-    reply(resp, 400, problem);
-    goto out;
+  if (!o) return;
+  char err[256];
+  sim_fault f;
+  if (sim_fault_parse(o, sim_store_params(t->store), &f, err, sizeof err) != 0) {
+    sim_utf8_trim(err);
+    reply(resp, 400, err);
+  } else {
+    sim_resp_json(resp, 200, SIM_CT_JSON, json_pack("{s:b, s:s}", "ok", 1, "name", f.name));
+    sim_faults_put(req->st, t, &f);
   }
-  const json_t *count = json_object_get(o, "count"), *headers = json_object_get(o, "headers");
-  sim_fault f = {
-      .count = count ? (long)json_integer_value(count) : 1,
-      .status = (unsigned)json_integer_value(json_object_get(o, "status")),
-      .delay_ms = (long)json_integer_value(json_object_get(o, "delay_ms")),
-      .content_type = sim_strdup(json_string_value(json_object_get(o, "content_type"))),
-      .body = sim_strdup(json_string_value(json_object_get(o, "body"))),
-      .headers = headers ? json_deep_copy(headers) : NULL,
-  };
-  sim_target target =
-      (sim_target)sim_target_from_name(json_string_value(json_object_get(o, "target")));
-  sim_state_set_fault(req->st, t, target, &f);
-  reply(resp, 200, NULL);
-out:
   json_decref(o);
+}
+
+static void delete_faults(sim_req *req, sim_tenant *t, sim_resp *resp) {
+  const char *name = sim_req_query(req, "name");
+  if (!name)
+    sim_faults_clear(req->st, t);
+  else if (!sim_faults_delete(req->st, t, name)) {
+    reply(resp, 404, "no fault with that name");
+    return;
+  }
+  reply(resp, 200, NULL);
 }
 
 /* /tenants/{t}/<what> */
@@ -190,8 +159,14 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
     settings(req, t, resp);
   else if (post && strcmp(what, "/faults") == 0)
     set_fault(req, t, resp);
-  else if (del && strcmp(what, "/faults") == 0) {
-    sim_state_clear_faults(req->st, t);
+  else if (get && strcmp(what, "/faults") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_json(req->st, t));
+  else if (del && strcmp(what, "/faults") == 0)
+    delete_faults(req, t, resp);
+  else if (get && strcmp(what, "/retry_after_violations") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_retry_json(req->st, t));
+  else if (del && strcmp(what, "/retry_after_violations") == 0) {
+    sim_faults_retry_reset(req->st, t);
     reply(resp, 200, NULL);
   } else
     reply(resp, 404, "no such control endpoint (or wrong method)");

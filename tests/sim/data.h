@@ -211,6 +211,7 @@ enum {
   SIM_DOMAIN_PP_COUNT,          /* per_patient_vary counts */
   SIM_DOMAIN_BINARY,            /* Binary sizes and bytes */
   SIM_DOMAIN_PAGING,            /* page-context keystream */
+  SIM_DOMAIN_FAULT,             /* fault ratio draws and random delays (fault.c) */
 };
 void sim_rng_init_domain(sim_rng *r, const sim_data_params *p, unsigned domain, uint64_t index);
 uint64_t sim_rng_next(sim_rng *r);

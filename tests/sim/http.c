@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 
 #define MAX_BODY (1024 * 1024)
 #define SHUTDOWN_WAIT_MS 2000L
+#define STREAM_BLOCK (64 * 1024) /* content reader buffer of streamed fault bodies */
 
 struct sim_server {
   struct MHD_Daemon *daemon;
@@ -29,10 +31,12 @@ struct sim_server {
 typedef struct req_ctx {
   sim_req req;
   sim_server *srv;
-  sim_fault fault;
+  sim_fault_effect fault; /* the fault that fired for this request (fault.h) */
   bool has_fault;
+  bool reset;         /* close the connection instead of answering */
+  char *request_key;  /* path?query; only built while the tenant has faults armed */
   bool suspended;     /* a delay was applied */
-  bool delay_pending; /* suspended and not yet accounted as resumed in sim_delay */
+  bool delay_pending; /* suspended (delay or drip) and not yet accounted as resumed */
   int64_t started_ms;
   unsigned status;
   bool oom; /* copying the request out of MHD failed */
@@ -175,6 +179,35 @@ static int route_target(sim_route route) {
 
 static void ctx_free(req_ctx *c);
 
+/* The request target as the Retry-After ledger knows it: the path and the
+ * query re-encoded from MHD's decoded arguments, so the same request always
+ * gives the same key. New string or NULL. */
+static char *request_key(const sim_req *r) {
+  sim_buf b = {0};
+  sim_buf_puts(&b, r->path);
+  for (size_t i = 0; i < r->nquery; i++) {
+    sim_buf_puts(&b, i ? "&" : "?");
+    sim_buf_url_encode(&b, r->query[i].key);
+    sim_buf_puts(&b, "=");
+    sim_buf_url_encode(&b, r->query[i].value);
+  }
+  return sim_buf_steal(&b, NULL);
+}
+
+/* Faults are chosen when the request arrives, so `count` is consumed in
+ * arrival order even if bodies finish uploading in another order, and a
+ * retry is judged against Retry-After by when it arrived. A tenant without
+ * faults costs one atomic load here. */
+static void pick_fault(req_ctx *c) {
+  sim_req *r = &c->req;
+  int target = route_target(r->route);
+  if (target < 0 || !sim_faults_armed(r->tenant)) return;
+  c->request_key = request_key(r);
+  const char *path = target == SIM_TARGET_FHIR && r->subpath[0] == '/' ? r->subpath + 1 : "";
+  c->has_fault = sim_faults_arrive(r->st, r->tenant, (sim_target)target, path, c->request_key,
+                                   sim_now_ms(), &c->fault);
+}
+
 static req_ctx *ctx_new(sim_server *srv, struct MHD_Connection *conn, const char *url,
                         const char *method) {
   req_ctx *c = calloc(1, sizeof *c);
@@ -192,11 +225,7 @@ static req_ctx *ctx_new(sim_server *srv, struct MHD_Connection *conn, const char
   }
   set_host(&c->req, srv->fallback_host);
   route(&c->req);
-  /* The fault is chosen when the request arrives, so `count` is consumed in
-   * arrival order even if bodies finish uploading in another order. */
-  int target = route_target(c->req.route);
-  if (target >= 0)
-    c->has_fault = sim_state_take_fault(srv->st, c->req.tenant, (sim_target)target, &c->fault);
+  pick_fault(c);
   return c;
 }
 
@@ -208,29 +237,24 @@ static void ctx_free(req_ctx *c) {
   free(c->req.query);
   free(c->req.path);
   sim_buf_free(&c->req.body);
-  sim_fault_clear(&c->fault);
+  sim_fault_effect_clear(&c->fault);
+  free(c->request_key);
   free(c);
 }
 
 /* ---- dispatch ---- */
 
-static void fault_response(const sim_fault *f, sim_resp *resp) {
-  char *body = sim_strdup(f->body ? f->body : "");
-  sim_resp_body(resp, f->status, f->content_type ? f->content_type : "text/plain;charset=utf-8",
-                body, body ? strlen(body) : 0);
-  const char *name;
-  const json_t *v;
-  json_object_foreach(f->headers, name, v) {
-    /* resp borrows the name; the fault copy lives in the request context,
-     * which outlasts send_response (where MHD copies it). */
-    sim_resp_header(resp, name, "%s", json_string_value(v));
-  }
+/* Everything but a pure delay changes what the client gets. */
+static bool fault_changes_answer(const sim_fault_effect *f) {
+  return sim_fault_replaces(f) || f->reset || f->truncate || f->drip_bytes_per_s ||
+         f->foreign_next || f->foreign_references || f->headers;
 }
 
 static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
   sim_req *r = &c->req;
   sim_state *st = r->st;
-  bool faulted = c->has_fault && c->fault.status != 0;
+  sim_target target = (sim_target)route_target(r->route);
+  const sim_fault_effect *f = c->has_fault ? &c->fault : NULL;
   if (r->route == SIM_ROUTE_TOKEN) {
     char *client = sim_token_peek_client(r);
     sim_count_token_request(st, r->tenant, client);
@@ -245,16 +269,26 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
     sim_fhir_classify(r, type, &kind, read_key);
     sim_count_fhir_request(st, r->tenant, type, kind, read_key);
   }
-  if (faulted) {
-    sim_count_fault(st, r->tenant, (sim_target)route_target(r->route));
-    fault_response(&c->fault, resp);
-  } else if (r->route == SIM_ROUTE_TOKEN) {
-    sim_token_handle(r, resp);
-  } else if (r->route == SIM_ROUTE_DISCOVERY) {
-    sim_discovery_handle(r, resp);
-  } else {
-    sim_fhir_handle(r, resp);
+  if (f && fault_changes_answer(f)) sim_count_fault(st, r->tenant, target);
+  if (f && f->reset) {
+    c->reset = true;
+    if (r->route == SIM_ROUTE_FHIR) sim_count_fhir(st, r->tenant, 0);
+    return;
   }
+  if (f && sim_fault_replaces(f)) {
+    sim_fault_respond(f, target, resp);
+  } else {
+    if (r->route == SIM_ROUTE_TOKEN)
+      sim_token_handle(r, resp);
+    else if (r->route == SIM_ROUTE_DISCOVERY)
+      sim_discovery_handle(r, resp);
+    else
+      sim_fhir_handle(r, resp);
+    if (f) sim_fault_rewrite(f, r, resp);
+  }
+  int64_t now = f ? sim_now_ms() : 0, not_before;
+  if (f && sim_fault_add_headers(f, now, resp, &not_before) && c->request_key)
+    sim_faults_note_retry(st, r->tenant, c->request_key, now, not_before);
   if (r->route == SIM_ROUTE_FHIR) sim_count_fhir(st, r->tenant, resp->status);
 }
 
@@ -276,10 +310,31 @@ static void dispatch(req_ctx *c, sim_resp *resp) {
   }
 }
 
+/* Huge and drip answers are produced by a content reader (fault_body.c);
+ * everything else is one buffer. */
+static struct MHD_Response *stream_response(req_ctx *c, sim_resp *resp) {
+  const sim_fault_effect *f = &c->fault;
+  sim_stream *s = f->huge_bytes && resp->status == (f->status ? f->status : 200u)
+                      ? sim_stream_huge(f->huge_bytes, f->drip_bytes_per_s)
+                      : sim_stream_buffer(resp->body, resp->len, f->drip_bytes_per_s);
+  resp->body = NULL; /* the stream owns it now */
+  if (!s) return NULL;
+  sim_stream_pacer p = {.delay = &c->srv->delay, .conn = c->req.conn, .pending = &c->delay_pending};
+  sim_stream_set_pacer(s, &p);
+  struct MHD_Response *mr = MHD_create_response_from_callback(
+      sim_stream_size(s), STREAM_BLOCK, sim_stream_read, s, sim_stream_free);
+  if (!mr) sim_stream_free(s);
+  return mr;
+}
+
 static enum MHD_Result send_response(req_ctx *c, sim_resp *resp) {
-  struct MHD_Response *mr =
-      resp->body ? MHD_create_response_from_buffer(resp->len, resp->body, MHD_RESPMEM_MUST_FREE)
-                 : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+  struct MHD_Response *mr;
+  if (c->has_fault && (c->fault.huge_bytes || c->fault.drip_bytes_per_s))
+    mr = stream_response(c, resp);
+  else if (resp->body)
+    mr = MHD_create_response_from_buffer(resp->len, resp->body, MHD_RESPMEM_MUST_FREE);
+  else
+    mr = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
   if (!mr) {
     sim_resp_free(resp);
     return MHD_NO;
@@ -294,6 +349,22 @@ static enum MHD_Result send_response(req_ctx *c, sim_resp *resp) {
   MHD_destroy_response(mr);
   sim_resp_free(resp);
   return rc;
+}
+
+/* Aborts the TCP connection with an RST, so that the client sees
+ * "connection reset by peer" (a transport error) rather than an answer or
+ * an orderly close. MHD shuts the socket down for writing (a FIN) before
+ * closing it, which would turn SO_LINGER {on, 0} alone into a plain close;
+ * on Linux, connect(AF_UNSPEC) disconnects at once with an RST, and MHD's
+ * later shutdown/close of the dead socket are harmless. */
+static void reset_connection(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (!ci) return;
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+  connect(ci->connect_fd, &unspec, sizeof unspec);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -326,6 +397,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   }
   sim_resp resp = {0};
   dispatch(c, &resp);
+  if (c->reset) {
+    sim_resp_free(&resp);
+    reset_connection(conn);
+    return MHD_NO; /* MHD closes the connection without answering */
+  }
   return send_response(c, &resp);
 }
 

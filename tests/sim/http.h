@@ -12,6 +12,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #define SIM_CT_JSON "application/json;charset=utf-8"
 #define SIM_CT_FHIR "application/fhir+json;charset=utf-8"
@@ -54,7 +56,7 @@ const char *sim_req_header(const sim_req *r, const char *name);
 /* First value of a query argument (borrowed) or NULL. */
 const char *sim_req_query(const sim_req *r, const char *key);
 
-#define SIM_RESP_MAX_HEADERS 8
+#define SIM_RESP_MAX_HEADERS 16 /* handlers add up to 2, faults up to 8 + Retry-After */
 
 typedef struct sim_resp {
   unsigned status;
@@ -103,6 +105,44 @@ void sim_control_handle(sim_req *req, sim_resp *resp);
 /* The client a token request names (unverified iss of the assertion, else
  * the client_id form field): new string or NULL. */
 char *sim_token_peek_client(const sim_req *req);
+
+/* ---- fault answers (fault_body.c; when they apply: fault.h, http.c) ---- */
+
+/* Fills resp with the answer that replaces the normal one (status with
+ * body, 429, malformed, nested; for huge_bytes only status and type: the
+ * body is a sim_stream). */
+void sim_fault_respond(const sim_fault_effect *e, sim_target target, sim_resp *resp);
+/* Rewrites a normal answer: foreign next link and references (200s only),
+ * then truncation. */
+void sim_fault_rewrite(const sim_fault_effect *e, const sim_req *req, sim_resp *resp);
+/* Adds the fault's headers and Retry-After to resp. Returns true with the
+ * announced wall-clock time in *not_before_ms when a Retry-After was sent. */
+bool sim_fault_add_headers(const sim_fault_effect *e, int64_t now_ms, sim_resp *resp,
+                           int64_t *not_before_ms);
+
+/* A response body produced piecewise by an MHD content reader: a buffer
+ * sent at a limited rate (drip) or the generated huge Bundle. */
+typedef struct sim_stream sim_stream;
+struct sim_delay;
+
+/* How a paced stream waits: it suspends conn through delay and sets
+ * *pending (the request context's delay_pending) until it runs again. */
+typedef struct sim_stream_pacer {
+  struct sim_delay *delay;
+  struct MHD_Connection *conn;
+  bool *pending;
+} sim_stream_pacer;
+
+/* Takes ownership of body (also on failure). bytes_per_s 0 = unpaced.
+ * NULL on OOM. */
+sim_stream *sim_stream_buffer(char *body, size_t len, long bytes_per_s);
+sim_stream *sim_stream_huge(uint64_t total, long bytes_per_s);
+/* Required before the first read of a paced stream. */
+void sim_stream_set_pacer(sim_stream *s, const sim_stream_pacer *p);
+uint64_t sim_stream_size(const sim_stream *s);
+/* MHD_ContentReaderCallback and MHD_ContentReaderFreeCallback. */
+ssize_t sim_stream_read(void *cls, uint64_t pos, char *buf, size_t max);
+void sim_stream_free(void *cls);
 
 /* FHIR OperationOutcome response with one error issue. */
 void sim_fhir_outcome(sim_resp *resp, unsigned status, const char *code, const char *diagnostics);

@@ -18,23 +18,6 @@ typedef struct issued_token {
   uint64_t generation;
 } issued_token;
 
-static const char *const target_names[SIM_TARGET_COUNT] = {"token", "discovery", "fhir"};
-
-const char *sim_target_name(sim_target t) { return target_names[t]; }
-
-int sim_target_from_name(const char *name) {
-  for (int i = 0; i < SIM_TARGET_COUNT; i++)
-    if (strcmp(target_names[i], name) == 0) return i;
-  return -1;
-}
-
-void sim_fault_clear(sim_fault *f) {
-  free(f->content_type);
-  free(f->body);
-  json_decref(f->headers);
-  *f = (sim_fault){0};
-}
-
 static void issued_token_free(void *p) {
   issued_token *it = p;
   free(it->client_id);
@@ -79,7 +62,8 @@ static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
   if (!t->store) return -1;
   t->clients = calloc(tc->nclients + 1, sizeof *t->clients);
   if (!t->id || !t->clients || sim_strv_copy(&t->auth_methods, &tc->auth_methods) ||
-      sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters))
+      sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters) ||
+      sim_faults_tenant_init(t))
     goto oom;
   for (size_t i = 0; i < tc->nclients; i++) {
     if (sim_client_copy(&t->clients[i], &tc->clients[i])) goto oom;
@@ -98,7 +82,7 @@ static void tenant_free(sim_tenant *t) {
   sim_strv_free(&t->signing_algs);
   for (size_t i = 0; i < t->nclients; i++) sim_client_clear(&t->clients[i]);
   free(t->clients);
-  for (int i = 0; i < SIM_TARGET_COUNT; i++) sim_fault_clear(&t->faults[i]);
+  sim_faults_tenant_free(t);
   counters_free(&t->counters);
 }
 
@@ -289,45 +273,6 @@ int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char 
   return -1;
 }
 
-void sim_state_set_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *f) {
-  pthread_mutex_lock(&st->lock);
-  sim_fault old = t->faults[target];
-  t->faults[target] = *f;
-  pthread_mutex_unlock(&st->lock);
-  sim_fault_clear(&old);
-  *f = (sim_fault){0};
-}
-
-void sim_state_clear_faults(sim_state *st, sim_tenant *t) {
-  sim_fault old[SIM_TARGET_COUNT];
-  pthread_mutex_lock(&st->lock);
-  for (int i = 0; i < SIM_TARGET_COUNT; i++) {
-    old[i] = t->faults[i];
-    t->faults[i] = (sim_fault){0};
-  }
-  pthread_mutex_unlock(&st->lock);
-  for (int i = 0; i < SIM_TARGET_COUNT; i++) sim_fault_clear(&old[i]);
-}
-
-bool sim_state_take_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *out) {
-  *out = (sim_fault){0};
-  bool taken = false;
-  pthread_mutex_lock(&st->lock);
-  sim_fault *f = &t->faults[target];
-  if (f->count != 0) {
-    out->status = f->status;
-    out->delay_ms = f->delay_ms;
-    out->content_type = sim_strdup(f->content_type);
-    out->body = sim_strdup(f->body);
-    out->headers = f->headers ? json_deep_copy(f->headers) : NULL;
-    out->count = 1;
-    if (f->count > 0 && --f->count == 0) sim_fault_clear(f);
-    taken = true;
-  }
-  pthread_mutex_unlock(&st->lock);
-  return taken;
-}
-
 static void bump(json_t *obj, const char *key) {
   json_t *v = json_object_get(obj, key);
   if (v)
@@ -360,7 +305,10 @@ void sim_count_discovery(sim_state *st, sim_tenant *t) {
 
 void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status) {
   char key[8];
-  snprintf(key, sizeof key, "%u", status);
+  if (status)
+    snprintf(key, sizeof key, "%u", status);
+  else
+    snprintf(key, sizeof key, "reset");
   pthread_mutex_lock(&st->lock);
   t->counters.fhir_requests++;
   bump(t->counters.fhir_by_status, key);
@@ -369,7 +317,7 @@ void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status) {
 
 void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target) {
   pthread_mutex_lock(&st->lock);
-  bump(t->counters.faults_served, target_names[target]);
+  bump(t->counters.faults_served, sim_target_name(target));
   pthread_mutex_unlock(&st->lock);
 }
 
@@ -439,6 +387,7 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->fhir_by_kind);
     json_object_clear(c->fhir_by_type_kind);
     json_object_clear(c->reads);
+    sim_faults_retry_reset_locked(&st->tenants[i]);
   }
   pthread_mutex_unlock(&st->lock);
 }

@@ -1,5 +1,6 @@
 /* Everything the simulator remembers between requests: tenants and their
- * clients, issued tokens, seen jtis, settings, injected faults and counters.
+ * clients, issued tokens, seen jtis, settings, injected faults (fault.c) and
+ * counters.
  *
  * Threading: MHD's pool threads call these functions concurrently. One mutex
  * guards all mutable fields and is held only for map look-ups and counter
@@ -11,34 +12,15 @@
 
 #include "tests/sim/config.h"
 #include "tests/sim/data.h"
+#include "tests/sim/fault.h"
 #include "tests/sim/map.h"
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum {
-  SIM_TARGET_TOKEN,
-  SIM_TARGET_DISCOVERY,
-  SIM_TARGET_FHIR,
-  SIM_TARGET_COUNT
-} sim_target;
-
-const char *sim_target_name(sim_target t);
-int sim_target_from_name(const char *name); /* -1 if unknown */
-
-/* An injected failure for the next `count` requests of one target. */
-typedef struct sim_fault {
-  long count;         /* requests left; -1 = until cleared; 0 = inactive */
-  unsigned status;    /* 0 = only delay, then answer normally */
-  long delay_ms;
-  char *content_type; /* owned */
-  char *body;         /* owned */
-  json_t *headers;    /* owned object of string values, or NULL */
-} sim_fault;
-
-void sim_fault_clear(sim_fault *f);
 
 typedef struct sim_counters {
   long token_requests;
@@ -68,7 +50,15 @@ typedef struct sim_tenant {
   uint64_t token_generation; /* bumped by revoke_tokens; older tokens are invalid */
   sim_client *clients;
   size_t nclients;
-  sim_fault faults[SIM_TARGET_COUNT];
+  sim_fault *faults; /* in posting order; first match wins (fault.c) */
+  size_t nfaults;
+  sim_map retry_pending;  /* request target -> Retry-After announced (fault.c) */
+  long retry_checked;
+  long retry_violations;
+  json_t *retry_details;  /* the first violations, for GET retry_after_violations */
+  /* Set (under the lock) while a fault is active or a Retry-After pending;
+   * read without it so that requests of an untouched tenant stay lock-free. */
+  atomic_bool fault_armed;
   sim_counters counters;
 } sim_tenant;
 
@@ -119,18 +109,12 @@ char *sim_state_issue_token(sim_state *st, sim_tenant *t, const char *client_id,
 int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char **scope,
                           char *why, size_t whylen);
 
-/* Stores a fault (taking ownership of f's contents) for the tenant's target. */
-void sim_state_set_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *f);
-void sim_state_clear_faults(sim_state *st, sim_tenant *t);
-/* If a fault is armed for target, consumes one use and copies it into *out
- * (caller clears). Returns true when *out was filled. */
-bool sim_state_take_fault(sim_state *st, sim_tenant *t, sim_target target, sim_fault *out);
-
 /* Counters. client_id may be NULL when the request named none. */
 void sim_count_token_request(sim_state *st, sim_tenant *t, const char *client_id);
 /* rejection: a reason code, an OAuth error, or NULL for a granted token. */
 void sim_count_token_outcome(sim_state *st, sim_tenant *t, const char *rejection);
 void sim_count_discovery(sim_state *st, sim_tenant *t);
+/* status 0 is a connection reset (counted as "reset"). */
 void sim_count_fhir(sim_state *st, sim_tenant *t, unsigned status);
 void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
 /* One FHIR request by resource type and kind ("read", "search", "page");

@@ -70,6 +70,35 @@ json_t *fx_sim_expected(const fx_sim *s, const char *tenant, const char *patient
  * last counter reset (GET /_sim/tenants/{tenant}/reads); -1 on error. */
 long fx_sim_reads(const fx_sim *s, const char *tenant, const char *path);
 
+/* ---- the canary: a host that must never be contacted ---- */
+
+typedef struct fx_canary {
+  pid_t pid;
+  int port;
+  char url[128]; /* "http://127.0.0.1:PORT": the origin to hand to foreign_next etc. */
+  char dir[256]; /* temp dir holding the port file */
+} fx_canary;
+
+/* Path of the fhirx-canary binary: env FX_CANARY_BIN, else the one built
+ * with this library. */
+const char *fx_canary_binary(void);
+/* Spawns fhirx-canary on 127.0.0.1 and a random port and waits up to 10 s
+ * for it, like fx_sim_start (same orphan protection). extra_args: NULL or
+ * NULL-terminated, e.g. {"--ok", NULL} to answer 200 instead of 404.
+ * Returns 0, or -1 with a message on stderr. */
+int fx_canary_start(fx_canary *c, const char *const *extra_args);
+/* SIGTERM and wait; the exit status (0 = clean) or -1 if nothing ran. */
+int fx_canary_stop_status(fx_canary *c);
+void fx_canary_stop(fx_canary *c);
+/* GET /_canary/requests: new reference {"requests": N, "with_authorization":
+ * M, "paths": [...], "log": [{"method", "path", "authorization"}]}, or NULL
+ * (message on stderr). */
+json_t *fx_canary_requests(const fx_canary *c);
+/* One number from it: "requests" or "with_authorization"; -1 on error. */
+long fx_canary_count(const fx_canary *c, const char *name);
+/* DELETE /_canary/requests. Returns the HTTP status or -1. */
+int fx_canary_reset(const fx_canary *c);
+
 /* ---- HTTP ---- */
 
 typedef struct fxt_http_resp {
