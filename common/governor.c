@@ -192,6 +192,14 @@ long fx_governor_blocked(fx_governor *g, const char *id, uint64_t now) {
   return wait;
 }
 
+int fx_governor_breaker_open(fx_governor *g, const char *id, uint64_t now) {
+  pthread_mutex_lock(&g->mu);
+  tenant *t = find(g, id);
+  int open = t && t->state == FX_BREAKER_OPEN && now < t->open_until;
+  pthread_mutex_unlock(&g->mu);
+  return open;
+}
+
 static void open_breaker(tenant *t, uint64_t now) {
   t->state = FX_BREAKER_OPEN;
   t->open_until = now + t->cooldown;

@@ -66,6 +66,9 @@ long fx_governor_acquire(fx_governor *g, const char *tenant, const char *path, u
  * taken), 0 if a request might go now. For schedulers choosing work. */
 long fx_governor_blocked(fx_governor *g, const char *tenant, uint64_t now_ms);
 
+/* 1 while the tenant's circuit breaker is open (its work should be parked). */
+int fx_governor_breaker_open(fx_governor *g, const char *tenant, uint64_t now_ms);
+
 /* Reports the outcome of an acquired request. retry_after_ms >= 0 when the
  * server sent Retry-After (then path waits that long). */
 void fx_governor_done(fx_governor *g, const char *tenant, const char *path, fx_gov_outcome outcome,

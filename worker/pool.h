@@ -142,6 +142,7 @@ struct fx_wthread {
   struct fx_deferred *def_head, *def_tail; /* outputs the producer's queue had no room for */
   uv_timer_t def_timer;
   uv_timer_t pump_timer; /* wakes the pump when a blocked tenant may go again */
+  uv_timer_t heartbeat;  /* polls the consumer and re-checks backpressure every 500 ms */
   int stopping, closing, closed;
   int assigned_once; /* the group gave this consumer an assignment at least once */
   int commit_tries;  /* final commit attempts */

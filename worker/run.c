@@ -438,7 +438,9 @@ static fx_fetch *next_task(fx_wthread *wt, long *blocked_ms) {
   for (fx_run *run = wt->runs; run; run = run->next) {
     if (run->abandoned || cursor_exhausted(run)) continue;
     long blocked = fx_governor_blocked(wt->pool->gov, run->job->tenant, now);
-    if (blocked > 0) {
+    /* A wait that outlasts the job's deadline is not waited for: the fetch
+     * is made so that admitted() ends it with the reason. */
+    if (blocked > 0 && now + (uint64_t)blocked <= run->deadline_ms) {
       if (*blocked_ms <= 0 || blocked < *blocked_ms) *blocked_ms = blocked;
       continue;
     }

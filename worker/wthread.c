@@ -97,6 +97,22 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 static void finish_close(fx_wthread *wt);
 
+/* Jobs that count against worker.max_jobs_in_flight: those of tenants whose
+ * circuit breaker is open are parked, so a failing tenant's jobs (waiting
+ * for the breaker, up to their deadline) do not stop a healthy tenant's
+ * jobs from being consumed. Parked jobs are bounded too (8x), by memory. */
+static void backpressure(fx_wthread *wt) {
+  size_t max = (size_t)wt->pool->app.cfg->worker.max_jobs_in_flight;
+  size_t active = 0;
+  uint64_t now = fx_now_ms();
+  for (fx_run *r = wt->runs; r; r = r->next)
+    if (!r->job || !fx_governor_breaker_open(wt->pool->gov, r->job->tenant, now)) active++;
+  int full = active >= max || wt->n_runs >= max * 8;
+  int drained = active <= max / 2 && wt->n_runs < max * 4;
+  if (!wt->paused && full) set_paused(wt, 1);
+  else if (wt->paused && drained && !wt->stopping) set_paused(wt, 0);
+}
+
 static void handle_message(fx_wthread *wt, rd_kafka_message_t *m) {
   if (m->err) {
     if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -118,12 +134,12 @@ static void handle_message(fx_wthread *wt, rd_kafka_message_t *m) {
     return;
   }
   fx_run_start(wt, part, m);
-  if (!wt->paused && wt->n_runs >= (size_t)wt->pool->app.cfg->worker.max_jobs_in_flight)
-    set_paused(wt, 1); /* backpressure: stop fetching, keep polling */
+  backpressure(wt); /* stop fetching when full; polling goes on */
 }
 
 static void on_consumer_events(void *arg) {
   fx_wthread *wt = arg;
+  if (wt->closed) return;
   for (int i = 0; i < POLL_BUDGET; i++) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(wt->consumer, 0);
     if (!m) {
@@ -137,6 +153,16 @@ static void on_consumer_events(void *arg) {
 }
 
 static void on_close_tick(uv_timer_t *t) { on_consumer_events(t->data); }
+
+/* Every 500 ms, whatever the queue bridge says: librdkafka counts a consumer
+ * that does not call consumer_poll within max.poll.interval.ms as dead (a
+ * paused thread may see no event for that long), and a tenant's breaker
+ * opening or closing changes what backpressure allows. */
+static void on_heartbeat(uv_timer_t *t) {
+  fx_wthread *wt = t->data;
+  if (!wt->stopping) backpressure(wt);
+  on_consumer_events(wt);
+}
 static void on_commit_retry(uv_timer_t *t);
 
 static void leave_group(fx_wthread *wt);
@@ -144,7 +170,7 @@ static void leave_group(fx_wthread *wt);
 /* The final commit's answer, served on this thread by consumer_poll. */
 static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *offsets, void *opaque) {
-  (void)rk, (void)offsets;
+  (void)rk;
   fx_wthread *wt = opaque;
   if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && wt->commit_tries < 10) {
     /* The coordinator may be moving; the drain deadline still bounds this. */
@@ -157,6 +183,9 @@ static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
     fx_log(FX_LOG_ERROR, "final offset commit failed; finished jobs will be consumed again",
            "error", rd_kafka_err2str(err), NULL);
+  else
+    fx_log(FX_LOG_INFO, err ? "no new offsets to commit" : "final offsets committed",
+           "partitions", offsets ? (offsets->cnt ? "some" : "none") : "none", NULL);
   leave_group(wt);
 }
 
@@ -205,8 +234,7 @@ static void maybe_close(fx_wthread *wt) {
 }
 
 void fx_wthread_run_done(fx_wthread *wt) {
-  size_t max = (size_t)wt->pool->app.cfg->worker.max_jobs_in_flight;
-  if (wt->paused && !wt->stopping && wt->n_runs <= max / 2) set_paused(wt, 0);
+  backpressure(wt);
   fx_wthread_pump(wt);
   maybe_close(wt);
 }
@@ -254,6 +282,8 @@ static void finish_close(fx_wthread *wt) {
   uv_close((uv_handle_t *)&wt->drain_timer, NULL);
   uv_close((uv_handle_t *)&wt->def_timer, NULL);
   uv_close((uv_handle_t *)&wt->pump_timer, NULL);
+  uv_timer_stop(&wt->heartbeat);
+  uv_close((uv_handle_t *)&wt->heartbeat, NULL);
   fx_loop_close(&wt->lp);
 }
 
@@ -313,6 +343,9 @@ int fx_wthread_start(fx_pool *p, int index, fx_err *err) {
   wt->def_timer.data = wt;
   uv_timer_init(&wt->uv, &wt->pump_timer);
   wt->pump_timer.data = wt;
+  uv_timer_init(&wt->uv, &wt->heartbeat);
+  wt->heartbeat.data = wt;
+  uv_timer_start(&wt->heartbeat, on_heartbeat, 500, 500);
   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, p->app.cfg->topics.jobs, RD_KAFKA_PARTITION_UA);
   rd_kafka_resp_err_t kerr = rd_kafka_subscribe(wt->consumer, topics);

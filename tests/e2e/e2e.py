@@ -98,6 +98,7 @@ class Env:
                 cfg.setdefault(k, {}).update(v)
         with open(self.config, "w") as f:
             json.dump(cfg, f, indent=1)
+        LIVE_ENVS.append(self)
 
     def start(self, *argv, name):
         logf = open(os.path.join(self.dir, name + ".log"), "ab")
@@ -200,6 +201,8 @@ class Env:
         return {tp.partition: tp.offset for tp in got}, ends
 
     def close(self, keep=False):
+        if self in LIVE_ENVS:
+            LIVE_ENVS.remove(self)
         # Workers first, so they drain while Kafka and the simulator still run.
         for p in self.workers + list(reversed(self.procs)):
             if p.poll() is None:
@@ -266,6 +269,9 @@ def read_topic(bootstrap, topic, timeout=20):
     return out
 
 
+LIVE_ENVS = []
+
+
 class Check:
     def __init__(self, name):
         self.name = name
@@ -273,5 +279,11 @@ class Check:
     def __call__(self, cond, what):
         if not cond:
             log("FAIL [%s]: %s" % (self.name, what))
+            # What the workers said last, without the connection noise, for CI logs.
+            for env in LIVE_ENVS:
+                for w in env.workers:
+                    lines = [l for l in env.logs(w.name).splitlines()
+                             if "Connect to" not in l and "Disconnected" not in l]
+                    log("--- last lines of %s.log:\n%s" % (w.name, "\n".join(lines[-25:])))
             raise SystemExit(1)
         log("ok [%s]: %s" % (self.name, what))
