@@ -22,5 +22,6 @@ int fx_cmd_config(int argc, char **argv);
 int fx_cmd_worker(int argc, char **argv);
 int fx_cmd_enqueue(int argc, char **argv);
 int fx_cmd_report(int argc, char **argv);
+int fx_cmd_replay(int argc, char **argv);
 
 #endif

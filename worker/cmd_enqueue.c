@@ -1,45 +1,102 @@
-/* fhirx enqueue: build, validate and produce extraction jobs. */
+/* fhirx enqueue: read patients, validate them as the workers would, group
+ * them into jobs and produce the jobs. */
+#include <errno.h>
 #include <getopt.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "worker/app.h"
 #include "worker/cli.h"
-#include "worker/job.h"
+#include "worker/jobinput.h"
 #include "worker/kclient.h"
+#include "worker/progress.h"
+#include "worker/ratelimit.h"
 
 static const char enqueue_usage[] =
-    "usage: fhirx enqueue --config FILE --tenant ID --patients ID[,ID...]\n"
-    "                     [--resources TYPE[,TYPE...]] [--since INSTANT] [--follow-references]\n"
-    "                     [--job-id ID] [--dry-run]\n"
+    "usage: fhirx enqueue --config FILE [--tenant ID] [--resources TYPE[,TYPE...]]\n"
+    "                     [--since INSTANT] [--follow-references]\n"
+    "                     (--patients ID[,ID...] | ID... | --csv FILE [--column NAME] |\n"
+    "                      --ndjson FILE)\n"
+    "                     [--batch N] [--job-id ID | --job-id-prefix PREFIX] [--rate N]\n"
+    "                     [--strict] [--dry-run]\n"
     "\n"
-    "Builds one job, validates it with the rules the worker applies, and produces it to the\n"
-    "jobs topic keyed by its job id. Without --job-id the id is derived from the job's content,\n"
-    "so enqueuing the same job twice gives it the same identity. --dry-run prints the job\n"
-    "instead of producing it.\n";
+    "Builds extraction jobs, validates them with the rules the workers apply (the same\n"
+    "config), and produces them to the jobs topic keyed by job id.\n"
+    "\n"
+    "Patients come from --patients and/or the arguments, from a CSV file with a header row\n"
+    "(--column names the patient column, default 'patient'; optional columns tenant,\n"
+    "resources (separated by spaces, ';' or '|'), since and follow_references), or from an\n"
+    "NDJSON file with one {\"patient\": ID, \"tenant\": ..., \"resources\": [...], \"since\": ...}\n"
+    "per line, or a whole job per line. FILE '-' reads stdin. --tenant, --resources, --since\n"
+    "and --follow-references are the defaults a line may override.\n"
+    "\n"
+    "Patients with the same tenant, resources, since and follow_references go into jobs of\n"
+    "--batch patients (default 100; with --job-id, one job), in input order; a patient\n"
+    "repeated within such a group is dropped. Job ids are PREFIX-000001, PREFIX-000002, ...\n"
+    "with --job-id-prefix, else 'job-' and a hash of the job: the same input always gives\n"
+    "the same jobs with the same ids, so a re-run does not create new identities.\n"
+    "\n"
+    "Every line is checked before anything is produced. A bad line is reported on stderr\n"
+    "as 'line N: what is wrong' and skipped; the other jobs are still produced and the exit\n"
+    "status is 1. With --strict one bad line means nothing is produced. --dry-run prints the\n"
+    "jobs as NDJSON on stdout (the summary goes to stderr) and produces nothing.\n"
+    "--rate limits jobs per second. A progress bar is drawn when stderr is a terminal; the\n"
+    "summary is one line on stdout: jobs, patients, tenants.\n"
+    "\n"
+    "Exit status: 0 all enqueued; 1 a line was rejected or Kafka did not acknowledge a job;\n"
+    "2 usage.\n";
 
-static json_t *csv_array(const char *csv) {
-  json_t *a = json_array();
-  char *copy = strdup(csv);
-  for (char *save = NULL, *t = copy ? strtok_r(copy, ",", &save) : NULL; t;
-       t = strtok_r(NULL, ",", &save))
-    json_array_append_new(a, json_string(t));
-  free(copy);
-  return a;
+typedef struct bad_report {
+  const char *what; /* "line" or "argument" */
+} bad_report;
+
+static void on_bad(unsigned long line, const char *msg, void *arg) {
+  const bad_report *r = arg;
+  fprintf(stderr, "%s %lu: %s\n", r->what, line, msg);
 }
 
-/* "job-" + 16 hex digits of SHA-256 over the job's content. */
-static void derive_id(json_t *job, char out[32]) {
-  char *text = json_dumps(job, JSON_COMPACT | JSON_SORT_KEYS);
-  unsigned char d[32];
-  unsigned int n = 0;
-  EVP_Digest(text, strlen(text), d, &n, EVP_sha256(), NULL);
-  free(text);
-  snprintf(out, 32, "job-");
-  for (int i = 0; i < 8; i++) snprintf(out + 4 + 2 * i, 3, "%02x", d[i]);
+static int parse_count(const char *s, long max, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < 0 || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+static FILE *open_input(const char *path) {
+  return strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+}
+
+/* Produces every job, at most rate per second, and waits for Kafka's
+ * acknowledgements. Returns the number acknowledged. */
+static int produce_jobs(const fx_config *cfg, const fx_jobin_job *jobs, size_t n, long rate,
+                        unsigned long *acked, fx_err *err) {
+  fx_kproducer kp;
+  int rc = fx_kproducer_open(&kp, cfg, err);
+  if (rc) return rc;
+  fx_rate rl;
+  fx_rate_init(&rl, (double)rate);
+  fx_progress bar;
+  fx_progress_init(&bar, "enqueue", n);
+  for (size_t i = 0; i < n && !rc; i++) {
+    fx_rate_wait(&rl);
+    rc = fx_kproducer_send(&kp, cfg->topics.jobs, jobs[i].job_id, jobs[i].text, jobs[i].len, NULL,
+                           err);
+    rd_kafka_poll(kp.rk, 0);
+    fx_progress_update(&bar, i + 1, NULL, 0);
+  }
+  int left = fx_kproducer_flush(&kp, 60000);
+  fx_progress_done(&bar);
+  *acked = kp.delivered;
+  if (!rc && (left || kp.failed))
+    rc = fx_err_set(err, FX_EIO,
+                    "%lu of %zu jobs were not acknowledged by Kafka (%s); run the same command "
+                    "again: the job ids are the same, so nothing is doubled but the work",
+                    (unsigned long)n - kp.delivered, n, kp.failed ? kp.first_error : "timed out");
+  fx_kproducer_close(&kp);
+  return rc;
 }
 
 int fx_cmd_enqueue(int argc, char **argv) {
@@ -49,80 +106,157 @@ int fx_cmd_enqueue(int argc, char **argv) {
                                        {"resources", required_argument, 0, 'r'},
                                        {"since", required_argument, 0, 's'},
                                        {"follow-references", no_argument, 0, 'f'},
+                                       {"csv", required_argument, 0, 'C'},
+                                       {"column", required_argument, 0, 'k'},
+                                       {"ndjson", required_argument, 0, 'N'},
+                                       {"batch", required_argument, 0, 'b'},
                                        {"job-id", required_argument, 0, 'j'},
+                                       {"job-id-prefix", required_argument, 0, 'P'},
+                                       {"rate", required_argument, 0, 'R'},
+                                       {"strict", no_argument, 0, 'S'},
                                        {"dry-run", no_argument, 0, 'n'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *config = NULL, *tenant = NULL, *patients = NULL, *resources = NULL, *since = NULL;
-  const char *job_id = NULL;
-  int follow = 0, dry = 0, c;
+  const char *config = NULL, *patients = NULL, *csv = NULL, *ndjson = NULL;
+  fx_jobin_opts jo = {0};
+  long batch = -1, rate = 0;
+  int strict = 0, dry = 0, c;
   fx_cli_log_level(FX_LOG_WARN);
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'c': config = optarg; break;
-    case 't': tenant = optarg; break;
+    case 't': jo.tenant = optarg; break;
     case 'p': patients = optarg; break;
-    case 'r': resources = optarg; break;
-    case 's': since = optarg; break;
-    case 'f': follow = 1; break;
-    case 'j': job_id = optarg; break;
+    case 'r': jo.resources = optarg; break;
+    case 's': jo.since = optarg; break;
+    case 'f': jo.follow_references = 1; break;
+    case 'C': csv = optarg; break;
+    case 'k': jo.column = optarg; break;
+    case 'N': ndjson = optarg; break;
+    case 'b':
+      if (parse_count(optarg, 1000000, &batch) || batch < 1)
+        return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--batch: expected patients per job, 1 or more");
+      break;
+    case 'j': jo.job_id = optarg; break;
+    case 'P': jo.id_prefix = optarg; break;
+    case 'R':
+      if (parse_count(optarg, 1000000, &rate))
+        return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--rate: expected jobs per second (0: no limit)");
+      break;
+    case 'S': strict = 1; break;
     case 'n': dry = 1; break;
     case 'h': fputs(enqueue_usage, stdout); return FX_EXIT_OK;
     default: fputs(enqueue_usage, stderr); return FX_EXIT_USAGE;
     }
   }
-  if (!config || !tenant || !patients) {
+  int from_args = patients || optind < argc;
+  if (!config || from_args + !!csv + !!ndjson != 1) {
     fputs(enqueue_usage, stderr);
-    return FX_EXIT_USAGE;
+    return fx_cli_fail("enqueue", FX_EXIT_USAGE,
+                       "give --config and exactly one source of patients: --patients/arguments, "
+                       "--csv or --ndjson");
   }
+  if (jo.job_id && jo.id_prefix)
+    return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--job-id and --job-id-prefix exclude each other");
+  if (jo.column && !csv)
+    return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--column applies to --csv only");
+
   fx_config *cfg = NULL;
   fx_err err = {0};
   if (fx_config_load(config, &cfg, &err) != 0)
     return fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
-
-  json_t *job = json_pack("{s:s, s:o}", "tenant", tenant, "patients", csv_array(patients));
-  if (resources) json_object_set_new(job, "resources", csv_array(resources));
-  if (since) json_object_set_new(job, "since", json_string(since));
-  if (follow) json_object_set_new(job, "follow_references", json_true());
-  char derived[32];
-  if (!job_id) derive_id(job, derived);
-  json_object_set_new(job, "job_id", json_string(job_id ? job_id : derived));
-  char *text = json_dumps(job, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  json_decref(job);
-
-  fx_job_limits lim = {.max_bytes = (size_t)cfg->worker.max_job_bytes,
-                       .max_patients = (size_t)cfg->worker.max_patients_per_job};
-  fx_job *parsed = NULL;
-  fx_job_error jerr;
-  int rc = FX_EXIT_OK;
   fx_profile_set profiles;
   if (fx_profile_set_load(cfg, &profiles, &err) != 0) {
-    free(text);
     fx_config_free(cfg);
     return fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
   }
-  if (fx_job_parse(text, strlen(text), &profiles, &lim, &parsed, &jerr) != 0) {
-    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "the job would be rejected (%s): %s",
-                     fx_errclass_name(jerr.cls), jerr.msg);
-  } else if (dry) {
-    puts(text);
-  } else {
-    fx_kproducer kp;
-    if (fx_kproducer_open(&kp, cfg, &err) != 0 ||
-        fx_kproducer_send(&kp, cfg->topics.jobs, parsed->job_id, text, strlen(text), NULL, &err) != 0) {
-      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
-    } else if (fx_kproducer_flush(&kp, 30000) != 0 || kp.failed) {
-      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "the job was not acknowledged by Kafka: %s",
-                       kp.failed ? kp.first_error : "timed out");
-    } else {
-      printf("enqueued %s: %zu patient%s for tenant %s on %s\n", parsed->job_id, parsed->n_tasks,
-             parsed->n_tasks == 1 ? "" : "s", parsed->tenant, cfg->topics.jobs);
-    }
-    if (kp.rk) fx_kproducer_close(&kp);
+  fx_job_limits lim = {.max_bytes = (size_t)cfg->worker.max_job_bytes,
+                       .max_patients = (size_t)cfg->worker.max_patients_per_job};
+  if (batch < 0) batch = jo.job_id ? (long)lim.max_patients : (100 < (long)lim.max_patients ? 100 : (long)lim.max_patients);
+  jo.batch = (size_t)batch;
+
+  bad_report br = {from_args ? "argument" : "line"};
+  fx_jobin *in = NULL;
+  int rc = FX_EXIT_OK;
+  if (fx_jobin_new(&profiles, &lim, &jo, on_bad, &br, &in, &err) != 0) {
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
+    goto out;
   }
-  fx_job_free(parsed);
-  free(text);
+  if (from_args) {
+    unsigned long pos = 0;
+    char *copy = patients ? strdup(patients) : NULL, *save = NULL;
+    for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+      fx_jobin_patient(in, ++pos, t);
+    free(copy);
+    for (int i = optind; i < argc; i++) fx_jobin_patient(in, ++pos, argv[i]);
+  } else {
+    const char *path = csv ? csv : ndjson;
+    FILE *f = open_input(path);
+    if (!f) {
+      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "cannot open %s: %s", path, strerror(errno));
+      goto out;
+    }
+    int read_rc = fx_jobin_read(in, f, csv ? FX_JOBIN_CSV : FX_JOBIN_NDJSON, &err);
+    if (f != stdin) fclose(f);
+    if (read_rc) {
+      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s: %s; nothing was produced",
+                       strcmp(path, "-") ? path : "stdin", err.msg);
+      goto out;
+    }
+  }
+  if (fx_jobin_finish(in, &err) != 0) {
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s; nothing was produced", err.msg);
+    goto out;
+  }
+  fx_jobin_stats st;
+  fx_jobin_get_stats(in, &st);
+  size_t n = 0;
+  const fx_jobin_job *jobs = fx_jobin_jobs(in, &n);
+  char tail[160] = "";
+  if (st.bad_lines)
+    snprintf(tail, sizeof tail, "; %lu %s%s rejected", st.bad_lines,
+             from_args ? "argument" : "line", st.bad_lines == 1 ? "" : "s");
+  if (st.duplicates)
+    snprintf(tail + strlen(tail), sizeof tail - strlen(tail), "; %lu repeated patient%s dropped",
+             st.duplicates, st.duplicates == 1 ? "" : "s");
+  if (st.bad_lines && strict) {
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL,
+                     "%lu bad %s%s (listed above); nothing was produced (--strict)", st.bad_lines,
+                     from_args ? "argument" : "line", st.bad_lines == 1 ? "" : "s");
+    goto out;
+  }
+  if (n == 0) {
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "no job to enqueue: the input holds no valid patient%s",
+                     tail);
+    goto out;
+  }
+  char named[200] = "";
+  if (n == 1) snprintf(named, sizeof named, ": %s", jobs[0].job_id);
+  if (dry) {
+    for (size_t i = 0; i < n; i++) {
+      fwrite(jobs[i].text, 1, jobs[i].len, stdout);
+      fputc('\n', stdout);
+    }
+    fprintf(stderr, "dry run: %lu job%s (%lu patients, %lu tenant%s)%s; nothing produced%s\n",
+            st.jobs, st.jobs == 1 ? "" : "s", st.patients, st.tenants, st.tenants == 1 ? "" : "s",
+            named, tail);
+  } else {
+    unsigned long acked = 0;
+    if (produce_jobs(cfg, jobs, n, rate, &acked, &err) != 0) {
+      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
+      goto out;
+    }
+    printf("enqueued %lu job%s (%lu patients, %lu tenant%s) on %s%s%s\n", st.jobs,
+           st.jobs == 1 ? "" : "s", st.patients, st.tenants, st.tenants == 1 ? "" : "s",
+           cfg->topics.jobs, named, tail);
+  }
+  if (st.bad_lines)
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%lu %s%s rejected (listed above); the others were %s",
+                     st.bad_lines, from_args ? "argument" : "line", st.bad_lines == 1 ? " was" : "s were",
+                     dry ? "printed" : "enqueued");
+out:
+  fx_jobin_free(in);
   fx_profile_set_free(&profiles);
   fx_config_free(cfg);
   return rc;

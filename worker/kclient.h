@@ -15,7 +15,8 @@ typedef struct fx_kproducer {
 } fx_kproducer;
 
 int fx_kproducer_open(fx_kproducer *kp, const fx_config *cfg, fx_err *err);
-/* Queues one message (copied); waits while the local queue is full. */
+/* Queues one message (copied); waits while the local queue is full. Takes
+ * headers (they are freed on failure too). */
 int fx_kproducer_send(fx_kproducer *kp, const char *topic, const char *key, const char *value,
                       size_t len, rd_kafka_headers_t *headers, fx_err *err);
 /* Waits up to timeout_ms for every delivery report; returns the number still
@@ -29,5 +30,31 @@ void fx_kproducer_close(fx_kproducer *kp);
 typedef void (*fx_kread_fn)(const rd_kafka_message_t *m, void *arg);
 int fx_kread_all(const fx_config *cfg, const char *topic, fx_kread_fn fn, void *arg,
                  int timeout_ms, fx_err *err);
+
+/* Like fx_kread_all, but from the offsets in `from` (topic, partition,
+ * offset; partitions not listed are not read; an offset below the low
+ * watermark or RD_KAFKA_OFFSET_INVALID/BEGINNING starts at the low
+ * watermark). NULL from reads every partition from the beginning. fn returns
+ * nonzero to stop early. timeout_ms bounds the metadata requests and any
+ * wait without progress. */
+typedef int (*fx_kscan_fn)(const rd_kafka_message_t *m, void *arg);
+int fx_kscan(const fx_config *cfg, const char *topic, const rd_kafka_topic_partition_list_t *from,
+             fx_kscan_fn fn, void *arg, int timeout_ms, fx_err *err);
+
+/* The high watermark (the offset the next message will get) of every
+ * partition of topic, asked through any client rk: a new list in *out,
+ * sorted by partition (rd_kafka_topic_partition_list_destroy). */
+int fx_kwatermarks(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                   rd_kafka_topic_partition_list_t **out, fx_err *err);
+
+/* The offsets (and commit metadata) group committed on every partition of
+ * topic, asked without joining the group: a new list in *out, offset
+ * RD_KAFKA_OFFSET_INVALID where nothing is committed. */
+int fx_kcommitted(const fx_config *cfg, const char *group, const char *topic, int timeout_ms,
+                  rd_kafka_topic_partition_list_t **out, fx_err *err);
+
+/* The value of header name (the last one when repeated) as a new
+ * NUL-terminated string, or NULL. */
+char *fx_kheader(const rd_kafka_message_t *m, const char *name);
 
 #endif

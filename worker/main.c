@@ -13,6 +13,7 @@ static const struct {
 } commands[] = {
     {"worker", fx_cmd_worker, "run the worker pool: consume jobs, extract, publish"},
     {"enqueue", fx_cmd_enqueue, "validate and produce extraction jobs"},
+    {"replay", fx_cmd_replay, "send dead letters back to the jobs topic (or park them)"},
     {"report", fx_cmd_report, "summarize status records and results from the output topics"},
     {"keys", fx_cmd_keys, "generate signing keys; print the JWKS to publish on Cerner Central"},
     {"token", fx_cmd_token, "exchange a client assertion for an access token (smoke test)"},

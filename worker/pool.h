@@ -94,6 +94,7 @@ struct fx_run {
   fx_partition *part; /* reference */
   int64_t offset, timestamp;
   char *key;          /* the message key, for dead letters of unparseable jobs */
+  char replayed_from[300]; /* fhirx-replayed-from of the job message: "topic/partition/offset" */
   fx_job *job;        /* NULL when the job was invalid */
   fx_job_error jerr;
   char *raw;          /* invalid jobs: the original value, for the dead letter */

@@ -17,6 +17,7 @@
 #include "common/governor.h"
 #include "common/url.h"
 #include "worker/pool.h"
+#include "worker/replay.h"
 #include "worker/strset.h"
 
 #define RETRY_BASE_MS 500
@@ -272,6 +273,8 @@ static void publish_dead_letter(fx_run *run) {
   rd_kafka_header_add(h, "fhirx-original-timestamp", -1, buf, -1);
   rd_kafka_header_add(h, "fhirx-first-failure", -1, run->first_failure_at, -1);
   rd_kafka_header_add(h, "fhirx-last-failure", -1, run->last_failure_at, -1);
+  if (run->replayed_from[0])
+    rd_kafka_header_add(h, "fhirx-replayed-from", -1, run->replayed_from, -1);
   if (omitted) rd_kafka_header_add(h, "fhirx-value-omitted", -1, omitted, -1);
   emit(run, p->app.cfg->topics.dlq, job_id, value, len, h);
   atomic_fetch_add(&p->stats.dead_letters, 1);
@@ -1115,6 +1118,22 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
   run->offset = m->offset;
   run->timestamp = rd_kafka_message_timestamp(m, NULL);
   if (m->key) run->key = fx_memstr(m->key, m->key_len);
+  /* A replayed job names the dead letter it came from; its own dead letter
+   * carries that on, so an audit can follow a job through its attempts. */
+  rd_kafka_headers_t *mh = NULL;
+  const void *rv = NULL;
+  size_t rlen = 0;
+  if (rd_kafka_message_headers(m, &mh) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+      rd_kafka_header_get_last(mh, "fhirx-replayed-from", &rv, &rlen) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+      rv && rlen < sizeof run->replayed_from) {
+    memcpy(run->replayed_from, rv, rlen);
+    run->replayed_from[rlen] = '\0';
+    char topic[256];
+    int32_t part_no;
+    int64_t off;
+    if (fx_rp_parse_position(run->replayed_from, rlen, topic, sizeof topic, &part_no, &off) != 0)
+      run->replayed_from[0] = '\0';
+  }
   atomic_init(&run->outputs, 1); /* the guard, dropped when every task is done */
   atomic_init(&run->delivery_failed, 0);
   atomic_init(&run->awaiting_acks, 0);
