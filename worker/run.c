@@ -106,8 +106,14 @@ static void emit(fx_run *run, const char *topic, const char *key, char *value, s
   if (hdrs) rd_kafka_headers_destroy(hdrs);
 }
 
+/* Drops the thread's hold on run. The free that may follow is deferred to
+ * the loop's mailbox (as redis defers client frees): callers walking the
+ * run list, or deep in a chain of callbacks, never see a run vanish under
+ * them. */
 static void release(fx_run *run) {
-  if (atomic_fetch_sub(&run->outputs, 1) == 1) fx_run_complete(run);
+  if (atomic_fetch_sub(&run->outputs, 1) == 1 &&
+      fx_loop_post(&run->wt->lp, fx_run_complete, run) != 0)
+    fx_run_complete(run);
 }
 
 static void on_deferred_timer(uv_timer_t *t) {

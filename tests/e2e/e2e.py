@@ -172,6 +172,7 @@ class Env:
             if len(jobs) >= n:
                 return msgs
             if time.time() > end:
+                dump_worker_logs()
                 raise AssertionError("only %d of %d jobs have a status record after %ds" %
                                      (len(jobs), n, timeout))
             time.sleep(0.5)
@@ -272,6 +273,15 @@ def read_topic(bootstrap, topic, timeout=20):
 LIVE_ENVS = []
 
 
+def dump_worker_logs():
+    """What the workers said last, without the connection noise, for CI logs."""
+    for env in LIVE_ENVS:
+        for w in env.workers:
+            lines = [l for l in env.logs(w.name).splitlines()
+                     if "Connect to" not in l and "Disconnected" not in l]
+            log("--- last lines of %s.log:\n%s" % (w.name, "\n".join(lines[-25:])))
+
+
 class Check:
     def __init__(self, name):
         self.name = name
@@ -279,11 +289,6 @@ class Check:
     def __call__(self, cond, what):
         if not cond:
             log("FAIL [%s]: %s" % (self.name, what))
-            # What the workers said last, without the connection noise, for CI logs.
-            for env in LIVE_ENVS:
-                for w in env.workers:
-                    lines = [l for l in env.logs(w.name).splitlines()
-                             if "Connect to" not in l and "Disconnected" not in l]
-                    log("--- last lines of %s.log:\n%s" % (w.name, "\n".join(lines[-25:])))
+            dump_worker_logs()
             raise SystemExit(1)
         log("ok [%s]: %s" % (self.name, what))
