@@ -185,6 +185,16 @@ static const opt replay_opts[] = {
      "Jobs replayed per second (0: as fast as Kafka takes them)."},
 };
 
+#define AD(f) offsetof(fx_admin_conf, f)
+static const opt admin_opts[] = {
+    {"listen", OPT_STRING, AD(listen), "127.0.0.1:9470", 0, 0, 300, NULL,
+     "Where `fhirx worker` serves /metrics, /healthz, /readyz and /.well-known/jwks.json: "
+     "`host:port` (port 0 picks a free one), loopback by default; \"\" turns it off. The "
+     "environment variable FHIRX_ADMIN_LISTEN overrides it."},
+    {"port_file", OPT_PATH, AD(port_file), NULL, 0, 1, 1024, NULL,
+     "If set, the admin port is written to this file once listening (useful with port 0)."},
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 typedef struct section {
@@ -227,6 +237,8 @@ static const section sections[] = {
      "The worker pool (`fhirx worker`)."},
     {"replay", replay_opts, COUNT(replay_opts), 0, offsetof(fx_config, replay), 0, 0, 0,
      "`fhirx replay`: dead letters back to the jobs topic."},
+    {"admin", admin_opts, COUNT(admin_opts), 0, offsetof(fx_config, admin), 0, 0, 0,
+     "The worker's admin HTTP endpoint (metrics, health, JWKS)."},
 };
 
 static const char *type_name(opt_type t) {
@@ -585,7 +597,7 @@ static int parse_root(json_t *root, fx_config *cfg, fx_err *err) {
     if (i == COUNT(sections))
       return fx_err_set(err, FX_EINVAL,
                         "%s: unknown section; the top level takes: tenants, keys, http, auth, "
-                        "log, kafka, topics, worker, replay",
+                        "log, kafka, topics, worker, replay, admin",
                         key);
   }
   for (size_t i = 0; i < COUNT(sections); i++) {

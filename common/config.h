@@ -107,6 +107,11 @@ typedef struct fx_replay_conf {
   long long rate_per_s;   /* jobs per second, 0 = unlimited */
 } fx_replay_conf;
 
+typedef struct fx_admin_conf {
+  char *listen;    /* "host:port"; "" disables the admin endpoint */
+  char *port_file; /* optional: the bound port is written here (tests, port 0) */
+} fx_admin_conf;
+
 typedef struct fx_config {
   char *path; /* the file this came from (absolute) */
   char *dir;  /* its directory, for relative paths */
@@ -121,6 +126,7 @@ typedef struct fx_config {
   fx_topics_conf topics;
   fx_worker_conf worker;
   fx_replay_conf replay;
+  fx_admin_conf admin;
 } fx_config;
 
 /* Parses the file at path. On success *out is a new config (fx_config_free).

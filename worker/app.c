@@ -33,7 +33,7 @@ int fx_app_load_keys(const fx_config *cfg, fx_keyset *ks, fx_err *err) {
   return 0;
 }
 
-static int check_resources(const fx_config *cfg, fx_err *err) {
+int fx_app_check_resources(const fx_config *cfg, fx_err *err) {
   for (size_t i = 0; i < cfg->n_tenants; i++) {
     const fx_strlist *r = &cfg->tenants[i].resources;
     for (size_t j = 0; j < r->n; j++)
@@ -49,7 +49,7 @@ static int check_resources(const fx_config *cfg, fx_err *err) {
 int fx_app_open(fx_app *app, const char *config_path, fx_err *err) {
   memset(app, 0, sizeof *app);
   int rc = fx_config_load(config_path, &app->cfg, err);
-  if (!rc) rc = check_resources(app->cfg, err);
+  if (!rc) rc = fx_app_check_resources(app->cfg, err);
   if (!rc) rc = fx_profile_set_load(app->cfg, &app->profiles, err);
   if (!rc) {
     const char *env = getenv("FHIRX_LOG_LEVEL"); /* the environment wins over the file */

@@ -20,6 +20,10 @@ typedef struct fx_app {
 int fx_app_open(fx_app *app, const char *config_path, fx_err *err);
 void fx_app_close(fx_app *app);
 
+/* Checks what the config tables cannot: every tenants[].resources entry is
+ * a type fhirx knows. */
+int fx_app_check_resources(const fx_config *cfg, fx_err *err);
+
 /* Loads only the keys of cfg into ks. */
 int fx_app_load_keys(const fx_config *cfg, fx_keyset *ks, fx_err *err);
 

@@ -9,6 +9,8 @@
 
 #include "common/log.h"
 #include "worker/pool.h"
+#include "worker/app.h"
+#include "worker/resources.h"
 
 /* After the threads' drain deadline, outputs still undelivered are given up
  * (their jobs stay uncommitted and are consumed again later). */
@@ -17,7 +19,7 @@
 
 typedef struct supervisor {
   fx_pool *pool;
-  uv_signal_t sigterm, sigint;
+  uv_signal_t sigterm, sigint, sighup;
   uv_timer_t purge_timer, watch;
   int signals;
   int shutting_down;
@@ -33,11 +35,86 @@ static void on_purge(uv_timer_t *t) {
 static void begin_shutdown(supervisor *s) {
   if (s->shutting_down) return;
   s->shutting_down = 1;
+  atomic_store(&s->pool->draining, 1); /* /readyz says no from now on */
   fx_log(FX_LOG_INFO, "draining: no new jobs, finishing the ones in flight", NULL);
   for (size_t i = 0; i < s->pool->n_threads; i++)
     if (s->pool->threads[i]) fx_loop_post(&s->pool->threads[i]->lp, fx_wthread_stop, s->pool->threads[i]);
   uv_timer_start(&s->purge_timer, on_purge,
                  (uint64_t)s->pool->app.cfg->worker.drain_timeout_ms + PURGE_GRACE_MS, 0);
+}
+
+/* Applies a tenant set to the shared per-tenant services: the token cache
+ * (a changed tenant loses its token), the governor and the reference cache. */
+static int same_tenant(const fx_tenant_conf *a, const fx_tenant_conf *b) {
+#define SAME(f) ((!a->f && !b->f) || (a->f && b->f && strcmp(a->f, b->f) == 0))
+  return SAME(fhir_base) && SAME(client_id) && SAME(token_endpoint) && SAME(profile) &&
+         a->environment == b->environment && a->smart_version == b->smart_version &&
+         a->max_concurrency == b->max_concurrency && a->rate_per_s == b->rate_per_s &&
+         a->burst == b->burst;
+#undef SAME
+}
+
+static void govern(fx_pool *p, const fx_tenant_conf *t) {
+  const fx_worker_conf *wc = &p->app.cfg->worker;
+  fx_gov_conf gc = {.max_concurrency = (int)t->max_concurrency,
+                    .rate_per_s = (double)t->rate_per_s,
+                    .burst = (int)t->burst,
+                    .breaker_window = (int)wc->breaker_window,
+                    .breaker_ratio = (double)wc->breaker_percent / 100.0,
+                    .breaker_cooldown_ms = (uint64_t)wc->breaker_cooldown_ms,
+                    .breaker_cooldown_max_ms = (uint64_t)wc->breaker_cooldown_max_ms};
+  fx_governor_set_tenant(p->gov, t->id, &gc);
+}
+
+static void reload(fx_pool *p) {
+  fx_config *cfg = NULL;
+  fx_tenant_set *next = NULL;
+  fx_err err = {0};
+  fx_tenant_set *prev = fx_tenant_slot_get(&p->tenants);
+  int rc = fx_config_load(p->config_path, &cfg, &err);
+  if (!rc) rc = fx_app_check_resources(cfg, &err);
+  if (!rc) rc = fx_tenant_set_new(cfg, 1, prev->generation + 1, &next, &err);
+  if (rc) {
+    fx_log(FX_LOG_ERROR, "configuration reload refused; the running configuration stays",
+           "reason", err.msg, NULL);
+    if (!next) fx_config_free(cfg);
+    fx_tenant_set_release(prev);
+    return;
+  }
+  int added = 0, changed = 0, removed = 0;
+  for (size_t i = 0; i < cfg->n_tenants; i++) {
+    const fx_tenant_conf *t = &cfg->tenants[i];
+    const fx_tenant_conf *old = fx_tenant_set_find(prev, t->id);
+    char *scope = fx_tenant_scope(t, next->profiles.by_tenant[i]);
+    if (scope) fx_token_cache_set_tenant(p->app.tokens, t, scope, &err); /* keeps an unchanged token */
+    free(scope);
+    govern(p, t);
+    if (!old) added++;
+    else if (!same_tenant(old, t)) changed++;
+    if (old && !same_tenant(old, t) && p->refs) fx_refcache_drop_tenant(p->refs, t->id);
+  }
+  for (size_t i = 0; i < prev->cfg->n_tenants; i++) {
+    const char *id = prev->cfg->tenants[i].id;
+    if (fx_config_tenant(cfg, id)) continue;
+    fx_token_cache_remove_tenant(p->app.tokens, id); /* its tokens are dropped */
+    fx_governor_remove_tenant(p->gov, id);
+    if (p->refs) fx_refcache_drop_tenant(p->refs, id);
+    removed++;
+  }
+  fx_tenant_set_release(fx_tenant_slot_swap(&p->tenants, next));
+  fx_tenant_set_release(prev);
+  char a[16], c[16], r[16];
+  snprintf(a, sizeof a, "%d", added);
+  snprintf(c, sizeof c, "%d", changed);
+  snprintf(r, sizeof r, "%d", removed);
+  fx_log(FX_LOG_INFO, "configuration reloaded: tenants applied to jobs from now on", "added", a,
+         "changed", c, "removed", r, NULL);
+}
+
+static void on_hup(uv_signal_t *h, int signum) {
+  (void)signum;
+  supervisor *s = h->data;
+  if (!s->shutting_down) reload(s->pool);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -55,13 +132,16 @@ static void on_signal(uv_signal_t *h, int signum) {
  * which decrements threads_running; this notices the zero.) */
 static void on_watch(uv_timer_t *t) {
   supervisor *s = t->data;
+  atomic_store(&s->pool->stats.main_beat_ms, fx_now_ms());
   if (atomic_load(&s->pool->threads_running) > 0) return;
   uv_timer_stop(&s->watch);
   uv_timer_stop(&s->purge_timer);
   uv_signal_stop(&s->sigterm);
   uv_signal_stop(&s->sigint);
+  uv_signal_stop(&s->sighup);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
   uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sighup, NULL);
   uv_close((uv_handle_t *)&s->purge_timer, NULL);
   uv_close((uv_handle_t *)&s->watch, NULL);
   /* The producer's bridge goes too, or the loop would never end; what is
@@ -106,17 +186,15 @@ int fx_pool_run(const char *config_path) {
   p->limits.max_patients = (size_t)wc->max_patients_per_job;
   p->n_threads = wc->threads ? (size_t)wc->threads : (size_t)uv_available_parallelism();
   p->gov = fx_governor_new();
-  for (size_t i = 0; p->gov && i < p->app.cfg->n_tenants; i++) {
-    const fx_tenant_conf *t = &p->app.cfg->tenants[i];
-    fx_gov_conf gc = {.max_concurrency = (int)t->max_concurrency,
-                      .rate_per_s = (double)t->rate_per_s,
-                      .burst = (int)t->burst,
-                      .breaker_window = (int)wc->breaker_window,
-                      .breaker_ratio = (double)wc->breaker_percent / 100.0,
-                      .breaker_cooldown_ms = (uint64_t)wc->breaker_cooldown_ms,
-                      .breaker_cooldown_max_ms = (uint64_t)wc->breaker_cooldown_max_ms};
-    fx_governor_set_tenant(p->gov, t->id, &gc);
+  for (size_t i = 0; p->gov && i < p->app.cfg->n_tenants; i++) govern(p, &p->app.cfg->tenants[i]);
+  p->config_path = config_path;
+  pthread_mutex_init(&p->tm_mu, NULL);
+  fx_tenant_set *first = NULL;
+  if (fx_tenant_set_new(p->app.cfg, 0, 1, &first, &err) != 0) {
+    fprintf(stderr, "fhirx worker: %s\n", err.msg);
+    return 1;
   }
+  fx_tenant_slot_init(&p->tenants, first);
   if (wc->ref_cache_entries > 0)
     p->refs = fx_refcache_new((size_t)wc->ref_cache_entries, (size_t)wc->ref_cache_bytes,
                               (uint64_t)wc->ref_cache_ttl_s * 1000u);
@@ -125,6 +203,8 @@ int fx_pool_run(const char *config_path) {
   rc = p->threads ? fx_loop_init(&p->main_lp, &loop, NULL, &err) : FX_ENOMEM;
   if (!rc) rc = fx_producer_open(p, &err);
   for (size_t i = 0; !rc && i < p->n_threads; i++) rc = fx_wthread_start(p, (int)i, &err);
+  atomic_store(&p->stats.main_beat_ms, fx_now_ms());
+  if (!rc) rc = fx_admin_start(p, &err);
   if (rc) {
     /* A start-up failure is a configuration problem: say which and stop. */
     fprintf(stderr, "fhirx worker: %s\n", err.msg[0] ? err.msg : "cannot start");
@@ -135,6 +215,9 @@ int fx_pool_run(const char *config_path) {
   s.sigterm.data = s.sigint.data = &s;
   uv_signal_start(&s.sigterm, on_signal, SIGTERM);
   uv_signal_start(&s.sigint, on_signal, SIGINT);
+  uv_signal_init(&loop, &s.sighup);
+  s.sighup.data = &s;
+  uv_signal_start(&s.sighup, on_hup, SIGHUP);
   uv_timer_init(&loop, &s.purge_timer);
   s.purge_timer.data = &s;
   uv_timer_init(&loop, &s.watch);
@@ -147,9 +230,11 @@ int fx_pool_run(const char *config_path) {
 
   uv_run(&loop, UV_RUN_DEFAULT);
 
+  fx_admin_stop(p); /* before the threads it reads go away */
+  for (size_t i = 0; i < p->n_threads; i++) uv_thread_join(&p->threads[i]->tid);
   for (size_t i = 0; i < p->n_threads; i++) {
-    uv_thread_join(&p->threads[i]->tid);
     free(p->threads[i]);
+    p->threads[i] = NULL;
   }
   /* Normally nothing is left: every run waited for its delivery reports. */
   rd_kafka_flush(p->producer, FLUSH_MS);
@@ -158,6 +243,9 @@ int fx_pool_run(const char *config_path) {
   log_totals(p);
   fx_refcache_free(p->refs);
   fx_governor_free(p->gov);
+  fx_tenant_slot_destroy(&p->tenants);
+  for (int i = 0; i < atomic_load(&p->n_tm); i++) free(p->tm[i]);
+  pthread_mutex_destroy(&p->tm_mu);
   free(p->threads);
   fx_app_close(&p->app);
   rc = uv_loop_close(&loop);

@@ -35,6 +35,7 @@
 #include "worker/job.h"
 #include "worker/offsets.h"
 #include "worker/resources.h"
+#include "worker/tenants.h"
 
 typedef struct fx_pool fx_pool;
 typedef struct fx_wthread fx_wthread;
@@ -43,13 +44,31 @@ typedef struct fx_fetch fx_fetch;
 
 #define FX_NTYPES 21
 
-/* Process-wide counters, for logs now and /metrics later. */
+/* Request latency buckets (seconds) of fhirx_http_request_duration_seconds. */
+#define FX_LAT_BUCKETS 12
+extern const double fx_lat_bounds[FX_LAT_BUCKETS];
+
+/* Per-tenant request metrics. Tenants get a slot on first use (startup or
+ * reload) and keep it: labels stay bounded by the tenants ever configured. */
+typedef struct fx_tenant_metrics {
+  char id[65];
+  atomic_ullong http[5]; /* 2xx, 3xx, 4xx, 5xx, no answer (transport error) */
+  atomic_ullong lat[FX_LAT_BUCKETS + 1]; /* per bucket (not cumulative); last = +Inf */
+  atomic_ullong lat_sum_us, lat_count;
+} fx_tenant_metrics;
+
+#define FX_MAX_TENANT_METRICS 1024
+
+/* Process-wide counters, for logs and /metrics. */
 typedef struct fx_pool_stats {
   atomic_ullong jobs_consumed, jobs_completed, jobs_partial, jobs_failed;
   atomic_ullong results, failures, dead_letters, statuses, delivery_errors;
   atomic_ullong http_requests, http_retries;
   atomic_ullong refs_fetched, refs_cached;
   atomic_ullong governor_waits;
+  atomic_llong requests_in_flight, jobs_in_flight, paused_partitions;
+  atomic_int producer_brokers_up;
+  atomic_ullong main_beat_ms;
 } fx_pool_stats;
 
 struct fx_pool {
@@ -68,6 +87,13 @@ struct fx_pool {
   char identity[300]; /* "host:pid", in status records */
   fx_refcache *refs;  /* NULL when worker.ref_cache_entries is 0 */
   fx_governor *gov;   /* per-tenant limits, Retry-After, circuit breaker */
+  fx_tenant_slot tenants; /* the current tenant set (SIGHUP replaces it) */
+  const char *config_path;
+  pthread_mutex_t tm_mu; /* adding tenant metrics slots */
+  fx_tenant_metrics *tm[FX_MAX_TENANT_METRICS];
+  atomic_int n_tm;
+  struct fx_admin *admin;
+  atomic_int draining;
   fx_pool_stats stats;
 };
 
@@ -95,7 +121,9 @@ struct fx_run {
   int64_t offset, timestamp;
   char *key;          /* the message key, for dead letters of unparseable jobs */
   char replayed_from[300]; /* fhirx-replayed-from of the job message: "topic/partition/offset" */
+  fx_tenant_metrics *tm;   /* the job's tenant's request metrics, NULL for invalid jobs */
   fx_job *job;        /* NULL when the job was invalid */
+  fx_tenant_set *ts;  /* the tenants and profiles this job started with (a reference) */
   fx_job_error jerr;
   char *raw;          /* invalid jobs: the original value, for the dead letter */
   size_t raw_len;
@@ -144,6 +172,11 @@ struct fx_wthread {
   uv_timer_t def_timer;
   uv_timer_t pump_timer; /* wakes the pump when a blocked tenant may go again */
   uv_timer_t heartbeat;  /* polls the consumer and re-checks backpressure every 500 ms */
+  atomic_ullong beat_ms;  /* last heartbeat: /healthz checks the loop turns */
+  atomic_int brokers_up;  /* from the consumer's statistics */
+  atomic_llong lag;       /* consumer lag over its partitions, from statistics */
+  atomic_int assigned;    /* partitions currently assigned */
+  long long paused_counted; /* this thread's share of the paused-partitions gauge */
   int stopping, closing, closed;
   int assigned_once; /* the group gave this consumer an assignment at least once */
   int commit_tries;  /* final commit attempts */
@@ -175,6 +208,19 @@ void fx_wthread_pump(fx_wthread *wt);
 int fx_wthread_start(fx_pool *p, int index, fx_err *err);
 void fx_wthread_stop(void *wt); /* posted to the thread's mailbox */
 void fx_wthread_run_done(fx_wthread *wt); /* a run was freed: backpressure, shutdown */
+
+/* The request metrics slot of tenant (created on first use). */
+fx_tenant_metrics *fx_pool_tenant_metrics(fx_pool *p, const char *tenant);
+
+/* librdkafka statistics: brokers up (and consumer lag) into the counters. */
+void fx_kafka_stats_parse(const char *json, size_t len, int *brokers_up, long long *lag);
+
+/* statistics.interval.ms = 1000 unless the config sets it. */
+void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf);
+
+/* admin.c */
+int fx_admin_start(fx_pool *p, fx_err *err);
+void fx_admin_stop(fx_pool *p);
 
 /* "2026-11-30T06:10:00.123Z" */
 void fx_iso_now(char out[32]);

@@ -94,6 +94,24 @@ static void on_producer_events(void *arg) {
   fx_kqueue_kick(p->producer_kq);
 }
 
+/* Statistics every second (unless configured otherwise): brokers up, for /readyz. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+  (void)rk;
+  fx_pool *p = opaque;
+  int up = 0;
+  fx_kafka_stats_parse(json, len, &up, NULL);
+  atomic_store(&p->stats.producer_brokers_up, up);
+  return 0; /* librdkafka frees json */
+}
+
+void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf) {
+  char v[32] = "0";
+  size_t len = sizeof v;
+  if (rd_kafka_conf_get(conf, "statistics.interval.ms", v, &len) == RD_KAFKA_CONF_OK &&
+      strcmp(v, "0") == 0)
+    rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", NULL, 0);
+}
+
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
   fx_log(level <= 3 ? FX_LOG_ERROR : (level <= 4 ? FX_LOG_WARN : FX_LOG_DEBUG), buf, "facility",
@@ -109,6 +127,8 @@ int fx_producer_open(fx_pool *p, fx_err *err) {
   p->max_message = max > 16384 ? max - 8192 : max / 2;
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
   rd_kafka_conf_set_log_cb(conf, on_log);
+  rd_kafka_conf_set_stats_cb(conf, on_stats);
+  fx_kafka_default_stats_interval(conf);
   rd_kafka_conf_set_opaque(conf, p);
   char why[512];
   p->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);

@@ -57,14 +57,27 @@ static const char *run_tenant(const fx_run *r) {
   return r->job ? r->job->tenant : (r->jerr.tenant[0] ? r->jerr.tenant : NULL);
 }
 
+/* Log context of a run's source message: partition and offset as strings. */
+typedef struct run_logctx {
+  char partition[16];
+  char offset[24];
+} run_logctx;
+
+static run_logctx logctx(const fx_run *run) {
+  run_logctx c;
+  snprintf(c.partition, sizeof c.partition, "%d", (int)run->part->partition);
+  snprintf(c.offset, sizeof c.offset, "%lld", (long long)run->offset);
+  return c;
+}
+
 static int run_attempt(const fx_run *r) { return r->job ? r->job->attempt : 1; }
 
 static const fx_tenant_conf *run_tenant_conf(const fx_run *r) {
-  return fx_config_tenant(r->wt->pool->app.cfg, r->job->tenant);
+  return fx_tenant_set_find(r->ts, r->job->tenant);
 }
 
 static const fx_profile *run_profile(const fx_run *r) {
-  return fx_profile_for(&r->wt->pool->app.profiles, r->job->tenant);
+  return fx_profile_for(&r->ts->profiles, r->job->tenant);
 }
 
 /* ---- producing ------------------------------------------------------------ */
@@ -214,7 +227,9 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   /* Patient ids only at debug: a read URL or a server's message can hold one. */
   char status[16] = "";
   if (fl->status) snprintf(status, sizeof status, "%ld", fl->status);
-  fx_log(FX_LOG_WARN, "task failed", "job_id", job_id, "error_class", fx_errclass_name(fl->cls),
+  run_logctx lc = logctx(run);
+  fx_log(FX_LOG_WARN, "task failed", "job_id", job_id, "tenant", run_tenant(run), "partition",
+         lc.partition, "offset", lc.offset, "error_class", fx_errclass_name(fl->cls),
          "resource_type", f ? fx_cerner_types[f->type] : NULL, "http_status",
          status[0] ? status : NULL, NULL);
   if (fx_log_enabled(FX_LOG_DEBUG))
@@ -329,7 +344,9 @@ static void publish_status(fx_run *run) {
                    : run->state == 1 ? &p->stats.jobs_partial
                                      : &p->stats.jobs_failed,
                    1);
-  fx_log(FX_LOG_INFO, "job finished", "job_id", job_id, "state", states[run->state], NULL);
+  run_logctx lc = logctx(run);
+  fx_log(FX_LOG_INFO, "job finished", "job_id", job_id, "tenant", run_tenant(run), "partition",
+         lc.partition, "offset", lc.offset, "state", states[run->state], NULL);
 }
 
 /* Every output but the status is acknowledged: the status record goes last,
@@ -490,15 +507,17 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 
 static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
-  const fx_tenant_conf *t = fx_config_tenant(wt->pool->app.cfg, run->job->tenant);
+  const fx_tenant_conf *t = run_tenant_conf(run);
   fx_fhir_request req = {.tenant = t->id, .fhir_base = t->fhir_base, .url = f->url,
                          .accept = run_profile(run)->types[f->type].accept};
   fx_err err = {0};
   wt->inflight++;
   f->attempts++;
   atomic_fetch_add(&wt->pool->stats.http_requests, 1);
+  atomic_fetch_add(&wt->pool->stats.requests_in_flight, 1);
   if (fx_fhir_get(&wt->lp, wt->pool->app.tokens, &req, on_fetched, f, &err) != 0) {
     wt->inflight--;
+    atomic_fetch_sub(&wt->pool->stats.requests_in_flight, 1);
     if (f->governed) {
       fx_governor_done(wt->pool->gov, t->id, fx_cerner_types[f->type], FX_GOV_CANCELED, -1,
                        fx_now_ms());
@@ -965,7 +984,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
     if (rel && strcmp(rel, "next") == 0) next = json_string_value(json_object_get(e, "url"));
   }
   if (!next) return 0;
-  const fx_tenant_conf *t = fx_config_tenant(run->wt->pool->app.cfg, run->job->tenant);
+  const fx_tenant_conf *t = run_tenant_conf(run);
   if (!fx_url_within(next, t->fhir_base)) {
     char shown[512], msg[768];
     fx_url_redact(next, shown, sizeof shown);
@@ -994,6 +1013,18 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
   return 1;
 }
 
+/* fhirx_http_requests_total and the latency histogram. */
+static void record_request(fx_tenant_metrics *tm, const fx_http_response *res) {
+  int cls = res->result ? 4 : (res->status >= 200 && res->status < 600 ? (int)res->status / 100 - 2 : 4);
+  if (cls < 0 || cls > 4) cls = 4;
+  atomic_fetch_add(&tm->http[cls], 1);
+  int k = 0;
+  while (k < FX_LAT_BUCKETS && res->seconds > fx_lat_bounds[k]) k++;
+  atomic_fetch_add(&tm->lat[k], 1);
+  atomic_fetch_add(&tm->lat_sum_us, (unsigned long long)(res->seconds * 1e6));
+  atomic_fetch_add(&tm->lat_count, 1);
+}
+
 /* How the answer counts for the tenant's governor. */
 static fx_gov_outcome outcome_of(const fx_http_response *res, const fx_auth_error *ae) {
   if (ae || (res->result == FX_ECANCELED)) return FX_GOV_CANCELED;
@@ -1008,6 +1039,8 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   fx_run *run = f->run;
   fx_wthread *wt = run->wt;
   wt->inflight--;
+  atomic_fetch_sub(&wt->pool->stats.requests_in_flight, 1);
+  if (run->tm && !ae && res->result != FX_ECANCELED) record_request(run->tm, res);
   long after = ae ? -1 : retry_after_ms(res);
   if (f->governed) {
     fx_governor_done(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], outcome_of(res, ae),
@@ -1101,6 +1134,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 
 static void run_free(fx_run *run) {
   fx_job_free(run->job);
+  fx_tenant_set_release(run->ts);
   fx_strset_free(run->seen);
   fx_strset_free(run->requested);
   free(run->failed_types);
@@ -1156,8 +1190,10 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
   *tail = run;
   wt->n_runs++;
   atomic_fetch_add(&p->stats.jobs_consumed, 1);
+  atomic_fetch_add(&p->stats.jobs_in_flight, 1);
 
-  if (fx_job_parse(m->payload ? m->payload : "", m->len, &p->app.profiles, &p->limits, &run->job,
+  run->ts = fx_tenant_slot_get(&p->tenants);
+  if (fx_job_parse(m->payload ? m->payload : "", m->len, &run->ts->profiles, &p->limits, &run->job,
                    &run->jerr) != 0) {
     if (m->len <= p->max_message && (run->raw = malloc(m->len ? m->len : 1))) {
       memcpy(run->raw, m->payload, m->len);
@@ -1168,6 +1204,7 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
     tasks_finished(run);
     return;
   }
+  run->tm = fx_pool_tenant_metrics(p, run->job->tenant);
   run->tasks_left = fx_job_task_count(run->job);
   run->failed_types = calloc(run->job->n_tasks, sizeof *run->failed_types);
   if (!run->failed_types) {
@@ -1177,9 +1214,11 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
     tasks_finished(run);
     return;
   }
-  if (fx_log_enabled(FX_LOG_DEBUG))
+  if (fx_log_enabled(FX_LOG_DEBUG)) {
+    run_logctx lc = logctx(run);
     fx_log(FX_LOG_DEBUG, "job started", "job_id", run->job->job_id, "tenant", run->job->tenant,
-           NULL);
+           "partition", lc.partition, "offset", lc.offset, NULL);
+  }
   fx_wthread_pump(wt);
 }
 
@@ -1233,6 +1272,7 @@ void fx_run_complete(void *arg) {
   else wt->runs = run->next;
   if (run->next) run->next->prev = run->prev;
   wt->n_runs--;
+  atomic_fetch_sub(&wt->pool->stats.jobs_in_flight, 1);
   fx_partition_unref(part);
   run_free(run);
   fx_wthread_run_done(wt);

@@ -10,6 +10,14 @@
 
 #define POLL_BUDGET 500
 
+/* The paused-partitions gauge: this thread's contribution, kept current. */
+static void count_paused(fx_wthread *wt) {
+  long long mine = wt->paused ? (long long)wt->n_parts : 0;
+  atomic_fetch_add(&wt->pool->stats.paused_partitions, mine - wt->paused_counted);
+  wt->paused_counted = mine;
+  atomic_store(&wt->assigned, (int)wt->n_parts);
+}
+
 static fx_partition *find_part(fx_wthread *wt, const char *topic, int32_t partition) {
   for (size_t i = 0; i < wt->n_parts; i++)
     if (wt->parts[i]->partition == partition && strcmp(wt->parts[i]->topic, topic) == 0)
@@ -57,6 +65,7 @@ static void set_paused(fx_wthread *wt, int pause) {
   }
   rd_kafka_topic_partition_list_destroy(l);
   wt->paused = pause;
+  count_paused(wt);
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -82,6 +91,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
      * paused. Set the state this thread wants, whatever it was. */
     if (wt->paused || wt->stopping) rd_kafka_pause_partitions(rk, parts);
     else rd_kafka_resume_partitions(rk, parts);
+    count_paused(wt);
     fx_log(FX_LOG_INFO, "partitions assigned", "count", n, NULL);
   } else {
     for (int i = 0; i < parts->cnt; i++) drop_part(wt, parts->elems[i].topic, parts->elems[i].partition);
@@ -91,6 +101,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
       rd_kafka_assign(rk, NULL);
     }
+    count_paused(wt);
     fx_log(FX_LOG_INFO, "partitions revoked", "count", n, NULL);
   }
 }
@@ -160,6 +171,7 @@ static void on_close_tick(uv_timer_t *t) { on_consumer_events(t->data); }
  * opening or closing changes what backpressure allows. */
 static void on_heartbeat(uv_timer_t *t) {
   fx_wthread *wt = t->data;
+  atomic_store(&wt->beat_ms, fx_now_ms());
   if (!wt->stopping) backpressure(wt);
   on_consumer_events(wt);
 }
@@ -302,6 +314,17 @@ static void thread_main(void *arg) {
     atomic_fetch_sub(&wt->pool->threads_running, 1);
 }
 
+static int on_consumer_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+  (void)rk;
+  fx_wthread *wt = opaque;
+  int up = 0;
+  long long lag = 0;
+  fx_kafka_stats_parse(json, len, &up, &lag);
+  atomic_store(&wt->brokers_up, up);
+  atomic_store(&wt->lag, lag);
+  return 0;
+}
+
 static void on_consumer_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
   fx_log(level <= 3 ? FX_LOG_ERROR : (level <= 4 ? FX_LOG_WARN : FX_LOG_DEBUG), buf, "facility",
@@ -323,6 +346,8 @@ int fx_wthread_start(fx_pool *p, int index, fx_err *err) {
   }
   rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
   rd_kafka_conf_set_log_cb(conf, on_consumer_log);
+  rd_kafka_conf_set_stats_cb(conf, on_consumer_stats);
+  fx_kafka_default_stats_interval(conf);
   rd_kafka_conf_set_opaque(conf, wt);
   char why[512];
   wt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
@@ -346,6 +371,7 @@ int fx_wthread_start(fx_pool *p, int index, fx_err *err) {
   uv_timer_init(&wt->uv, &wt->heartbeat);
   wt->heartbeat.data = wt;
   uv_timer_start(&wt->heartbeat, on_heartbeat, 500, 500);
+  atomic_store(&wt->beat_ms, fx_now_ms());
   rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, p->app.cfg->topics.jobs, RD_KAFKA_PARTITION_UA);
   rd_kafka_resp_err_t kerr = rd_kafka_subscribe(wt->consumer, topics);

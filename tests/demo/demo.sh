@@ -89,7 +89,8 @@ cat > "$work/fhirx.json" <<JSON
   "keys": [{"path": "fhirx-es384.pem"}],
   "kafka": {"bootstrap.servers": "$(cat "$work/kafka.bootstrap")",
             "consumer.session.timeout.ms": 6000, "consumer.fetch.wait.max.ms": 100},
-  "worker": {"threads": 2}
+  "worker": {"threads": 2},
+  "admin": {"listen": "127.0.0.1:0"}
 }
 JSON
 

@@ -92,6 +92,8 @@ class Env:
                       "producer.linger.ms": 2},
             "worker": {"threads": 2, "drain_timeout_ms": 10000},
             "log": {"level": "info"},
+            # Several workers may share this config: each takes a free port.
+            "admin": {"listen": "127.0.0.1:0"},
         }
         if worker_extra:
             for k, v in worker_extra.items():
@@ -111,6 +113,16 @@ class Env:
         p = self.start(FHIRX, "worker", "--config", self.config, name=name)
         self.workers.append(p)
         return p
+
+    def admin_url(self, worker, timeout=20):
+        """The worker's admin endpoint, from its "admin endpoint listening" log line."""
+        end = time.time() + timeout
+        while time.time() < end:
+            for line in self.logs(worker.name).splitlines():
+                if '"admin endpoint listening"' in line:
+                    return "http://127.0.0.1:%s" % json.loads(line)["port"]
+            time.sleep(0.1)
+        raise RuntimeError("%s never reported its admin port" % worker.name)
 
     def stop(self, p, sig=signal.SIGTERM, timeout=60):
         p.send_signal(sig)
