@@ -21,3 +21,9 @@ void fx_cli_log_level(int fallback) {
   int level = env ? fx_log_level_parse(env) : -1;
   fx_log_set_level((fx_log_level)(level >= 0 ? level : fallback));
 }
+
+const char *fx_cli_config(const char *given) {
+  if (given) return given;
+  const char *env = getenv("FHIRX_CONFIG");
+  return env && *env ? env : NULL;
+}

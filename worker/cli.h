@@ -11,6 +11,10 @@ enum { FX_EXIT_OK = 0, FX_EXIT_FAIL = 1, FX_EXIT_USAGE = 2 };
 int fx_cli_fail(const char *cmd, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The config path a subcommand uses: the --config value if given, else
+ * FHIRX_CONFIG (NULL when neither is set). */
+const char *fx_cli_config(const char *given);
+
 /* Log level for a subcommand: FHIRX_LOG_LEVEL if set, else `fallback`. */
 void fx_cli_log_level(int fallback);
 

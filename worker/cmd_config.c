@@ -39,6 +39,7 @@ int fx_cmd_config(int argc, char **argv) {
     }
     config = optarg;
   }
+  config = fx_cli_config(config);
   if (!config) {
     fputs(config_usage, stderr);
     return FX_EXIT_USAGE;

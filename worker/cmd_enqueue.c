@@ -151,6 +151,7 @@ int fx_cmd_enqueue(int argc, char **argv) {
     }
   }
   int from_args = patients || optind < argc;
+  config = fx_cli_config(config);
   if (!config || from_args + !!csv + !!ndjson != 1) {
     fputs(enqueue_usage, stderr);
     return fx_cli_fail("enqueue", FX_EXIT_USAGE,

@@ -85,6 +85,7 @@ static int jwks(int argc, char **argv) {
     default: fputs(keys_usage, stderr); return FX_EXIT_USAGE;
     }
   }
+  if (!n_paths) config = fx_cli_config(config);
   if (!config == !n_paths)
     return fx_cli_fail("keys jwks", FX_EXIT_USAGE, "give either --config FILE or --key PATH");
   fx_err err = {0};

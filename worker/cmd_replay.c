@@ -917,6 +917,7 @@ int fx_cmd_replay(int argc, char **argv) {
       goto out;
     }
   }
+  config = fx_cli_config(config);
   if (!config || optind < argc) {
     fputs(replay_usage, stderr);
     rc = FX_EXIT_USAGE;

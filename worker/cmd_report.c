@@ -80,6 +80,7 @@ int fx_cmd_report(int argc, char **argv) {
     default: fputs(report_usage, stderr); return FX_EXIT_USAGE;
     }
   }
+  config = fx_cli_config(config);
   if (!config || expect < 0 || timeout_s <= 0) {
     fputs(report_usage, stderr);
     return FX_EXIT_USAGE;

@@ -34,6 +34,7 @@ int fx_cmd_scopes(int argc, char **argv) {
     default: fputs(scopes_usage, stderr); return FX_EXIT_USAGE;
     }
   }
+  config = fx_cli_config(config);
   if (!config) {
     fputs(scopes_usage, stderr);
     return FX_EXIT_USAGE;

@@ -88,6 +88,7 @@ static int parse_common(int argc, char **argv, const char *usage, const char **c
     default: goto bad;
     }
   }
+  *config = fx_cli_config(*config);
   if (!*config) {
     fputs(usage, stderr);
     return FX_EXIT_USAGE;

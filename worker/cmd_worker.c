@@ -29,6 +29,7 @@ int fx_cmd_worker(int argc, char **argv) {
     default: fputs(worker_usage, stderr); return FX_EXIT_USAGE;
     }
   }
+  config = fx_cli_config(config);
   if (!config) {
     fputs(worker_usage, stderr);
     return FX_EXIT_USAGE;

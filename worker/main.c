@@ -27,7 +27,9 @@ static void usage(FILE *out) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
   fprintf(out, "\nRun `fhirx <command> --help` for a command's options.\n"
-               "FHIRX_LOG_LEVEL=debug|info|warn|error overrides the log level.\n");
+               "Environment: FHIRX_CONFIG=FILE stands for --config FILE; FHIRX_LOG_LEVEL=\n"
+               "debug|info|warn|error overrides the log level; FHIRX_BOOTSTRAP_SERVERS overrides\n"
+               "kafka.bootstrap.servers; FHIRX_ADMIN_LISTEN overrides admin.listen.\n");
 }
 
 int main(int argc, char **argv) {

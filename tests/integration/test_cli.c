@@ -96,6 +96,29 @@ static void token_prints_grant_not_secret(void **state) {
   fx_run_result_free(&r);
 }
 
+/* FHIRX_CONFIG stands for --config; an explicit --config still wins. */
+static void config_from_environment(void **state) {
+  (void)state;
+  setenv("FHIRX_CONFIG", config, 1);
+  fx_run_result r = run("token", NULL, NULL, NULL, NULL, NULL);
+  assert_int_equal(r.exit_code, 0);
+  assert_non_null(strstr(r.out, "\"expires_in\""));
+  fx_run_result_free(&r);
+  char missing[700];
+  snprintf(missing, sizeof missing, "%s/nope.json", dir);
+  r = run("token", "--config", missing, NULL, NULL, NULL);
+  assert_int_not_equal(r.exit_code, 0);
+  assert_non_null(strstr(r.err, "nope.json"));
+  fx_run_result_free(&r);
+  /* A wrong FHIRX_CONFIG is named like a wrong --config. */
+  setenv("FHIRX_CONFIG", missing, 1);
+  r = run("config", "check", NULL, NULL, NULL, NULL);
+  unsetenv("FHIRX_CONFIG");
+  assert_int_not_equal(r.exit_code, 0);
+  assert_non_null(strstr(r.err, "nope.json"));
+  fx_run_result_free(&r);
+}
+
 static void get_reads_and_explains(void **state) {
   (void)state;
   fx_run_result r = run("get", "--config", config, "--summary", "Patient/12724065", NULL);
@@ -202,6 +225,7 @@ static void refuses_bad_setup(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(token_prints_grant_not_secret),
+                                     cmocka_unit_test(config_from_environment),
                                      cmocka_unit_test(get_reads_and_explains),
                                      cmocka_unit_test(scopes_for_code_console),
                                      cmocka_unit_test(refuses_bad_setup)};
