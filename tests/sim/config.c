@@ -1,5 +1,7 @@
 #include "tests/sim/config.h"
 
+#include "tests/sim/map.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,8 @@
 #define MAX_EXPIRES_IN 86400L
 #define MAX_BINARY_BYTES 67108864L /* 64 MiB: its base64 JSON form must still fit in memory */
 #define MAX_SCALE 100.0
+#define MAX_GROUP_MEMBERS 100000L /* Cerner's groups hold up to 20,000 */
+#define FIRST_SYNTHETIC_ID 20000001L
 
 /* Every object in the file is checked against its list of allowed keys so a
  * typo ("expire_in") fails loudly instead of silently using a default. */
@@ -19,7 +23,12 @@ static const char *const tenant_keys[] = {
     "per_patient_scale", "per_patient_vary", "practitioners",  "organizations",
     "locations",    "foreign_references", "binary_min_bytes",  "binary_max_bytes",
     "binary_large_bytes", "binary_large_every", "paging_repeats", "paging_short_pages",
-    "paging_outcomes", NULL};
+    "paging_outcomes", "groups", "export", NULL};
+static const char *const group_keys[] = {"id", "patients", "first", "count", NULL};
+static const char *const export_keys[] = {"duration_ms", "retry_after_s", "file_max_resources",
+                                          "error_file", NULL};
+static const char *const export_control_keys[] = {
+    "duration_ms", "retry_after_s", "file_max_resources", "error_file", "fail_next", NULL};
 static const char *const client_keys[] = {"client_id", "jwks_file", "jwks_url", "jwks",
                                           "scopes",    NULL};
 
@@ -299,6 +308,160 @@ static int parse_clients(json_t *arr, const char *where, sim_tenant_cfg *t, char
   return 0;
 }
 
+/* ---- Bulk Data: groups and export settings ---- */
+
+void sim_export_settings_default(sim_export_settings *s) {
+  *s = (sim_export_settings){.duration_ms = 2000, .retry_after_s = 1,
+                             .file_max_resources = 1000, .error_file = false};
+}
+
+bool sim_group_id_valid(const char *id) {
+  size_t len = strlen(id);
+  if (len == 0 || len > 64) return false;
+  for (const char *p = id; *p; p++)
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '.'))
+      return false;
+  return true;
+}
+
+/* One integer setting; `where` may be "" (control API), then the message
+ * starts with the key. */
+static int export_long(json_t *o, const char *key, long min, long max, const char *where,
+                       long *out, unsigned bit, unsigned *set, char *err, size_t n) {
+  json_t *v = json_object_get(o, key);
+  if (!v) return 0;
+  if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+    snprintf(err, n, "%s%s%s: expected an integer from %ld to %ld", where, *where ? "." : "", key,
+             min, max);
+    return -1;
+  }
+  *out = (long)json_integer_value(v);
+  *set |= bit;
+  return 0;
+}
+
+static int export_bool(json_t *o, const char *key, const char *where, bool *out, unsigned bit,
+                       unsigned *set, char *err, size_t n) {
+  json_t *v = json_object_get(o, key);
+  if (!v) return 0;
+  if (!json_is_boolean(v)) {
+    snprintf(err, n, "%s%s%s: expected true or false", where, *where ? "." : "", key);
+    return -1;
+  }
+  *out = json_is_true(v);
+  *set |= bit;
+  return 0;
+}
+
+int sim_export_settings_parse(json_t *o, const char *where, sim_export_settings *out,
+                              bool *fail_next, unsigned *set, char *err, size_t errlen) {
+  sim_export_settings s = *out;
+  bool fail_once = false;
+  *set = 0;
+  if (!json_is_object(o)) return fail(err, errlen, where, "expected an object");
+  if (check_keys(o, fail_next ? export_control_keys : export_keys, where, err, errlen) ||
+      export_long(o, "duration_ms", 0, 86400000L, where, &s.duration_ms, SIM_XSET_DURATION, set,
+                  err, errlen) ||
+      export_long(o, "retry_after_s", 0, 86400L, where, &s.retry_after_s, SIM_XSET_RETRY_AFTER,
+                  set, err, errlen) ||
+      export_long(o, "file_max_resources", 1, 10000000L, where, &s.file_max_resources,
+                  SIM_XSET_FILE_MAX, set, err, errlen) ||
+      export_bool(o, "error_file", where, &s.error_file, SIM_XSET_ERROR_FILE, set, err, errlen) ||
+      (fail_next && export_bool(o, "fail_next", where, &fail_once, SIM_XSET_FAIL_NEXT, set, err,
+                                errlen)))
+    return -1;
+  *out = s;
+  if (fail_next) *fail_next = fail_once;
+  return 0;
+}
+
+/* A group member given by id must be a patient the tenant will have:
+ * a synthetic id within `patients`, or a sandbox id on a sandbox tenant. */
+static bool member_exists(const sim_tenant_cfg *t, const char *id) {
+  if (t->sandbox && sim_sandbox_patient_id(id)) return true;
+  char *end;
+  long v = strtol(id, &end, 10);
+  return *id >= '1' && *id <= '9' && !*end && v >= FIRST_SYNTHETIC_ID &&
+         v < FIRST_SYNTHETIC_ID + t->patients;
+}
+
+static int parse_group_members(json_t *arr, const char *gw, const sim_tenant_cfg *t,
+                               sim_group_cfg *g, char *err, size_t n) {
+  if (!json_is_array(arr) || json_array_size(arr) > (size_t)MAX_GROUP_MEMBERS) {
+    snprintf(err, n, "%s.patients: expected an array of at most %ld patient ids", gw,
+             MAX_GROUP_MEMBERS);
+    return -1;
+  }
+  sim_map seen;
+  sim_map_init(&seen, NULL);
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < json_array_size(arr); i++) {
+    const char *id = json_string_value(json_array_get(arr, i));
+    if (!id || !member_exists(t, id)) {
+      snprintf(err, n,
+               "%s.patients[%zu]: expected the id of a patient of this tenant (20000001.. "
+               "within \"patients\", or a sandbox patient when \"sandbox\" is true)",
+               gw, i);
+      rc = -1;
+    } else if (sim_map_get(&seen, id)) {
+      snprintf(err, n, "%s.patients[%zu]: patient %s is listed twice", gw, i, id);
+      rc = -1;
+    } else if (sim_map_put(&seen, id, (void *)1) != 0 || sim_strv_push(&g->patients, id) != 0) {
+      rc = fail(err, n, gw, "out of memory");
+    }
+  }
+  sim_map_free(&seen);
+  return rc;
+}
+
+static int parse_group(json_t *o, const char *gw, const sim_tenant_cfg *t, sim_group_cfg *g,
+                       char *err, size_t n) {
+  if (!json_is_object(o)) return fail(err, n, gw, "expected an object");
+  if (check_keys(o, group_keys, gw, err, n)) return -1;
+  json_t *id = json_object_get(o, "id");
+  if (!json_is_string(id) || !sim_group_id_valid(json_string_value(id))) {
+    snprintf(err, n, "%s.id: required string of 1-64 characters [A-Za-z0-9.-]", gw);
+    return -1;
+  }
+  if (!(g->id = strdup(json_string_value(id)))) return fail(err, n, gw, "out of memory");
+  json_t *patients = json_object_get(o, "patients");
+  bool range = json_object_get(o, "first") || json_object_get(o, "count");
+  if ((patients != NULL) == range)
+    return fail(err, n, gw, "exactly one of \"patients\" or \"first\" + \"count\" is required");
+  if (patients) return parse_group_members(patients, gw, t, g, err, n);
+  if (t->patients < 1)
+    return fail(err, n, gw, "first/count: the tenant has no synthetic patients");
+  if (get_long(o, "first", 1, t->patients, 0, gw, &g->first, err, n) ||
+      get_long(o, "count", 1, MAX_GROUP_MEMBERS, 0, gw, &g->count, err, n))
+    return -1;
+  if (!g->first || !g->count)
+    return fail(err, n, gw, "first and count are both required");
+  if (g->first + g->count - 1 > t->patients) {
+    snprintf(err, n, "%s.count: patients %ld..%ld do not exist (the tenant has %ld)", gw,
+             g->first, g->first + g->count - 1, t->patients);
+    return -1;
+  }
+  return 0;
+}
+
+static int parse_groups(json_t *arr, const char *where, sim_tenant_cfg *t, char *err, size_t n) {
+  if (!arr) return 0;
+  if (!json_is_array(arr)) return fail(err, n, where, "groups: expected an array");
+  t->groups = calloc(json_array_size(arr) + 1, sizeof *t->groups);
+  if (!t->groups) return fail(err, n, where, "out of memory");
+  for (size_t i = 0; i < json_array_size(arr); i++) {
+    char gw[128];
+    snprintf(gw, sizeof gw, "%s.groups[%zu]", where, i);
+    sim_group_cfg *g = &t->groups[t->ngroups++];
+    if (parse_group(json_array_get(arr, i), gw, t, g, err, n)) return -1;
+    for (size_t j = 0; j + 1 < t->ngroups; j++)
+      if (strcmp(t->groups[j].id, g->id) == 0)
+        return fail(err, n, gw, "id: duplicate group id within the tenant");
+  }
+  return 0;
+}
+
 static int parse_tenant(json_t *o, const char *where, sim_tenant_cfg *t, char *err,
                         size_t n) {
   static const char *const def_methods[] = {"private_key_jwt", NULL};
@@ -322,6 +485,14 @@ static int parse_tenant(json_t *o, const char *where, sim_tenant_cfg *t, char *e
       get_strv(o, "auth_methods", def_methods, where, &t->auth_methods, err, n) ||
       get_strv(o, "signing_algs", def_algs, where, &t->signing_algs, err, n) ||
       parse_data_knobs(o, where, &t->data, err, n))
+    return -1;
+  sim_export_settings_default(&t->export_settings);
+  json_t *xs = json_object_get(o, "export");
+  char xw[96];
+  unsigned set;
+  snprintf(xw, sizeof xw, "%s.export", where);
+  if ((xs && sim_export_settings_parse(xs, xw, &t->export_settings, NULL, &set, err, n)) ||
+      parse_groups(json_object_get(o, "groups"), where, t, err, n))
     return -1;
   return parse_clients(json_object_get(o, "clients"), where, t, err, n);
 }
@@ -372,6 +543,11 @@ void sim_config_free(sim_config *c) {
     sim_strv_free(&t->signing_algs);
     for (size_t j = 0; j < t->nclients; j++) sim_client_clear(&t->clients[j]);
     free(t->clients);
+    for (size_t j = 0; j < t->ngroups; j++) {
+      free(t->groups[j].id);
+      sim_strv_free(&t->groups[j].patients);
+    }
+    free(t->groups);
   }
   free(c->tenants);
   *c = (sim_config){0};

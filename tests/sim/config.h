@@ -21,6 +21,44 @@ typedef struct sim_client {
   sim_strv scopes; /* registered scopes: the most a token can be granted */
 } sim_client;
 
+/* A Group for Bulk Data $export: explicit patient ids, or the synthetic
+ * patients first..first+count-1 (1-based: first 1 is 20000001). */
+typedef struct sim_group_cfg {
+  char *id;
+  sim_strv patients; /* explicit members in order; empty when first > 0 */
+  long first, count; /* first 0 = explicit list */
+} sim_group_cfg;
+
+/* Bulk Data $export behaviour of a tenant: config "export", changed at run
+ * time by POST /_sim/tenants/{t}/export. */
+typedef struct sim_export_settings {
+  long duration_ms;        /* kick-off to completion */
+  long retry_after_s;      /* Retry-After of 202 status polls and 429 kick-offs */
+  long file_max_resources; /* NDJSON lines per file */
+  bool error_file;         /* the manifest lists an error file of OperationOutcomes */
+} sim_export_settings;
+
+/* Bits of the `set` mask of sim_export_settings_parse: which keys were present. */
+enum {
+  SIM_XSET_DURATION = 1,
+  SIM_XSET_RETRY_AFTER = 2,
+  SIM_XSET_FILE_MAX = 4,
+  SIM_XSET_ERROR_FILE = 8,
+  SIM_XSET_FAIL_NEXT = 16,
+};
+
+void sim_export_settings_default(sim_export_settings *s);
+/* Validates an export settings object strictly and writes the keys it has
+ * into *out (others untouched), their bits into *set. fail_next (the control
+ * API's one-shot key) is accepted only when fail_next is not NULL. `where`
+ * prefixes messages ("tenants[0].export", or "" for the control API).
+ * Returns 0 or -1 with a message naming the key. */
+int sim_export_settings_parse(json_t *o, const char *where, sim_export_settings *out,
+                              bool *fail_next, unsigned *set, char *err, size_t errlen);
+
+/* Group ids appear in URL paths: [A-Za-z0-9.-]{1,64}. */
+bool sim_group_id_valid(const char *id);
+
 typedef struct sim_tenant_cfg {
   char *id;
   bool sandbox; /* adds Cerner's sandbox patients (WILMA SMART, ...) */
@@ -31,6 +69,9 @@ typedef struct sim_tenant_cfg {
   sim_client *clients;
   size_t nclients;
   sim_data_knobs data; /* per_patient, pools, Binary sizes, paging quirks */
+  sim_group_cfg *groups;
+  size_t ngroups;
+  sim_export_settings export_settings;
 } sim_tenant_cfg;
 
 typedef struct sim_config {

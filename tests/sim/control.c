@@ -15,6 +15,10 @@
  *   POST   /_sim/tenants/{t}/touch      bump meta.lastUpdated of some resources
  *   DELETE /_sim/tenants/{t}/touch      forget every touch
  *   GET    /_sim/tenants/{t}/reads      reads per "Type/id"
+ *   GET    /_sim/tenants/{t}/export     Bulk Data settings and jobs (export_control.c)
+ *   POST   /_sim/tenants/{t}/export     change them; {"fail_next": true}
+ *   POST   /_sim/tenants/{t}/export/expire  every job of the tenant expires
+ *   GET    /_sim/tenants/{t}/groups/{id}/expected  what an export of the group holds
  *
  * Bodies are validated completely before anything changes, so a rejected
  * request (400 {"error": "..."}) leaves the simulator as it was. */
@@ -129,9 +133,20 @@ static void delete_faults(sim_req *req, sim_tenant *t, sim_resp *resp) {
   reply(resp, 200, NULL);
 }
 
+/* "/groups/{id}/expected": copies the id into group. */
+static bool group_expected(const char *what, char *group, size_t n) {
+  if (strncmp(what, "/groups/", 8) != 0) return false;
+  const char *id = what + 8;
+  size_t len = strcspn(id, "/");
+  if (len == 0 || len >= n || strcmp(id + len, "/expected") != 0) return false;
+  memcpy(group, id, len);
+  group[len] = '\0';
+  return true;
+}
+
 /* /tenants/{t}/<what> */
 static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
-  char id[128];
+  char id[128], group[128];
   size_t len = strcspn(rest, "/");
   if (len == 0 || len >= sizeof id) {
     reply(resp, 404, "no such control endpoint");
@@ -149,6 +164,14 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
     sim_control_expected(req, t, resp);
   else if (get && strcmp(what, "/reads") == 0)
     sim_control_reads(req, t, resp);
+  else if (get && strcmp(what, "/export") == 0)
+    sim_control_export_get(req, t, resp);
+  else if (post && strcmp(what, "/export") == 0)
+    sim_control_export_set(req, t, resp);
+  else if (post && strcmp(what, "/export/expire") == 0)
+    sim_control_export_expire(req, t, resp);
+  else if (get && group_expected(what, group, sizeof group))
+    sim_control_group_expected(req, t, group, resp);
   else if (post && strcmp(what, "/touch") == 0)
     sim_control_touch(req, t, resp);
   else if (del && strcmp(what, "/touch") == 0)

@@ -150,6 +150,9 @@ void sim_store_write(const sim_store *s, sim_rtype t, uint64_t handle, const cha
 #define SIM_SANDBOX_ORDINAL 1000001u
 /* Returns true and the ordinal of the patient with this id. */
 bool sim_store_patient_ordinal(const sim_store *s, const char *patient_id, uint32_t *ordinal);
+/* True if id is one of Cerner's sandbox patients (present when the tenant
+ * has `sandbox: true`); usable before any store exists (config checks). */
+bool sim_sandbox_patient_id(const char *id);
 /* Ordinal of the i-th stored Patient. */
 uint32_t sim_store_patient_ordinal_at(const sim_store *s, size_t i);
 /* The Patient with this ordinal (borrowed), or NULL. */

@@ -200,6 +200,12 @@ static int add_synthetic(sim_store *s, const sim_data_params *p, long index) {
   return sim_store_add(s, SIM_RT_PATIENT, doc);
 }
 
+bool sim_sandbox_patient_id(const char *id) {
+  for (size_t i = 0; i < sizeof sandbox_patients / sizeof *sandbox_patients; i++)
+    if (strcmp(sandbox_patients[i].id, id) == 0) return true;
+  return false;
+}
+
 int sim_gen_patients(sim_store *s, const sim_data_params *p) {
   _Static_assert(sizeof sandbox_patients / sizeof *sandbox_patients == SIM_SANDBOX_PATIENTS,
                  "data_internal.h counts the sandbox patients");

@@ -1,7 +1,8 @@
 /* FHIR R4 endpoints under /r4/{tenant}: bearer token checks (401 with
  * Cerner's WWW-Authenticate, 403 for a missing scope), then read by id (any
  * type, Binary in fhir_binary.c) or search through the per-type rules in
- * fhir_types.c. */
+ * fhir_types.c. Group reads and Bulk Data $export (Group/{id}/$export and
+ * the bulk-export/jobs/... URLs it hands out) are in export.c. */
 #include "tests/sim/fhir.h"
 
 #include <stdio.h>
@@ -50,7 +51,7 @@ static bool v2_permits_read(const char *perm, size_t len) {
 
 /* True if a granted scope allows reading `type`: system/T.read (v1) or
  * system/T.<v2 permissions with r>, optionally followed by "?query". */
-static bool scope_allows_read(const char *scopes, const char *type) {
+bool sim_fhir_scope_allows_read(const char *scopes, const char *type) {
   size_t tlen = strlen(type);
   for (const char *p = scopes; *p;) {
     size_t len = strcspn(p, " ");
@@ -68,22 +69,24 @@ static bool scope_allows_read(const char *scopes, const char *type) {
 }
 
 /* Checks the bearer token; fills resp (401) and returns NULL when it is not
- * valid, else returns its granted scopes (new string, caller frees). */
-static char *authenticate(sim_req *req, sim_resp *resp) {
+ * valid, else returns its granted scopes and the client it was issued to
+ * (new strings, caller frees). */
+static char *authenticate(sim_req *req, sim_resp *resp, char **client_id) {
   const char *token = bearer_token(req);
   if (!token) {
     unauthorized(resp, "the request has no bearer token");
     return NULL;
   }
   char why[128], *scopes = NULL;
-  if (sim_state_token_scope(req->st, req->tenant, token, &scopes, why, sizeof why) != 0) {
+  if (sim_state_token_scope(req->st, req->tenant, token, &scopes, client_id, why, sizeof why) !=
+      0) {
     unauthorized(resp, why);
     return NULL;
   }
   return scopes;
 }
 
-static void forbidden(sim_resp *resp, const char *type) {
+void sim_fhir_forbidden(sim_resp *resp, const char *type) {
   char diag[256];
   snprintf(diag, sizeof diag,
            "insufficient scope: the access token lacks system/%s.read (SMART v2: system/%s.rs)",
@@ -94,12 +97,12 @@ static void forbidden(sim_resp *resp, const char *type) {
 /* Binary needs its own scope plus one of the types whose attachments it
  * holds, as on Cerner. Fills resp and returns false when not allowed. */
 static bool binary_allowed(const char *scopes, sim_resp *resp) {
-  if (!scope_allows_read(scopes, "Binary")) {
-    forbidden(resp, "Binary");
+  if (!sim_fhir_scope_allows_read(scopes, "Binary")) {
+    sim_fhir_forbidden(resp, "Binary");
     return false;
   }
-  if (!scope_allows_read(scopes, "DocumentReference") &&
-      !scope_allows_read(scopes, "DiagnosticReport")) {
+  if (!sim_fhir_scope_allows_read(scopes, "DocumentReference") &&
+      !sim_fhir_scope_allows_read(scopes, "DiagnosticReport")) {
     sim_fhir_outcome(resp, 403, "forbidden",
                      "insufficient scope: reading Binary also needs system/DocumentReference.read "
                      "or system/DiagnosticReport.read");
@@ -161,21 +164,25 @@ void sim_fhir_handle(sim_req *req, sim_resp *resp) {
   const char *id;
   int type = parse_path(req->subpath, type_name, sizeof type_name, &id);
   /* Authentication comes first, as on Cerner: nothing is revealed without a token. */
-  char *scopes = authenticate(req, resp);
+  char *client = NULL;
+  char *scopes = authenticate(req, resp, &client);
   if (!scopes) return;
-  if (strcmp(req->method, "GET") != 0)
+  if (sim_export_path(req->subpath))
+    sim_export_handle(req, resp, scopes, client); /* DELETE is allowed there */
+  else if (strcmp(req->method, "GET") != 0)
     sim_fhir_outcome(resp, 405, "not-supported", "this simulator serves GET only");
   else if (type < 0)
     sim_fhir_outcome(resp, 404, "not-supported", "unknown resource type or path");
   else if (type == SIM_RT_BINARY && id) {
     if (binary_allowed(scopes, resp)) sim_fhir_read_binary(req, resp, id_valid(id) ? id : "");
-  } else if (!scope_allows_read(scopes, type_name))
-    forbidden(resp, type_name);
+  } else if (!sim_fhir_scope_allows_read(scopes, type_name))
+    sim_fhir_forbidden(resp, type_name);
   else if (id)
     read_resource(req, resp, (sim_rtype)type, id);
   else
     sim_fhir_search(req, resp, sim_search_def_for((sim_rtype)type));
   free(scopes);
+  free(client);
 }
 
 void sim_fhir_classify(const sim_req *req, char type[64], const char **kind, char read_key[160]) {

@@ -90,10 +90,34 @@ void sim_fhir_read_binary(sim_req *req, sim_resp *resp, const char *id);
  * "page") and, for reads, "Type/id" in read_key (else ""). */
 void sim_fhir_classify(const sim_req *req, char type[64], const char **kind, char read_key[160]);
 
+/* True if a granted scope (space-separated list) allows reading `type`:
+ * system/T.read (v1) or system/T.<v2 permissions with r>. */
+bool sim_fhir_scope_allows_read(const char *scopes, const char *type);
+/* 403 OperationOutcome naming the missing system/<type>.read scope. */
+void sim_fhir_forbidden(sim_resp *resp, const char *type);
+
+/* ---- Bulk Data (export.c) ---- */
+
+/* True for the paths export.c answers: /Group... and /bulk-export/... */
+bool sim_export_path(const char *subpath);
+/* Group read, $export kick-off, status, DELETE and file redirects, after
+ * authentication: scopes and client_id are the token's. */
+void sim_export_handle(sim_req *req, sim_resp *resp, const char *scopes, const char *client_id);
+
 /* Control endpoints that need the FHIR rules (control_data.c). */
 void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp);
 void sim_control_touch(sim_req *req, sim_tenant *t, sim_resp *resp);
 void sim_control_untouch(sim_req *req, sim_tenant *t, sim_resp *resp);
 void sim_control_reads(sim_req *req, sim_tenant *t, sim_resp *resp);
+/* Bulk Data control endpoints (export_control.c):
+ *   GET  /_sim/tenants/{t}/export              settings and jobs
+ *   POST /_sim/tenants/{t}/export              change settings, fail_next
+ *   POST /_sim/tenants/{t}/export/expire       expire every job of the tenant
+ *   GET  /_sim/tenants/{t}/groups/{id}/expected  what an export of the group holds */
+void sim_control_export_get(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_export_set(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_export_expire(sim_req *req, sim_tenant *t, sim_resp *resp);
+void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_id,
+                                sim_resp *resp);
 
 #endif

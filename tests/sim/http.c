@@ -429,7 +429,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- server ---- */
 
-static int parse_addr(const char *host, unsigned port, struct sockaddr_storage *ss, bool *v6) {
+int sim_parse_addr(const char *host, unsigned port, struct sockaddr_storage *ss, bool *v6) {
   memset(ss, 0, sizeof *ss);
   struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
   struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
@@ -451,7 +451,7 @@ static int parse_addr(const char *host, unsigned port, struct sockaddr_storage *
 sim_server *sim_server_start(sim_state *st, const sim_server_opts *o, char *err, size_t errlen) {
   struct sockaddr_storage ss;
   bool v6 = false;
-  if (parse_addr(o->host, o->port, &ss, &v6) != 0) {
+  if (sim_parse_addr(o->host, o->port, &ss, &v6) != 0) {
     snprintf(err, errlen, "--host %s: not a numeric IPv4 or IPv6 address", o->host);
     return NULL;
   }

@@ -95,6 +95,22 @@ unsigned sim_server_port(const sim_server *s);
 /* Resumes delayed requests, stops MHD and frees the server. */
 void sim_server_stop(sim_server *s);
 
+/* Parses a numeric IPv4 or IPv6 address and port into *ss; -1 if host is
+ * neither. */
+struct sockaddr_storage;
+int sim_parse_addr(const char *host, unsigned port, struct sockaddr_storage *ss, bool *v6);
+
+/* The storage server that Bulk Data downloads are redirected to (storage.c):
+ * a second MHD daemon on its own port, like the S3 bucket behind Cerner's
+ * pre-signed URLs. Starting it sets st->storage_port and st->storage_origin,
+ * so it must start before the FHIR server. Returns NULL with a message in
+ * err when it cannot listen. */
+typedef struct sim_storage sim_storage;
+sim_storage *sim_storage_start(sim_state *st, const sim_server_opts *o, char *err, size_t errlen);
+unsigned sim_storage_port(const sim_storage *s);
+/* Stops the daemon (downloads in flight are cut) and frees it. */
+void sim_storage_stop(sim_storage *s);
+
 /* Handlers (each in its own file). They fill resp; counting of requests per
  * target happens in http.c so that injected faults are counted too. */
 void sim_discovery_handle(sim_req *req, sim_resp *resp);

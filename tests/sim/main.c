@@ -2,7 +2,11 @@
  * the tests and the demo run against. See docs/simulator.md.
  *
  *   cerner-sim --config FILE [--host 127.0.0.1] [--port N] [--port-file PATH]
- *              [--threads N] [--verbose]
+ *              [--storage-port N] [--storage-port-file PATH] [--threads N] [--verbose]
+ *
+ * Two servers listen on --host: the FHIR/token/control server on --port and
+ * the storage server that Bulk Data downloads are redirected to on
+ * --storage-port (storage.c).
  *
  * Exit status: 0 after SIGTERM/SIGINT, 2 for bad arguments or configuration,
  * 1 when the server cannot start. */
@@ -26,7 +30,9 @@ typedef struct options {
   const char *config;
   const char *host;
   const char *port_file;
+  const char *storage_port_file;
   unsigned port;
+  unsigned storage_port;
   unsigned threads;
   bool verbose;
 } options;
@@ -34,7 +40,8 @@ typedef struct options {
 static int usage(const char *problem) {
   fprintf(stderr,
           "cerner-sim: %s\nusage: cerner-sim --config FILE [--host 127.0.0.1] [--port N] "
-          "[--port-file PATH] [--threads N] [--verbose]\n",
+          "[--port-file PATH] [--storage-port N] [--storage-port-file PATH] [--threads N] "
+          "[--verbose]\n",
           problem);
   return 2;
 }
@@ -52,6 +59,8 @@ static int parse_args(int argc, char **argv, options *o) {
       {"config", required_argument, NULL, 'c'},    {"host", required_argument, NULL, 'H'},
       {"port", required_argument, NULL, 'p'},      {"port-file", required_argument, NULL, 'f'},
       {"threads", required_argument, NULL, 't'},   {"verbose", no_argument, NULL, 'v'},
+      {"storage-port", required_argument, NULL, 's'},
+      {"storage-port-file", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
   *o = (options){.host = "127.0.0.1", .threads = 2};
   int c;
@@ -60,6 +69,11 @@ static int parse_args(int argc, char **argv, options *o) {
     case 'c': o->config = optarg; break;
     case 'H': o->host = optarg; break;
     case 'f': o->port_file = optarg; break;
+    case 'S': o->storage_port_file = optarg; break;
+    case 's':
+      if (parse_uint(optarg, 0, 65535, &o->storage_port))
+        return usage("--storage-port: expected 0-65535");
+      break;
     case 'v': o->verbose = true; break;
     case 'p':
       if (parse_uint(optarg, 0, 65535, &o->port)) return usage("--port: expected 0-65535");
@@ -110,29 +124,48 @@ static void block_signals(sigset_t *set) {
 
 static int serve(const options *o, sim_state *st, const sigset_t *set) {
   char err[512];
-  sim_server_opts so = {.host = o->host, .port = o->port, .threads = o->threads,
+  /* Storage first: the FHIR server hands out its origin in redirects, and
+   * its port file is written before the FHIR server's, so a test that saw
+   * the FHIR port can read the storage port too. */
+  sim_server_opts so = {.host = o->host, .port = o->storage_port, .threads = o->threads,
                         .verbose = o->verbose};
+  sim_storage *storage = sim_storage_start(st, &so, err, sizeof err);
+  if (!storage) {
+    fprintf(stderr, "cerner-sim: %s\n", err);
+    return 1;
+  }
+  if (o->storage_port_file && write_port_file(o->storage_port_file, sim_storage_port(storage))) {
+    fprintf(stderr, "cerner-sim: cannot write --storage-port-file %s\n", o->storage_port_file);
+    sim_storage_stop(storage);
+    return 1;
+  }
+  so.port = o->port;
   sim_server *srv = sim_server_start(st, &so, err, sizeof err);
   if (!srv) {
     fprintf(stderr, "cerner-sim: %s\n", err);
+    sim_storage_stop(storage);
     return 1;
   }
   unsigned port = sim_server_port(srv);
   if (o->port_file && write_port_file(o->port_file, port) != 0) {
     fprintf(stderr, "cerner-sim: cannot write --port-file %s\n", o->port_file);
     sim_server_stop(srv);
+    sim_storage_stop(storage);
     return 1;
   }
   if (o->verbose) {
     fx_log_set_level(FX_LOG_DEBUG);
-    char p[16];
+    char p[16], sp[16];
     snprintf(p, sizeof p, "%u", port);
-    fx_log(FX_LOG_INFO, "cerner-sim listening", "host", o->host, "port", p, NULL);
+    snprintf(sp, sizeof sp, "%u", sim_storage_port(storage));
+    fx_log(FX_LOG_INFO, "cerner-sim listening", "host", o->host, "port", p, "storage_port", sp,
+           NULL);
   }
   int sig = 0;
   sigwait(set, &sig);
   if (o->verbose) fx_log(FX_LOG_INFO, "cerner-sim stopping", NULL);
   sim_server_stop(srv);
+  sim_storage_stop(storage);
   return 0;
 }
 

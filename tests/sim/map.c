@@ -92,6 +92,26 @@ size_t sim_map_remove_if(sim_map *m, sim_map_pred pred, void *arg) {
   return removed;
 }
 
+bool sim_map_remove(sim_map *m, const char *key) {
+  uint64_t h = fnv1a(key);
+  if (!m->nbuckets) return false;
+  for (sim_map_entry **link = &m->buckets[h % m->nbuckets]; *link; link = &(*link)->next) {
+    sim_map_entry *e = *link;
+    if (e->hash != h || strcmp(e->key, key) != 0) continue;
+    *link = e->next;
+    if (m->free_fn) m->free_fn(e->value);
+    free(e);
+    m->count--;
+    return true;
+  }
+  return false;
+}
+
+void sim_map_foreach(const sim_map *m, sim_map_visit fn, void *arg) {
+  for (size_t i = 0; i < m->nbuckets; i++)
+    for (sim_map_entry *e = m->buckets[i]; e; e = e->next) fn(e->key, e->value, arg);
+}
+
 static bool always(const char *key, void *value, void *arg) {
   (void)key, (void)value, (void)arg;
   return true;

@@ -1,6 +1,6 @@
 /* String-keyed hash map (separate chaining, FNV-1a) holding owned values.
  * Not thread-safe: callers hold the state lock. Used for issued tokens, seen
- * jtis and resource ids. */
+ * jtis, resource ids and bulk exports. */
 #ifndef SIM_MAP_H
 #define SIM_MAP_H
 
@@ -26,6 +26,11 @@ void *sim_map_get(const sim_map *m, const char *key);
  * returns -1 on OOM, leaving value with the caller. */
 int sim_map_put(sim_map *m, const char *key, void *value);
 size_t sim_map_remove_if(sim_map *m, sim_map_pred pred, void *arg);
+/* Removes one entry (freeing its value); returns false if there was none. */
+bool sim_map_remove(sim_map *m, const char *key);
+/* Calls fn for every entry, in no particular order; fn must not change m. */
+typedef void (*sim_map_visit)(const char *key, void *value, void *arg);
+void sim_map_foreach(const sim_map *m, sim_map_visit fn, void *arg);
 void sim_map_free(sim_map *m);
 
 #endif

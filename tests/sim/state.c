@@ -2,6 +2,7 @@
 
 #include "tests/sim/util.h"
 
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,8 +59,9 @@ static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
                         .patients = tc->patients, .knobs = tc->data};
   t->id = strdup(tc->id);
   t->expires_in = tc->expires_in;
+  t->export_settings = tc->export_settings;
   t->store = sim_store_build(&dp, indexer, err, errlen);
-  if (!t->store) return -1;
+  if (!t->store || sim_groups_init(t, tc, err, errlen) != 0) return -1;
   t->clients = calloc(tc->nclients + 1, sizeof *t->clients);
   if (!t->id || !t->clients || sim_strv_copy(&t->auth_methods, &tc->auth_methods) ||
       sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters) ||
@@ -77,6 +79,7 @@ oom:
 
 static void tenant_free(sim_tenant *t) {
   free(t->id);
+  sim_groups_free(t);
   sim_store_free(t->store);
   sim_strv_free(&t->auth_methods);
   sim_strv_free(&t->signing_algs);
@@ -92,6 +95,11 @@ int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer index
   pthread_mutex_init(&st->lock, NULL);
   sim_map_init(&st->tokens, issued_token_free);
   sim_map_init(&st->jtis, free);
+  sim_map_init(&st->exports, sim_export_unref);
+  if (RAND_bytes(st->storage_secret, sizeof st->storage_secret) != 1) {
+    snprintf(err, errlen, "cannot draw the storage signing secret");
+    return -1;
+  }
   st->tenants = calloc(cfg->ntenants, sizeof *st->tenants);
   if (!st->tenants) {
     snprintf(err, errlen, "out of memory");
@@ -106,6 +114,8 @@ int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer index
 }
 
 void sim_state_free(sim_state *st) {
+  /* Jobs first: nothing else refers to them once the servers are stopped. */
+  sim_map_free(&st->exports);
   for (size_t i = 0; i < st->ntenants; i++) tenant_free(&st->tenants[i]);
   free(st->tenants);
   sim_map_free(&st->tokens);
@@ -249,9 +259,10 @@ fail:
 }
 
 int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char **scope,
-                          char *why, size_t whylen) {
+                          char **client_id, char *why, size_t whylen) {
   const char *problem = NULL;
   *scope = NULL;
+  if (client_id) *client_id = NULL;
   int64_t now_ms = sim_now_ms();
   pthread_mutex_lock(&st->lock);
   issued_token *it = sim_map_get(&st->tokens, token);
@@ -265,10 +276,12 @@ int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char 
     problem = "the access token has expired";
   else if (it->generation != t->token_generation)
     problem = "the access token has been revoked";
-  else if (!(*scope = strdup(it->scope)))
+  else if (!(*scope = strdup(it->scope)) || (client_id && !(*client_id = strdup(it->client_id))))
     problem = "out of memory";
   pthread_mutex_unlock(&st->lock);
   if (!problem) return 0;
+  free(*scope);
+  *scope = NULL;
   snprintf(why, whylen, "%s", problem);
   return -1;
 }
@@ -334,6 +347,32 @@ void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, cons
   pthread_mutex_unlock(&st->lock);
 }
 
+void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what) {
+  pthread_mutex_lock(&st->lock);
+  sim_counters *c = &t->counters;
+  switch (what) {
+  case SIM_XCOUNT_KICKOFF: c->export_kickoffs++; break;
+  case SIM_XCOUNT_REFUSED: c->export_refused++; break;
+  case SIM_XCOUNT_POLL: c->export_polls++; break;
+  case SIM_XCOUNT_FILE: c->export_files++; break;
+  case SIM_XCOUNT_DELETE: c->export_deletes++; break;
+  }
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_storage_request(sim_state *st, bool authorization) {
+  pthread_mutex_lock(&st->lock);
+  st->storage_requests++;
+  if (authorization) st->storage_authorization++;
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_storage_bytes(sim_state *st, size_t bytes) {
+  pthread_mutex_lock(&st->lock);
+  st->storage_bytes += (long)bytes;
+  pthread_mutex_unlock(&st->lock);
+}
+
 json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
   json_t *out = json_object();
   size_t tlen = type ? strlen(type) : 0;
@@ -349,14 +388,19 @@ json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
 }
 
 static json_t *tenant_counters(const sim_counters *c) {
-  return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O}", "token_requests",
+  return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O, s:{s:I, s:I, s:I, "
+                   "s:I, s:I}}",
+                   "token_requests",
                    (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
                    "token_rejections", c->token_rejections, "token_requests_by_client",
                    c->by_client, "discovery_requests", (json_int_t)c->discovery_requests,
                    "fhir_requests", (json_int_t)c->fhir_requests, "fhir_by_status",
                    c->fhir_by_status, "faults_served", c->faults_served, "fhir_by_type",
                    c->fhir_by_type, "fhir_by_kind", c->fhir_by_kind, "fhir_by_type_kind",
-                   c->fhir_by_type_kind);
+                   c->fhir_by_type_kind, "export", "kickoffs", (json_int_t)c->export_kickoffs,
+                   "kickoffs_refused", (json_int_t)c->export_refused, "status_polls",
+                   (json_int_t)c->export_polls, "files_served", (json_int_t)c->export_files,
+                   "deletes", (json_int_t)c->export_deletes);
 }
 
 json_t *sim_state_counters_json(sim_state *st) {
@@ -370,8 +414,12 @@ json_t *sim_state_counters_json(sim_state *st) {
     json_decref(c);
     json_object_set_new(tenants, st->tenants[i].id, copy ? copy : json_null());
   }
+  json_t *storage = json_pack("{s:I, s:I, s:I, s:I}", "requests", (json_int_t)st->storage_requests,
+                              "authorization_headers", (json_int_t)st->storage_authorization,
+                              "bytes", (json_int_t)st->storage_bytes, "port",
+                              (json_int_t)st->storage_port);
   pthread_mutex_unlock(&st->lock);
-  return json_pack("{s:o}", "tenants", tenants);
+  return json_pack("{s:o, s:o*}", "tenants", tenants, "storage", storage);
 }
 
 void sim_state_reset_counters(sim_state *st) {
@@ -379,6 +427,8 @@ void sim_state_reset_counters(sim_state *st) {
   for (size_t i = 0; i < st->ntenants; i++) {
     sim_counters *c = &st->tenants[i].counters;
     c->token_requests = c->tokens_granted = c->discovery_requests = c->fhir_requests = 0;
+    c->export_kickoffs = c->export_refused = c->export_polls = c->export_files =
+        c->export_deletes = 0;
     json_object_clear(c->token_rejections);
     json_object_clear(c->by_client);
     json_object_clear(c->fhir_by_status);
@@ -389,5 +439,6 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->reads);
     sim_faults_retry_reset_locked(&st->tenants[i]);
   }
+  st->storage_requests = st->storage_authorization = st->storage_bytes = 0;
   pthread_mutex_unlock(&st->lock);
 }

@@ -1,6 +1,6 @@
 /* Everything the simulator remembers between requests: tenants and their
- * clients, issued tokens, seen jtis, settings, injected faults (fault.c) and
- * counters.
+ * clients, issued tokens, seen jtis, settings, injected faults (fault.c),
+ * bulk exports (export.h) and counters.
  *
  * Threading: MHD's pool threads call these functions concurrently. One mutex
  * guards all mutable fields and is held only for map look-ups and counter
@@ -12,6 +12,7 @@
 
 #include "tests/sim/config.h"
 #include "tests/sim/data.h"
+#include "tests/sim/export.h"
 #include "tests/sim/fault.h"
 #include "tests/sim/map.h"
 
@@ -35,7 +36,21 @@ typedef struct sim_counters {
   json_t *fhir_by_kind;      /* "read" | "search" | "page" -> requests */
   json_t *fhir_by_type_kind; /* "Observation.page" -> requests */
   json_t *reads;             /* "Practitioner/4000001" -> reads of that path */
+  /* Bulk Data $export (export.c). */
+  long export_kickoffs;      /* accepted (202) */
+  long export_refused;       /* 429: another export of the client is running */
+  long export_polls;         /* status GETs */
+  long export_files;         /* file GETs redirected (307) */
+  long export_deletes;       /* DELETEs answered 202 */
 } sim_counters;
+
+typedef enum {
+  SIM_XCOUNT_KICKOFF,
+  SIM_XCOUNT_REFUSED,
+  SIM_XCOUNT_POLL,
+  SIM_XCOUNT_FILE,
+  SIM_XCOUNT_DELETE,
+} sim_export_count;
 
 typedef struct sim_tenant {
   /* Immutable after init. */
@@ -44,12 +59,16 @@ typedef struct sim_tenant {
   sim_strv auth_methods;
   sim_strv signing_algs;
   size_t index;
+  sim_group *groups; /* Bulk Data groups (export.c) */
+  size_t ngroups;
   /* Guarded by sim_state.lock. */
   long expires_in;
   bool fhir_always_401;
   uint64_t token_generation; /* bumped by revoke_tokens; older tokens are invalid */
   sim_client *clients;
   size_t nclients;
+  sim_export_settings export_settings;
+  bool export_fail_next; /* the next accepted kick-off's export fails */
   sim_fault *faults; /* in posting order; first match wins (fault.c) */
   size_t nfaults;
   sim_map retry_pending;  /* request target -> Retry-After announced (fault.c) */
@@ -70,6 +89,17 @@ typedef struct sim_state {
   sim_map jtis;    /* "tenant\x1fclient\x1fjti" -> int64_t expiry */
   size_t tokens_prune_at;
   size_t jtis_prune_at;
+  sim_map exports; /* job id -> sim_export* (one reference each) */
+  /* The storage server (storage.c) that export downloads are redirected
+   * to. Port and origin are set by main before any server starts and are
+   * immutable afterwards; the secret signs storage URLs. */
+  unsigned storage_port;
+  char storage_origin[128]; /* "http://127.0.0.1:PORT" */
+  bool storage_any_host;    /* bound to 0.0.0.0 or ::: redirect to the request's host name */
+  unsigned char storage_secret[32];
+  long storage_requests;       /* guarded by lock, like every counter */
+  long storage_authorization;  /* requests carrying an Authorization header */
+  long storage_bytes;          /* body bytes produced for 200 answers */
 } sim_state;
 
 /* Builds tenants (including their synthetic data, prepared for searching by
@@ -104,10 +134,11 @@ char *sim_state_issue_token(sim_state *st, sim_tenant *t, const char *client_id,
                             const char *scope, long expires_in);
 
 /* Checks a bearer token for a FHIR request on tenant t. Returns 0 with the
- * token's granted scopes in *scope (new string, caller frees), or -1 with the
+ * token's granted scopes in *scope and, if client_id is not NULL, the client
+ * it was issued to in *client_id (new strings, caller frees), or -1 with the
  * reason in why (fhir_always_401, unknown, other tenant, expired, revoked). */
 int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char **scope,
-                          char *why, size_t whylen);
+                          char **client_id, char *why, size_t whylen);
 
 /* Counters. client_id may be NULL when the request named none. */
 void sim_count_token_request(sim_state *st, sim_tenant *t, const char *client_id);
@@ -121,11 +152,15 @@ void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
  * type "" (unknown type or path) counts nowhere; read_key "Type/id" or "". */
 void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, const char *kind,
                             const char *read_key);
+void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what);
+/* One storage request; bytes of bodies are added as they are produced. */
+void sim_count_storage_request(sim_state *st, bool authorization);
+void sim_count_storage_bytes(sim_state *st, size_t bytes);
 /* New reference: {"Type/id": reads} of the tenant, only `type`'s when type
  * is not NULL. */
 json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type);
 
-/* New reference: {"tenants":{"<id>":{...}}}. */
+/* New reference: {"tenants":{"<id>":{...}}, "storage":{...}}. */
 json_t *sim_state_counters_json(sim_state *st);
 void sim_state_reset_counters(sim_state *st);
 

@@ -1,0 +1,125 @@
+/* Bulk Data $export (docs/simulator.md "Bulk Data $export"): a tenant's
+ * Groups and the export jobs kicked off on them, as Cerner runs them
+ * (cerner-smart-facts.md section 5).
+ *
+ * A job is immutable once it is in the state's `exports` map except for its
+ * `expired` flag: kick-off validates the request, plans the files (which
+ * resources go into which NDJSON file, as cursors, not contents) without
+ * holding the lock, then inserts the job under the lock after re-checking
+ * that the client has no other export running. Status polls build the
+ * manifest from the plan; downloads are redirected to the storage server
+ * (storage.c), which generates and gzips a file's lines while sending it.
+ *
+ * Jobs are reference counted: the map holds one reference, each download in
+ * flight another, so a DELETE during a download frees the job only when the
+ * download ends. References are taken and dropped under the state lock or
+ * (drop only) from a download's free callback.
+ *
+ * Threading: everything here is guarded by sim_state.lock as state.h says;
+ * groups are immutable after init. */
+#ifndef SIM_EXPORT_H
+#define SIM_EXPORT_H
+
+#include "tests/sim/config.h"
+#include "tests/sim/data.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct sim_state;
+struct sim_tenant;
+
+/* A Group of a tenant: its members' patient ordinals, in member order. */
+typedef struct sim_group {
+  char *id;
+  uint32_t *ordinals;
+  size_t n;
+} sim_group;
+
+/* Builds the tenant's groups from its config (plus Cerner's two sandbox
+ * groups on a sandbox tenant, unless the config defines those ids). Needs
+ * t->store. Returns 0 or -1 with a message in err. */
+int sim_groups_init(struct sim_tenant *t, const sim_tenant_cfg *tc, char *err, size_t errlen);
+void sim_groups_free(struct sim_tenant *t);
+/* Borrowed group or NULL; no lock needed. */
+const sim_group *sim_group_find(const struct sim_tenant *t, const char *id);
+
+/* Bytes of a job id (hex: twice as many characters). */
+#define SIM_EXPORT_ID_BYTES 16
+#define SIM_EXPORT_ID_LEN (2 * SIM_EXPORT_ID_BYTES)
+/* Files expire this long after the export completed, as on Cerner. */
+#define SIM_EXPORT_TTL_MS (30LL * 86400 * 1000)
+
+/* Where an export walk stands: member index in the group and resource
+ * index within that member's resources of the type being walked. */
+typedef struct sim_xcursor {
+  size_t member;
+  uint32_t index;
+} sim_xcursor;
+
+/* What an export contains besides its types: the group's members, and the
+ * _since filter (meta.lastUpdated >= since_ms, for every type). */
+typedef struct sim_xscope {
+  const sim_store *store;
+  const sim_group *group;
+  bool has_since;
+  int64_t since_ms;
+} sim_xscope;
+
+/* Advances *c to the next resource of type t (Patient or a per-patient
+ * type) that the scope contains and returns true with its handle (for
+ * sim_store_write), or false at the end. Start from (sim_xcursor){0}. */
+bool sim_xnext(const sim_xscope *s, sim_rtype t, sim_xcursor *c, uint64_t *handle);
+
+/* The error file's lines are OperationOutcomes, not resources of a type. */
+#define SIM_XFILE_ERRORS (-1)
+/* Lines of the error file when the tenant's error_file is on. */
+#define SIM_XFILE_ERROR_LINES 2
+
+/* One NDJSON file of an export: `count` lines of `type` from `start` on. */
+typedef struct sim_xfile {
+  int type; /* sim_rtype, or SIM_XFILE_ERRORS */
+  sim_xcursor start;
+  size_t count;
+} sim_xfile;
+
+typedef struct sim_export {
+  atomic_int refs;
+  char id[SIM_EXPORT_ID_LEN + 1];
+  size_t tenant; /* index in sim_state.tenants */
+  sim_xscope scope;
+  bool types[SIM_RT_COUNT];
+  char *client_id;
+  char *request;    /* the kick-off URL, query included (manifest "request") */
+  char host[256];   /* the kick-off's Host: absolute URLs inside resources use it */
+  int64_t kickoff_ms, done_ms; /* wall clock; done = kick-off + duration_ms */
+  bool fail;        /* answers 500 once done */
+  sim_xfile *files; /* outputs [0, noutput), then the error file if any */
+  size_t nfiles, noutput;
+  /* Guarded by sim_state.lock. */
+  bool expired;
+} sim_export;
+
+void sim_export_ref(sim_export *x);
+/* Drops a reference; the last one frees the job. Also the map's free_fn. */
+void sim_export_unref(void *x);
+
+/* True once the export is gone for clients: expired by the control API or
+ * SIM_EXPORT_TTL_MS after completion. Lock held. */
+bool sim_export_expired_locked(const sim_export *x, int64_t now_ms);
+
+/* Appends lines of file `f` of x to out, starting at *c / *done (lines
+ * already written) until out holds at least `min_bytes` or the file is
+ * complete. Every line is one resource's JSON exactly as a read serves it
+ * (absolute URLs built from x->host), then '\n'. Returns true when the file
+ * is complete. No lock needed: jobs' plans and the data are immutable. */
+bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_t *done,
+                            size_t min_bytes, sim_buf *out);
+
+/* The signature part of a storage URL for file f of job id: hex HMAC with
+ * the process's secret (sim_state.storage_secret). out: 65 bytes. */
+void sim_export_sign(const struct sim_state *st, const char *id, size_t f, char out[65]);
+
+#endif
