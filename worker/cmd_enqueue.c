@@ -1,5 +1,5 @@
 /* fhirx enqueue: read patients, validate them as the workers would, group
- * them into jobs and produce the jobs. */
+ * them into jobs and produce the jobs; or make one bulk job (--group). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -20,6 +20,9 @@ static const char enqueue_usage[] =
     "                      --ndjson FILE)\n"
     "                     [--batch N] [--job-id ID | --job-id-prefix PREFIX] [--rate N]\n"
     "                     [--strict] [--dry-run]\n"
+    "       fhirx enqueue --config FILE --group ID [--tenant ID] [--resources TYPE[,TYPE...]]\n"
+    "                     [--since INSTANT] [--type-filter QUERY]... [--follow-references]\n"
+    "                     [--job-id ID | --job-id-prefix PREFIX] [--dry-run]\n"
     "\n"
     "Builds extraction jobs, validates them with the rules the workers apply (the same\n"
     "config), and produces them to the jobs topic keyed by job id.\n"
@@ -43,6 +46,14 @@ static const char enqueue_usage[] =
     "jobs as NDJSON on stdout (the summary goes to stderr) and produces nothing.\n"
     "--rate limits jobs per second. A progress bar is drawn when stderr is a terminal; the\n"
     "summary is one line on stdout: jobs, patients, tenants.\n"
+    "\n"
+    "With --group, one bulk job: a Bulk Data $export of that Group (Cerner exports Patient\n"
+    "and the patient-compartment types; not Binary, Practitioner, Organization, Location) for\n"
+    "--tenant (default: the config's only tenant). --resources becomes _type (default: the\n"
+    "tenant's types if its config narrows them, else the server's default), --since _since,\n"
+    "each --type-filter TYPE?QUERY (repeatable, up to 32; TYPE among --resources; a ','\n"
+    "inside written %2C) _typeFilter. Its id is --job-id, PREFIX-000001, or 'job-' and a\n"
+    "hash of the job. --group takes no patients, --csv, --ndjson, --batch or --column.\n"
     "\n"
     "Exit status: 0 all enqueued; 1 a line was rejected or Kafka did not acknowledge a job;\n"
     "2 usage.\n";
@@ -115,9 +126,13 @@ int fx_cmd_enqueue(int argc, char **argv) {
                                        {"rate", required_argument, 0, 'R'},
                                        {"strict", no_argument, 0, 'S'},
                                        {"dry-run", no_argument, 0, 'n'},
+                                       {"group", required_argument, 0, 'G'},
+                                       {"type-filter", required_argument, 0, 'T'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *config = NULL, *patients = NULL, *csv = NULL, *ndjson = NULL;
+  const char *config = NULL, *patients = NULL, *csv = NULL, *ndjson = NULL, *group = NULL;
+  const char *type_filters[64]; /* more than a job may have: the parser says how many */
+  size_t n_type_filters = 0;
   fx_jobin_opts jo = {0};
   long batch = -1, rate = 0;
   int strict = 0, dry = 0, c;
@@ -146,17 +161,33 @@ int fx_cmd_enqueue(int argc, char **argv) {
       break;
     case 'S': strict = 1; break;
     case 'n': dry = 1; break;
+    case 'G': group = optarg; break;
+    case 'T':
+      if (n_type_filters == sizeof type_filters / sizeof type_filters[0])
+        return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--type-filter: at most %d per job",
+                           FX_BULK_MAX_TYPE_FILTERS);
+      type_filters[n_type_filters++] = optarg;
+      break;
     case 'h': fputs(enqueue_usage, stdout); return FX_EXIT_OK;
     default: fputs(enqueue_usage, stderr); return FX_EXIT_USAGE;
     }
   }
   int from_args = patients || optind < argc;
   config = fx_cli_config(config);
-  if (!config || from_args + !!csv + !!ndjson != 1) {
+  if (group && (from_args || csv || ndjson || batch >= 0 || jo.column)) {
+    fputs(enqueue_usage, stderr);
+    return fx_cli_fail("enqueue", FX_EXIT_USAGE,
+                       "--group makes one bulk job (a Group $export): it takes no patients, "
+                       "--csv, --ndjson, --batch or --column; enqueue patient lists separately");
+  }
+  if (n_type_filters && !group)
+    return fx_cli_fail("enqueue", FX_EXIT_USAGE,
+                       "--type-filter applies to bulk jobs only (--group)");
+  if (!config || (!group && from_args + !!csv + !!ndjson != 1)) {
     fputs(enqueue_usage, stderr);
     return fx_cli_fail("enqueue", FX_EXIT_USAGE,
                        "give --config and exactly one source of patients: --patients/arguments, "
-                       "--csv or --ndjson");
+                       "--csv or --ndjson (or --group for a bulk job)");
   }
   if (jo.job_id && jo.id_prefix)
     return fx_cli_fail("enqueue", FX_EXIT_USAGE, "--job-id and --job-id-prefix exclude each other");
@@ -174,7 +205,7 @@ int fx_cmd_enqueue(int argc, char **argv) {
   }
   fx_job_limits lim = {.max_bytes = (size_t)cfg->worker.max_job_bytes,
                        .max_patients = (size_t)cfg->worker.max_patients_per_job};
-  if (batch < 0) batch = jo.job_id ? (long)lim.max_patients : (100 < (long)lim.max_patients ? 100 : (long)lim.max_patients);
+  if (batch < 0) batch = jo.job_id || group ? (long)lim.max_patients : (100 < (long)lim.max_patients ? 100 : (long)lim.max_patients);
   jo.batch = (size_t)batch;
 
   bad_report br = {from_args ? "argument" : "line"};
@@ -184,7 +215,12 @@ int fx_cmd_enqueue(int argc, char **argv) {
     rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
     goto out;
   }
-  if (from_args) {
+  if (group) {
+    if (fx_jobin_bulk(in, group, type_filters, n_type_filters, &err) != 0) {
+      rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s; nothing was produced", err.msg);
+      goto out;
+    }
+  } else if (from_args) {
     unsigned long pos = 0;
     char *copy = patients ? strdup(patients) : NULL, *save = NULL;
     for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
@@ -228,28 +264,37 @@ int fx_cmd_enqueue(int argc, char **argv) {
     goto out;
   }
   if (n == 0) {
-    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "no job to enqueue: the input holds no valid patient%s",
+    rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "no job to enqueue: the input holds no valid patient or job%s",
                      tail);
     goto out;
   }
-  char named[200] = "";
+  char named[200] = "", what[200] = "";
   if (n == 1) snprintf(named, sizeof named, ": %s", jobs[0].job_id);
+  /* What the jobs hold: patients, bulk exports (a Group's size is unknown
+   * here), tenants. */
+  if (st.jobs > st.bulk_jobs)
+    snprintf(what, sizeof what, "%lu patients, ", st.patients);
+  if (group)
+    snprintf(what + strlen(what), sizeof what - strlen(what), "bulk export of Group %s, ", group);
+  else if (st.bulk_jobs)
+    snprintf(what + strlen(what), sizeof what - strlen(what), "%lu bulk export%s, ", st.bulk_jobs,
+             st.bulk_jobs == 1 ? "" : "s");
+  snprintf(what + strlen(what), sizeof what - strlen(what), "%lu tenant%s", st.tenants,
+           st.tenants == 1 ? "" : "s");
   if (dry) {
     for (size_t i = 0; i < n; i++) {
       fwrite(jobs[i].text, 1, jobs[i].len, stdout);
       fputc('\n', stdout);
     }
-    fprintf(stderr, "dry run: %lu job%s (%lu patients, %lu tenant%s)%s; nothing produced%s\n",
-            st.jobs, st.jobs == 1 ? "" : "s", st.patients, st.tenants, st.tenants == 1 ? "" : "s",
-            named, tail);
+    fprintf(stderr, "dry run: %lu job%s (%s)%s; nothing produced%s\n", st.jobs,
+            st.jobs == 1 ? "" : "s", what, named, tail);
   } else {
     unsigned long acked = 0;
     if (produce_jobs(cfg, jobs, n, rate, &acked, &err) != 0) {
       rc = fx_cli_fail("enqueue", FX_EXIT_FAIL, "%s", err.msg);
       goto out;
     }
-    printf("enqueued %lu job%s (%lu patients, %lu tenant%s) on %s%s%s\n", st.jobs,
-           st.jobs == 1 ? "" : "s", st.patients, st.tenants, st.tenants == 1 ? "" : "s",
+    printf("enqueued %lu job%s (%s) on %s%s%s\n", st.jobs, st.jobs == 1 ? "" : "s", what,
            cfg->topics.jobs, named, tail);
   }
   if (st.bad_lines)

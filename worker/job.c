@@ -99,8 +99,165 @@ static int check_patient(json_t *v, const char *where, size_t i, fx_job_error *e
   return 0;
 }
 
-static const char *const known_fields[] = {"job_id", "tenant", "patients", "resources", "tasks",
-                                           "since", "follow_references", "attempt"};
+static const char *const known_fields[] = {"kind",  "job_id", "tenant",    "patients",
+                                           "resources", "tasks", "since", "follow_references",
+                                           "attempt", "group", "type_filter"};
+
+/* ---- bulk jobs ------------------------------------------------------------ */
+
+#define MAX_GROUP_ID 64
+
+/* One type named by a bulk job (resources[i], or the type of type_filter[i]):
+ * a type fhirx knows that a Group $export covers and the tenant's profile
+ * fetches per patient. */
+static int bulk_type(const char *t, const char *where, size_t i, const fx_profile *prof,
+                     int *idx, fx_job_error *e) {
+  *idx = fx_resource_index(t);
+  if (*idx < 0)
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s[%zu]: '%.64s' is not a resource type fhirx extracts (see `fhirx scopes`)",
+                where, i, t ? t : "(not a string)");
+  if (strcmp(t, "Binary") == 0)
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s[%zu]: Cerner's $export does not export Binary; drop it (with "
+                "follow_references, the attachments of DocumentReference and DiagnosticReport "
+                "are fetched as Binary)",
+                where, i);
+  if (!(fx_patient_compartment_types() & FX_TYPE_BIT(*idx)))
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s[%zu]: Cerner's Group $export covers Patient and the patient-compartment "
+                "types, not %s; drop it (set follow_references to fetch what the exported "
+                "resources reference)",
+                where, i, t);
+  if (!(fx_profile_patient_types(prof) & FX_TYPE_BIT(*idx)))
+    return fail(e, FX_EC_INVALID_JOB,
+                "%s[%zu]: the tenant's profile (%s) does not fetch %s per patient, so a bulk "
+                "job does not export it either; drop it",
+                where, i, prof->name, t);
+  return 0;
+}
+
+/* A _typeFilter entry goes into one comma-joined query parameter: printable
+ * ASCII without spaces, and no literal comma (it would split the entry). */
+static int check_type_filter(const char *q, size_t i, const fx_profile *prof, uint32_t types,
+                             int types_from_tenant, const char *tenant, fx_job_error *e) {
+  size_t n = strlen(q);
+  if (n == 0 || n > FX_BULK_TYPE_FILTER_MAX)
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter[%zu]: expected 1..%d characters, \"<Type>?<query>\"", i,
+                FX_BULK_TYPE_FILTER_MAX);
+  for (const char *p = q; *p; p++) {
+    if (*p == ',')
+      return fail(e, FX_EC_INVALID_JOB,
+                  "type_filter[%zu]: a literal ',' would split the comma-joined _typeFilter "
+                  "parameter; percent-encode it as %%2C",
+                  i);
+    if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "type_filter[%zu]: a space, control or non-ASCII character at position %zu; "
+                  "percent-encode it (a space as %%20)",
+                  i, (size_t)(p - q));
+  }
+  const char *mark = strchr(q, '?');
+  if (!mark || mark == q || mark[1] == '\0')
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter[%zu]: expected \"<Type>?<query>\", e.g. "
+                "\"Observation?category=laboratory\"",
+                i);
+  char type[64];
+  if ((size_t)(mark - q) >= sizeof type)
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter[%zu]: '%.40s...' is not a resource type fhirx extracts (see "
+                "`fhirx scopes`)",
+                i, q);
+  memcpy(type, q, (size_t)(mark - q));
+  type[mark - q] = '\0';
+  int idx;
+  if (bulk_type(type, "type_filter", i, prof, &idx, e)) return -1;
+  if (types && !(types & FX_TYPE_BIT(idx))) {
+    if (types_from_tenant)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "type_filter[%zu]: tenant %.64s does not extract %s (tenants[].resources, or "
+                  "its profile); drop the filter, or name the types in resources",
+                  i, tenant, type);
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter[%zu]: %s is not among the job's resources; add it to resources or "
+                "drop the filter",
+                i, type);
+  }
+  return 0;
+}
+
+static int parse_bulk(json_t *doc, const fx_profile *prof, const fx_tenant_conf *t, fx_job *job,
+                      fx_job_error *e) {
+  json_t *group = json_object_get(doc, "group");
+  if (!group)
+    return fail(e, FX_EC_INVALID_JOB,
+                "group: required for a bulk job: the id of the Group to export (1..%d letters, "
+                "digits, '-' or '.')",
+                MAX_GROUP_ID);
+  if (!json_is_string(group) || !safe_id(json_string_value(group), MAX_GROUP_ID, "-."))
+    return fail(e, FX_EC_INVALID_JOB,
+                "group: a Group id must be a string of 1..%d letters, digits, '-' or '.'",
+                MAX_GROUP_ID);
+  if (!(job->group = strdup(json_string_value(group))))
+    return fail(e, FX_EC_INVALID_JOB, "out of memory");
+
+  uint32_t compartment = fx_patient_compartment_types();
+  uint32_t exportable = compartment & fx_profile_patient_types(prof);
+  json_t *resources = json_object_get(doc, "resources");
+  int from_tenant = 0;
+  if (resources) {
+    if (!json_is_array(resources) || json_array_size(resources) == 0)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "resources: expected a non-empty array of resource types");
+    size_t i;
+    json_t *v;
+    json_array_foreach(resources, i, v) {
+      int idx;
+      if (bulk_type(json_string_value(v), "resources", i, prof, &idx, e)) return -1;
+      job->bulk_types |= FX_TYPE_BIT(idx);
+    }
+  } else if (t->resources.n || exportable != compartment) {
+    /* The tenant extracts fewer types than a Group export would give
+     * (tenants[].resources, or a profile that skips some): name them, so
+     * the export asks only for what the tenant's scopes cover. */
+    job->bulk_types = fx_tenant_types(t, prof) & compartment;
+    from_tenant = 1;
+    if (!job->bulk_types)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "tenant %.64s extracts no type a Group $export covers (tenants[].resources); "
+                  "name the types in resources",
+                  job->tenant);
+  }
+
+  json_t *filters = json_object_get(doc, "type_filter");
+  if (!filters) return 0;
+  size_t n = json_array_size(filters);
+  if (!json_is_array(filters) || n == 0)
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter: expected a non-empty array of \"<Type>?<query>\" strings");
+  if (n > FX_BULK_MAX_TYPE_FILTERS)
+    return fail(e, FX_EC_INVALID_JOB,
+                "type_filter: %zu filters is more than the %d a bulk job may have; split the "
+                "job",
+                n, FX_BULK_MAX_TYPE_FILTERS);
+  if (!(job->type_filters = calloc(n, sizeof *job->type_filters)))
+    return fail(e, FX_EC_INVALID_JOB, "out of memory");
+  size_t i;
+  json_t *v;
+  json_array_foreach(filters, i, v) {
+    const char *q = json_string_value(v);
+    if (!q)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "type_filter[%zu]: expected a string \"<Type>?<query>\"", i);
+    if (check_type_filter(q, i, prof, job->bulk_types, from_tenant, job->tenant, e)) return -1;
+    if (!(job->type_filters[job->n_type_filters] = strdup(q)))
+      return fail(e, FX_EC_INVALID_JOB, "out of memory");
+    job->n_type_filters++;
+  }
+  return 0;
+}
 
 static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limits *lim,
                         fx_job *job, fx_job_error *e) {
@@ -118,9 +275,40 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
     while (i < n && strcmp(known_fields[i], key) != 0) i++;
     if (i == n)
       return fail(e, FX_EC_INVALID_JOB,
-                  "unknown field '%s'; a job has job_id, tenant, patients or tasks, resources, "
-                  "since, follow_references, attempt",
+                  "unknown field '%.64s'; a job has job_id, tenant, patients or tasks, resources, "
+                  "since, follow_references, attempt (a bulk job, \"kind\": \"bulk\", has "
+                  "group and type_filter instead of patients or tasks)",
                   key);
+  }
+  json_t *kind = json_object_get(doc, "kind");
+  if (kind) {
+    const char *k = json_string_value(kind);
+    if (k && strcmp(k, "bulk") == 0) job->kind = FX_JOB_BULK;
+    else if (!k || strcmp(k, "patients") != 0)
+      return fail(e, FX_EC_INVALID_JOB,
+                  "kind: expected \"patients\" (the default: listed patients) or \"bulk\" (a "
+                  "Group $export)");
+  }
+  /* Fields of the other kind are refused by name: a job that mixes them
+   * would silently do less than its author meant. */
+  if (job->kind == FX_JOB_BULK) {
+    if (json_object_get(doc, "patients"))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "patients: a bulk job exports a Group, not listed patients; drop patients, or "
+                  "drop \"kind\": \"bulk\" to fetch the patients one by one");
+    if (json_object_get(doc, "tasks"))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "tasks: a bulk job has no tasks (a failed one is replayed whole); drop tasks, "
+                  "or drop \"kind\": \"bulk\" for a patient job");
+  } else {
+    if (json_object_get(doc, "group"))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "group: only a bulk job exports a Group; add \"kind\": \"bulk\" (without "
+                  "patients or tasks), or drop group");
+    if (json_object_get(doc, "type_filter"))
+      return fail(e, FX_EC_INVALID_JOB,
+                  "type_filter: only a bulk job (\"kind\": \"bulk\") takes _typeFilter "
+                  "queries; a patient job searches as the tenant's profile says: drop it");
   }
   const char *id = json_string_value(json_object_get(doc, "job_id"));
   if (!id || !safe_id(id, MAX_ID, "-._:"))
@@ -155,6 +343,7 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
                   json_integer_value(attempt) > 1000))
     return fail(e, FX_EC_INVALID_JOB, "attempt: expected an integer from 1 to 1000");
   job->attempt = attempt ? (int)json_integer_value(attempt) : 1;
+  if (job->kind == FX_JOB_BULK) return parse_bulk(doc, fx_profile_for(ps, tenant), t, job, e);
 
   json_t *patients = json_object_get(doc, "patients"), *tasks = json_object_get(doc, "tasks");
   json_t *resources = json_object_get(doc, "resources");
@@ -244,6 +433,9 @@ void fx_job_free(fx_job *job) {
   free(job->job_id);
   free(job->tenant);
   free(job->since);
+  free(job->group);
+  for (size_t i = 0; i < job->n_type_filters; i++) free(job->type_filters[i]);
+  free(job->type_filters);
   free(job);
 }
 
@@ -260,7 +452,25 @@ static json_t *types_json(uint32_t types) {
   return arr;
 }
 
+static json_t *bulk_to_json(const fx_job *job) {
+  json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "kind", "bulk", "job_id", job->job_id, "tenant",
+                        job->tenant, "group", job->group);
+  if (!o) return NULL;
+  if (job->bulk_types) json_object_set_new(o, "resources", types_json(job->bulk_types));
+  if (job->since) json_object_set_new(o, "since", json_string(job->since));
+  if (job->n_type_filters) {
+    json_t *filters = json_array();
+    for (size_t i = 0; i < job->n_type_filters; i++)
+      json_array_append_new(filters, json_string(job->type_filters[i]));
+    json_object_set_new(o, "type_filter", filters);
+  }
+  if (job->follow_references) json_object_set_new(o, "follow_references", json_true());
+  json_object_set_new(o, "attempt", json_integer(job->attempt));
+  return o;
+}
+
 json_t *fx_job_to_json(const fx_job *job) {
+  if (job->kind == FX_JOB_BULK) return bulk_to_json(job);
   json_t *o = json_pack("{s:s, s:s}", "job_id", job->job_id, "tenant", job->tenant);
   if (!o) return NULL;
   int uniform = 1;
@@ -282,4 +492,36 @@ json_t *fx_job_to_json(const fx_job *job) {
   if (job->follow_references) json_object_set_new(o, "follow_references", json_true());
   json_object_set_new(o, "attempt", json_integer(job->attempt));
   return o;
+}
+
+int fx_job_bulk_type_string(const fx_job *job, char *out, size_t size) {
+  if (size) *out = '\0';
+  if (job->kind != FX_JOB_BULK || !job->bulk_types) return 0;
+  size_t used = 0;
+  for (size_t i = 0; i < fx_cerner_types_n; i++) {
+    if (!(job->bulk_types & FX_TYPE_BIT(i))) continue;
+    size_t n = strlen(fx_cerner_types[i]) + (used ? 1 : 0);
+    if (used + n >= size) {
+      if (size) *out = '\0';
+      return -1;
+    }
+    snprintf(out + used, size - used, "%s%s", used ? "," : "", fx_cerner_types[i]);
+    used += n;
+  }
+  return (int)used;
+}
+
+char *fx_job_bulk_type_filter_string(const fx_job *job) {
+  size_t len = 1;
+  for (size_t i = 0; i < job->n_type_filters; i++) len += strlen(job->type_filters[i]) + 1;
+  char *out = malloc(len), *p = out;
+  if (!out) return NULL;
+  *p = '\0';
+  for (size_t i = 0; i < job->n_type_filters; i++) {
+    if (i) *p++ = ',';
+    size_t n = strlen(job->type_filters[i]);
+    memcpy(p, job->type_filters[i], n + 1);
+    p += n;
+  }
+  return out;
 }

@@ -11,6 +11,21 @@
  * instead of "patients"/"resources":
  *    "tasks": [{"patient": "12724065", "resources": ["Observation"]}]
  *
+ * A bulk job ("kind": "bulk") is one Group-level Bulk Data $export instead of
+ * a patient list ("kind" is optional and defaults to "patients"):
+ *
+ *   {"kind": "bulk", "job_id": "cohort-2026-11-30", "tenant": "ec2458f2-...",
+ *    "group": "11ec-d16a-c763b73e-98e8-a31715e6a2bf",
+ *    "resources": ["Patient", "Observation"],        optional: _type
+ *    "since": "2026-11-01T00:00:00Z",                optional: _since
+ *    "type_filter": ["Observation?category=laboratory"], optional: _typeFilter
+ *    "follow_references": true,                      optional
+ *    "attempt": 1}                                   set by replay
+ *
+ * It has no tasks: a failed bulk job is dead-lettered and replayed whole.
+ * "patients"/"tasks" are rejected in a bulk job, "group"/"type_filter" in a
+ * patient job.
+ *
  * Parsing is strict (schemas/job.schema.json says the same): unknown fields,
  * wrong types, unknown tenants or resource types and limits are rejected with
  * an error class and a sentence naming the field. */
@@ -30,14 +45,30 @@ typedef struct fx_job_task {
   uint32_t types; /* bitmask over fx_cerner_types; never 0 after parsing */
 } fx_job_task;
 
+typedef enum { FX_JOB_PATIENTS = 0, FX_JOB_BULK = 1 } fx_job_kind;
+
+#define FX_BULK_MAX_TYPE_FILTERS 32     /* type_filter entries per bulk job */
+#define FX_BULK_TYPE_FILTER_MAX 1024    /* characters per type_filter entry */
+
 typedef struct fx_job {
+  fx_job_kind kind;
   char *job_id;
   char *tenant;
-  fx_job_task *tasks; /* one per patient, in the job's order, de-duplicated */
-  size_t n_tasks;
-  char *since;           /* NULL: full extract */
+  fx_job_task *tasks; /* one per patient, in the job's order, de-duplicated; NULL for bulk */
+  size_t n_tasks;     /* 0 for bulk */
+  char *since;           /* NULL: full extract (bulk: sent as _since) */
   int follow_references; /* 0/1 */
   int attempt;           /* >= 1 */
+  /* Kind bulk only (NULL/0 for a patient job): */
+  char *group;           /* the Group id: 1..64 of [A-Za-z0-9.-] */
+  uint32_t bulk_types;   /* bitmask over fx_cerner_types for _type, patient-compartment
+                            types only; 0 = no _type sent (the server's default). Without
+                            "resources" it is 0, unless the tenant's config or profile
+                            narrows its types: then those (so the export stays within the
+                            tenant's scopes) */
+  char **type_filters;   /* _typeFilter queries as written, "Observation?category=laboratory":
+                            a type of the export, '?', a query; no ',' (written %2C) */
+  size_t n_type_filters; /* 0..FX_BULK_MAX_TYPE_FILTERS */
 } fx_job;
 
 typedef struct fx_job_limits {
@@ -67,7 +98,23 @@ int fx_job_id_valid(const char *s);
  * their types, else the compact patients/resources form. */
 json_t *fx_job_to_json(const fx_job *job);
 
-/* Total (patient, type) tasks. */
+/* Total (patient, type) tasks; 0 for a bulk job. */
 size_t fx_job_task_count(const fx_job *job);
+
+/* A buffer that holds any _type value: every type name plus a comma each. */
+#define FX_BULK_TYPE_STRING_SIZE 320
+
+/* The _type value of a bulk job: its bulk_types comma-separated in
+ * fx_cerner_types order ("Observation,Patient"), written into out (NUL
+ * terminated). Returns its length, 0 when no _type is to be sent (bulk_types
+ * 0, or not a bulk job; out is then ""), or -1 when size is too small (out is
+ * then "" if size > 0). Bulk Data sends it once, never repeated. */
+int fx_job_bulk_type_string(const fx_job *job, char *out, size_t size);
+
+/* The _typeFilter value of a bulk job: its type_filters joined with ',' in
+ * the job's order, unencoded (percent-encode it as any query value when
+ * building the URL). Returns a new string (free it): "" when there are no
+ * filters (send no _typeFilter), NULL only when out of memory. */
+char *fx_job_bulk_type_filter_string(const fx_job *job);
 
 #endif

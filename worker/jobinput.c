@@ -119,7 +119,7 @@ static void derive_id(const json_t *content, char out[32]) {
 }
 
 /* Validates a job we built with the workers' rules, with the real limits. */
-static int check_job(fx_jobin *in, const char *text, size_t *patients) {
+static int check_job(fx_jobin *in, const char *text, size_t *patients, int *bulk) {
   fx_job *job = NULL;
   fx_job_error jerr;
   if (fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) != 0) {
@@ -129,6 +129,7 @@ static int check_job(fx_jobin *in, const char *text, size_t *patients) {
     return -1;
   }
   *patients = job->n_tasks;
+  *bulk = job->kind == FX_JOB_BULK;
   fx_job_free(job);
   return 0;
 }
@@ -157,7 +158,8 @@ static void add_job(fx_jobin *in, json_t *content) {
   char *text = dump(job);
   const char *tenant = json_string_value(json_object_get(job, "tenant"));
   size_t patients = 0;
-  if (!text || check_job(in, text, &patients) != 0) {
+  int bulk = 0;
+  if (!text || check_job(in, text, &patients, &bulk) != 0) {
     free(text);
     json_decref(job);
     return;
@@ -182,6 +184,7 @@ static void add_job(fx_jobin *in, json_t *content) {
   j->patients = patients;
   in->st.patients += patients;
   in->st.jobs++;
+  in->st.bulk_jobs += bulk ? 1 : 0;
   if (tenant && fx_strset_add(in->tenants, tenant) == 1) in->st.tenants++;
   json_decref(job);
 }
@@ -282,6 +285,80 @@ static void add_patient(fx_jobin *in, unsigned long line, const char *patient, c
   if (++g->n_pending == in->o.batch) emit_group(in, g);
 }
 
+/* ---- bulk ------------------------------------------------------------------ */
+
+/* The parser names JSON fields ("resources[1]: ...", "type_filter[0]: ...");
+ * the operator gave options: name those instead. */
+static void option_error(char *out, size_t size, const char *msg,
+                         const char *const *type_filters, size_t n_type_filters) {
+  static const char *const fields[] = {"resources", "type_filter", "group", "since"};
+  static const char *const options[] = {"--resources", "--type-filter", "--group", "--since"};
+  for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+    size_t n = strlen(fields[f]);
+    if (strncmp(msg, fields[f], n) != 0) continue;
+    const char *rest = msg + n;
+    size_t idx = 0;
+    int indexed = *rest == '[';
+    if (indexed) {
+      char *end;
+      idx = strtoul(rest + 1, &end, 10);
+      if (*end != ']') break;
+      rest = end + 1;
+    }
+    if (strncmp(rest, ": ", 2) != 0) break;
+    if (f == 1 && indexed && idx < n_type_filters)
+      snprintf(out, size, "--type-filter '%.80s': %s", type_filters[idx], rest + 2);
+    else
+      snprintf(out, size, "%s: %s", options[f], rest + 2);
+    return;
+  }
+  snprintf(out, size, "%s", msg);
+}
+
+int fx_jobin_bulk(fx_jobin *in, const char *group_id, const char *const *type_filters,
+                  size_t n_type_filters, fx_err *err) {
+  const fx_config *cfg = in->ps->cfg;
+  const char *tenant = in->o.tenant;
+  if (!tenant && cfg->n_tenants == 1) tenant = cfg->tenants[0].id;
+  if (!tenant)
+    return fx_err_set(err, FX_EINVAL,
+                      "--tenant: the config has %zu tenants; name the one whose Group to export",
+                      cfg->n_tenants);
+  json_t *o = json_pack("{s:s, s:s, s:s}", "kind", "bulk", "tenant", tenant, "group", group_id);
+  if (!o) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  if (in->default_types) json_object_set_new(o, "resources", types_json(in->default_types));
+  if (in->o.since) json_object_set_new(o, "since", json_string(in->o.since));
+  if (n_type_filters) {
+    json_t *tf = json_array();
+    for (size_t i = 0; i < n_type_filters; i++)
+      json_array_append_new(tf, json_string(type_filters[i]));
+    json_object_set_new(o, "type_filter", tf);
+  }
+  if (in->o.follow_references) json_object_set_new(o, "follow_references", json_true());
+  /* Checked first with the workers' rules, so a mistake is reported against
+   * the option rather than as a job the workers would reject. */
+  json_t *probe = json_deep_copy(o);
+  if (probe) json_object_set_new(probe, "job_id", json_string("probe"));
+  char *text = probe ? dump(probe) : NULL;
+  json_decref(probe);
+  fx_job *job = NULL;
+  fx_job_error jerr = {.cls = FX_EC_INVALID_JOB, .msg = "out of memory"};
+  int rc = text ? fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) : -1;
+  free(text);
+  fx_job_free(job);
+  if (rc != 0) {
+    json_decref(o);
+    char msg[700];
+    option_error(msg, sizeof msg, jerr.msg, type_filters, n_type_filters);
+    return fx_err_set(err, FX_EINVAL, "%s", msg);
+  }
+  size_t before = in->n_jobs;
+  add_job(in, o);
+  if (in->n_jobs == before)
+    return fx_err_set(err, FX_EINVAL, "%s", in->failed[0] ? in->failed : "out of memory");
+  return 0;
+}
+
 /* ---- the inputs ------------------------------------------------------------ */
 
 void fx_jobin_patient(fx_jobin *in, unsigned long pos, const char *patient) {
@@ -300,7 +377,7 @@ static void ndjson_patient(fx_jobin *in, unsigned long line, json_t *doc) {
     if (i == n) {
       bad(in, line,
           "unknown field '%.64s'; a line has patient, tenant, resources, since, "
-          "follow_references, or is a whole job (with patients or tasks)",
+          "follow_references, or is a whole job (with patients or tasks, or \"kind\": \"bulk\")",
           k);
       return;
     }
@@ -367,8 +444,11 @@ void fx_jobin_ndjson(fx_jobin *in, unsigned long line, const char *text, size_t 
   }
   if (!json_is_object(doc)) bad(in, line, "expected a JSON object");
   else if (json_object_get(doc, "patient")) ndjson_patient(in, line, doc);
-  else if (json_object_get(doc, "patients") || json_object_get(doc, "tasks")) ndjson_job(in, line, doc);
-  else bad(in, line, "expected {\"patient\": ...} or a job with patients or tasks");
+  else if (json_object_get(doc, "patients") || json_object_get(doc, "tasks") ||
+           json_object_get(doc, "kind") || json_object_get(doc, "group"))
+    ndjson_job(in, line, doc);
+  else bad(in, line, "expected {\"patient\": ...} or a job (with patients or tasks, or a bulk "
+                     "job: \"kind\": \"bulk\" and a group)");
   json_decref(doc);
 }
 

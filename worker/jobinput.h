@@ -8,7 +8,11 @@
  * command line's defaults per line. An NDJSON line is either one patient,
  * {"patient": "12724065", "tenant": "...", "resources": [...], "since": "...",
  * "follow_references": true} (all but patient optional), or a whole job (it has
- * patients or tasks), which becomes one job as written.
+ * patients or tasks, or is a bulk job: "kind", "group"), which becomes one job
+ * as written.
+ *
+ * Bulk. fx_jobin_bulk makes one Group $export job (`enqueue --group`) from
+ * the options' tenant, resources, since and follow_references.
  *
  * Jobs. Patients with the same tenant, resources, since and
  * follow_references go into jobs of `batch` patients, in input order; a
@@ -54,6 +58,7 @@ typedef struct fx_jobin_stats {
   unsigned long duplicates; /* patients dropped as repeated within their group */
   unsigned long tenants;    /* distinct, in jobs */
   unsigned long jobs;
+  unsigned long bulk_jobs;  /* of jobs, Group $export jobs (no patients) */
 } fx_jobin_stats;
 
 typedef enum { FX_JOBIN_CSV, FX_JOBIN_NDJSON } fx_jobin_format;
@@ -78,6 +83,15 @@ void fx_jobin_ndjson(fx_jobin *in, unsigned long line, const char *text, size_t 
 /* Reads a whole stream. Returns 0, or an error for what stops the reading
  * altogether (I/O, a CSV header without the patient column). */
 int fx_jobin_read(fx_jobin *in, FILE *f, fx_jobin_format format, fx_err *err);
+
+/* One bulk job ("kind": "bulk") exporting group, with the options' tenant
+ * (or the config's only tenant), resources, since and follow_references
+ * and the given _typeFilter queries (borrowed, in order). Its id is
+ * opts.job_id, else prefix-NNNNNN, else "job-" + a hash of its content, so
+ * the same request always gets the same id. Returns 0, or an error naming
+ * the option at fault (nothing is added). */
+int fx_jobin_bulk(fx_jobin *in, const char *group, const char *const *type_filters,
+                  size_t n_type_filters, fx_err *err);
 
 /* Ends the input: the unfilled batches become jobs and ids are final.
  * Fails when --job-id names one job but there are more. */

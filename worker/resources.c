@@ -23,6 +23,14 @@ int fx_resource_index(const char *type) {
 
 int fx_resource_type_known(const char *type) { return fx_resource_index(type) >= 0; }
 
+uint32_t fx_patient_compartment_types(void) {
+  static const char *const outside[] = {"Binary", "Location", "Organization", "Practitioner"};
+  uint32_t set = (uint32_t)((1ull << fx_cerner_types_n) - 1);
+  for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++)
+    set &= ~FX_TYPE_BIT(fx_resource_index(outside[i]));
+  return set;
+}
+
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size) {
   snprintf(out, size, "system/%s.%s", type, smart_version == FX_SMART_V2 ? "rs" : "read");
 }

@@ -21,6 +21,12 @@ int fx_resource_type_known(const char *type);
 int fx_resource_index(const char *type);
 #define FX_TYPE_BIT(i) ((uint32_t)1u << (i))
 
+/* The types in FHIR's Patient compartment: Patient and the 16 types that
+ * point at a patient. A Group-level Bulk Data $export covers these; Binary,
+ * Location, Organization and Practitioner are reached only through
+ * references (Cerner does not export Binary at all). */
+uint32_t fx_patient_compartment_types(void);
+
 /* The scope for reading type in the tenant's SMART syntax:
  * v1 "system/Patient.read", v2 "system/Patient.rs". */
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size);

@@ -3,7 +3,7 @@
 on the embedded Kafka and the Cerner simulator.
 
   test_tools.py SCENARIO   (replay_scope | replay_parking | replay_kill | replay_kill_many |
-                            enqueue_ndjson)
+                            enqueue_ndjson | enqueue_bulk)
 
 replay_scope    a job fails for a missing scope and is dead-lettered; the scope is
                 granted at the simulator; a replay filtered on the class completes it
@@ -15,7 +15,10 @@ replay_kill     a replay killed (SIGKILL) halfway and run again: every dead lett
 replay_kill_many  killed three times in a row (batches of 25, 7, 200, parked letters among
                 them), then run to the end: still each dead letter exactly once
 enqueue_ndjson  a 10,000-line NDJSON file becomes exactly the expected jobs, the bad lines
-                rejected by line number; --dry-run, --strict, CSV, usage errors"""
+                rejected by line number; --dry-run, --strict, CSV, usage errors
+enqueue_bulk    `fhirx enqueue --group` produces one bulk job (valid against job.schema.json)
+                that the workers' parser reads back unchanged; the same request keeps its
+                id; mistakes name the option and produce nothing; usage errors"""
 import collections
 import json
 import os
@@ -596,9 +599,83 @@ def scenario_enqueue_ndjson(check):
         env.close()
 
 
+# ---- enqueue_bulk ----------------------------------------------------------------------
+
+SANDBOX_GROUP = "11ec-d16a-c763b73e-98e8-a31715e6a2bf"
+
+
+def scenario_enqueue_bulk(check):
+    sys.path.insert(0, os.path.join(HERE, "..", "schemas"))
+    import fhirx_schemas
+    schemas = fhirx_schemas.Schemas(fhirx_schemas.default_dir())
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 10}])
+    try:
+        args = ("enqueue", "--config", env.config, "--group", SANDBOX_GROUP,
+                "--resources", "Patient,Observation,Condition", "--since", "2026-11-01T00:00:00Z",
+                "--type-filter", "Observation?category=laboratory",
+                "--type-filter", "Condition?clinical-status=active%2Crecurrence",
+                "--follow-references")
+        r = fhirx(*args)  # --tenant left out: the config's only tenant
+        m = re.search(r"^enqueued 1 job \(bulk export of Group %s, 1 tenant\) on fhirx.jobs: "
+                      r"(job-[0-9a-f]{16})$" % re.escape(SANDBOX_GROUP), r.stdout, re.M)
+        check(r.returncode == 0 and m, "fhirx enqueue --group enqueued one bulk job and named it")
+        job_id = m.group(1) if m else None
+        msgs = env.read("fhirx.jobs", 1)
+        want = {"job_id": job_id, "kind": "bulk", "tenant": SANDBOX, "group": SANDBOX_GROUP,
+                "resources": ["Condition", "Observation", "Patient"],
+                "since": "2026-11-01T00:00:00Z",
+                "type_filter": ["Observation?category=laboratory",
+                                "Condition?clinical-status=active%2Crecurrence"],
+                "follow_references": True}
+        check(len(msgs) == 1 and msgs[0].key == job_id and msgs[0].json() == want,
+              "fhirx.jobs holds the bulk job, keyed by its id: %s" % (msgs[0].value if msgs else None))
+        check(msgs and not schemas.errors("job", msgs[0].json()), "it is valid against job.schema.json")
+        # Read back by the workers' parser (enqueue's whole-job NDJSON line goes through
+        # fx_job_parse) and written out again: the same job.
+        back = fhirx("enqueue", "--config", env.config, "--ndjson", "-", "--dry-run",
+                     stdin=(msgs[0].value.decode() + "\n") if msgs else "")
+        check(back.returncode == 0 and [json.loads(x) for x in back.stdout.splitlines()] == [want] and
+              "dry run: 1 job (1 bulk export, 1 tenant): %s" % job_id in back.stderr,
+              "the workers' parser reads it back unchanged")
+
+        again = fhirx(*(args + ("--dry-run",)))
+        check(again.returncode == 0 and [json.loads(x) for x in again.stdout.splitlines()] == [want],
+              "the same request again: the same job and id (--dry-run)")
+        named = fhirx("enqueue", "--config", env.config, "--tenant", SANDBOX, "--group", "g-2",
+                      "--job-id", "cohort-2026-11-30", "--dry-run")
+        check(named.returncode == 0 and json.loads(named.stdout) ==
+              {"job_id": "cohort-2026-11-30", "kind": "bulk", "tenant": SANDBOX, "group": "g-2"},
+              "--job-id names it; without --resources no _type is asked for")
+
+        for extra, needle in ((["--resources", "Patient,Binary"], "--resources: Cerner's $export does not export Binary"),
+                              (["--resources", "Practitioner"], "patient-compartment"),
+                              (["--type-filter", "Observation?code=a,b"], "percent-encode it as %2C"),
+                              (["--resources", "Patient", "--type-filter", "Observation?category=laboratory"],
+                               "Observation is not among the job's resources"),
+                              (["--since", "yesterday"], "--since: ")):
+            r = fhirx("enqueue", "--config", env.config, "--group", SANDBOX_GROUP, *extra)
+            check(r.returncode == 1 and needle in r.stderr and "nothing was produced" in r.stderr,
+                  "rejected, naming the option: %s" % " ".join(extra))
+        r = fhirx("enqueue", "--config", env.config, "--group", "no/such/group")
+        check(r.returncode == 1 and "--group: a Group id must be" in r.stderr, "a bad Group id")
+        check(len(env.read("fhirx.jobs")) == 1, "nothing else was produced")
+        for argv, what in ((["--group", "g", "--patients", "1"], "--group with --patients"),
+                           (["--group", "g", "12724065"], "--group with patient arguments"),
+                           (["--group", "g", "--ndjson", "-"], "--group with --ndjson"),
+                           (["--group", "g", "--batch", "5"], "--group with --batch"),
+                           (["--patients", "1", "--type-filter", "Goal?x=1"], "--type-filter without --group")):
+            r = fhirx("enqueue", "--config", env.config, *argv)
+            check(r.returncode == 2 and r.stderr.strip(), "usage error (%s): exit 2 with a reason" % what)
+        r = fhirx("enqueue", "--help")
+        check(r.returncode == 0 and "--group ID" in r.stdout and "--type-filter" in r.stdout,
+              "enqueue --help documents --group and --type-filter")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"replay_scope": scenario_replay_scope, "replay_parking": scenario_replay_parking,
              "replay_kill": scenario_replay_kill, "replay_kill_many": scenario_replay_kill_many,
-             "enqueue_ndjson": scenario_enqueue_ndjson}
+             "enqueue_ndjson": scenario_enqueue_ndjson, "enqueue_bulk": scenario_enqueue_bulk}
 
 if __name__ == "__main__":
     name = sys.argv[1]

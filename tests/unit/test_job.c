@@ -160,8 +160,270 @@ static void rejects(void **state) {
   assert_string_equal(e.tenant, "t1");
 }
 
+
+/* ---- bulk jobs ------------------------------------------------------------ */
+
+static fx_job *parse_ok(const char *text) {
+  fx_job *job = NULL;
+  fx_job_error e;
+  if (fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e) != 0)
+    fail_msg("rejected (%s): %s\n%s", fx_errclass_name(e.cls), e.msg, text);
+  return job;
+}
+
+static void bulk_jobs(void **state) {
+  (void)state;
+  /* The least a bulk job says: no _type, no tasks. */
+  fx_job *job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-1\",\"tenant\":\"t1\","
+                         "\"group\":\"11ec-d16a-c763b73e-98e8-a31715e6a2bf\"}");
+  assert_int_equal(job->kind, FX_JOB_BULK);
+  assert_string_equal(job->group, "11ec-d16a-c763b73e-98e8-a31715e6a2bf");
+  assert_int_equal(job->bulk_types, 0);
+  assert_null(job->tasks);
+  assert_int_equal(job->n_tasks, 0);
+  assert_int_equal(fx_job_task_count(job), 0);
+  assert_null(job->type_filters);
+  assert_int_equal(job->n_type_filters, 0);
+  assert_null(job->since);
+  assert_int_equal(job->follow_references, 0);
+  assert_int_equal(job->attempt, 1);
+  char types[FX_BULK_TYPE_STRING_SIZE];
+  assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types), 0);
+  assert_string_equal(types, "");
+  char *filters = fx_job_bulk_type_filter_string(job);
+  assert_string_equal(filters, "");
+  free(filters);
+  fx_job_free(job);
+
+  /* Everything a bulk job may say; resources in any order, kept as a set. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-2\",\"tenant\":\"t1\",\"group\":\"g.1\","
+                 "\"resources\":[\"Patient\",\"Observation\",\"Condition\"],"
+                 "\"since\":\"2026-11-01T00:00:00Z\",\"type_filter\":["
+                 "\"Observation?category=laboratory\",\"Condition?clinical-status=active%2Crecurrence\"],"
+                 "\"follow_references\":true,\"attempt\":4}");
+  assert_int_equal(job->bulk_types, bit("Patient") | bit("Observation") | bit("Condition"));
+  assert_string_equal(job->since, "2026-11-01T00:00:00Z");
+  assert_int_equal(job->n_type_filters, 2);
+  assert_string_equal(job->type_filters[1], "Condition?clinical-status=active%2Crecurrence");
+  assert_int_equal(job->follow_references, 1);
+  assert_int_equal(job->attempt, 4);
+  assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types),
+                   (int)strlen("Condition,Observation,Patient"));
+  assert_string_equal(types, "Condition,Observation,Patient"); /* fx_cerner_types order */
+  filters = fx_job_bulk_type_filter_string(job);
+  assert_string_equal(filters, "Observation?category=laboratory,"
+                               "Condition?clinical-status=active%2Crecurrence");
+  free(filters);
+  /* Too small a buffer: -1 and an empty string, never a cut list. */
+  char small[12] = "x";
+  assert_int_equal(fx_job_bulk_type_string(job, small, sizeof small), -1);
+  assert_string_equal(small, "");
+  char exact[sizeof "Condition,Observation,Patient"];
+  assert_int_equal(fx_job_bulk_type_string(job, exact, sizeof exact), (int)sizeof exact - 1);
+  fx_job_free(job);
+
+  /* Every exportable type fits FX_BULK_TYPE_STRING_SIZE. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-3\",\"tenant\":\"t1\",\"group\":\"g\","
+                 "\"resources\":[\"AllergyIntolerance\",\"CarePlan\",\"CareTeam\",\"Condition\","
+                 "\"Coverage\",\"Device\",\"DiagnosticReport\",\"DocumentReference\",\"Encounter\","
+                 "\"Goal\",\"Immunization\",\"MedicationRequest\",\"Observation\",\"Patient\","
+                 "\"Procedure\",\"RelatedPerson\",\"ServiceRequest\"]}");
+  assert_int_equal(job->bulk_types, fx_patient_compartment_types());
+  assert_true(fx_job_bulk_type_string(job, types, sizeof types) > 0);
+  assert_non_null(strstr(types, "AllergyIntolerance,CarePlan,"));
+  fx_job_free(job);
+
+  /* A tenant whose config narrows its types: the export asks for those
+   * (Practitioner, configured for references, is not exported). */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-4\",\"tenant\":\"t2\",\"group\":\"g\"}");
+  assert_int_equal(job->bulk_types, bit("Patient") | bit("Condition"));
+  fx_job_free(job);
+
+  /* "kind": "patients" is the default written out. */
+  job = parse_ok("{\"kind\":\"patients\",\"job_id\":\"p\",\"tenant\":\"t1\",\"patients\":[\"1\"]}");
+  assert_int_equal(job->kind, FX_JOB_PATIENTS);
+  assert_null(job->group);
+  assert_int_equal(job->n_tasks, 1);
+  assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types), 0);
+  fx_job_free(job);
+
+  /* The limits: 32 filters of up to 1024 characters. */
+  char text[4096];
+  int n = snprintf(text, sizeof text,
+                   "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"type_filter\":[");
+  for (int i = 0; i < FX_BULK_MAX_TYPE_FILTERS; i++)
+    n += snprintf(text + n, sizeof text - (size_t)n, "%s\"Goal?x=%d\"", i ? "," : "", i);
+  snprintf(text + n, sizeof text - (size_t)n, "]}");
+  job = parse_ok(text);
+  assert_int_equal(job->n_type_filters, FX_BULK_MAX_TYPE_FILTERS);
+  fx_job_free(job);
+  char q[FX_BULK_TYPE_FILTER_MAX + 1];
+  memset(q, 'a', sizeof q - 1);
+  q[sizeof q - 1] = '\0';
+  memcpy(q, "Goal?x=", 7);
+  snprintf(text, sizeof text,
+           "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"type_filter\":[\"%s\"]}",
+           q);
+  job = parse_ok(text);
+  assert_int_equal(strlen(job->type_filters[0]), FX_BULK_TYPE_FILTER_MAX);
+  fx_job_free(job);
+}
+
+/* A bulk job survives to_json and parse, field by field: the dead letter of
+ * a failed bulk job is fx_job_to_json(job). */
+static void bulk_round_trip(void **state) {
+  (void)state;
+  const char *text = "{\"follow_references\":true,\"type_filter\":[\"Observation?category=laboratory\"],"
+                     "\"since\":\"2026-11-01\",\"resources\":[\"Observation\",\"Patient\"],"
+                     "\"group\":\"11ec-group-1\",\"tenant\":\"t1\",\"job_id\":\"cohort-1\","
+                     "\"kind\":\"bulk\",\"attempt\":2}";
+  fx_job *job = parse_ok(text);
+  json_t *j = fx_job_to_json(job);
+  char *again = json_dumps(j, JSON_COMPACT);
+  assert_string_equal(again, "{\"kind\":\"bulk\",\"job_id\":\"cohort-1\",\"tenant\":\"t1\","
+                             "\"group\":\"11ec-group-1\",\"resources\":[\"Observation\",\"Patient\"],"
+                             "\"since\":\"2026-11-01\",\"type_filter\":[\"Observation?category=laboratory\"],"
+                             "\"follow_references\":true,\"attempt\":2}");
+  fx_job *job2 = parse_ok(again);
+  assert_int_equal(job2->kind, FX_JOB_BULK);
+  assert_string_equal(job2->job_id, job->job_id);
+  assert_string_equal(job2->tenant, job->tenant);
+  assert_string_equal(job2->group, job->group);
+  assert_int_equal(job2->bulk_types, job->bulk_types);
+  assert_string_equal(job2->since, job->since);
+  assert_int_equal(job2->n_type_filters, 1);
+  assert_string_equal(job2->type_filters[0], job->type_filters[0]);
+  assert_int_equal(job2->follow_references, 1);
+  assert_int_equal(job2->attempt, 2);
+  assert_int_equal(job2->n_tasks, 0);
+  free(again);
+  json_decref(j);
+  fx_job_free(job2);
+  fx_job_free(job);
+
+  /* The least bulk job writes only what it has. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t1\",\"group\":\"g\"}");
+  j = fx_job_to_json(job);
+  again = json_dumps(j, JSON_COMPACT);
+  assert_string_equal(again, "{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t1\",\"group\":\"g\","
+                             "\"attempt\":1}");
+  free(again);
+  json_decref(j);
+  fx_job_free(job);
+
+  /* A patient job is written as before, without kind. */
+  job = parse_ok("{\"kind\":\"patients\",\"job_id\":\"p\",\"tenant\":\"t1\",\"patients\":[\"1\"],"
+                 "\"resources\":[\"Patient\"]}");
+  j = fx_job_to_json(job);
+  again = json_dumps(j, JSON_COMPACT);
+  assert_string_equal(again, "{\"job_id\":\"p\",\"tenant\":\"t1\",\"patients\":[\"1\"],"
+                             "\"resources\":[\"Patient\"],\"attempt\":1}");
+  free(again);
+  json_decref(j);
+  fx_job_free(job);
+}
+
+#define BULK "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\","
+
+static void bulk_rejects(void **state) {
+  (void)state;
+  /* kind, and the fields of the other kind, by name. */
+  expect_bad("{\"kind\":\"export\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\"}",
+             FX_EC_INVALID_JOB, "kind: expected \"patients\"");
+  expect_bad("{\"kind\":1,\"job_id\":\"b\",\"tenant\":\"t1\",\"patients\":[\"1\"]}", FX_EC_INVALID_JOB,
+             "kind: ");
+  expect_bad(BULK "\"patients\":[\"1\"]}", FX_EC_INVALID_JOB,
+             "patients: a bulk job exports a Group, not listed patients");
+  expect_bad(BULK "\"tasks\":[{\"patient\":\"1\",\"resources\":[\"Patient\"]}]}", FX_EC_INVALID_JOB,
+             "tasks: a bulk job has no tasks");
+  expect_bad("{\"job_id\":\"p\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"group\":\"g\"}",
+             FX_EC_INVALID_JOB, "group: only a bulk job exports a Group; add \"kind\": \"bulk\"");
+  expect_bad("{\"kind\":\"patients\",\"job_id\":\"p\",\"tenant\":\"t1\",\"patients\":[\"1\"],"
+             "\"type_filter\":[\"Goal?x=1\"]}",
+             FX_EC_INVALID_JOB, "type_filter: only a bulk job");
+  expect_bad(BULK "\"colour\":1}", FX_EC_INVALID_JOB, "unknown field 'colour'");
+  /* group */
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\"}", FX_EC_INVALID_JOB,
+             "group: required for a bulk job");
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"../Patient/1\"}",
+             FX_EC_INVALID_JOB, "group: a Group id must be");
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":7}", FX_EC_INVALID_JOB,
+             "group: a Group id must be");
+  char longg[200];
+  snprintf(longg, sizeof longg, "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"%065d\"}", 0);
+  expect_bad(longg, FX_EC_INVALID_JOB, "group: ");
+  /* What every job checks still applies. */
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"nope\",\"group\":\"g\"}",
+             FX_EC_UNKNOWN_TENANT, "tenant 'nope' is not configured");
+  expect_bad(BULK "\"since\":\"last week\"}", FX_EC_INVALID_JOB, "since: ");
+  expect_bad(BULK "\"attempt\":0}", FX_EC_INVALID_JOB, "attempt: ");
+  expect_bad(BULK "\"follow_references\":\"yes\"}", FX_EC_INVALID_JOB, "follow_references: ");
+  /* resources */
+  expect_bad(BULK "\"resources\":[]}", FX_EC_INVALID_JOB, "resources: expected a non-empty array");
+  expect_bad(BULK "\"resources\":\"Patient\"}", FX_EC_INVALID_JOB, "resources: expected");
+  expect_bad(BULK "\"resources\":[\"Medication\"]}", FX_EC_INVALID_JOB,
+             "resources[0]: 'Medication' is not a resource type fhirx extracts");
+  expect_bad(BULK "\"resources\":[\"Patient\",\"Binary\"]}", FX_EC_INVALID_JOB,
+             "resources[1]: Cerner's $export does not export Binary");
+  expect_bad(BULK "\"resources\":[\"Practitioner\"]}", FX_EC_INVALID_JOB,
+             "resources[0]: Cerner's Group $export covers Patient and the patient-compartment "
+             "types, not Practitioner");
+  expect_bad(BULK "\"resources\":[\"Location\"]}", FX_EC_INVALID_JOB, "not Location");
+  expect_bad(BULK "\"resources\":[\"Organization\"]}", FX_EC_INVALID_JOB, "not Organization");
+  /* type_filter */
+  expect_bad(BULK "\"type_filter\":[]}", FX_EC_INVALID_JOB, "type_filter: expected a non-empty array");
+  expect_bad(BULK "\"type_filter\":\"Goal?x=1\"}", FX_EC_INVALID_JOB, "type_filter: expected");
+  expect_bad(BULK "\"type_filter\":[3]}", FX_EC_INVALID_JOB, "type_filter[0]: expected a string");
+  expect_bad(BULK "\"type_filter\":[\"\"]}", FX_EC_INVALID_JOB, "type_filter[0]: expected 1..1024");
+  expect_bad(BULK "\"type_filter\":[\"Goal?x=1\",\"category=laboratory\"]}", FX_EC_INVALID_JOB,
+             "type_filter[1]: expected \"<Type>?<query>\"");
+  expect_bad(BULK "\"type_filter\":[\"Observation?\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: expected \"<Type>?<query>\"");
+  expect_bad(BULK "\"type_filter\":[\"?x=1\"]}", FX_EC_INVALID_JOB, "type_filter[0]: expected");
+  expect_bad(BULK "\"type_filter\":[\"Medication?x=1\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: 'Medication' is not a resource type");
+  expect_bad(BULK "\"type_filter\":[\"Binary?x=1\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: Cerner's $export does not export Binary");
+  expect_bad(BULK "\"type_filter\":[\"Practitioner?name=x\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: Cerner's Group $export covers Patient");
+  expect_bad(BULK "\"resources\":[\"Patient\"],\"type_filter\":[\"Observation?category=laboratory\"]}",
+             FX_EC_INVALID_JOB,
+             "type_filter[0]: Observation is not among the job's resources; add it to resources");
+  expect_bad(BULK "\"type_filter\":[\"Observation?category=laboratory,vital-signs\"]}",
+             FX_EC_INVALID_JOB, "type_filter[0]: a literal ',' would split the comma-joined "
+                                "_typeFilter parameter; percent-encode it as %2C");
+  expect_bad(BULK "\"type_filter\":[\"Observation?code=a b\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: a space, control or non-ASCII character at position 18");
+  expect_bad(BULK "\"type_filter\":[\"Observation?code=\\u00e9\"]}", FX_EC_INVALID_JOB,
+             "non-ASCII");
+  /* The tenant's configured types bound the filters when resources are not given. */
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t2\",\"group\":\"g\","
+             "\"type_filter\":[\"Observation?category=laboratory\"]}",
+             FX_EC_INVALID_JOB, "type_filter[0]: tenant t2 does not extract Observation");
+  char text[4096];
+  int n = snprintf(text, sizeof text, BULK "\"type_filter\":[");
+  for (int i = 0; i <= FX_BULK_MAX_TYPE_FILTERS; i++)
+    n += snprintf(text + n, sizeof text - (size_t)n, "%s\"Goal?x=%d\"", i ? "," : "", i);
+  snprintf(text + n, sizeof text - (size_t)n, "]}");
+  expect_bad(text, FX_EC_INVALID_JOB, "type_filter: 33 filters is more than the 32");
+  char q[FX_BULK_TYPE_FILTER_MAX + 2];
+  memset(q, 'a', sizeof q - 1);
+  q[sizeof q - 1] = '\0';
+  memcpy(q, "Goal?x=", 7);
+  snprintf(text, sizeof text, BULK "\"type_filter\":[\"%s\"]}", q);
+  expect_bad(text, FX_EC_INVALID_JOB, "type_filter[0]: expected 1..1024 characters");
+  /* A rejected bulk job still names itself for its status record. */
+  fx_job *job;
+  fx_job_error e;
+  const char *t = BULK "\"resources\":[\"Binary\"]}";
+  assert_int_equal(fx_job_parse(t, strlen(t), &profiles, &lim, &job, &e), -1);
+  assert_string_equal(e.job_id, "b");
+  assert_string_equal(e.tenant, "t1");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
-                                     cmocka_unit_test(rejects)};
+                                     cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
+                                     cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -151,7 +151,8 @@ static void bad_lines(void **state) {
       "7: unknown field 'colour'",
       "8: since: expected an RFC 3339 date or date-time",
       "9: the job would be rejected (invalid_job): patients: expected a non-empty array\n",
-      "10: expected {\"patient\": ...} or a job with patients or tasks\n"};
+      "10: expected {\"patient\": ...} or a job (with patients or tasks, or a bulk job: "
+      "\"kind\": \"bulk\" and a group)\n"};
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!strstr(reported, want[i])) fail_msg("'%s' not in:\n%s", want[i], reported);
   fx_err err = {0};
@@ -269,9 +270,145 @@ static void many_lines(void **state) {
   free(text);
 }
 
+
+/* What `enqueue --group` builds parses back, with the workers' parser, to the
+ * job that was asked for; the same request gets the same id. */
+static void bulk_job(void **state) {
+  (void)state;
+  const char *filters[] = {"Observation?category=laboratory", "Condition?clinical-status=active"};
+  fx_jobin_opts o = {.tenant = "t2", .batch = 100, .resources = "Patient,Observation,Condition",
+                     .since = "2026-11-01T00:00:00Z", .follow_references = 1};
+  fx_jobin *in = open_in(o);
+  fx_err err = {0};
+  assert_int_equal(fx_jobin_bulk(in, "11ec-d16a-c763b73e-98e8-a31715e6a2bf", filters, 2, &err), 0);
+  assert_int_equal(fx_jobin_finish(in, &err), 0);
+  size_t n;
+  const fx_jobin_job *jobs = fx_jobin_jobs(in, &n);
+  assert_int_equal(n, 1);
+  assert_true(strncmp(jobs[0].job_id, "job-", 4) == 0 && strlen(jobs[0].job_id) == 20);
+  assert_string_equal(jobs[0].tenant, "t2");
+  assert_int_equal(jobs[0].patients, 0);
+  fx_jobin_stats st;
+  fx_jobin_get_stats(in, &st);
+  assert_int_equal(st.jobs, 1);
+  assert_int_equal(st.bulk_jobs, 1);
+  assert_int_equal(st.patients, 0);
+  assert_int_equal(st.tenants, 1);
+
+  fx_job *job = NULL;
+  fx_job_error jerr;
+  if (fx_job_parse(jobs[0].text, jobs[0].len, &profiles, &lim, &job, &jerr) != 0)
+    fail_msg("%s: %s", jobs[0].text, jerr.msg);
+  assert_int_equal(job->kind, FX_JOB_BULK);
+  assert_string_equal(job->job_id, jobs[0].job_id);
+  assert_string_equal(job->tenant, "t2");
+  assert_string_equal(job->group, "11ec-d16a-c763b73e-98e8-a31715e6a2bf");
+  char types[FX_BULK_TYPE_STRING_SIZE];
+  assert_true(fx_job_bulk_type_string(job, types, sizeof types) > 0);
+  assert_string_equal(types, "Condition,Observation,Patient");
+  assert_string_equal(job->since, "2026-11-01T00:00:00Z");
+  assert_int_equal(job->n_type_filters, 2);
+  assert_string_equal(job->type_filters[0], filters[0]);
+  assert_string_equal(job->type_filters[1], filters[1]);
+  assert_int_equal(job->follow_references, 1);
+  assert_int_equal(job->attempt, 1);
+  assert_int_equal(job->n_tasks, 0);
+  /* ... and fx_job_to_json of it is the text enqueue produced (key order aside). */
+  json_t *a = fx_job_to_json(job), *b = json_loads(jobs[0].text, 0, NULL);
+  json_object_del(a, "attempt"); /* written by to_json, implicit (1) in what enqueue makes */
+  assert_true(json_equal(a, b));
+  json_decref(a);
+  json_decref(b);
+  fx_job_free(job);
+
+  /* The same request again: the same id; another group: another id. */
+  fx_jobin *again = open_in(o);
+  assert_int_equal(fx_jobin_bulk(again, "11ec-d16a-c763b73e-98e8-a31715e6a2bf", filters, 2, &err), 0);
+  assert_int_equal(fx_jobin_bulk(again, "other-group", filters, 2, &err), 0);
+  const fx_jobin_job *jobs2 = fx_jobin_jobs(again, &n);
+  assert_int_equal(n, 2);
+  assert_string_equal(jobs2[0].job_id, jobs[0].job_id);
+  assert_string_equal(jobs2[0].text, jobs[0].text);
+  assert_string_not_equal(jobs2[1].job_id, jobs[0].job_id);
+  fx_jobin_free(again);
+  fx_jobin_free(in);
+
+  /* --job-id and --job-id-prefix name it. */
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .job_id = "cohort-1"});
+  assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), 0);
+  jobs = fx_jobin_jobs(in, &n);
+  assert_string_equal(jobs[0].text, "{\"job_id\":\"cohort-1\",\"kind\":\"bulk\",\"tenant\":\"t1\",\"group\":\"g\"}");
+  fx_jobin_free(in);
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .id_prefix = "cohort"});
+  assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), 0);
+  jobs = fx_jobin_jobs(in, &n);
+  assert_string_equal(jobs[0].job_id, "cohort-000001");
+  fx_jobin_free(in);
+
+  /* Mistakes name the option, and add no job. */
+  in = open_in((fx_jobin_opts){.batch = 1});
+  assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--tenant: the config has 2 tenants"));
+  fx_jobin_free(in);
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .resources = "Patient,Binary"});
+  assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--resources: Cerner's $export does not export Binary"));
+  assert_int_equal(fx_jobin_bulk(in, "no/such", NULL, 0, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--group: a Group id must be"));
+  fx_jobin_free(in);
+  const char *comma[] = {"Goal?x=1", "Observation?code=a,b"};
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1});
+  assert_int_equal(fx_jobin_bulk(in, "g", comma, 2, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--type-filter 'Observation?code=a,b': a literal ','"));
+  assert_non_null(strstr(err.msg, "%2C"));
+  fx_jobin_free(in);
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .since = "soon"});
+  assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--since: expected an RFC 3339"));
+  fx_jobin_jobs(in, &n);
+  assert_int_equal(n, 0);
+  fx_jobin_free(in);
+}
+
+/* Bulk jobs in NDJSON are whole jobs, checked like the others. */
+static void ndjson_bulk(void **state) {
+  (void)state;
+  fx_jobin *in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 10, .id_prefix = "n"});
+  read_text(in,
+            "{\"kind\": \"bulk\", \"group\": \"g1\", \"resources\": [\"Patient\"]}\n"
+            "{\"patient\": \"1\"}\n"
+            "{\"kind\": \"bulk\", \"job_id\": \"mine\", \"tenant\": \"t2\", \"group\": \"g2\"}\n"
+            "{\"kind\": \"bulk\", \"group\": \"g3\", \"patients\": [\"1\"]}\n"
+            "{\"group\": \"g4\"}\n"
+            "{\"kind\": \"bulk\", \"group\": \"g5\", \"resources\": [\"Binary\"]}\n",
+            FX_JOBIN_NDJSON, 0);
+  fx_err err = {0};
+  assert_int_equal(fx_jobin_finish(in, &err), 0);
+  size_t n;
+  const fx_jobin_job *jobs = fx_jobin_jobs(in, &n);
+  assert_int_equal(n, 3);
+  assert_string_equal(jobs[0].text, "{\"job_id\":\"n-000001\",\"kind\":\"bulk\",\"group\":\"g1\","
+                                    "\"resources\":[\"Patient\"],\"tenant\":\"t1\"}");
+  assert_string_equal(jobs[1].text, "{\"job_id\":\"mine\",\"kind\":\"bulk\",\"tenant\":\"t2\",\"group\":\"g2\"}");
+  assert_string_equal(jobs[2].text, "{\"job_id\":\"n-000002\",\"tenant\":\"t1\",\"patients\":[\"1\"]}");
+  assert_non_null(strstr(reported, "4: the job would be rejected (invalid_job): patients: a bulk job "
+                                   "exports a Group"));
+  assert_non_null(strstr(reported, "5: the job would be rejected (invalid_job): group: only a bulk job"));
+  assert_non_null(strstr(reported, "6: the job would be rejected (invalid_job): resources[0]: "
+                                   "Cerner's $export does not export Binary"));
+  fx_jobin_stats st;
+  fx_jobin_get_stats(in, &st);
+  assert_int_equal(st.jobs, 3);
+  assert_int_equal(st.bulk_jobs, 2);
+  assert_int_equal(st.patients, 1);
+  assert_int_equal(st.bad_lines, 3);
+  fx_jobin_free(in);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(csv_split), cmocka_unit_test(ndjson_batches),
                                      cmocka_unit_test(bad_lines), cmocka_unit_test(csv_input),
-                                     cmocka_unit_test(options), cmocka_unit_test(many_lines)};
+                                     cmocka_unit_test(options), cmocka_unit_test(many_lines),
+                                     cmocka_unit_test(bulk_job), cmocka_unit_test(ndjson_bulk)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

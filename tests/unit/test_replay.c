@@ -279,9 +279,66 @@ static void positions(void **state) {
   assert_int_equal(fx_rp_parse_position(s, strlen(s), topic, 5, &p, &o), -1); /* topic too long */
 }
 
+
+/* The dead letter of a failed bulk job is the whole job (fx_job_to_json):
+ * replayed as a bulk job with attempt + 1, nothing narrowed or lost. */
+static void bulk_decisions(void **state) {
+  (void)state;
+  char *job = NULL, reason[600];
+  size_t len = 0;
+  fx_rp_rules r = rules(3);
+  const char *orig = "{\"kind\":\"bulk\",\"job_id\":\"cohort-1\",\"tenant\":\"t1\",\"group\":\"11ec-group-1\","
+                     "\"resources\":[\"Observation\",\"Patient\"],\"since\":\"2026-11-01T00:00:00Z\","
+                     "\"type_filter\":[\"Observation?category=laboratory\"],\"follow_references\":true}";
+  fx_job *parsed = NULL;
+  fx_job_error jerr;
+  assert_int_equal(fx_job_parse(orig, strlen(orig), &profiles, &r.lim, &parsed, &jerr), 0);
+  json_t *dead = fx_job_to_json(parsed);
+  char *value = json_dumps(dead, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(dead);
+  fx_rp_letter l = letter("t1", "export_failed", "cohort-1", NULL);
+  l.value = value;
+  l.len = strlen(value);
+  assert_int_equal(fx_rp_decide(&r, &l, &job, &len, reason, sizeof reason), FX_RP_REPLAY);
+  assert_string_equal(job, "{\"kind\":\"bulk\",\"job_id\":\"cohort-1\",\"tenant\":\"t1\","
+                           "\"group\":\"11ec-group-1\",\"resources\":[\"Observation\",\"Patient\"],"
+                           "\"since\":\"2026-11-01T00:00:00Z\","
+                           "\"type_filter\":[\"Observation?category=laboratory\"],"
+                           "\"follow_references\":true,\"attempt\":2}");
+  fx_job *again = NULL;
+  assert_int_equal(fx_job_parse(job, len, &profiles, &r.lim, &again, &jerr), 0);
+  assert_int_equal(again->kind, FX_JOB_BULK);
+  assert_string_equal(again->group, parsed->group);
+  assert_int_equal(again->bulk_types, parsed->bulk_types);
+  assert_string_equal(again->since, parsed->since);
+  assert_int_equal(again->n_type_filters, 1);
+  assert_string_equal(again->type_filters[0], parsed->type_filters[0]);
+  assert_int_equal(again->follow_references, 1);
+  assert_int_equal(again->attempt, 2);
+  assert_int_equal(again->n_tasks, 0);
+  fx_job_free(again);
+  free(job);
+
+  /* The attempt limit parks a bulk job as it does any other. */
+  l.attempt = "3";
+  assert_int_equal(fx_rp_decide(&r, &l, &job, &len, reason, sizeof reason), FX_RP_PARK_LIMIT);
+  assert_string_equal(reason, "attempt limit 3 reached: attempt 3 failed (export_failed)");
+  free(value);
+  fx_job_free(parsed);
+
+  /* A bulk job the workers now reject (here: Binary) is parked with the reason. */
+  l.attempt = "1";
+  l.value = "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"resources\":[\"Binary\"]}";
+  l.len = strlen(l.value);
+  assert_int_equal(fx_rp_decide(&r, &l, &job, &len, reason, sizeof reason), FX_RP_PARK_INVALID);
+  assert_non_null(strstr(reason, "(invalid_job): resources[0]: Cerner's $export does not export Binary"));
+  assert_null(job);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(times), cmocka_unit_test(filters),
-                                     cmocka_unit_test(decisions), cmocka_unit_test(markers),
+                                     cmocka_unit_test(decisions), cmocka_unit_test(bulk_decisions),
+                                     cmocka_unit_test(markers),
                                      cmocka_unit_test(carried_markers),
                                      cmocka_unit_test(positions)};
   return cmocka_run_group_tests(tests, setup, teardown);
