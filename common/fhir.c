@@ -10,7 +10,11 @@
 typedef struct call {
   fx_loop *lp;
   fx_token_cache *tc;
-  char *tenant, *url, *accept;
+  char *tenant, *url, *accept, *method;
+  char **headers; /* NULL-terminated copy, or NULL */
+  fx_http_sink sink;
+  void *sink_arg;
+  size_t max_body;
   long timeout_ms;
   int attempt; /* 0, or 1 after a 401 */
   fx_token *tok;
@@ -24,6 +28,9 @@ static void call_free(call *c) {
   free(c->tenant);
   free(c->url);
   free(c->accept);
+  free(c->method);
+  for (char **h = c->headers; h && *h; h++) free(*h);
+  free(c->headers);
   free(c);
 }
 
@@ -82,7 +89,12 @@ static void send_with(call *c, fx_token *tok) {
   fx_http_request hr = {.url = c->url,
                         .accept = c->accept,
                         .bearer = tok->access_token,
-                        .timeout_ms = c->timeout_ms};
+                        .timeout_ms = c->timeout_ms,
+                        .method = c->method,
+                        .headers = (const char *const *)c->headers,
+                        .sink = c->sink,
+                        .sink_arg = c->sink_arg,
+                        .max_body = c->max_body};
   fx_auth_error ae;
   memset(&ae, 0, sizeof ae);
   if (fx_http_send(c->lp->http, &hr, on_response, c, &ae.err) != 0) fail(c, &ae);
@@ -108,7 +120,16 @@ int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_
   c->tenant = strdup(req->tenant);
   c->url = strdup(req->url);
   c->accept = strdup(req->accept ? req->accept : "application/fhir+json");
-  if (!c->tenant || !c->url || !c->accept) {
+  c->sink = req->sink;
+  c->sink_arg = req->sink_arg;
+  c->max_body = req->max_body;
+  int oom = req->method && !(c->method = strdup(req->method));
+  size_t nh = 0;
+  while (req->headers && req->headers[nh]) nh++;
+  if (nh && !(c->headers = calloc(nh + 1, sizeof *c->headers))) oom = 1;
+  for (size_t i = 0; c->headers && i < nh; i++)
+    if (!(c->headers[i] = strdup(req->headers[i]))) oom = 1;
+  if (oom || !c->tenant || !c->url || !c->accept) {
     call_free(c);
     return fx_err_set(err, FX_ENOMEM, "out of memory");
   }

@@ -21,9 +21,16 @@ typedef struct fx_fhir_request {
   const char *url;       /* absolute */
   const char *accept;    /* NULL = application/fhir+json */
   long timeout_ms;
+  const char *method;    /* NULL = GET; "DELETE" */
+  const char *const *headers; /* extra "Name: value" lines, NULL-terminated, copied */
+  fx_http_sink sink;     /* stream a 2xx body (common/http.h); NULL = buffer it */
+  void *sink_arg;
+  size_t max_body;       /* 0 = the client's default */
 } fx_fhir_request;
 
-/* Returns 0 and later calls cb once, or a negative code without calling it. */
+/* Returns 0 and later calls cb once, or a negative code without calling it.
+ * A streamed request that gets a 401 is retried once like any other: the
+ * sink has seen nothing of a non-2xx answer. */
 int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_fhir_cb cb,
                 void *arg, fx_err *err);
 

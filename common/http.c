@@ -11,7 +11,7 @@
 #define DEFAULT_CONNECT_MS 10000L
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
 
-typedef struct xfer xfer;
+typedef struct fx_http_xfer xfer;
 
 struct fx_http {
   uv_loop_t *loop;
@@ -29,7 +29,7 @@ struct fx_http {
   char *user_agent;
 };
 
-struct xfer {
+struct fx_http_xfer {
   xfer *prev, *next;
   fx_http *h;
   CURL *easy;
@@ -38,6 +38,11 @@ struct xfer {
   char *body;
   size_t len, cap, max_body;
   int too_large;
+  fx_http_sink sink;
+  void *sink_arg;
+  int streaming; /* 1: 2xx, chunks go to the sink; -1: not 2xx, buffered; 0: not known yet */
+  int sink_abort;
+  size_t streamed;
   fx_http_cb cb;
   void *arg;
   char errbuf[CURL_ERROR_SIZE];
@@ -133,6 +138,27 @@ static int on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   xfer *x = userp;
   size_t n = size * nmemb;
+  if (x->sink && x->streaming == 0) {
+    long status = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    x->streaming = status >= 200 && status < 300 ? 1 : -1;
+  }
+  if (x->streaming == 1) {
+    if (x->streamed + n > x->max_body) {
+      x->too_large = 1;
+      return 0;
+    }
+    x->streamed += n;
+    int rc = x->sink(data, n, x->sink_arg, x);
+    if (rc < 0) {
+      x->sink_abort = 1;
+      return 0;
+    }
+    /* Pausing from inside the write callback is allowed; this chunk is
+     * consumed, the next one waits for fx_http_resume. */
+    if (rc == FX_HTTP_PAUSE) curl_easy_pause(x->easy, CURLPAUSE_RECV);
+    return n;
+  }
   if (x->len + n > x->max_body) {
     x->too_large = 1;
     return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
@@ -220,6 +246,8 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
   x->cb = cb;
   x->arg = arg;
   x->max_body = req->max_body ? req->max_body : h->max_body;
+  x->sink = req->sink;
+  x->sink_arg = req->sink_arg;
   x->url = strdup(req->url);
   x->easy = curl_easy_init();
   int bad = !x->url || !x->easy;
@@ -274,6 +302,8 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, h->low_speed_s);
   }
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+  /* A stream may take long in total; the low-speed abort catches a stall. */
+  if (req->sink && !req->timeout_ms) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
   if (req->body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      (curl_off_t)(req->body_len ? req->body_len : strlen(req->body)));
@@ -321,8 +351,10 @@ static void complete(xfer *x, CURLcode code) {
   res.body_len = x->len;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.status);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &res.seconds);
-  res.result = map_curl_error(code, x->too_large);
-  if (res.result == FX_ETOOLARGE)
+  res.result = x->sink_abort ? FX_ECANCELED : map_curl_error(code, x->too_large);
+  if (x->sink_abort)
+    snprintf(res.error, sizeof res.error, "transfer stopped by its reader");
+  else if (res.result == FX_ETOOLARGE)
     snprintf(res.error, sizeof res.error, "response body larger than %zu bytes", x->max_body);
   else if (res.result)
     snprintf(res.error, sizeof res.error, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
@@ -364,6 +396,11 @@ const char *fx_http_header(const fx_http_response *res, const char *name) {
 }
 
 size_t fx_http_inflight(const fx_http *h) { return h->n_inflight; }
+
+void fx_http_resume(fx_http_xfer *x) {
+  /* curl arms its timer on unpause, so the multi picks the transfer up again. */
+  curl_easy_pause(x->easy, CURLPAUSE_CONT);
+}
 
 static void on_timer_closed(uv_handle_t *t) {
   fx_http *h = t->data;

@@ -20,6 +20,16 @@
 #include "common/err.h"
 
 typedef struct fx_http fx_http;
+typedef struct fx_http_xfer fx_http_xfer;
+
+/* A streamed body: for a 2xx response, each chunk goes to the sink as it
+ * arrives instead of being buffered (other statuses are buffered as usual,
+ * so errors can be read). Return 0 to go on, FX_HTTP_PAUSE to stop
+ * receiving after this chunk (the chunk counts as consumed; resume with
+ * fx_http_resume), or -1 to abort the transfer (result FX_ECANCELED). The
+ * xfer stays valid until the completion callback has run. */
+#define FX_HTTP_PAUSE 1
+typedef int (*fx_http_sink)(const char *data, size_t len, void *arg, fx_http_xfer *x);
 
 typedef struct fx_http_request {
   const char *method;       /* NULL = GET; also "POST", "DELETE" */
@@ -30,8 +40,10 @@ typedef struct fx_http_request {
   size_t body_len;
   const char *bearer;       /* Authorization: Bearer <bearer>; never logged */
   const char *const *headers; /* extra "Name: value" lines, NULL-terminated, or NULL */
-  long timeout_ms;          /* 0 = the client's default */
-  size_t max_body;          /* 0 = the client's default */
+  long timeout_ms;          /* 0 = the client's default; streams: the low-speed abort still applies */
+  size_t max_body;          /* 0 = the client's default; streams: the most they may carry */
+  fx_http_sink sink;        /* NULL = buffer the body */
+  void *sink_arg;
 } fx_http_request;
 
 typedef struct fx_http_response {
@@ -58,6 +70,10 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
 
 /* Value of a response header (last occurrence), or NULL. Valid during the callback. */
 const char *fx_http_header(const fx_http_response *res, const char *name);
+
+/* Resumes a transfer its sink paused. Call on the loop thread before the
+ * transfer's completion callback. */
+void fx_http_resume(fx_http_xfer *x);
 
 /* Requests in flight. */
 size_t fx_http_inflight(const fx_http *h);
