@@ -128,6 +128,9 @@ static const opt topic_opts[] = {
      "One completion record per job."},
     {"parking", OPT_STRING, TP(parking), "fhirx.parking", 0, 1, 249, NULL,
      "Jobs past the maximum number of attempts (replay)."},
+    {"bulk", OPT_STRING, TP(bulk), "fhirx.bulk", 0, 1, 249, NULL,
+     "Bulk export progress, key `job_id`: where each Group $export stands (status URL, files "
+     "done), so another worker can resume it. Create it with cleanup.policy=compact."},
 };
 
 static const opt worker_opts[] = {
@@ -195,6 +198,23 @@ static const opt admin_opts[] = {
      "If set, the admin port is written to this file once listening (useful with port 0)."},
 };
 
+#define BK(f) offsetof(fx_bulk_conf, f)
+static const opt bulk_opts[] = {
+    {"poll_min_ms", OPT_INT, BK(poll_min_ms), "1000", 0, 100, 3600000, NULL,
+     "Shortest wait between two status polls of an export, whatever Retry-After says."},
+    {"poll_max_ms", OPT_INT, BK(poll_max_ms), "600000", 0, 100, 86400000, NULL,
+     "Longest wait between two status polls; a longer Retry-After is cut to this. Without "
+     "Retry-After the wait doubles from poll_min_ms up to this."},
+    {"deadline_hours", OPT_INT, BK(deadline_hours), "24", 0, 1, 720, NULL,
+     "An export not finished (every file published) this long after its kick-off fails with "
+     "error class `deadline` and is dead-lettered."},
+    {"parallel_downloads", OPT_INT, BK(parallel_downloads), "2", 0, 1, 64, NULL,
+     "Output files of one export downloaded at the same time."},
+    {"retries", OPT_INT, BK(retries), "5", 0, 0, 100, NULL,
+     "Consecutive transient failures (timeouts, resets, 5xx) of one kick-off, status poll or "
+     "file download before the export fails."},
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 typedef struct section {
@@ -230,7 +250,9 @@ static const section sections[] = {
      "booleans. `bootstrap.servers` is required to run the worker; the environment variable "
      "`FHIRX_BOOTSTRAP_SERVERS` overrides it. fhirx sets, unless given here: "
      "`enable.auto.offset.store=false`, `partition.assignment.strategy=cooperative-sticky`, "
-     "`enable.idempotence=true`, `acks=all`, `compression.type=lz4`."},
+     "`enable.idempotence=true`, `acks=all`, `compression.type=lz4`, "
+     "`queue.buffering.max.kbytes=65536` (the producer's queue bounds a worker's memory: jobs "
+     "wait and bulk downloads pause while it is full)."},
     {"topics", topic_opts, COUNT(topic_opts), 0, offsetof(fx_config, topics), 0, 0, 0,
      "Topic names."},
     {"worker", worker_opts, COUNT(worker_opts), 0, offsetof(fx_config, worker), 0, 0, 0,
@@ -239,6 +261,8 @@ static const section sections[] = {
      "`fhirx replay`: dead letters back to the jobs topic."},
     {"admin", admin_opts, COUNT(admin_opts), 0, offsetof(fx_config, admin), 0, 0, 0,
      "The worker's admin HTTP endpoint (metrics, health, JWKS)."},
+    {"bulk", bulk_opts, COUNT(bulk_opts), 0, offsetof(fx_config, bulk), 0, 0, 0,
+     "Group bulk $export jobs (`\"kind\": \"bulk\"`)."},
 };
 
 static const char *type_name(opt_type t) {
@@ -597,7 +621,7 @@ static int parse_root(json_t *root, fx_config *cfg, fx_err *err) {
     if (i == COUNT(sections))
       return fx_err_set(err, FX_EINVAL,
                         "%s: unknown section; the top level takes: tenants, keys, http, auth, "
-                        "log, kafka, topics, worker, replay, admin",
+                        "log, kafka, topics, worker, replay, admin, bulk",
                         key);
   }
   for (size_t i = 0; i < COUNT(sections); i++) {

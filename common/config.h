@@ -77,7 +77,7 @@ typedef struct fx_log_conf {
 } fx_log_conf;
 
 typedef struct fx_topics_conf {
-  char *jobs, *results, *failures, *dlq, *status, *parking;
+  char *jobs, *results, *failures, *dlq, *status, *parking, *bulk;
 } fx_topics_conf;
 
 typedef struct fx_worker_conf {
@@ -112,6 +112,14 @@ typedef struct fx_admin_conf {
   char *port_file; /* optional: the bound port is written here (tests, port 0) */
 } fx_admin_conf;
 
+typedef struct fx_bulk_conf {
+  long long poll_min_ms;       /* floor of the wait between status polls */
+  long long poll_max_ms;       /* ceiling (a Retry-After above it is cut) */
+  long long deadline_hours;    /* from kick-off to the last file */
+  long long parallel_downloads; /* files of one export downloaded at once */
+  long long retries;           /* consecutive transient failures of one step */
+} fx_bulk_conf;
+
 typedef struct fx_config {
   char *path; /* the file this came from (absolute) */
   char *dir;  /* its directory, for relative paths */
@@ -127,6 +135,7 @@ typedef struct fx_config {
   fx_worker_conf worker;
   fx_replay_conf replay;
   fx_admin_conf admin;
+  fx_bulk_conf bulk;
 } fx_config;
 
 /* Parses the file at path. On success *out is a new config (fx_config_free).

@@ -89,7 +89,10 @@ int fx_kafka_set(rd_kafka_conf_t *conf, const char *name, const char *value, fx_
 /* fhirx's defaults per role; the config may override every one of them. */
 static const char *const producer_defaults[][2] = {
     {"enable.idempotence", "true"}, {"acks", "all"}, {"compression.type", "lz4"},
-    {"linger.ms", "5"}, {"client.id", "fhirx-producer"}};
+    {"linger.ms", "5"}, {"client.id", "fhirx-producer"},
+    /* 64 MiB, not librdkafka's 1 GiB: a worker's memory stays bounded when
+     * Kafka is slower than the EHR (jobs defer, bulk downloads pause). */
+    {"queue.buffering.max.kbytes", "65536"}};
 static const char *const consumer_defaults[][2] = {
     {"enable.auto.offset.store", "false"},
     {"enable.auto.commit", "true"},

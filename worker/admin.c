@@ -131,6 +131,12 @@ static void render(fx_pool *p, buf *b) {
       {"fhirx_reference_fetches_total", "Referenced entities fetched.", offsetof(fx_pool_stats, refs_fetched)},
       {"fhirx_reference_cache_hits_total", "Referenced entities published from the reference cache.", offsetof(fx_pool_stats, refs_cached)},
       {"fhirx_governor_waits_total", "Requests that waited for a tenant's limits, Retry-After or breaker.", offsetof(fx_pool_stats, governor_waits)},
+      {"fhirx_bulk_kickoffs_total", "Bulk $export kick-offs the server accepted.", offsetof(fx_pool_stats, bulk_kickoffs)},
+      {"fhirx_bulk_status_polls_total", "Bulk export status polls.", offsetof(fx_pool_stats, bulk_polls)},
+      {"fhirx_bulk_files_total", "Bulk export files downloaded and published.", offsetof(fx_pool_stats, bulk_files)},
+      {"fhirx_bulk_resumed_total", "Bulk exports resumed from their progress records (after a restart or rebalance).", offsetof(fx_pool_stats, bulk_resumed)},
+      {"fhirx_bulk_completed_total", "Bulk exports that ended with their status record.", offsetof(fx_pool_stats, bulk_completed)},
+      {"fhirx_bulk_failed_total", "Bulk exports that failed and were dead-lettered.", offsetof(fx_pool_stats, bulk_failed)},
   };
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     metric(b, counters[i].name, "counter", counters[i].help);
@@ -141,6 +147,8 @@ static void render(fx_pool *p, buf *b) {
   put(b, "fhirx_requests_in_flight %lld\n", (long long)atomic_load(&st->requests_in_flight));
   metric(b, "fhirx_jobs_in_flight", "gauge", "Jobs being worked on (consumed, not yet committed).");
   put(b, "fhirx_jobs_in_flight %lld\n", (long long)atomic_load(&st->jobs_in_flight));
+  metric(b, "fhirx_bulk_exports_active", "gauge", "Bulk exports this worker is running (kick-off, polling or downloading).");
+  put(b, "fhirx_bulk_exports_active %lld\n", (long long)atomic_load(&st->bulk_active));
   metric(b, "fhirx_paused_partitions", "gauge", "Job partitions paused for backpressure.");
   put(b, "fhirx_paused_partitions %lld\n", (long long)atomic_load(&st->paused_partitions));
   long long lag = 0;

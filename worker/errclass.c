@@ -19,6 +19,9 @@ static const struct {
     [FX_EC_FOREIGN_REFERENCE] = {"foreign_reference", 0},
     [FX_EC_INVALID_RESPONSE] = {"invalid_response", 0},
     [FX_EC_SERVER] = {"server", 0},
+    [FX_EC_EXPORT_FAILED] = {"export_failed", 1},
+    [FX_EC_EXPORT_EXPIRED] = {"export_expired", 1},
+    [FX_EC_DEADLINE] = {"deadline", 1},
 };
 
 const char *fx_errclass_name(fx_errclass c) {

@@ -18,6 +18,9 @@ typedef enum fx_errclass {
   FX_EC_FOREIGN_REFERENCE,  /* a link or reference outside the tenant's FHIR base */
   FX_EC_INVALID_RESPONSE,   /* the server's answer is not the FHIR JSON we asked for */
   FX_EC_SERVER,             /* another permanent HTTP error (406, 409, 422, ...) */
+  FX_EC_EXPORT_FAILED,      /* bulk: the server reported the export failed */
+  FX_EC_EXPORT_EXPIRED,     /* bulk: the export or its files were gone before we had them */
+  FX_EC_DEADLINE,           /* bulk: not finished within bulk.deadline_hours */
   FX_EC_COUNT
 } fx_errclass;
 

@@ -39,6 +39,7 @@ static void begin_shutdown(supervisor *s) {
   fx_log(FX_LOG_INFO, "draining: no new jobs, finishing the ones in flight", NULL);
   for (size_t i = 0; i < s->pool->n_threads; i++)
     if (s->pool->threads[i]) fx_loop_post(&s->pool->threads[i]->lp, fx_wthread_stop, s->pool->threads[i]);
+  if (s->pool->bulk) fx_loop_post(fx_bulk_loop(s->pool->bulk), fx_bulk_stop, s->pool->bulk);
   uv_timer_start(&s->purge_timer, on_purge,
                  (uint64_t)s->pool->app.cfg->worker.drain_timeout_ms + PURGE_GRACE_MS, 0);
 }
@@ -203,6 +204,7 @@ int fx_pool_run(const char *config_path) {
   rc = p->threads ? fx_loop_init(&p->main_lp, &loop, NULL, &err) : FX_ENOMEM;
   if (!rc) rc = fx_producer_open(p, &err);
   for (size_t i = 0; !rc && i < p->n_threads; i++) rc = fx_wthread_start(p, (int)i, &err);
+  if (!rc) rc = fx_bulk_start(p, &err);
   atomic_store(&p->stats.main_beat_ms, fx_now_ms());
   if (!rc) rc = fx_admin_start(p, &err);
   if (rc) {
@@ -232,6 +234,7 @@ int fx_pool_run(const char *config_path) {
 
   fx_admin_stop(p); /* before the threads it reads go away */
   for (size_t i = 0; i < p->n_threads; i++) uv_thread_join(&p->threads[i]->tid);
+  fx_bulk_join(p);
   for (size_t i = 0; i < p->n_threads; i++) {
     free(p->threads[i]);
     p->threads[i] = NULL;

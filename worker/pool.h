@@ -32,6 +32,7 @@
 #include "common/loop.h"
 #include "common/refcache.h"
 #include "worker/app.h"
+#include "worker/bulk.h"
 #include "worker/job.h"
 #include "worker/offsets.h"
 #include "worker/resources.h"
@@ -66,6 +67,8 @@ typedef struct fx_pool_stats {
   atomic_ullong http_requests, http_retries;
   atomic_ullong refs_fetched, refs_cached;
   atomic_ullong governor_waits;
+  atomic_ullong bulk_kickoffs, bulk_polls, bulk_files, bulk_completed, bulk_failed, bulk_resumed;
+  atomic_llong bulk_active;
   atomic_llong requests_in_flight, jobs_in_flight, paused_partitions;
   atomic_int producer_brokers_up;
   atomic_ullong main_beat_ms;
@@ -93,6 +96,7 @@ struct fx_pool {
   fx_tenant_metrics *tm[FX_MAX_TENANT_METRICS];
   atomic_int n_tm;
   struct fx_admin *admin;
+  struct fx_bulk *bulk;
   atomic_int draining;
   fx_pool_stats stats;
 };
@@ -148,6 +152,7 @@ struct fx_run {
   int cursor_type;
   uint32_t full_types;    /* types fetched in full although the job had since */
   int state;              /* 0 completed, 1 partial, 2 failed: set when the status is made */
+  int bulk;               /* a bulk job, handed over to the bulk thread (no status here) */
   int abandoned;
 };
 
@@ -194,6 +199,10 @@ int fx_pool_run(const char *config_path);
  * caller still owns value and headers and may try again later. */
 int fx_produce(fx_pool *p, fx_run *run, const char *topic, const char *key, char *value,
                size_t value_len, rd_kafka_headers_t *headers);
+/* The same for a bulk export's outputs: obj (NULL, or malloc-aligned) comes
+ * back through fx_bulk_delivered on the main thread. */
+int fx_produce_bulk(fx_pool *p, void *obj, const char *topic, const char *key, char *value,
+                    size_t value_len, rd_kafka_headers_t *headers);
 int fx_producer_open(fx_pool *p, fx_err *err);
 void fx_producer_close(fx_pool *p);
 

@@ -16,7 +16,8 @@
 #define REPRODUCE_LIMIT 5
 
 /* Opaque of a message produced again after a failed delivery: the low bit
- * tells it apart from a plain run pointer (runs are malloc-aligned). */
+ * tells it apart from a plain run pointer (runs are malloc-aligned). Bit 1
+ * marks a bulk export's output (fx_produce_bulk). */
 typedef struct retry_tag {
   fx_run *run;
   int attempts;
@@ -43,6 +44,15 @@ static int purged(rd_kafka_resp_err_t err) {
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
   fx_pool *p = opaque;
   uintptr_t tag = (uintptr_t)m->_private;
+  if (tag & 2u) { /* a bulk export's output (bulk.c counts and retries its own) */
+    if (m->err) {
+      atomic_fetch_add(&p->stats.delivery_errors, 1);
+      fx_log(FX_LOG_WARN, "bulk export output not delivered", "topic", rd_kafka_topic_name(m->rkt),
+             "error", rd_kafka_err2str(m->err), NULL);
+    }
+    fx_bulk_delivered((void *)(tag & ~(uintptr_t)3u), m->err != 0);
+    return;
+  }
   retry_tag *rt = (tag & 1u) ? (retry_tag *)(tag & ~(uintptr_t)1u) : NULL;
   fx_run *run = rt ? rt->run : (fx_run *)tag;
   if (!m->err) {
@@ -163,4 +173,12 @@ int fx_produce(fx_pool *p, fx_run *run, const char *topic, const char *key, char
       RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(run), RD_KAFKA_V_END);
   if (err) atomic_fetch_sub(&run->outputs, 1); /* not queued: value and headers stay ours */
   return (int)err;
+}
+
+int fx_produce_bulk(fx_pool *p, void *obj, const char *topic, const char *key, char *value,
+                    size_t value_len, rd_kafka_headers_t *headers) {
+  return (int)rd_kafka_producev(
+      p->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+      RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+      RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE((void *)((uintptr_t)obj | 2u)), RD_KAFKA_V_END);
 }

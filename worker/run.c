@@ -355,7 +355,7 @@ static void publish_status(fx_run *run) {
  * it is not committed and runs again. */
 void fx_run_acked(void *arg) {
   fx_run *run = arg;
-  if (!run->abandoned && !atomic_load(&run->delivery_failed)) publish_status(run);
+  if (!run->abandoned && !atomic_load(&run->delivery_failed) && !run->bulk) publish_status(run);
   release(run);
 }
 
@@ -1143,6 +1143,29 @@ static void run_free(fx_run *run) {
   free(run);
 }
 
+/* A bulk job runs on the bulk thread of whichever worker owns its key on the
+ * bulk topic (bulk.h): this thread only publishes the pending record. Once
+ * Kafka has it, the job's offset moves on like any finished job's; its
+ * status record comes from the bulk thread when the export ends. */
+static void hand_over_bulk(fx_run *run) {
+  fx_pool *p = run->wt->pool;
+  run->bulk = 1;
+  json_t *rec = fx_bulk_pending_record(run->job, run->part->topic, run->part->partition,
+                                       run->offset, run->timestamp, run->replayed_from);
+  size_t len;
+  char *value = rec ? dump(rec, &len) : NULL;
+  json_decref(rec);
+  if (!value) {
+    run->abandoned = 1; /* out of memory: consumed again later */
+  } else {
+    emit(run, p->app.cfg->topics.bulk, run->job->job_id, value, len, headers_for(run));
+    run_logctx lc = logctx(run);
+    fx_log(FX_LOG_INFO, "bulk job handed to the bulk owner", "job_id", run->job->job_id,
+           "tenant", run->job->tenant, "partition", lc.partition, "offset", lc.offset, NULL);
+  }
+  tasks_finished(run);
+}
+
 void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *m) {
   fx_pool *p = wt->pool;
   fx_run *run = calloc(1, sizeof *run);
@@ -1205,6 +1228,10 @@ void fx_run_start(fx_wthread *wt, fx_partition *part, const rd_kafka_message_t *
     return;
   }
   run->tm = fx_pool_tenant_metrics(p, run->job->tenant);
+  if (run->job->kind == FX_JOB_BULK) {
+    hand_over_bulk(run);
+    return;
+  }
   run->tasks_left = fx_job_task_count(run->job);
   run->failed_types = calloc(run->job->n_tasks, sizeof *run->failed_types);
   if (!run->failed_types) {

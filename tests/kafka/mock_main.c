@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DEFAULT_TOPICS "fhirx.jobs,fhirx.results,fhirx.failures,fhirx.dlq,fhirx.status,fhirx.parking"
+#define DEFAULT_TOPICS "fhirx.jobs,fhirx.results,fhirx.failures,fhirx.dlq,fhirx.status,fhirx.parking,fhirx.bulk"
 
 typedef struct options {
   int brokers;

@@ -192,7 +192,8 @@ static void test_control_api(void **state) {
   assert_string_equal(json_string_value(json_object_get(st, "bootstrap")), cluster.bootstrap);
   assert_int_equal(json_array_size(json_object_get(st, "brokers")), BROKERS);
   static const char *const topics[] = {"fhirx.jobs", "fhirx.results", "fhirx.failures",
-                                       "fhirx.dlq", "fhirx.status", "fhirx.parking"};
+                                       "fhirx.dlq", "fhirx.status", "fhirx.parking",
+                                       "fhirx.bulk"};
   for (size_t i = 0; i < sizeof topics / sizeof topics[0]; i++) {
     json_t *t = topic_status(st, topics[i]);
     assert_non_null(t);

@@ -45,7 +45,7 @@ INVALID = {
     "result-bad-id.json": "id: ",
     "result.headers-attempt-zero.json": "fhirx-attempt",
     "result.headers-url-with-values.json": "fhirx-source-url",
-    "result.headers-no-patient-via-search.json": "'reference' was expected",
+    "result.headers-no-patient-via-search.json": "'search' is not one of ['reference', 'bulk']",
     "result.headers-fetched-at-offset.json": "fhirx-fetched-at",
     "result.headers-unknown-header.json": "'fhirx-trace' was unexpected",
     "failure-bad-class.json": "error_class",
@@ -61,6 +61,17 @@ INVALID = {
     "status-full-types-without-since.json": "full_types",
     "status-negative-duration.json": "duration_ms",
     "parking.headers-no-reason.json": "'fhirx-parked-reason' is a required property",
+    "job-bulk-with-patients.json": "patients: False schema",
+    "job-bulk-with-tasks.json": "tasks: False schema",
+    "job-bulk-no-group.json": "'group' is a required property",
+    "job-bulk-bad-group.json": "group: ",
+    "job-bulk-binary.json": "'Binary' is not one of",
+    "job-bulk-practitioner.json": "'Practitioner' is not one of",
+    "job-bulk-type-filter-comma.json": "type_filter/0: ",
+    "job-bulk-type-filter-no-type.json": "type_filter/0: ",
+    "job-patients-with-group.json": "group: False schema",
+    "job-patients-with-type-filter.json": "type_filter: False schema",
+    "job-kind-unknown.json": "kind: 'system' is not one of",
 }
 
 

@@ -49,7 +49,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fhirx_schemas  # noqa: E402
 
-TOPIC_NAMES = ("results", "failures", "dlq", "status", "parking")
+TOPIC_NAMES = ("results", "failures", "dlq", "status", "parking", "bulk")
 DEFAULT_TOPICS = "results,failures,dlq,status"
 
 TENANT = r"[A-Za-z0-9._-]{1,64}"
@@ -79,7 +79,10 @@ def surrogate_of(topic, partition, offset):
 
 
 def narrowed_tasks(job):
-    """Patient x type tasks a (valid) job names, or None when its types are the tenant's default."""
+    """Patient x type tasks a (valid) job names, or None when its types are the tenant's default
+    or it is a bulk job (a Group $export: no tasks, replayed whole)."""
+    if job.get("kind") == "bulk":
+        return None
     if "tasks" in job:
         return sum(len(t["resources"]) for t in job["tasks"])
     if "resources" in job:
@@ -245,6 +248,15 @@ class MessageChecker:
             problems.append(f"header fhirx-attempt {attempt} is not the value's attempt {job.get('attempt', 1)}")
 
     _parking = _dlq
+
+    def _bulk(self, key, value, h, problems, info):
+        v = self._value("bulk", value, "a bulk progress record", problems)
+        if v is not None and key is not None and key != v["job_id"]:
+            problems.append(f"key {key!r} is not the value's job_id {v['job_id']!r}")
+        if v is not None and v["job"].get("kind") != "bulk":
+            problems.append("the progress record's job is not a bulk job")
+        if v is not None and v["job"]["job_id"] != v["job_id"]:
+            problems.append(f"the progress record's job has job_id {v['job']['job_id']!r}, not {v['job_id']!r}")
 
     def _status(self, key, value, h, problems, info):
         v = self._value("status", value, "a status record", problems)
