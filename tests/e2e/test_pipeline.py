@@ -101,7 +101,9 @@ def scenario_many(check):
 
 
 def scenario_malformed(check):
-    env = Env(partitions=1)
+    # One partition, so one worker thread: a second consumer would sit idle in the group, and
+    # on a loaded machine its late join keeps the group rebalancing (commits fail meanwhile).
+    env = Env(partitions=1, worker_extra={"worker": {"threads": 1}})
     try:
         w = env.start_worker()
         good1 = {"job_id": "good-1", "tenant": SANDBOX, "patients": ["12724065"], "resources": TYPES}
