@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Group bulk $export jobs end to end (worker/bulk.h says how they run).
 
-  test_bulk.py SCENARIO    (export | resume | expire)
+  test_bulk.py SCENARIO    (export | resume | expire | refused)
 
 export:  a Group export ends with exactly the Group's resources in results
          (compared with the simulator's own answer), several files per type,
@@ -16,7 +16,11 @@ resume:  the worker running an export is killed (SIGKILL) while the server is
          results are again exactly the Group's.
 expire:  the server forgets the export while it runs (expired): the job is
          dead-lettered with error class export_expired; `fhirx replay` re-runs
-         it as a new export that completes (attempt 2)."""
+         it as a new export that completes (attempt 2).
+refused: a kick-off for a Group the tenant does not have (404) and an export the
+         server reports as failed (500 + OperationOutcome on the status URL) are
+         classified (not_found, export_failed), dead-lettered and given a failed
+         status; the failed export's server side is deleted."""
 import json
 import os
 import signal
@@ -260,7 +264,38 @@ def scenario_expire(check):
         env.close()
 
 
-SCENARIOS = {"export": scenario_export, "resume": scenario_resume, "expire": scenario_expire}
+# ---- refused -----------------------------------------------------------------------------
+
+def scenario_refused(check):
+    env = bulk_env(duration_ms=800)
+    try:
+        w = env.start_worker()
+        env.enqueue([bulk_job("bulk-nogroup", group="no-such-group")])
+        st = env.wait_status(1, timeout=120)[-1].json()
+        check(st["state"] == "failed" and st["error_class"] == "not_found",
+              "a kick-off for an unknown Group fails as not_found (%s, %s)" % (st["state"], st["error_class"]))
+        env.sim_post("/_sim/tenants/%s/export" % SANDBOX, {"fail_next": True})
+        env.enqueue([bulk_job("bulk-broken")])
+        st = {m.key: m.json() for m in env.wait_status(2, timeout=120)}["bulk-broken"]
+        check(st["state"] == "failed" and st["error_class"] == "export_failed",
+              "an export the server reports failed is export_failed (%s, %s)" % (st["state"], st["error_class"]))
+        dl = {m.key: m.headers for m in env.read("fhirx.dlq", 2)}
+        check(dl.get("bulk-nogroup", {}).get("fhirx-error-class") == "not_found" and
+              dl.get("bulk-broken", {}).get("fhirx-error-class") == "export_failed",
+              "both are dead-lettered with their class")
+        check("Group no-such-group" in dl.get("bulk-nogroup", {}).get("fhirx-reason", ""),
+              "the reason names the Group: " + dl.get("bulk-nogroup", {}).get("fhirx-reason", ""))
+        ex, _ = export_counters(env)
+        check(ex["deletes"] == 1, "the failed export is deleted on the server (%d)" % ex["deletes"])
+        check(not results_of(env, "bulk-broken"), "nothing of the failed export is published")
+        validate(env, check, 2)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+SCENARIOS = {"export": scenario_export, "resume": scenario_resume, "expire": scenario_expire,
+             "refused": scenario_refused}
 
 if __name__ == "__main__":
     name = sys.argv[1]
