@@ -414,8 +414,11 @@ def scenario_replay_kill_many(check):
             log("killed at %d outputs" % produced())
         r = fhirx("replay", "--config", env.config, "--batch", "60")
         n = summary_numbers(r.stdout)
-        check(r.returncode == 0 and n["already"] > 0,
-              "the fourth run finishes and recognizes what the third produced (%d)" % n["already"])
+        # Whether the third kill landed inside a batch depends on timing (a batch is cut short
+        # when the consumer idles, which a loaded machine makes likely), so the count is shown,
+        # not required; replay_kill requires it, and the exactly-once check below is the point.
+        check(r.returncode == 0,
+              "the fourth run finishes (%d recognized as produced by the third)" % n["already"])
         froms = collections.Counter(m.headers.get("fhirx-replayed-from")
                                     for m in env.read("fhirx.jobs"))
         parked = collections.Counter(m.key for m in env.read("fhirx.parking"))
