@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 
@@ -396,6 +397,18 @@ const char *fx_http_header(const fx_http_response *res, const char *name) {
 }
 
 size_t fx_http_inflight(const fx_http *h) { return h->n_inflight; }
+
+long fx_http_retry_after_ms(const fx_http_response *res) {
+  const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
+  if (!v) return -1;
+  char *end;
+  long secs = strtol(v, &end, 10);
+  if (end != v && *end == '\0') return secs < 0 ? -1 : secs * 1000;
+  time_t when = curl_getdate(v, NULL);
+  if (when < 0) return -1;
+  time_t now = time(NULL);
+  return when > now ? (long)(when - now) * 1000 : 0;
+}
 
 void fx_http_resume(fx_http_xfer *x) {
   /* curl arms its timer on unpause, so the multi picks the transfer up again. */

@@ -75,6 +75,10 @@ const char *fx_http_header(const fx_http_response *res, const char *name);
  * transfer's completion callback. */
 void fx_http_resume(fx_http_xfer *x);
 
+/* The response's Retry-After in milliseconds from now (delta-seconds or an
+ * HTTP-date; a date in the past is 0), or -1 when absent or unreadable. */
+long fx_http_retry_after_ms(const fx_http_response *res);
+
 /* Requests in flight. */
 size_t fx_http_inflight(const fx_http *h);
 

@@ -78,9 +78,9 @@ struct bx_export {
   int attempt;
   long long seq;
   int state;
-  json_t *rec;         /* the latest progress record, updated and republished */
-  fx_job *job;         /* parsed when it starts */
-  fx_tenant_set *ts;   /* the tenants it started with (a reference) */
+  json_t *rec;       /* the latest progress record, updated and republished */
+  fx_job *job;       /* parsed when it starts */
+  fx_tenant_set *ts; /* the tenants it started with (a reference) */
   const fx_tenant_conf *tenant;
   char *status_url;
   uint64_t deadline_ms; /* wall clock, epoch ms */
@@ -90,7 +90,7 @@ struct bx_export {
   int ending; /* 1: failure and dead letter in flight; 2: status in flight */
   int end_status, end_state, end_delete;
   fx_errclass end_cls;
-  int refs;             /* list membership + requests in flight + live files */
+  int refs; /* list membership + requests in flight + live files */
   uv_timer_t timer;
   /* the manifest */
   json_t *manifest;
@@ -98,7 +98,7 @@ struct bx_export {
   unsigned char *done;
   int requires_token;
   size_t running; /* files being downloaded */
-  bx_file *files;  /* live files */
+  bx_file *files; /* live files */
   long long counts[FX_NTYPES];
   long long other, error_lines, bad_lines;
   fx_strset *refs_seen; /* "Type/id" of referenced entities asked for by this export */
@@ -121,7 +121,7 @@ typedef struct bx_ref {
 } bx_ref;
 
 struct bx_file {
-  bx_sink sink; /* first: results and failure records of this file */
+  bx_sink sink;  /* first: results and failure records of this file */
   bx_file *next; /* in its export's list */
   bx_export *e;
   size_t index; /* in the manifest: outputs first, then error files */
@@ -169,19 +169,6 @@ static uint64_t wall_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* Retry-After: delta-seconds or an HTTP-date; -1 if absent or unreadable. */
-static long retry_after_ms(const fx_http_response *res) {
-  const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
-  if (!v) return -1;
-  char *end;
-  long secs = strtol(v, &end, 10);
-  if (end != v && *end == '\0') return secs < 0 ? -1 : secs * 1000;
-  time_t when = curl_getdate(v, NULL);
-  if (when < 0) return -1;
-  time_t now = time(NULL);
-  return when > now ? (long)(when - now) * 1000 : 0;
-}
-
 uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floor_ms,
                             uint64_t ceiling_ms, uint64_t now_ms, uint64_t deadline_ms) {
   if (now_ms >= deadline_ms) return 0;
@@ -225,11 +212,11 @@ json_t *fx_bulk_pending_record(const fx_job *job, const char *topic, int32_t par
   fx_iso_now(now);
   json_t *j = fx_job_to_json(job);
   if (!j) return NULL;
-  json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s, s:o, s:{s:s, s:i, s:I}, s:I, s:s}",
-                        "type", "bulk_progress", "job_id", job->job_id, "tenant", job->tenant,
-                        "attempt", job->attempt, "seq", 0, "state", "pending", "job", j,
-                        "source", "topic", topic, "partition", (int)partition, "offset",
-                        (json_int_t)offset, "timestamp", (json_int_t)timestamp, "updated_at", now);
+  json_t *o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s, s:o, s:{s:s, s:i, s:I}, s:I, s:s}", "type",
+                        "bulk_progress", "job_id", job->job_id, "tenant", job->tenant, "attempt",
+                        job->attempt, "seq", 0, "state", "pending", "job", j, "source", "topic",
+                        topic, "partition", (int)partition, "offset", (json_int_t)offset,
+                        "timestamp", (json_int_t)timestamp, "updated_at", now);
   if (o && replayed_from && *replayed_from)
     json_object_set_new(o, "replayed_from", json_string(replayed_from));
   return o;
@@ -267,8 +254,10 @@ static void emit(fx_bulk *b, bx_sink *sink, const char *topic, const char *key, 
       d->value = value;
       d->len = len;
       d->hdrs = hdrs;
-      if (b->def_tail) b->def_tail->next = d;
-      else b->def_head = d;
+      if (b->def_tail)
+        b->def_tail->next = d;
+      else
+        b->def_head = d;
       b->def_tail = d;
       if (!uv_is_active((uv_handle_t *)&b->def_timer))
         uv_timer_start(&b->def_timer, on_def_timer, DEFER_MS, 0);
@@ -338,13 +327,14 @@ static void publish_progress(bx_export *e) {
 
 static json_t *source_of(const bx_export *e) {
   json_t *s = json_object_get(e->rec, "source");
-  return s ? json_deep_copy(s) : json_pack("{s:s, s:i, s:i}", "topic", "", "partition", 0,
-                                           "offset", 0);
+  return s ? json_deep_copy(s)
+           : json_pack("{s:s, s:i, s:i}", "topic", "", "partition", 0, "offset", 0);
 }
 
 /* One failure record (topics.failures), shaped like a patient job's. */
-static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status, const char *outcome,
-                            const char *url, const char *type, const char *msg) {
+static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+                            const char *outcome, const char *url, const char *type,
+                            const char *msg) {
   fx_pool *p = e->b->pool;
   char now[32], shown[1024] = "";
   fx_iso_now(now);
@@ -354,8 +344,8 @@ static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long s
       "{s:s, s:s, s:o, s:n, s:o, s:n, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
       "patient", "resource_type", type ? json_string(type) : json_null(), "reference",
-      "error_class", fx_errclass_name(cls), "transient", fx_errclass_transient(cls),
-      "http_status", status ? json_integer(status) : json_null(), "outcome",
+      "error_class", fx_errclass_name(cls), "transient", fx_errclass_transient(cls), "http_status",
+      status ? json_integer(status) : json_null(), "outcome",
       outcome && *outcome ? json_string(outcome) : json_null(), "url",
       shown[0] ? json_string(shown) : json_null(), "attempts", e->tries ? e->tries : 1, "message",
       msg, "time", now, "attempt", e->attempt, "source", source_of(e));
@@ -392,18 +382,18 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
       "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I}}",
       "type", "status", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
       "state", states[state], "attempt", e->attempt, "patients",
-      (json_int_t)(e->counts[fx_resource_index("Patient")]), "tasks", (json_int_t)(e->n_out ? e->n_out : 1),
-      "tasks_failed", (json_int_t)(failed ? (e->n_out ? e->n_out : 1) : 0), "counts", counts,
-      "resources", (json_int_t)resources, "references_fetched", (int)e->refs_fetched, "references_cached", 0,
+      (json_int_t)(e->counts[fx_resource_index("Patient")]), "tasks",
+      (json_int_t)(e->n_out ? e->n_out : 1), "tasks_failed",
+      (json_int_t)(failed ? (e->n_out ? e->n_out : 1) : 0), "counts", counts, "resources",
+      (json_int_t)resources, "references_fetched", (int)e->refs_fetched, "references_cached", 0,
       "failures", (json_int_t)(e->error_lines + e->bad_lines + failed), "error_class",
       state ? json_string(fx_errclass_name(cls)) : json_null(), "full_types", "since",
       since ? json_string(since) : json_null(), "started_at", started ? started : now,
       "finished_at", now, "duration_ms",
       (json_int_t)(e->started_ms ? fx_now_ms() - e->started_ms : 0), "source", source_of(e),
-      "worker", p->identity, "bulk", "group",
-      e->job && e->job->group ? e->job->group : "", "transaction_time",
-      e->transaction_time[0] ? json_string(e->transaction_time) : json_null(), "files",
-      (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
+      "worker", p->identity, "bulk", "group", e->job && e->job->group ? e->job->group : "",
+      "transaction_time", e->transaction_time[0] ? json_string(e->transaction_time) : json_null(),
+      "files", (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
       (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines);
   if (!o) return;
   size_t len;
@@ -552,8 +542,10 @@ static void sink_arm(bx_sink *s) { atomic_store(&s->outputs, 1); }
 static void sink_done(bx_sink *s, int failed) {
   if (failed) atomic_store(&s->failed, 1);
   if (atomic_fetch_sub(&s->outputs, 1) != 1) return;
-  if (s->kind == SINK_FILE) file_acked(s);
-  else export_acked(s);
+  if (s->kind == SINK_FILE)
+    file_acked(s);
+  else
+    export_acked(s);
 }
 
 static void begin_ending(bx_export *e, int status_state, fx_errclass cls, int end_state,
@@ -563,7 +555,7 @@ static void begin_ending(bx_export *e, int status_state, fx_errclass cls, int en
   e->end_cls = cls;
   e->end_state = end_state;
   e->end_delete = delete_on_server;
-  e->refs++; /* held until the last step */
+  e->refs++;                                                  /* held until the last step */
   remember_finished(e->b, e->job_id, e->attempt, e->seq + 1); /* a duplicate pending is stale now */
   uv_timer_stop(&e->timer);
   for (bx_export **pp = &e->b->exports; *pp; pp = &(*pp)->next)
@@ -571,7 +563,7 @@ static void begin_ending(bx_export *e, int status_state, fx_errclass cls, int en
       *pp = e->next;
       break;
     }
-  e->removed = 1; /* off the list: nothing else moves it on */
+  e->removed = 1;  /* off the list: nothing else moves it on */
   export_unref(e); /* the list's reference */
 }
 
@@ -618,7 +610,9 @@ static void on_timer(uv_timer_t *t) {
   if (!e->abandoned && !e->removed) export_step(e);
 }
 
-static void wait_then_step(bx_export *e, uint64_t ms) { uv_timer_start(&e->timer, on_timer, ms, 0); }
+static void wait_then_step(bx_export *e, uint64_t ms) {
+  uv_timer_start(&e->timer, on_timer, ms, 0);
+}
 
 /* Whether a transient failure of the current step may be retried; if not,
  * the export fails. */
@@ -635,8 +629,8 @@ static int retry_step(bx_export *e, long after_ms, long status, const char *what
     return 0;
   }
   uint64_t backoff = (uint64_t)bc->poll_min_ms << (e->tries - 1);
-  wait_then_step(e, fx_bulk_poll_delay(after_ms, 0, backoff, (uint64_t)bc->poll_max_ms, now,
-                                       e->deadline_ms));
+  wait_then_step(
+      e, fx_bulk_poll_delay(after_ms, 0, backoff, (uint64_t)bc->poll_max_ms, now, e->deadline_ms));
   return 1;
 }
 
@@ -731,10 +725,9 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
     json_object_set_new(e->rec, "kicked_off_at", json_string(now));
     publish_progress(e);
     atomic_fetch_add(&b->pool->stats.bulk_kickoffs, 1);
-    fx_log(FX_LOG_INFO, "bulk export started", "job_id", e->job_id, "tenant", e->tenant->id,
-           NULL);
+    fx_log(FX_LOG_INFO, "bulk export started", "job_id", e->job_id, "tenant", e->tenant->id, NULL);
     const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
-    wait_then_step(e, fx_bulk_poll_delay(retry_after_ms(res), 0, (uint64_t)bc->poll_min_ms,
+    wait_then_step(e, fx_bulk_poll_delay(fx_http_retry_after_ms(res), 0, (uint64_t)bc->poll_min_ms,
                                          (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms));
     goto out;
   }
@@ -748,16 +741,17 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
                   "another export of this client kept the tenant busy until the deadline");
       goto out;
     }
-    fx_log(FX_LOG_INFO, "another export of this client is running on the tenant; waiting",
-           "job_id", e->job_id, "tenant", e->tenant->id, NULL);
-    e->wait_ms = fx_bulk_poll_delay(retry_after_ms(res), e->wait_ms, (uint64_t)bc->poll_min_ms,
-                                    (uint64_t)bc->poll_max_ms, now, e->deadline_ms);
+    fx_log(FX_LOG_INFO, "another export of this client is running on the tenant; waiting", "job_id",
+           e->job_id, "tenant", e->tenant->id, NULL);
+    e->wait_ms =
+        fx_bulk_poll_delay(fx_http_retry_after_ms(res), e->wait_ms, (uint64_t)bc->poll_min_ms,
+                           (uint64_t)bc->poll_max_ms, now, e->deadline_ms);
     wait_then_step(e, e->wait_ms);
     goto out;
   }
   describe(res, "the $export kick-off", msg, sizeof msg);
   if (transient_status(res->status) || res->status >= 500) {
-    retry_step(e, retry_after_ms(res), res->status, msg);
+    retry_step(e, fx_http_retry_after_ms(res), res->status, msg);
     goto out;
   }
   fx_errclass cls = class_of_status(res->status);
@@ -790,8 +784,8 @@ static void kickoff(bx_export *e) {
   const char *base = e->tenant->fhir_base;
   size_t bl = strlen(base);
   char *group = curl_easy_escape(NULL, e->job->group, 0);
-  snprintf(url, size, "%.*s/Group/%s/$export", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl),
-           base, group ? group : "");
+  snprintf(url, size, "%.*s/Group/%s/$export", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base,
+           group ? group : "");
   curl_free(group);
   int first = 1, bad = 0;
   char types[FX_BULK_TYPE_STRING_SIZE];
@@ -800,8 +794,7 @@ static void kickoff(bx_export *e) {
   if (e->job->since) {
     /* _since is a FHIR instant; a job may say a date: its first instant, UTC. */
     char inst[64];
-    snprintf(inst, sizeof inst, strlen(e->job->since) == 10 ? "%sT00:00:00Z" : "%s",
-             e->job->since);
+    snprintf(inst, sizeof inst, strlen(e->job->since) == 10 ? "%sT00:00:00Z" : "%s", e->job->since);
     bad |= append_param(url, size, "_since", inst, &first);
   }
   char *filters = fx_job_bulk_type_filter_string(e->job);
@@ -843,8 +836,9 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   json_t *err = json_object_get(m, "error");
   if (!json_is_object(m) || !json_is_array(out) || (err && !json_is_array(err))) {
     json_decref(m);
-    snprintf(msg, size, "the completed export's manifest is not a Bulk Data manifest (output[] "
-                        "missing or not an array)");
+    snprintf(msg, size,
+             "the completed export's manifest is not a Bulk Data manifest (output[] "
+             "missing or not an array)");
     return -1;
   }
   size_t n_out = json_array_size(out), n_err = err ? json_array_size(err) : 0;
@@ -914,13 +908,15 @@ static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg)
     const char *progress = fx_http_header(res, "X-Progress");
     if (progress) json_object_set_new(e->rec, "progress", json_string(progress));
     if (now >= e->deadline_ms) {
-      snprintf(msg, sizeof msg, "the export was still running after %lld hours (bulk.deadline_hours)",
+      snprintf(msg, sizeof msg,
+               "the export was still running after %lld hours (bulk.deadline_hours)",
                bc->deadline_hours);
       export_fail(e, FX_EC_DEADLINE, 202, msg);
       goto out;
     }
-    e->wait_ms = fx_bulk_poll_delay(retry_after_ms(res), e->wait_ms, (uint64_t)bc->poll_min_ms,
-                                    (uint64_t)bc->poll_max_ms, now, e->deadline_ms);
+    e->wait_ms =
+        fx_bulk_poll_delay(fx_http_retry_after_ms(res), e->wait_ms, (uint64_t)bc->poll_min_ms,
+                           (uint64_t)bc->poll_max_ms, now, e->deadline_ms);
     if (fx_log_enabled(FX_LOG_DEBUG)) {
       char w[24];
       snprintf(w, sizeof w, "%llu", (unsigned long long)e->wait_ms);
@@ -953,7 +949,7 @@ static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg)
   }
   describe(res, "the export's status URL", msg, sizeof msg);
   if (transient_status(res->status)) {
-    retry_step(e, retry_after_ms(res), res->status, msg);
+    retry_step(e, fx_http_retry_after_ms(res), res->status, msg);
     goto out;
   }
   /* Bulk Data: an error status (4xx/5xx with an OperationOutcome) means the
@@ -1130,16 +1126,20 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) 
     if (!e->refs_capped) {
       e->refs_capped = 1;
       char msg[200];
-      snprintf(msg, sizeof msg, "more than %lld referenced entities (worker.max_references_per_job); "
-                                "the rest were not fetched", max);
+      snprintf(msg, sizeof msg,
+               "more than %lld referenced entities (worker.max_references_per_job); "
+               "the rest were not fetched",
+               max);
       publish_failure(e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, NULL, NULL, msg);
       f->bad_lines++;
     }
     return;
   }
   r->depth = depth;
-  if (f->refs_tail) f->refs_tail->next = r;
-  else f->refs_head = r;
+  if (f->refs_tail)
+    f->refs_tail->next = r;
+  else
+    f->refs_head = r;
   f->refs_tail = r;
 }
 
@@ -1172,12 +1172,12 @@ static void collect_refs(bx_file *f, json_t *res, int depth) {
   size_t i;
   json_t *item;
   if (rt && strcmp(rt, "DocumentReference") == 0)
-    json_array_foreach(json_object_get(res, "content"), i, item)
-      consider_ref(f, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")),
-                   binary, depth);
+    json_array_foreach(json_object_get(res, "content"), i, item) consider_ref(
+        f, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")), binary,
+        depth);
   else if (rt && strcmp(rt, "DiagnosticReport") == 0)
     json_array_foreach(json_object_get(res, "presentedForm"), i, item)
-      consider_ref(f, json_string_value(json_object_get(item, "url")), binary, depth);
+        consider_ref(f, json_string_value(json_object_get(item, "url")), binary, depth);
 }
 
 typedef struct ref_call {
@@ -1212,8 +1212,8 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     return;
   }
   if (res->body_len > p->max_message) {
-    snprintf(msg, sizeof msg, "%s is %zu bytes, more than the %zu bytes a message may have",
-             r->key, res->body_len, p->max_message);
+    snprintf(msg, sizeof msg, "%s is %zu bytes, more than the %zu bytes a message may have", r->key,
+             res->body_len, p->max_message);
     publish_failure(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, msg);
     f->bad_lines++;
     json_decref(doc);
@@ -1267,8 +1267,10 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     free(r);
   } else if (transient && ++r->tries <= bc->retries) {
     r->next = NULL; /* again, after a pause */
-    if (f->refs_tail) f->refs_tail->next = r;
-    else f->refs_head = r;
+    if (f->refs_tail)
+      f->refs_tail->next = r;
+    else
+      f->refs_head = r;
     f->refs_tail = r;
     if (!uv_is_active((uv_handle_t *)&f->timer))
       uv_timer_start(&f->timer, on_ref_retry, (uint64_t)bc->poll_min_ms, 0);
@@ -1276,11 +1278,15 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   } else {
     char msg[600], oo[300] = "";
     long status = ae ? ae->http_status : res->status;
-    fx_errclass cls = ae ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
-                         : res->result ? FX_EC_TRANSIENT : class_of_status(res->status);
+    fx_errclass cls =
+        ae            ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
+        : res->result ? FX_EC_TRANSIENT
+                      : class_of_status(res->status);
     if (!ae && res->result == 0) fx_fhir_outcome_summary(res->body, oo, sizeof oo);
     snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key,
-             ae ? ae->err.msg : res->result ? res->error : (oo[0] ? oo : "HTTP error"));
+             ae            ? ae->err.msg
+             : res->result ? res->error
+                           : (oo[0] ? oo : "HTTP error"));
     publish_failure(f->e, &f->sink, cls, status, oo, NULL, NULL, msg);
     f->bad_lines++;
     free(r);
@@ -1409,8 +1415,10 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
   collect_refs(f, res, 1);
   json_decref(res);
   f->line_no++;
-  if (idx >= 0) f->counts[idx]++;
-  else f->other++;
+  if (idx >= 0)
+    f->counts[idx]++;
+  else
+    f->other++;
   atomic_fetch_add(&p->stats.results, 1);
   return 0;
 }
@@ -1460,7 +1468,8 @@ static void on_blocked_timer(uv_timer_t *t) {
   bx_file *f = t->data;
   if (file_dead(f)) {
     f->len = f->off = 0;
-    if (f->phase == F_DRAIN) file_release(f);
+    if (f->phase == F_DRAIN)
+      file_release(f);
     else if (f->paused && f->xfer) {
       f->paused = 0;
       fx_http_resume(f->xfer); /* the sink refuses the next chunk: the transfer ends */
@@ -1646,7 +1655,7 @@ static void on_file_response(fx_http_response *res, void *arg) {
   if (st == 404 || st == 410 || (f->redirects && st == 403))
     file_failed(f, FX_EC_EXPORT_EXPIRED, st, -1, msg);
   else if (transient_status(st) || st >= 500)
-    file_failed(f, FX_EC_TRANSIENT, st, retry_after_ms(res), msg);
+    file_failed(f, FX_EC_TRANSIENT, st, fx_http_retry_after_ms(res), msg);
   else
     file_failed(f, class_of_status(st), st, -1, msg);
 }
@@ -1729,8 +1738,8 @@ static void export_start(bx_export *e) {
   if (!text || fx_job_parse(text, len, &e->ts->profiles, &b->pool->limits, &e->job, &jerr) != 0 ||
       e->job->kind != FX_JOB_BULK) {
     free(text);
-    export_fail(e, text ? jerr.cls : FX_EC_INVALID_JOB,
-                0, jerr.msg[0] ? jerr.msg : "the progress record holds no bulk job");
+    export_fail(e, text ? jerr.cls : FX_EC_INVALID_JOB, 0,
+                jerr.msg[0] ? jerr.msg : "the progress record holds no bulk job");
     return;
   }
   free(text);
@@ -1932,7 +1941,8 @@ static void on_consumer_events(void *arg) {
       if (b->left && rd_kafka_consumer_closed(b->consumer)) finish_close(b);
       return;
     }
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) caught_up(b, m->partition);
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+      caught_up(b, m->partition);
     else if (m->err)
       fx_log(FX_LOG_WARN, "bulk consumer error", "error", rd_kafka_message_errstr(m), NULL);
     else if (!b->stopping)
@@ -2106,4 +2116,6 @@ void fx_bulk_join(fx_pool *p) {
   p->bulk = NULL;
 }
 
-struct fx_loop *fx_bulk_loop(fx_bulk *b) { return &b->lp; }
+struct fx_loop *fx_bulk_loop(fx_bulk *b) {
+  return &b->lp;
+}

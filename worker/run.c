@@ -607,18 +607,6 @@ static void on_retry_due(uv_timer_t *t) {
   fx_wthread_pump(wt);
 }
 
-/* Retry-After: delta-seconds or an HTTP-date; -1 if absent or unreadable. */
-static long retry_after_ms(const fx_http_response *res) {
-  const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
-  if (!v) return -1;
-  char *end;
-  long secs = strtol(v, &end, 10);
-  if (end != v && *end == '\0') return secs < 0 ? -1 : secs * 1000;
-  time_t when = curl_getdate(v, NULL);
-  if (when < 0) return -1;
-  time_t now = time(NULL);
-  return when > now ? (long)(when - now) * 1000 : 0;
-}
 
 /* Exponential backoff with full jitter, never earlier than Retry-After. */
 static uint64_t retry_delay(int attempts, long after_ms) {
@@ -1041,7 +1029,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   wt->inflight--;
   atomic_fetch_sub(&wt->pool->stats.requests_in_flight, 1);
   if (run->tm && !ae && res->result != FX_ECANCELED) record_request(run->tm, res);
-  long after = ae ? -1 : retry_after_ms(res);
+  long after = ae ? -1 : fx_http_retry_after_ms(res);
   if (f->governed) {
     fx_governor_done(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], outcome_of(res, ae),
                      after, fx_now_ms());
