@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Group bulk $export jobs end to end (worker/bulk.h says how they run).
 
-  test_bulk.py SCENARIO    (export | resume | expire | refused)
+  test_bulk.py SCENARIO    (export | resume | resume_download | expire | refused)
 
 export:  a Group export ends with exactly the Group's resources in results
          (compared with the simulator's own answer), several files per type,
@@ -14,6 +14,9 @@ resume:  the worker running an export is killed (SIGKILL) while the server is
          still exporting; another worker takes the bulk partition over and
          resumes the same export: the simulator sees one kick-off, and the
          results are again exactly the Group's.
+resume_download: the owner is killed halfway through the downloads (each file's 307
+         slowed down by a simulator fault); the worker that takes over downloads only the
+         files the last progress record does not list as done, still with one kick-off.
 expire:  the server forgets the export while it runs (expired): the job is
          dead-lettered with error class export_expired; `fhirx replay` re-runs
          it as a new export that completes (attempt 2).
@@ -229,6 +232,56 @@ def scenario_resume(check):
         env.close()
 
 
+# ---- resume_download -----------------------------------------------------------------------
+
+def done_files(rec):
+    return sum(b - a + 1 for a, b in rec.get("files_done", []))
+
+
+def scenario_resume_download(check):
+    env = bulk_env(duration_ms=500, file_max=25)
+    try:
+        # Each file URL answers its 307 after 600 ms: the downloads take several seconds.
+        env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                     {"target": "fhir", "path": "bulk-export/*/files/*", "delay_ms": 600, "count": -1})
+        w1 = env.start_worker("w1")
+        w2 = env.start_worker("w2")
+        env.enqueue([bulk_job("bulk-d")])
+        rec = wait_for("some files to be done",
+                       lambda: next((r for r in reversed(progress(env, "bulk-d"))
+                                     if r["state"] == "downloading" and done_files(r) >= 2), None),
+                       step=0.1)
+        owner = rec["worker"].rsplit(":", 1)[1]
+        victim, survivor = (w1, w2) if str(w1.pid) == owner else (w2, w1)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        # The simulator counts a 307 when it answers: let the victim's delayed requests finish.
+        # The survivor cannot own the partition before the group's session timeout (6 s).
+        time.sleep(1.5)
+        total = rec["files_total"]
+        served_at_kill = export_counters(env)[0]["files_served"]
+        last = max(progress(env, "bulk-d"), key=lambda r: r["seq"])
+        done = done_files(last)
+        log("killed %s with %d of %d files recorded done" % (victim.name, done, total))
+        check(0 < done < total, "the kill landed mid-download (%d of %d files done)" % (done, total))
+        st = env.wait_status(1, timeout=240)[-1].json()
+        check(st["state"] == "completed", "the export completed after the kill")
+        ex, storage = export_counters(env)
+        check(ex["kickoffs"] == 1, "one kick-off (%d)" % ex["kickoffs"])
+        check(ex["files_served"] - served_at_kill == total - done,
+              "the new owner downloaded only the %d files not recorded done (%d)"
+              % (total - done, ex["files_served"] - served_at_kill))
+        keys = {m.key.split("/", 1)[1] for m in results_of(env, "bulk-d")}
+        check(keys == expected(env), "exactly the Group's resources")
+        check(st["resources"] == len(expected(env)) and st["bulk"]["files_done"] == total,
+              "the status counts every resource once, across both workers (%d)" % st["resources"])
+        check(storage["authorization_headers"] == 0, "storage never saw an Authorization header")
+        validate(env, check, 1)
+        check(env.stop(survivor) == 0, "the surviving worker exits 0")
+    finally:
+        env.close()
+
+
 # ---- expire ------------------------------------------------------------------------------
 
 def scenario_expire(check):
@@ -294,7 +347,8 @@ def scenario_refused(check):
         env.close()
 
 
-SCENARIOS = {"export": scenario_export, "resume": scenario_resume, "expire": scenario_expire,
+SCENARIOS = {"export": scenario_export, "resume": scenario_resume,
+             "resume_download": scenario_resume_download, "expire": scenario_expire,
              "refused": scenario_refused}
 
 if __name__ == "__main__":
