@@ -145,6 +145,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
     x->streaming = status >= 200 && status < 300 ? 1 : -1;
   }
   if (x->streaming == 1) {
+    if (x->sink_abort) return 0; /* refused already: curl may still flush what it held */
     if (x->streamed + n > x->max_body) {
       x->too_large = 1;
       return 0;

@@ -113,6 +113,8 @@ typedef struct result {
   long status;
   char body[256];
   char retry_after[16];
+  long retry_after_ms;
+  size_t body_len;
   char type[64];
 } result;
 
@@ -125,6 +127,8 @@ static void collect(fx_http_response *res, void *arg) {
   const char *ra = fx_http_header(res, "Retry-After");
   const char *ct = fx_http_header(res, "content-type"); /* case-insensitive */
   snprintf(r->retry_after, sizeof r->retry_after, "%s", ra ? ra : "");
+  r->retry_after_ms = fx_http_retry_after_ms(res);
+  r->body_len = res->body_len;
   snprintf(r->type, sizeof r->type, "%s", ct ? ct : "");
 }
 
@@ -160,6 +164,7 @@ static void get_ok(void **state) {
   assert_int_equal(r.status, 200);
   assert_string_equal(r.body, "{\"ok\":true}");
   assert_string_equal(r.retry_after, "7");
+  assert_int_equal(r.retry_after_ms, 7000);
   assert_string_equal(r.type, "application/json");
   assert_int_equal(fx_http_inflight(h), 0);
   finish(&loop, h);
@@ -287,12 +292,113 @@ static void close_inside_callback(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- streamed bodies ---------------------------------------------------- */
+
+typedef struct stream {
+  uv_timer_t timer;
+  fx_http_xfer *paused;
+  size_t bytes, chunks, pauses;
+  int all_x; /* every byte was 'x' */
+  int abort_after; /* > 0: refuse the transfer after this many chunks */
+} stream;
+
+static void on_resume(uv_timer_t *t) {
+  stream *s = t->data;
+  fx_http_xfer *x = s->paused;
+  s->paused = NULL;
+  fx_http_resume(x); /* may deliver the next chunk before it returns */
+}
+
+/* Pauses after every chunk; a timer resumes 2 ms later. */
+static int sink(const char *data, size_t len, void *arg, fx_http_xfer *x) {
+  stream *s = arg;
+  s->chunks++;
+  s->bytes += len;
+  for (size_t i = 0; i < len; i++) s->all_x &= data[i] == 'x';
+  if (s->abort_after && (int)s->chunks >= s->abort_after) return -1;
+  s->pauses++;
+  s->paused = x;
+  uv_timer_start(&s->timer, on_resume, 2, 0);
+  return FX_HTTP_PAUSE;
+}
+
+static void stream_pauses_and_resumes(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  stream s = {.all_x = 1};
+  uv_timer_init(&loop, &s.timer);
+  s.timer.data = &s;
+  result r = {0};
+  fx_http_request req = {.url = url("/big"), .sink = sink, .sink_arg = &s};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.rc, 0);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(s.bytes, 1 << 20); /* every byte, once */
+  assert_true(s.all_x);
+  assert_true(s.pauses > 4);  /* 1 MiB comes in many chunks, each paused */
+  assert_int_equal(r.body_len, 0); /* nothing was buffered */
+  uv_close((uv_handle_t *)&s.timer, NULL);
+  finish(&loop, h);
+}
+
+static void stream_error_is_buffered_not_streamed(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  stream s = {.all_x = 1};
+  uv_timer_init(&loop, &s.timer);
+  s.timer.data = &s;
+  result r = {0};
+  fx_http_request req = {.url = url("/missing"), .sink = sink, .sink_arg = &s};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r.status, 404);
+  assert_int_equal(s.chunks, 0);
+  assert_string_equal(r.body, "nope"); /* readable, as for any request */
+  uv_close((uv_handle_t *)&s.timer, NULL);
+  finish(&loop, h);
+}
+
+static void stream_refused_by_sink_is_canceled(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  stream s = {.all_x = 1, .abort_after = 2};
+  uv_timer_init(&loop, &s.timer);
+  s.timer.data = &s;
+  result r = {0};
+  fx_http_request req = {.url = url("/big"), .sink = sink, .sink_arg = &s};
+  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.rc, FX_ECANCELED);
+  assert_int_equal(s.chunks, 2);
+  assert_true(s.bytes < (1 << 20));
+  uv_close((uv_handle_t *)&s.timer, NULL);
+  finish(&loop, h);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
                                      cmocka_unit_test(post_with_bearer),
                                      cmocka_unit_test(many_in_parallel_reuse_connections),
                                      cmocka_unit_test(too_large_timeout_refused),
                                      cmocka_unit_test(close_cancels_inflight),
-                                     cmocka_unit_test(close_inside_callback)};
+                                     cmocka_unit_test(close_inside_callback),
+                                     cmocka_unit_test(stream_pauses_and_resumes),
+                                     cmocka_unit_test(stream_error_is_buffered_not_streamed),
+                                     cmocka_unit_test(stream_refused_by_sink_is_canceled)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
