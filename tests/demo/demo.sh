@@ -105,8 +105,12 @@ for i in 0 2 4 6 8; do
     --patients "${patients[$i]},${patients[$((i + 1))]}" --job-id "demo-$((i / 2 + 1))"
 done
 
+step "enqueue a Group bulk \$export of all ten sandbox patients (kick-off, polls, NDJSON files)"
+"$fhirx" enqueue --config "$work/fhirx.json" --tenant "$tenant" \
+  --group 11ec-d16a-b40370f8-9d31-577f11a339c5 --job-id demo-bulk
+
 step "fhirx report: read back from fhirx.status and fhirx.results"
-"$fhirx" report --config "$work/fhirx.json" --expect-jobs 5 --timeout 120
+"$fhirx" report --config "$work/fhirx.json" --expect-jobs 6 --timeout 120
 
 step "stop the worker (SIGTERM: drain, flush, commit)"
 kill -TERM "$worker_pid"
@@ -116,4 +120,4 @@ worker_pid=
 echo "worker exited with status $status"
 [[ $status -eq 0 ]] || { tail -20 "$work/worker.log" >&2; exit 1; }
 
-printf '\ndemo finished: key, JWKS, discovery, token, read, and the Kafka pipeline all work.\n'
+printf '\ndemo finished: key, JWKS, discovery, token, read, the Kafka pipeline and a bulk export all work.\n'
