@@ -32,6 +32,7 @@ import sys
 import time
 
 from e2e import FHIRX, SANDBOX, Check, Env, log
+from test_ops import scrape, value
 
 TYPES = ["Patient", "Observation", "Condition", "Encounter"]
 GROUP = "cohort-a"
@@ -191,6 +192,19 @@ def scenario_export(check):
               expected(env, "cohort-b", ["Encounter", "Observation"]),
               "and the export itself is exactly the Group's")
         validate(env, check, 4)
+        m = scrape(env.admin_url(w))
+        ex, _ = export_counters(env)
+        check(value(m, "fhirx_bulk_kickoffs_total") == ex["kickoffs"] == 4 and
+              value(m, "fhirx_bulk_completed_total") == 4 and
+              value(m, "fhirx_bulk_failed_total") == 0 and
+              value(m, "fhirx_bulk_exports_active") == 0,
+              "/metrics counts the 4 kick-offs and completed exports, none active")
+        files = sum(s["bulk"]["files"] + s["bulk"]["error_files"]
+                    for s in (m2.json() for m2 in env.read("fhirx.status")))
+        check(value(m, "fhirx_bulk_files_total") == files,
+              "/metrics counts every file (%d of %d)" % (value(m, "fhirx_bulk_files_total"), files))
+        check(value(m, "fhirx_bulk_status_polls_total") >= ex["status_polls"] > 0,
+              "and the status polls (%d)" % value(m, "fhirx_bulk_status_polls_total"))
         check(env.stop(w) == 0, "worker exits 0")
         check("Bearer" not in env.logs("worker") and "access_token" not in env.logs("worker"),
               "no token in the worker's logs")
