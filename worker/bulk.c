@@ -600,7 +600,10 @@ static void export_fail(bx_export *e, fx_errclass cls, long status, const char *
   /* Some files published already: partial (the dead letter re-runs it whole). */
   begin_ending(e, published(e) ? 1 : 2, cls, BX_FAILED, cls != FX_EC_EXPORT_EXPIRED);
   sink_arm(&e->sink);
-  publish_failure(e, &e->sink, cls, status, NULL, e->status_url, NULL, msg);
+  /* A job that cannot run here names no request (failure.schema.json). */
+  int job_level = cls == FX_EC_INVALID_JOB || cls == FX_EC_UNKNOWN_TENANT;
+  publish_failure(e, &e->sink, cls, job_level ? 0 : status, NULL, job_level ? NULL : e->status_url,
+                  NULL, msg);
   publish_dead_letter(e, cls, status, msg);
   sink_done(&e->sink, 0);
 }
@@ -658,6 +661,19 @@ static void describe(const fx_http_response *res, const char *what, char *out, s
 }
 
 static void auth_failed(bx_export *e, const fx_auth_error *ae) {
+  /* A reload removed the tenant while its export ran: its tokens are gone. */
+  fx_tenant_set *now = fx_tenant_slot_get(&e->b->pool->tenants);
+  int configured = fx_tenant_set_find(now, e->tenant->id) != NULL;
+  fx_tenant_set_release(now);
+  if (!configured) {
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "tenant %s was removed from the configuration while its export ran; replay the "
+             "job once it is back",
+             e->tenant->id);
+    export_fail(e, FX_EC_UNKNOWN_TENANT, 0, msg);
+    return;
+  }
   if (ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED) {
     retry_step(e, ae->retry_after_ms > 0 ? ae->retry_after_ms : -1, 0, ae->err.msg);
     return;

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Group bulk $export jobs end to end (worker/bulk.h says how they run).
 
-  test_bulk.py SCENARIO    (export | resume | resume_download | expire | refused)
+  test_bulk.py SCENARIO    (export | resume | resume_download | expire | refused | removed)
 
 export:  a Group export ends with exactly the Group's resources in results
          (compared with the simulator's own answer), several files per type,
@@ -23,7 +23,10 @@ expire:  the server forgets the export while it runs (expired): the job is
 refused: a kick-off for a Group the tenant does not have (404) and an export the
          server reports as failed (500 + OperationOutcome on the status URL) are
          classified (not_found, export_failed), dead-lettered and given a failed
-         status; the failed export's server side is deleted."""
+         status; the failed export's server side is deleted.
+removed: a reload (SIGHUP) removes the tenant while its export runs: the export fails as
+         unknown_tenant (its tokens are gone) and is dead-lettered; once the tenant is back
+         (another reload) the replayed job completes."""
 import json
 import os
 import signal
@@ -361,9 +364,53 @@ def scenario_refused(check):
         env.close()
 
 
+# ---- removed -----------------------------------------------------------------------------
+
+def scenario_removed(check):
+    groups = [{"id": GROUP, "first": 1, "count": 12}]
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 30, "groups": groups,
+                        "export": {"duration_ms": 5000, "retry_after_s": 1}},
+                       {"id": "hospital-b", "patients": 5}],
+              worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 1000}})
+    try:
+        w = env.start_worker()
+        with open(env.config) as f:
+            full = json.load(f)
+        env.enqueue([bulk_job("bulk-rm")])
+        wait_for("the export to be kicked off",
+                 lambda: any(r["state"] == "exporting" for r in progress(env, "bulk-rm")))
+        without = dict(full, tenants=[t for t in full["tenants"] if t["id"] != SANDBOX])
+        with open(env.config, "w") as f:
+            json.dump(without, f)
+        w.send_signal(signal.SIGHUP)
+        st = env.wait_status(1, timeout=120)[-1].json()
+        check(st["state"] == "failed" and st["error_class"] == "unknown_tenant",
+              "the export of a removed tenant fails as unknown_tenant (%s, %s)"
+              % (st["state"], st["error_class"]))
+        dl = [m for m in env.read("fhirx.dlq", 1) if m.key == "bulk-rm"]
+        check(len(dl) == 1 and "removed from the configuration" in dl[0].headers.get("fhirx-reason", ""),
+              "and is dead-lettered saying why")
+        with open(env.config, "w") as f:
+            json.dump(full, f)
+        w.send_signal(signal.SIGHUP)
+        wait_for("the reload", lambda: env.logs("worker").count("configuration reloaded") >= 2)
+        r = subprocess.run([FHIRX, "replay", "--config", env.config, "--error-class",
+                            "unknown_tenant"], capture_output=True, text=True, timeout=120)
+        check(r.returncode == 0, "fhirx replay: " + (r.stdout + r.stderr).strip()[-200:])
+        final = wait_for("attempt 2's status",
+                         lambda: next((s for s in statuses(env, "bulk-rm") if s["attempt"] == 2), None))
+        check(final["state"] == "completed", "with the tenant back, the replayed export completes")
+        keys = {m.key.split("/", 1)[1] for m in results_of(env, "bulk-rm", attempt=2)}
+        check(keys == expected(env), "with exactly the Group's resources")
+        validate(env, check, 2)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"export": scenario_export, "resume": scenario_resume,
              "resume_download": scenario_resume_download, "expire": scenario_expire,
-             "refused": scenario_refused}
+             "refused": scenario_refused, "removed": scenario_removed}
 
 if __name__ == "__main__":
     name = sys.argv[1]
