@@ -37,3 +37,16 @@ fx_errclass fx_errclass_parse(const char *name) {
 int fx_errclass_transient(fx_errclass c) {
   return c >= 0 && c < FX_EC_COUNT && classes[c].transient;
 }
+
+fx_errclass fx_errclass_of_status(long status) {
+  switch (status) {
+  case 400: return FX_EC_SEARCH_RESTRICTION;
+  case 401: return FX_EC_AUTH;
+  case 403: return FX_EC_SCOPE;
+  case 404:
+  case 410: return FX_EC_NOT_FOUND;
+  case 408: return FX_EC_TRANSIENT;
+  case 429: return FX_EC_THROTTLED;
+  default: return status >= 500 ? FX_EC_TRANSIENT : FX_EC_SERVER;
+  }
+}

@@ -27,6 +27,11 @@ typedef enum fx_errclass {
 const char *fx_errclass_name(fx_errclass c);
 /* FX_EC_NONE when the name is unknown. */
 fx_errclass fx_errclass_parse(const char *name);
+/* The class of a failed HTTP answer: 400 search_restriction, 401 auth, 403
+ * scope, 404/410 not_found, 429 throttled, 408 and 5xx transient, any other
+ * status server. */
+fx_errclass fx_errclass_of_status(long status);
+
 /* 1 if retrying later without a change can succeed. */
 int fx_errclass_transient(fx_errclass c);
 

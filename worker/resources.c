@@ -1,5 +1,7 @@
 #include "worker/resources.h"
 
+#include "common/url.h"
+
 #include "worker/profile.h"
 
 #include <stdio.h>
@@ -66,4 +68,44 @@ char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
     used += (size_t)snprintf(out + used, cap - used, "%s%s", used ? " " : "", scope);
   }
   return out;
+}
+
+int fx_fhir_id_ok(const char *s, size_t n) {
+  if (n == 0 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+          (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.'))
+      return 0;
+  return 1;
+}
+
+fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t size,
+                         int *type_index) {
+  if (!ref || !*ref || ref[0] == '#') return FX_REF_NONE;
+  const char *rel = ref;
+  if (strstr(ref, "://")) {
+    if (!fx_url_within(ref, base)) return FX_REF_FOREIGN;
+    /* Same origin and path prefix: what follows the base's path is Type/id. */
+    const char *path = strchr(strstr(ref, "://") + 3, '/');
+    const char *bpath = strchr(strstr(base, "://") + 3, '/');
+    size_t bl = bpath ? strlen(bpath) : 0;
+    if (!path || strncmp(path, bpath ? bpath : "", bl) != 0) return FX_REF_NONE;
+    rel = path + bl;
+    while (*rel == '/') rel++;
+  }
+  const char *slash = strchr(rel, '/');
+  if (!slash) return FX_REF_NONE;
+  char type[40];
+  size_t tl = (size_t)(slash - rel);
+  if (tl == 0 || tl >= sizeof type) return FX_REF_NONE;
+  memcpy(type, rel, tl);
+  type[tl] = '\0';
+  int idx = fx_resource_index(type);
+  const char *id = slash + 1;
+  size_t il = strcspn(id, "/?#");
+  if (idx < 0 || !fx_fhir_id_ok(id, il)) return FX_REF_NONE;
+  int n = snprintf(key, size, "%s/%.*s", type, (int)il, id);
+  if (n < 0 || (size_t)n >= size) return FX_REF_NONE;
+  *type_index = idx;
+  return FX_REF_LOCAL;
 }

@@ -31,6 +31,21 @@ uint32_t fx_patient_compartment_types(void);
  * v1 "system/Patient.read", v2 "system/Patient.rs". */
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size);
 
+/* 1 if s[0..n) is a FHIR logical id as fhirx accepts one: 1..64 of
+ * [A-Za-z0-9.-] (never '/', so it is safe in a path and a Kafka key). */
+int fx_fhir_id_ok(const char *s, size_t n);
+
+typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN } fx_ref_kind;
+
+/* Reads a reference value: "Type/id[/_history/n]" relative to the tenant's
+ * base, or an absolute URL. FX_REF_LOCAL: under base, a known type and a
+ * valid id; *key = "Type/id", *type_index its index in fx_cerner_types.
+ * FX_REF_FOREIGN: an absolute URL outside base (never fetched with the
+ * tenant's token). FX_REF_NONE: contained ("#x"), empty, or not of that
+ * shape. */
+fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t size,
+                         int *type_index);
+
 struct fx_profile;
 
 /* The types a job without "resources" fetches for tenant t under profile p:

@@ -636,22 +636,6 @@ static int schedule_retry(fx_wthread *wt, fx_fetch *f, long after_ms) {
 
 /* ---- answers ---------------------------------------------------------------- */
 
-static fx_errclass class_of_status(long status) {
-  switch (status) {
-  case 400: return FX_EC_SEARCH_RESTRICTION;
-  case 401: return FX_EC_AUTH;
-  case 403: return FX_EC_SCOPE;
-  case 404: return FX_EC_NOT_FOUND;
-  case 408:
-  case 500:
-  case 502:
-  case 503:
-  case 504: return FX_EC_TRANSIENT;
-  case 429: return FX_EC_THROTTLED;
-  default: return status >= 500 ? FX_EC_TRANSIENT : FX_EC_SERVER;
-  }
-}
-
 static void follow_references(const fx_fetch *from, json_t *res);
 
 static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
@@ -817,8 +801,6 @@ static void request_reference(const fx_fetch *from, int type, const char *key) {
 
 /* A reference that points outside the tenant's base is never fetched with
  * its token: recorded once per job as foreign_reference. */
-static int safe_fhir_id(const char *s, size_t n);
-
 /* "Type/id" from the end of a URL's path, when it has that shape. */
 static int url_type_id(const char *url, char *out, size_t size) {
   size_t end = strcspn(url, "?#");
@@ -835,7 +817,7 @@ static int url_type_id(const char *url, char *out, size_t size) {
   if (!type || !id) return -1;
   size_t tl = (size_t)(id - 1 - type), il = (size_t)(p - id);
   char t[40];
-  if (tl == 0 || tl >= sizeof t || !safe_fhir_id(id, il)) return -1;
+  if (tl == 0 || tl >= sizeof t || !fx_fhir_id_ok(id, il)) return -1;
   memcpy(t, type, tl);
   t[tl] = '\0';
   if (fx_resource_index(t) < 0) return -1;
@@ -867,51 +849,19 @@ static void foreign_reference(const fx_fetch *from, const char *url) {
   record_failure(run, &f, &fl);
 }
 
-static int safe_fhir_id(const char *s, size_t n) {
-  if (n == 0 || n > 64) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-          (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.'))
-      return 0;
-  return 1;
-}
-
 /* One reference value: "#x" (contained), "Type/id[/_history/n]", or an
  * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary). */
 static void consider_reference(const fx_fetch *from, const char *ref, int only_type) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
-  if (!ref || !*ref || ref[0] == '#') return;
-  const char *rel = ref;
-  if (strstr(ref, "://")) {
-    const char *base = run_tenant_conf(run)->fhir_base;
-    if (!fx_url_within(ref, base)) {
-      foreign_reference(from, ref);
-      return;
-    }
-    /* Same origin and path prefix: what follows the base's path is Type/id. */
-    const char *path = strstr(ref, "://") + 3;
-    path = strchr(path, '/');
-    const char *bpath = strchr(strstr(base, "://") + 3, '/');
-    size_t bl = bpath ? strlen(bpath) : 0;
-    if (!path || strncmp(path, bpath ? bpath : "", bl) != 0) return;
-    rel = path + bl;
-    while (*rel == '/') rel++;
-  }
-  const char *slash = strchr(rel, '/');
-  if (!slash) return;
-  char type[40];
-  size_t tl = (size_t)(slash - rel);
-  if (tl == 0 || tl >= sizeof type) return;
-  memcpy(type, rel, tl);
-  type[tl] = '\0';
-  int idx = fx_resource_index(type);
-  if (idx < 0 || !(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
-  const char *id = slash + 1;
-  size_t il = strcspn(id, "/?#");
-  if (!safe_fhir_id(id, il)) return;
   char key[160];
-  snprintf(key, sizeof key, "%s/%.*s", type, (int)il, id);
+  int idx;
+  switch (fx_ref_parse(ref, run_tenant_conf(run)->fhir_base, key, sizeof key, &idx)) {
+  case FX_REF_FOREIGN: foreign_reference(from, ref); return;
+  case FX_REF_NONE: return;
+  case FX_REF_LOCAL: break;
+  }
+  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_has(run->seen, key) || fx_strset_add(run->requested, key) != 1) return;
   request_reference(from, idx, key);
 }
@@ -1054,7 +1004,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     transient = fl.cls == FX_EC_TRANSIENT;
     snprintf(msg, sizeof msg, "%s", res->error);
   } else if (res->status != 200) {
-    fl.cls = class_of_status(res->status);
+    fl.cls = fx_errclass_of_status(res->status);
     fl.status = res->status;
     transient = fx_errclass_transient(fl.cls);
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);

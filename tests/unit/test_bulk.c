@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "worker/bulk.h"
+#include "worker/errclass.h"
+#include "worker/resources.h"
 
 #define FLOOR 1000u
 #define CEIL 600000u
@@ -77,6 +79,48 @@ static void ranges_parse_ignores_what_does_not_fit(void **state) {
   json_decref(r);
 }
 
+/* Reference parsing, shared by patient jobs and bulk exports. */
+static void references_parse(void **state) {
+  (void)state;
+  const char *base = "https://fhir.example.org/r4/t1";
+  char key[160];
+  int idx = -1;
+  assert_int_equal(fx_ref_parse("Practitioner/4000001", base, key, sizeof key, &idx), FX_REF_LOCAL);
+  assert_string_equal(key, "Practitioner/4000001");
+  assert_int_equal(idx, fx_resource_index("Practitioner"));
+  assert_int_equal(fx_ref_parse("https://fhir.example.org/r4/t1/Location/6000001/_history/2", base,
+                                key, sizeof key, &idx),
+                   FX_REF_LOCAL);
+  assert_string_equal(key, "Location/6000001");
+  assert_int_equal(fx_ref_parse("https://other.example.org/r4/t1/Location/1", base, key,
+                                sizeof key, &idx),
+                   FX_REF_FOREIGN);
+  assert_int_equal(fx_ref_parse("https://fhir.example.org/r4/t2/Location/1", base, key,
+                                sizeof key, &idx),
+                   FX_REF_FOREIGN); /* another tenant's base on the same host */
+  assert_int_equal(fx_ref_parse("#contained", base, key, sizeof key, &idx), FX_REF_NONE);
+  assert_int_equal(fx_ref_parse("Spaceship/1", base, key, sizeof key, &idx), FX_REF_NONE);
+  assert_int_equal(fx_ref_parse("Patient/a_b", base, key, sizeof key, &idx), FX_REF_NONE);
+  assert_int_equal(fx_ref_parse("Patient", base, key, sizeof key, &idx), FX_REF_NONE);
+  assert_int_equal(fx_ref_parse("", base, key, sizeof key, &idx), FX_REF_NONE);
+  assert_true(fx_fhir_id_ok("L-197392513.2", 13));
+  assert_false(fx_fhir_id_ok("", 0));
+  assert_false(fx_fhir_id_ok("a/b", 3));
+}
+
+static void status_classes(void **state) {
+  (void)state;
+  assert_int_equal(fx_errclass_of_status(400), FX_EC_SEARCH_RESTRICTION);
+  assert_int_equal(fx_errclass_of_status(401), FX_EC_AUTH);
+  assert_int_equal(fx_errclass_of_status(403), FX_EC_SCOPE);
+  assert_int_equal(fx_errclass_of_status(404), FX_EC_NOT_FOUND);
+  assert_int_equal(fx_errclass_of_status(410), FX_EC_NOT_FOUND);
+  assert_int_equal(fx_errclass_of_status(408), FX_EC_TRANSIENT);
+  assert_int_equal(fx_errclass_of_status(429), FX_EC_THROTTLED);
+  assert_int_equal(fx_errclass_of_status(503), FX_EC_TRANSIENT);
+  assert_int_equal(fx_errclass_of_status(409), FX_EC_SERVER);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(poll_delay_honours_retry_after_within_bounds),
@@ -84,6 +128,8 @@ int main(void) {
       cmocka_unit_test(poll_delay_never_passes_the_deadline),
       cmocka_unit_test(ranges_round_trip),
       cmocka_unit_test(ranges_parse_ignores_what_does_not_fit),
+      cmocka_unit_test(references_parse),
+      cmocka_unit_test(status_classes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
