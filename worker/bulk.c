@@ -17,6 +17,7 @@
 #define BLOCKED_RETRY_MS 50
 #define DEFER_MS 50
 #define REF_PARALLEL 4 /* reference reads in flight per file */
+#define PROGRESS_MS 1000
 
 enum { BX_PENDING, BX_EXPORTING, BX_DOWNLOADING, BX_COMPLETED, BX_FAILED };
 static const char *const state_names[] = {"pending", "exporting", "downloading", "completed",
@@ -98,10 +99,14 @@ struct bx_export {
   unsigned char *done;
   int requires_token;
   size_t running; /* files being downloaded */
+  size_t n_done;  /* files with done[] set */
+  size_t cursor;  /* the next file index never started (one to redo lowers it) */
+  int progress_dirty; /* files finished since the last progress record */
   bx_file *files; /* live files */
   long long counts[FX_NTYPES];
   long long other, error_lines, bad_lines;
-  fx_strset *refs_seen; /* "Type/id" of referenced entities asked for by this export */
+  fx_strset *refs_seen; /* "Type/id" asked for, and foreign references reported, by this export */
+  long long refs_queued;
   long long refs_fetched;
   int refs_capped;
   char transaction_time[64];
@@ -126,6 +131,7 @@ struct bx_file {
   bx_export *e;
   size_t index; /* in the manifest: outputs first, then error files */
   char *url;    /* the manifest's URL (what is recorded and shown) */
+  char shown[1024]; /* url without query values, for every result's fhirx-source-url */
   char *type;
   int is_error;
   int phase;
@@ -298,6 +304,7 @@ static void on_def_timer(uv_timer_t *t) {
 /* Publishes the export's state as a new progress record. */
 static void publish_progress(bx_export *e) {
   fx_bulk *b = e->b;
+  e->progress_dirty = 0;
   char now[32];
   fx_iso_now(now);
   e->seq++;
@@ -323,6 +330,24 @@ static void publish_progress(bx_export *e) {
   size_t len;
   char *value = dump(e->rec, &len);
   if (value) emit(b, NULL, b->pool->app.cfg->topics.bulk, e->job_id, value, len, NULL);
+}
+
+/* Files finish fast and an export may have tens of thousands: their
+ * progress is published at most once a second (PROGRESS_MS). A worker that
+ * dies in between loses at most that second's files, which the next owner
+ * downloads again. */
+static void on_progress_timer(uv_timer_t *t) {
+  bx_export *e = t->data;
+  if (e->progress_dirty && !e->removed && !e->abandoned) {
+    e->progress_dirty = 0;
+    publish_progress(e);
+  }
+}
+
+static void progress_soon(bx_export *e) {
+  e->progress_dirty = 1;
+  if (!uv_is_active((uv_handle_t *)&e->timer))
+    uv_timer_start(&e->timer, on_progress_timer, PROGRESS_MS, 0);
 }
 
 static json_t *source_of(const bx_export *e) {
@@ -376,7 +401,7 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   const char *since = e->job ? e->job->since : NULL;
   const char *started = json_string_value(json_object_get(e->rec, "started_at"));
   size_t files_done = 0;
-  for (size_t i = 0; i < e->n_files; i++) files_done += e->done[i];
+  files_done = e->n_done;
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:i, s:i, s:I, s:o, s:[], s:o, s:s, "
       "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I}}",
@@ -595,7 +620,11 @@ static void export_fail(bx_export *e, fx_errclass cls, long status, const char *
   char st[16] = "";
   if (status) snprintf(st, sizeof st, "%ld", status);
   fx_log(FX_LOG_WARN, "bulk export failed", "job_id", e->job_id, "tenant", tenant, "error_class",
-         fx_errclass_name(cls), "http_status", st[0] ? st : NULL, "reason", msg, NULL);
+         fx_errclass_name(cls), "http_status", st[0] ? st : NULL, NULL);
+  /* The reason may quote the server's OperationOutcome, which can name a
+   * patient: as for patient jobs, only at debug (it is in the dead letter). */
+  if (fx_log_enabled(FX_LOG_DEBUG))
+    fx_log(FX_LOG_DEBUG, "bulk export failed: details", "job_id", e->job_id, "reason", msg, NULL);
   /* An expired export is gone already; any other is cleaned up. */
   /* Some files published already: partial (the dead letter re-runs it whole). */
   begin_ending(e, published(e) ? 1 : 2, cls, BX_FAILED, cls != FX_EC_EXPORT_EXPIRED);
@@ -637,17 +666,6 @@ static int retry_step(bx_export *e, long after_ms, long status, const char *what
   return 1;
 }
 
-static fx_errclass class_of_status(long status) {
-  switch (status) {
-  case 400: return FX_EC_SEARCH_RESTRICTION;
-  case 401: return FX_EC_AUTH;
-  case 403: return FX_EC_SCOPE;
-  case 404:
-  case 410: return FX_EC_NOT_FOUND;
-  case 429: return FX_EC_THROTTLED;
-  default: return status >= 500 ? FX_EC_TRANSIENT : FX_EC_SERVER;
-  }
-}
 
 static int transient_status(long status) {
   return status == 408 || status == 429 || status == 502 || status == 503 || status == 504;
@@ -770,7 +788,7 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
     retry_step(e, fx_http_retry_after_ms(res), res->status, msg);
     goto out;
   }
-  fx_errclass cls = class_of_status(res->status);
+  fx_errclass cls = fx_errclass_of_status(res->status);
   if (res->status == 404)
     snprintf(msg + strlen(msg), sizeof msg - strlen(msg), " (is Group %s on this tenant?)",
              e->job->group);
@@ -823,7 +841,8 @@ static void kickoff(bx_export *e) {
   free(filters);
   if (bad) {
     free(url);
-    export_fail(e, FX_EC_INVALID_JOB, 0, "the $export kick-off URL is too long");
+    export_fail(e, FX_EC_INVALID_JOB, 0, "the $export kick-off URL would be longer than 8 KB: use fewer or shorter type_filter "
+                "entries");
     return;
   }
   static const char *const prefer[] = {"Prefer: respond-async", NULL};
@@ -890,6 +909,9 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   e->n_out = n_out;
   e->n_err = n_err;
   e->n_files = n_out + n_err;
+  e->cursor = 0;
+  e->n_done = 0;
+  for (size_t i = 0; i < e->n_files; i++) e->n_done += e->done[i];
   return 0;
 }
 
@@ -970,7 +992,7 @@ static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg)
   }
   /* Bulk Data: an error status (4xx/5xx with an OperationOutcome) means the
    * export failed; a new one may work, so it is replayable. */
-  export_fail(e, res->status >= 500 ? FX_EC_EXPORT_FAILED : class_of_status(res->status),
+  export_fail(e, res->status >= 500 ? FX_EC_EXPORT_FAILED : fx_errclass_of_status(res->status),
               res->status, msg);
 out:
   export_unref(e);
@@ -1025,17 +1047,19 @@ static void file_acked(void *arg) {
     e->running--;
     if (f->complete && !atomic_load(&f->sink.failed)) {
       e->done[f->index] = 1;
+      e->n_done++;
       for (size_t i = 0; i < FX_NTYPES; i++) e->counts[i] += f->counts[i];
       e->other += f->other;
       e->error_lines += f->error_lines;
       e->bad_lines += f->bad_lines;
       e->refs_fetched += f->refs_fetched;
       atomic_fetch_add(&e->b->pool->stats.bulk_files, 1);
-      publish_progress(e);
+      progress_soon(e);
     } else {
       /* A result was not delivered: that file is downloaded again, whole. */
       fx_log(FX_LOG_WARN, "a bulk file's results were not all delivered; downloading it again",
              "job_id", e->job_id, NULL);
+      if (f->index < e->cursor) e->cursor = f->index;
     }
     pump_files(e);
   }
@@ -1069,16 +1093,6 @@ static const char *patient_of(json_t *res, const char *type, const char *id) {
   return NULL;
 }
 
-static int valid_id(const char *id) {
-  size_t n = strlen(id);
-  if (n == 0 || n > 64) return 0;
-  for (const char *p = id; *p; p++)
-    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-          *p == '-' || *p == '.'))
-      return 0;
-  return 1;
-}
-
 /* ---- references (follow_references) ----------------------------------------------- */
 
 static void refs_pump(bx_file *f);
@@ -1089,56 +1103,30 @@ static void refs_pump(bx_file *f);
 static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) {
   bx_export *e = f->e;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
-  if (!ref || !*ref || ref[0] == '#' || !prof) return;
-  const char *rel = ref;
-  if (strstr(ref, "://")) {
-    if (!fx_url_within(ref, e->tenant->fhir_base)) {
-      char seen[300];
-      snprintf(seen, sizeof seen, "foreign %s", ref);
-      if (!e->refs_seen) e->refs_seen = fx_strset_new();
-      if (!e->refs_seen || fx_strset_add(e->refs_seen, seen) != 1) return; /* reported once */
-      char shown[512], msg[700];
-      fx_url_redact(ref, shown, sizeof shown);
-      snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
-               shown);
-      publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, NULL, NULL, msg);
-      f->bad_lines++;
-      return;
-    }
-    const char *path = strchr(strstr(ref, "://") + 3, '/');
-    const char *bpath = strchr(strstr(e->tenant->fhir_base, "://") + 3, '/');
-    size_t bl = bpath ? strlen(bpath) : 0;
-    if (!path || strncmp(path, bpath ? bpath : "", bl) != 0) return;
-    rel = path + bl;
-    while (*rel == '/') rel++;
-  }
-  const char *slash = strchr(rel, '/');
-  if (!slash) return;
-  char type[40];
-  size_t tl = (size_t)(slash - rel);
-  if (tl == 0 || tl >= sizeof type) return;
-  memcpy(type, rel, tl);
-  type[tl] = '\0';
-  int idx = fx_resource_index(type);
-  if (idx < 0 || !(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
-  const char *id = slash + 1;
-  size_t il = strcspn(id, "/?#");
-  char idbuf[80];
-  if (il == 0 || il >= sizeof idbuf) return;
-  memcpy(idbuf, id, il);
-  idbuf[il] = '\0';
-  if (!valid_id(idbuf)) return;
-  bx_ref *r = calloc(1, sizeof *r);
-  if (!r) return;
-  snprintf(r->key, sizeof r->key, "%s/%s", type, idbuf);
-  if (!e->refs_seen) e->refs_seen = fx_strset_new();
-  if (!e->refs_seen || fx_strset_add(e->refs_seen, r->key) != 1) {
-    free(r);
+  if (!prof) return;
+  if (!e->refs_seen && !(e->refs_seen = fx_strset_new())) return;
+  char key[160];
+  int idx;
+  switch (fx_ref_parse(ref, e->tenant->fhir_base, key, sizeof key, &idx)) {
+  case FX_REF_NONE: return;
+  case FX_REF_FOREIGN: {
+    char seen[300];
+    snprintf(seen, sizeof seen, "foreign %s", ref);
+    if (fx_strset_add(e->refs_seen, seen) != 1) return; /* reported once per export */
+    char shown[512], msg[700];
+    fx_url_redact(ref, shown, sizeof shown);
+    snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
+             shown);
+    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, NULL, NULL, msg);
+    f->bad_lines++;
     return;
   }
+  case FX_REF_LOCAL: break;
+  }
+  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  if (fx_strset_add(e->refs_seen, key) != 1) return;
   long long max = e->b->pool->app.cfg->worker.max_references_per_job;
-  if ((long long)fx_strset_size(e->refs_seen) > max) {
-    free(r);
+  if (++e->refs_queued > max) {
     if (!e->refs_capped) {
       e->refs_capped = 1;
       char msg[200];
@@ -1151,6 +1139,9 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) 
     }
     return;
   }
+  bx_ref *r = calloc(1, sizeof *r);
+  if (!r) return;
+  snprintf(r->key, sizeof r->key, "%s", key);
   r->depth = depth;
   if (f->refs_tail)
     f->refs_tail->next = r;
@@ -1220,7 +1211,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   const char *type = json_string_value(json_object_get(doc, "resourceType"));
   const char *id = json_string_value(json_object_get(doc, "id"));
   size_t tl = strcspn(r->key, "/");
-  if (!type || !id || strlen(type) != tl || strncmp(type, r->key, tl) != 0 || !valid_id(id)) {
+  if (!type || !id || strlen(type) != tl || strncmp(type, r->key, tl) != 0 || !fx_fhir_id_ok(id, strlen(id))) {
     snprintf(msg, sizeof msg, "reading %s did not return that resource", r->key);
     publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, NULL, msg);
     f->bad_lines++;
@@ -1297,7 +1288,7 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     fx_errclass cls =
         ae            ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
         : res->result ? FX_EC_TRANSIENT
-                      : class_of_status(res->status);
+                      : fx_errclass_of_status(res->status);
     if (!ae && res->result == 0) fx_fhir_outcome_summary(res->body, oo, sizeof oo);
     snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key,
              ae            ? ae->err.msg
@@ -1380,7 +1371,7 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
-  if (!type || !id || !valid_id(id) || strcmp(type, "OperationOutcome") == 0 ||
+  if (!type || !id || !fx_fhir_id_ok(id, strlen(id)) || strcmp(type, "OperationOutcome") == 0 ||
       strcmp(type, "Bundle") == 0) {
     f->line_no++;
     snprintf(msg, sizeof msg, "line %lld of a %s file is not a FHIR resource with a valid id%s%s",
@@ -1399,14 +1390,14 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
-  char key[256], now[32], shown[1024];
+  char key[256], now[32];
   snprintf(key, sizeof key, "%s/%s/%s", e->tenant->id, type, id);
   fx_iso_now(now);
-  fx_url_redact(f->url, shown, sizeof shown);
   rd_kafka_headers_t *h = headers_for(e);
   const char *patient = patient_of(res, type, id);
-  if (patient && valid_id(patient)) rd_kafka_header_add(h, "fhirx-patient", -1, patient, -1);
-  rd_kafka_header_add(h, "fhirx-source-url", -1, shown, -1);
+  if (patient && fx_fhir_id_ok(patient, strlen(patient)))
+    rd_kafka_header_add(h, "fhirx-patient", -1, patient, -1);
+  rd_kafka_header_add(h, "fhirx-source-url", -1, f->shown, -1);
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, "bulk", -1);
   int idx = fx_resource_index(type);
@@ -1549,8 +1540,13 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
                                     (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms);
-    fx_log(FX_LOG_WARN, "bulk file download failed; trying again", "job_id", e->job_id, "reason",
-           msg, NULL);
+    char attempt[16];
+    snprintf(attempt, sizeof attempt, "%d", f->tries);
+    fx_log(FX_LOG_WARN, "bulk file download failed; trying again", "job_id", e->job_id,
+           "error_class", fx_errclass_name(cls), "try", attempt, NULL);
+    if (fx_log_enabled(FX_LOG_DEBUG))
+      fx_log(FX_LOG_DEBUG, "bulk file download failed: details", "job_id", e->job_id, "reason",
+             msg, NULL);
     f->phase = F_WAIT;
     uv_timer_stop(&f->timer);
     uv_timer_start(&f->timer, on_file_retry, d, 0);
@@ -1673,7 +1669,7 @@ static void on_file_response(fx_http_response *res, void *arg) {
   else if (transient_status(st) || st >= 500)
     file_failed(f, FX_EC_TRANSIENT, st, fx_http_retry_after_ms(res), msg);
   else
-    file_failed(f, class_of_status(st), st, -1, msg);
+    file_failed(f, fx_errclass_of_status(st), st, -1, msg);
 }
 
 /* Starts downloads up to bulk.parallel_downloads; finishes the export when
@@ -1682,13 +1678,12 @@ static void pump_files(bx_export *e) {
   if (e->abandoned || e->removed || e->state != BX_DOWNLOADING) return;
   fx_bulk *b = e->b;
   size_t max = (size_t)b->pool->app.cfg->bulk.parallel_downloads;
-  size_t remaining = 0;
-  for (size_t i = 0; i < e->n_files; i++) remaining += !e->done[i];
-  if (remaining == 0 && e->running == 0) {
+  if (e->n_done == e->n_files && e->running == 0) {
     finish(e);
     return;
   }
-  for (size_t i = 0; i < e->n_files && e->running < max && !b->stopping; i++) {
+  size_t i = e->cursor;
+  for (; i < e->n_files && e->running < max && !b->stopping; i++) {
     if (e->done[i]) continue;
     int busy = 0;
     for (bx_file *g = e->files; g; g = g->next) busy |= g->index == i && !g->settled;
@@ -1704,6 +1699,7 @@ static void pump_files(bx_export *e) {
     }
     f->e = e;
     f->index = i;
+    fx_url_redact(f->url, f->shown, sizeof f->shown);
     f->is_error = i >= e->n_out;
     f->sink.kind = SINK_FILE;
     atomic_init(&f->sink.outputs, 1);
@@ -1717,6 +1713,7 @@ static void pump_files(bx_export *e) {
     b->live_files++;
     file_start(f);
   }
+  e->cursor = i;
 }
 
 /* ---- steps ------------------------------------------------------------------------- */
@@ -1755,7 +1752,9 @@ static void export_start(bx_export *e) {
       e->job->kind != FX_JOB_BULK) {
     free(text);
     export_fail(e, text ? jerr.cls : FX_EC_INVALID_JOB, 0,
-                jerr.msg[0] ? jerr.msg : "the progress record holds no bulk job");
+                jerr.msg[0] ? jerr.msg
+                           : "the fhirx.bulk record holds no bulk job: only fhirx writes to that "
+                             "topic; enqueue bulk jobs on the jobs topic");
     return;
   }
   free(text);

@@ -322,72 +322,55 @@ static int sink(const char *data, size_t len, void *arg, fx_http_xfer *x) {
   return FX_HTTP_PAUSE;
 }
 
-static void stream_pauses_and_resumes(void **state) {
-  (void)state;
+/* Streams path through sink (with s's settings) and collects the answer. */
+static void stream_get(const char *path, stream *s, result *r) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   fx_http *h;
   fx_err err = {0};
   assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
-  stream s = {.all_x = 1};
-  uv_timer_init(&loop, &s.timer);
-  s.timer.data = &s;
-  result r = {0};
-  fx_http_request req = {.url = url("/big"), .sink = sink, .sink_arg = &s};
-  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+  s->all_x = 1;
+  uv_timer_init(&loop, &s->timer);
+  s->timer.data = s;
+  fx_http_request req = {.url = url(path), .sink = sink, .sink_arg = s};
+  assert_int_equal(fx_http_send(h, &req, collect, r, &err), 0);
   uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(r.done, 1);
+  assert_int_equal(r->done, 1);
+  uv_close((uv_handle_t *)&s->timer, NULL);
+  finish(&loop, h);
+}
+
+static void stream_pauses_and_resumes(void **state) {
+  (void)state;
+  stream s = {0};
+  result r = {0};
+  stream_get("/big", &s, &r);
   assert_int_equal(r.rc, 0);
   assert_int_equal(r.status, 200);
   assert_int_equal(s.bytes, 1 << 20); /* every byte, once */
   assert_true(s.all_x);
-  assert_true(s.pauses > 4);  /* 1 MiB comes in many chunks, each paused */
+  assert_true(s.pauses > 4);       /* 1 MiB comes in many chunks, each paused */
   assert_int_equal(r.body_len, 0); /* nothing was buffered */
-  uv_close((uv_handle_t *)&s.timer, NULL);
-  finish(&loop, h);
 }
 
 static void stream_error_is_buffered_not_streamed(void **state) {
   (void)state;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  fx_http *h;
-  fx_err err = {0};
-  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
-  stream s = {.all_x = 1};
-  uv_timer_init(&loop, &s.timer);
-  s.timer.data = &s;
+  stream s = {0};
   result r = {0};
-  fx_http_request req = {.url = url("/missing"), .sink = sink, .sink_arg = &s};
-  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
-  uv_run(&loop, UV_RUN_DEFAULT);
+  stream_get("/missing", &s, &r);
   assert_int_equal(r.status, 404);
   assert_int_equal(s.chunks, 0);
   assert_string_equal(r.body, "nope"); /* readable, as for any request */
-  uv_close((uv_handle_t *)&s.timer, NULL);
-  finish(&loop, h);
 }
 
 static void stream_refused_by_sink_is_canceled(void **state) {
   (void)state;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  fx_http *h;
-  fx_err err = {0};
-  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
-  stream s = {.all_x = 1, .abort_after = 2};
-  uv_timer_init(&loop, &s.timer);
-  s.timer.data = &s;
+  stream s = {.abort_after = 2};
   result r = {0};
-  fx_http_request req = {.url = url("/big"), .sink = sink, .sink_arg = &s};
-  assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(r.done, 1);
+  stream_get("/big", &s, &r);
   assert_int_equal(r.rc, FX_ECANCELED);
-  assert_int_equal(s.chunks, 2);
+  assert_int_equal(s.chunks, 2); /* never called again after refusing */
   assert_true(s.bytes < (1 << 20));
-  uv_close((uv_handle_t *)&s.timer, NULL);
-  finish(&loop, h);
 }
 
 int main(void) {
