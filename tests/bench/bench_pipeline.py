@@ -6,6 +6,13 @@ peak RSS, token requests per tenant, requests per resource and the reference
 cache's hit ratio. Measures and reports only: it asserts nothing about time.
 
   bench_pipeline.py [--jobs 200] [--patients-per-job 5] [--threads 2] [--json OUT]
+                    [--no-references] [--page-size N] [--no-probe]
+
+With the probe (the default), it then times the bare work of the same pages
+in one process (tests/bench/probe.c: parse each page, dump each resource,
+produce it with a delivery report) and reports fhirx's CPU per resource as a
+ratio to it. --page-size N sets every search's _count to N (a profile file
+derived from the Cerner profile), to see the cost per page.
 """
 import argparse
 import json
@@ -17,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../e2e"))
 from e2e import SANDBOX, Env, FHIRX, log  # noqa: E402
+import probe  # noqa: E402
 
 
 def main():
@@ -27,6 +35,9 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--no-references", action="store_true",
                     help="do not follow references (the default follows them)")
+    ap.add_argument("--page-size", type=int, default=0,
+                    help="every search's _count (default: the Cerner profile's)")
+    ap.add_argument("--no-probe", action="store_true", help="skip the bare-work probe")
     a = ap.parse_args()
     tenants = [{"id": SANDBOX, "sandbox": True, "patients": 500},
                {"id": "hospital-b", "patients": 500}]
@@ -44,6 +55,16 @@ def main():
             if not a.no_references:
                 job["follow_references"] = True
             jobs.append(job)
+        profile_path = probe.CERNER
+        if a.page_size:
+            profile_path = probe.profile_with_page_size(
+                os.path.join(env.dir, "profile.json"), a.page_size)
+            with open(env.config) as f:
+                cfg = json.load(f)
+            for t in cfg["tenants"]:
+                t["profile"] = profile_path
+            with open(env.config, "w") as f:
+                json.dump(cfg, f, indent=1)
         env.enqueue(jobs)  # queued before the worker starts: it runs flat out
         worker = subprocess.Popen([FHIRX, "worker", "--config", env.config],
                                   stdout=subprocess.DEVNULL,
@@ -94,7 +115,24 @@ def main():
             "reference_cache_hit_ratio": round(ref_cached / (ref_fetched + ref_cached), 3)
             if ref_fetched + ref_cached else None,
             "worker_exit": os.waitstatus_to_exitcode(status),
+            "page_size": a.page_size or "profile",
         }
+        out["cpu_us_per_resource"] = round(cpu / resources * 1e6, 1) if resources else None
+        if not a.no_probe and resources:
+            # The same pages, fetched again (not timed), then their bare work
+            # timed in one process: a sample of patients, repeated to a
+            # similar volume.
+            sample = sorted({p for j in jobs if j["tenant"] == SANDBOX for p in j["patients"]})[:100]
+            pages = os.path.join(env.dir, "pages.ndjson")
+            base = "%s/r4/%s" % (env.sim_url, SANDBOX)
+            probe.collect_pages(env, env.config, SANDBOX, base, sample, profile_path, pages)
+            once = probe.run_probe(env.bootstrap, pages, "pages", 1)
+            repeat = max(1, round(resources / once["resources"])) if once["resources"] else 1
+            pr = probe.run_probe(env.bootstrap, pages, "pages", repeat)
+            out["probe"] = pr
+            out["probe_cpu_us_per_resource"] = pr["cpu_us_per_resource"]
+            out["ratio_to_probe"] = round(out["cpu_us_per_resource"] / pr["cpu_us_per_resource"], 2) \
+                if pr["cpu_us_per_resource"] else None
         print(json.dumps(out, indent=2))
         if a.json:
             with open(a.json, "w") as f:
