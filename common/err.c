@@ -48,6 +48,7 @@ const char *fx_err_name(int code) {
   case FX_ECANCELED: return "ECANCELED";
   case FX_ETOOLARGE: return "ETOOLARGE";
   case FX_EUNSUPPORTED: return "EUNSUPPORTED";
+  case FX_EAGAIN: return "EAGAIN";
   default: return "E?";
   }
 }

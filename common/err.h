@@ -22,7 +22,8 @@ enum {
   FX_ENOTFOUND = -9,
   FX_ECANCELED = -10,
   FX_ETOOLARGE = -11,
-  FX_EUNSUPPORTED = -12
+  FX_EUNSUPPORTED = -12,
+  FX_EAGAIN = -13     /* not now (a full queue): try the same again later */
 };
 
 typedef struct fx_err {

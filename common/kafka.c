@@ -1,5 +1,6 @@
 #include "common/kafka.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -138,4 +139,37 @@ size_t fx_kafka_max_message(const rd_kafka_conf_t *conf) {
   size_t len = sizeof buf;
   if (rd_kafka_conf_get(conf, "message.max.bytes", buf, &len) != RD_KAFKA_CONF_OK) return 1000000;
   return (size_t)strtoull(buf, NULL, 10);
+}
+
+void fx_kafka_stats_parse(const char *json, size_t len, int *brokers_up, long long *lag) {
+  json_t *doc = json_loadb(json, len, 0, NULL);
+  const char *k;
+  json_t *b;
+  int up = 0;
+  json_object_foreach(json_object_get(doc, "brokers"), k, b) {
+    /* Bootstrap and internal entries have nodeid -1: count real brokers. */
+    const char *state = json_string_value(json_object_get(b, "state"));
+    if (json_integer_value(json_object_get(b, "nodeid")) >= 0 && state && strcmp(state, "UP") == 0)
+      up++;
+  }
+  long long total = 0;
+  json_t *t, *part;
+  const char *pk;
+  json_object_foreach(json_object_get(doc, "topics"), k, t) {
+    json_object_foreach(json_object_get(t, "partitions"), pk, part) {
+      long long l = json_integer_value(json_object_get(part, "consumer_lag"));
+      if (strcmp(pk, "-1") != 0 && l > 0) total += l;
+    }
+  }
+  json_decref(doc);
+  *brokers_up = up;
+  if (lag) *lag = total;
+}
+
+void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf) {
+  char v[32] = "0";
+  size_t len = sizeof v;
+  if (rd_kafka_conf_get(conf, "statistics.interval.ms", v, &len) == RD_KAFKA_CONF_OK &&
+      strcmp(v, "0") == 0)
+    rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", NULL, 0);
 }

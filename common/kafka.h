@@ -42,4 +42,11 @@ int fx_kafka_set(rd_kafka_conf_t *conf, const char *name, const char *value, fx_
 /* The largest message the producer will accept (message.max.bytes). */
 size_t fx_kafka_max_message(const rd_kafka_conf_t *conf);
 
+/* librdkafka statistics (statistics.interval.ms): brokers up and, for a
+ * consumer, the lag over its partitions (lag may be NULL). */
+void fx_kafka_stats_parse(const char *json, size_t len, int *brokers_up, long long *lag);
+
+/* statistics.interval.ms = 1000 unless the config sets it. */
+void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf);
+
 #endif

@@ -2,12 +2,6 @@
 
 #include <stdlib.h>
 
-struct fx_post {
-  fx_post *next;
-  fx_post_fn fn;
-  void *arg;
-};
-
 uint64_t fx_now_ms(void) { return uv_hrtime() / 1000000u; }
 
 static void drain(fx_loop *lp) {
@@ -21,8 +15,11 @@ static void drain(fx_loop *lp) {
     if (!p) return;
     while (p) {
       fx_post *next = p->next;
-      p->fn(p->arg);
-      free(p);
+      /* An embedded item may be queued again by its own fn: read it first. */
+      fx_post_fn fn = p->fn;
+      void *arg = p->arg;
+      if (!p->embedded) free(p);
+      fn(arg);
       p = next;
     }
   }
@@ -48,6 +45,7 @@ int fx_loop_post(fx_loop *lp, fx_post_fn fn, void *arg) {
   p->next = NULL;
   p->fn = fn;
   p->arg = arg;
+  p->embedded = 0;
   pthread_mutex_lock(&lp->mu);
   if (lp->closed) {
     pthread_mutex_unlock(&lp->mu);
@@ -57,6 +55,21 @@ int fx_loop_post(fx_loop *lp, fx_post_fn fn, void *arg) {
   if (lp->tail) lp->tail->next = p;
   else lp->head = p;
   lp->tail = p;
+  pthread_mutex_unlock(&lp->mu);
+  uv_async_send(&lp->wake);
+  return 0;
+}
+
+int fx_loop_post_chain(fx_loop *lp, fx_post *first, fx_post *last) {
+  last->next = NULL;
+  pthread_mutex_lock(&lp->mu);
+  if (lp->closed) {
+    pthread_mutex_unlock(&lp->mu);
+    return FX_ECANCELED;
+  }
+  if (lp->tail) lp->tail->next = first;
+  else lp->head = first;
+  lp->tail = last;
   pthread_mutex_unlock(&lp->mu);
   uv_async_send(&lp->wake);
   return 0;

@@ -16,7 +16,16 @@
 
 typedef void (*fx_post_fn)(void *arg);
 
-typedef struct fx_post fx_post;
+/* A call queued on a loop. fx_loop_post allocates one per call; objects that
+ * hand themselves to a loop often (an output sink) embed one and queue it
+ * with fx_loop_post_chain, which allocates nothing. An embedded item belongs
+ * to the loop from the moment it is queued until fn has started. */
+typedef struct fx_post {
+  struct fx_post *next;
+  fx_post_fn fn;
+  void *arg;
+  int embedded; /* 1: the caller's memory, not freed by the loop */
+} fx_post;
 
 typedef struct fx_loop {
   uv_loop_t *uv;
@@ -33,6 +42,12 @@ int fx_loop_init(fx_loop *lp, uv_loop_t *uv, const fx_http_conf *http_conf, fx_e
 /* Thread-safe. Runs fn(arg) on lp's thread soon. Returns 0, or FX_ECANCELED
  * if the loop is closed (fn will not run; the caller still owns arg). */
 int fx_loop_post(fx_loop *lp, fx_post_fn fn, void *arg);
+
+/* Thread-safe. Queues the chain first..last of embedded items (linked by
+ * next, last->next ignored) with one wake-up for all of them: a batch of
+ * completions crosses threads at the cost of one. Returns 0, or
+ * FX_ECANCELED if the loop is closed (nothing was queued). */
+int fx_loop_post_chain(fx_loop *lp, fx_post *first, fx_post *last);
 
 /* Runs what is queued, closes the HTTP client (canceling requests) and the
  * mailbox. Keep running the uv loop until it returns to finish closing. */

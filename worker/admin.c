@@ -46,31 +46,6 @@ fx_tenant_metrics *fx_pool_tenant_metrics(fx_pool *p, const char *tenant) {
   return found;
 }
 
-void fx_kafka_stats_parse(const char *json, size_t len, int *brokers_up, long long *lag) {
-  json_t *doc = json_loadb(json, len, 0, NULL);
-  const char *k;
-  json_t *b;
-  int up = 0;
-  json_object_foreach(json_object_get(doc, "brokers"), k, b) {
-    /* Bootstrap and internal entries have nodeid -1: count real brokers. */
-    const char *state = json_string_value(json_object_get(b, "state"));
-    if (json_integer_value(json_object_get(b, "nodeid")) >= 0 && state && strcmp(state, "UP") == 0)
-      up++;
-  }
-  long long total = 0;
-  json_t *t, *part;
-  const char *pk;
-  json_object_foreach(json_object_get(doc, "topics"), k, t) {
-    json_object_foreach(json_object_get(t, "partitions"), pk, part) {
-      long long l = json_integer_value(json_object_get(part, "consumer_lag"));
-      if (strcmp(pk, "-1") != 0 && l > 0) total += l;
-    }
-  }
-  json_decref(doc);
-  *brokers_up = up;
-  if (lag) *lag = total;
-}
-
 /* ---- Prometheus text ------------------------------------------------------- */
 
 typedef struct buf {

@@ -221,11 +221,6 @@ void fx_wthread_run_done(fx_wthread *wt); /* a run was freed: backpressure, shut
 /* The request metrics slot of tenant (created on first use). */
 fx_tenant_metrics *fx_pool_tenant_metrics(fx_pool *p, const char *tenant);
 
-/* librdkafka statistics: brokers up (and consumer lag) into the counters. */
-void fx_kafka_stats_parse(const char *json, size_t len, int *brokers_up, long long *lag);
-
-/* statistics.interval.ms = 1000 unless the config sets it. */
-void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf);
 
 /* admin.c */
 int fx_admin_start(fx_pool *p, fx_err *err);

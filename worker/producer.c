@@ -114,14 +114,6 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
   return 0; /* librdkafka frees json */
 }
 
-void fx_kafka_default_stats_interval(rd_kafka_conf_t *conf) {
-  char v[32] = "0";
-  size_t len = sizeof v;
-  if (rd_kafka_conf_get(conf, "statistics.interval.ms", v, &len) == RD_KAFKA_CONF_OK &&
-      strcmp(v, "0") == 0)
-    rd_kafka_conf_set(conf, "statistics.interval.ms", "1000", NULL, 0);
-}
-
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
   fx_log(level <= 3 ? FX_LOG_ERROR : (level <= 4 ? FX_LOG_WARN : FX_LOG_DEBUG), buf, "facility",

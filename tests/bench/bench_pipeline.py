@@ -44,6 +44,8 @@ def main():
     env = Env(tenants=tenants, worker_extra={
         "worker": {"threads": a.threads, "max_jobs_in_flight": 32,
                    "max_requests_in_flight": 32},
+        # fhirx's own producer batching (the e2e harness shortens it for latency).
+        "kafka": {"producer.linger.ms": 5},
         "log": {"level": "warn"}})
     try:
         jobs = []
