@@ -25,12 +25,17 @@ static void drain(fx_loop *lp) {
   }
 }
 
-static void on_wake(uv_async_t *a) { drain(a->data); }
+static void on_wake(uv_async_t *a) {
+  fx_loop *lp = a->data;
+  lp->wakeups++;
+  drain(lp);
+}
 
 int fx_loop_init(fx_loop *lp, uv_loop_t *uv, const fx_http_conf *http_conf, fx_err *err) {
   lp->uv = uv;
   lp->head = lp->tail = NULL;
   lp->closed = 0;
+  lp->wakeups = 0;
   int rc = fx_http_new(uv, http_conf, &lp->http, err);
   if (rc) return rc;
   pthread_mutex_init(&lp->mu, NULL);

@@ -34,6 +34,7 @@ typedef struct fx_loop {
   pthread_mutex_t mu;
   fx_post *head, *tail; /* guarded by mu */
   int closed;           /* guarded by mu */
+  unsigned long long wakeups; /* mailbox wake-ups served (this loop's thread only) */
 } fx_loop;
 
 /* Sets up lp on an existing uv loop (lp must stay at a fixed address). */
