@@ -1269,7 +1269,8 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   }
   if (fx_resource_key_problem(type, id, why, sizeof why)) {
     /* Never the id (resources.h): the type and why. */
-    snprintf(msg, sizeof msg, "reading a referenced %s: the %s %s; not published", type, type, why);
+    snprintf(msg, sizeof msg, "the referenced %s read from the server %s; not published", type,
+             why);
     publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, type, msg);
     f->bad_lines++;
     json_decref(doc);

@@ -665,8 +665,8 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
      * (resources.h), and never a silent drop. */
     char msg[320];
     int known = type && fx_resource_index(type) >= 0;
-    snprintf(msg, sizeof msg, "a %s in the response %s; not published", known ? type : "resource",
-             why);
+    snprintf(msg, sizeof msg, "%s resource in the response %s; not published",
+             known ? type : "a", why);
     fx_fetch g = *f;
     if (known) g.type = fx_resource_index(type);
     failure fl = {.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .attempts = f->attempts,

@@ -76,6 +76,7 @@ typedef struct sim_data_knobs {
   unsigned binary_min_bytes, binary_max_bytes;
   unsigned binary_large_bytes; /* size of the occasional large Binary */
   unsigned binary_large_every; /* about 1 in N Binaries is large; 0 = none */
+  bool binary_signed_urls;     /* attachment URLs carry ?sig=; a Binary read without it is 404 */
   bool paging_repeats;         /* pages 3, 6, 9, ... start with the previous page's last entry */
   bool paging_short_pages;     /* some pages after the first are shorter than _count */
   bool paging_outcomes;        /* pages 2, 6, 10, ... carry an OperationOutcome entry */
@@ -195,6 +196,9 @@ size_t sim_binary_forms(sim_rtype source, uint64_t source_handle, sim_bin_form o
 /* The Binary id of one form of a DocumentReference or DiagnosticReport. */
 void sim_binary_id_for(sim_rtype source, uint64_t source_handle, sim_bin_form form,
                        char out[64]);
+/* The sig= of the Binary's attachment URL (binary_signed_urls): 16 hex
+ * digits derived from the seed, the tenant and the handle. */
+void sim_binary_sig(const sim_store *s, uint64_t handle, char out[17]);
 /* The handle of that Binary (sizes and bytes derive from it). */
 uint64_t sim_binary_handle_for(sim_rtype source, uint64_t source_handle, sim_bin_form form);
 

@@ -85,6 +85,12 @@ bool sim_binary_resolve(const sim_store *s, const char *id, uint64_t *handle) {
   return false;
 }
 
+void sim_binary_sig(const sim_store *s, uint64_t handle, char out[17]) {
+  sim_rng r;
+  sim_rng_init_domain(&r, &s->p, SIM_DOMAIN_BINARY, handle ^ 0x4000000000000000ULL);
+  snprintf(out, 17, "%016llx", (unsigned long long)sim_rng_next(&r));
+}
+
 size_t sim_binary_size(const sim_store *s, uint64_t handle) {
   const sim_data_knobs *k = &s->p.knobs;
   sim_rng r;

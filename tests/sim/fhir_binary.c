@@ -60,6 +60,21 @@ void sim_fhir_read_binary(sim_req *req, sim_resp *resp, const char *id) {
     sim_fhir_outcome(resp, 404, "not-found", diag);
     return;
   }
+  if (sim_store_params(store)->knobs.binary_signed_urls) {
+    /* binary.md: use the exact link given; "modifying the link has undefined
+     * consequences". Here: a link without its sig is not found. */
+    char sig[17];
+    const char *got = sim_req_query(req, "sig");
+    sim_binary_sig(store, handle, sig);
+    if (!got || strcmp(got, sig) != 0) {
+      char diag[200];
+      snprintf(diag, sizeof diag,
+               "Binary/%s was not found at this link: use the attachment URL exactly as given",
+               id);
+      sim_fhir_outcome(resp, 404, "not-found", diag);
+      return;
+    }
+  }
   const char *ct = sim_binary_content_type(handle);
   form f = choose_form(sim_req_header(req, "Accept"), ct);
   if (f == FORM_NONE || f == FORM_JSON) {

@@ -33,19 +33,22 @@
 
 #define TENANT "rules-t"
 #define CLIENT "rules-client"
+#define SIGNED "signed-t" /* binary_signed_urls */
 #define P1 "20000003"
 
 static const char config_json[] =
     "{\"seed\": 11, \"tenants\": ["
     " {\"id\": \"" TENANT "\", \"sandbox\": true, \"patients\": 40,"
     "  \"per_patient\": {\"RelatedPerson\": 3, \"CareTeam\": 2, \"DiagnosticReport\": 6},"
-    "  \"binary_min_bytes\": 300, \"binary_max_bytes\": 2000}"
+    "  \"binary_min_bytes\": 300, \"binary_max_bytes\": 2000},"
+    " {\"id\": \"" SIGNED "\", \"patients\": 2, \"binary_signed_urls\": true}"
     "]}";
 
 typedef struct fixture {
   fx_sim sim;
   test_key key;
   char *token;
+  char *token_signed;
 } fixture;
 
 static const char *const all_types[] = {
@@ -55,7 +58,7 @@ static const char *const all_types[] = {
     "Observation",        "Organization", "Patient",       "Practitioner", "Procedure",
     "RelatedPerson",      "ServiceRequest"};
 
-static char *get_token(fixture *f) {
+static char *get_token(fixture *f, const char *tenant) {
   json_t *scopes = json_array();
   char scope_str[2048] = "";
   for (size_t i = 0; i < sizeof all_types / sizeof *all_types; i++) {
@@ -68,15 +71,17 @@ static char *get_token(fixture *f) {
   json_t *client = json_pack("{s:s, s:{s:[o]}, s:o}", "client_id", CLIENT, "jwks", "keys",
                              test_key_jwk(&f->key), "scopes", scopes);
   char *body = json_dumps(client, JSON_COMPACT);
-  assert_int_equal(fx_sim_post_json(&f->sim, "/_sim/tenants/" TENANT "/clients", body), 200);
+  char path[256];
+  snprintf(path, sizeof path, "/_sim/tenants/%s/clients", tenant);
+  assert_int_equal(fx_sim_post_json(&f->sim, path, body), 200);
   free(body);
   json_decref(client);
 
   char aud[512];
-  snprintf(aud, sizeof aud, "%s/tenants/" TENANT "/protocols/oauth2/profiles/smart-v1/token",
-           f->sim.url);
+  snprintf(aud, sizeof aud, "%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token", f->sim.url,
+           tenant);
   json_t *c = json_pack("{s:s, s:s, s:s, s:I, s:s}", "iss", CLIENT, "sub", CLIENT, "aud", aud,
-                        "exp", (json_int_t)(time(NULL) + 240), "jti", "rules-1");
+                        "exp", (json_int_t)(time(NULL) + 240), "jti", tenant);
   char *jwt = test_jwt_sign(&f->key, c, NULL, NULL);
   json_decref(c);
   char *esc = curl_easy_escape(NULL, scope_str, 0);
@@ -106,7 +111,8 @@ static int group_setup(void **state) {
   if (!f || test_key_gen(&f->key, "ES384", "rules-1")) return -1;
   if (fx_sim_start(&f->sim, config_json) != 0) return -1;
   *state = f;
-  f->token = get_token(f);
+  f->token = get_token(f, TENANT);
+  f->token_signed = get_token(f, SIGNED);
   return 0;
 }
 
@@ -116,6 +122,7 @@ static int group_teardown(void **state) {
     fx_sim_stop(&f->sim);
     test_key_free(&f->key);
     free(f->token);
+    free(f->token_signed);
     free(f);
   }
   curl_global_cleanup();
@@ -423,6 +430,54 @@ static void diagnostic_reports_have_several_forms(void **state) {
   json_decref(exp);
 }
 
+/* binary_signed_urls: the attachment URL works as given, and only as given
+ * (binary.md: "Modifying the link has undefined consequences"). */
+static void signed_attachment_urls(void **state) {
+  fixture *f = *state;
+  char url[1024], auth[512];
+  snprintf(url, sizeof url, "%s/r4/" SIGNED "/DiagnosticReport?patient=20000001&_count=1",
+           f->sim.url);
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s", f->token_signed);
+  const char *h[] = {auth, "Accept: application/fhir+json", NULL};
+  fxt_http_resp r;
+  assert_int_equal(fxt_http("GET", url, h, NULL, &r), 0);
+  assert_int_equal(r.status, 200);
+  json_t *b = json_loads(r.body, 0, NULL);
+  fxt_http_resp_free(&r);
+  const json_t *dr = json_object_get(json_array_get(json_object_get(b, "entry"), 0), "resource");
+  const char *att = json_string_value(
+      json_object_get(json_array_get(json_object_get(dr, "presentedForm"), 1), "url"));
+  assert_non_null(strstr(att, "/Binary/R-"));
+  const char *q = strstr(att, "?sig=");
+  assert_non_null(q);
+  assert_int_equal(strlen(q), 5 + 16);
+  assert_int_equal(fxt_http("GET", att, h, NULL, &r), 0);
+  assert_int_equal(r.status, 200);
+  fxt_http_resp_free(&r);
+  /* Rebuilt from base + id (no sig), or with another document's sig: 404. */
+  snprintf(url, sizeof url, "%.*s", (int)(q - att), att);
+  assert_int_equal(fxt_http("GET", url, h, NULL, &r), 0);
+  assert_int_equal(r.status, 404);
+  assert_non_null(strstr(r.body, "use the attachment URL exactly as given"));
+  fxt_http_resp_free(&r);
+  snprintf(url, sizeof url, "%.*s?sig=0000000000000000", (int)(q - att), att);
+  assert_int_equal(fxt_http("GET", url, h, NULL, &r), 0);
+  assert_int_equal(r.status, 404);
+  fxt_http_resp_free(&r);
+  /* /expected names the Binary by type and id, without the query. */
+  json_t *exp = fx_sim_expected(&f->sim, SIGNED, "20000001", "DiagnosticReport", NULL);
+  size_t i, binaries = 0;
+  json_t *v;
+  json_array_foreach(json_object_get(exp, "references"), i, v) {
+    const char *ref = json_string_value(v);
+    if (strncmp(ref, "Binary/", 7) == 0) binaries++;
+    assert_null(strchr(ref, '?'));
+  }
+  assert_true(binaries >= 2);
+  json_decref(exp);
+  json_decref(b);
+}
+
 static void clean_shutdown(void **state) {
   fixture *f = *state;
   assert_int_equal(fx_sim_stop_status(&f->sim), 0);
@@ -434,6 +489,7 @@ int main(void) {
       cmocka_unit_test(last_updated_as_documented),
       cmocka_unit_test(care_team_ids_are_cerners),
       cmocka_unit_test(diagnostic_reports_have_several_forms),
+      cmocka_unit_test(signed_attachment_urls),
       cmocka_unit_test(clean_shutdown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
