@@ -1418,8 +1418,9 @@ static void refs_pump(bx_file *f) {
       f->refs_inflight--;
       char msg[600];
       snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key, err.msg);
-      publish_failure(e, &f->sink, err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_JOB,
-                      0, NULL, NULL, NULL, msg);
+      publish_failure(e, &f->sink,
+                      err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_RESPONSE, 0,
+                      NULL, NULL, NULL, msg);
       f->bad_lines++;
       ref_call_free(c);
       ref_free(r);
