@@ -22,7 +22,9 @@ binary:    DiagnosticReports with 2-3 presentedForm entries (XR- PDF, R- XML, TR
            exact URL, and published; a tenant whose profile lists
            types.Binary.content_types ["application/pdf"] gets only the PDFs.
 bulk_care_team: a Group export and a patient job of the same patients publish the
-           same CareTeam resources, whose Cerner ids contain '_'."""
+           same CareTeam resources, whose Cerner ids contain '_'; an export of
+           DiagnosticReport that follows references reads every presentedForm at its exact
+           (signed) URL, once."""
 import collections
 import json
 import os
@@ -269,7 +271,8 @@ def scenario_binary(check):
 def scenario_bulk_care_team(check):
     group = "care-group"
     env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 8,
-                        "per_patient": {"CareTeam": 3},
+                        "per_patient": {"CareTeam": 3, "DiagnosticReport": 2},
+                        "binary_signed_urls": True,
                         "groups": [{"id": group, "first": 1, "count": 6}],
                         "export": {"duration_ms": 500, "retry_after_s": 1,
                                    "file_max_resources": 7}}],
@@ -297,7 +300,25 @@ def scenario_bulk_care_team(check):
         same(check, "the export published every CareTeam and Patient of the Group", bulk_keys, want)
         same(check, "the patient job published the same set", pat_keys, want)
         check(b["counts"].get("CareTeam") == 18, "the export's status counts 18 CareTeams")
-        rc, out = env.validate(2)
+
+        # Bulk follows attachment URLs exactly as given too (binary_signed_urls).
+        env.enqueue([{"kind": "bulk", "job_id": "dr-bulk", "tenant": SANDBOX, "group": group,
+                      "resources": ["DiagnosticReport"], "follow_references": True}])
+        d = statuses(env, 3)["dr-bulk"]
+        got = results_of(env, "dr-bulk")
+        reports = [m.json() for m in got if m.headers.get("fhirx-via") == "bulk"]
+        forms = {"Binary/" + f["url"].split("/Binary/")[1].split("?")[0]
+                 for r in reports for f in r["presentedForm"]}
+        binaries = {k for k in keys_of(got) if k.startswith("Binary/")}
+        check(d["state"] == "completed" and d["failures"] == 0 and len(reports) == 12,
+              "the export of 12 reports with references completed (%s, %d failures)" % (
+                  d["state"], d["failures"]))
+        same(check, "every presentedForm of the exported reports was read and published",
+             binaries, forms)
+        reads = env.sim_get("/_sim/tenants/%s/reads?type=Binary" % SANDBOX)
+        check(len(reads) == len(forms) and max(reads.values()) == 1,
+              "each Binary read once (%d)" % len(reads))
+        rc, out = env.validate(3)
         check(rc == 0, "outputs validate against schemas/:\n" + out)
         check(env.stop(w) == 0, "worker exits 0")
     finally:
