@@ -341,7 +341,8 @@ void sim_gen_attachment(sim_gen *g, const char *key, const char *title) {
   char bid[64], url[512];
   uint64_t bh = sim_binary_handle_for(g->type, g->handle);
   sim_binary_id_for(g->type, g->handle, bid);
-  snprintf(url, sizeof url, "http://%s/r4/%s/Binary/%s", g->host, g->p->tenant_id, bid);
+  snprintf(url, sizeof url, "%s://%s/r4/%s/Binary/%s", sim_scheme(), g->host, g->p->tenant_id,
+           bid);
   sim_jw_obj(&g->w, key);
   sim_jw_str(&g->w, "contentType", "application/pdf");
   sim_jw_str(&g->w, "url", url);

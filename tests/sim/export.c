@@ -236,6 +236,7 @@ void sim_export_unref(void *p) {
   if (!x || atomic_fetch_sub(&x->refs, 1) != 1) return;
   free(x->client_id);
   free(x->request);
+  free(x->query_raw);
   free(x->files);
   free(x);
 }
@@ -356,7 +357,7 @@ static void put_query_part(sim_buf *b, const char *s) {
 
 static char *kickoff_url(const sim_req *req) {
   sim_buf b = {0};
-  sim_buf_printf(&b, "http://%s", req->host);
+  sim_buf_printf(&b, "%s://%s", sim_scheme(), req->host);
   for (const unsigned char *p = (const unsigned char *)req->path; *p; p++) {
     if (*p > 0x20 && *p < 0x7f && *p != '%')
       sim_buf_append(&b, (const char *)p, 1);
@@ -519,8 +520,9 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   }
   x->client_id = strdup(client_id);
   x->request = kickoff_url(req);
+  x->query_raw = strdup(req->raw_query);
   snprintf(x->host, sizeof x->host, "%s", req->host);
-  if (!x->client_id || !x->request) goto oom;
+  if (!x->client_id || !x->request || !x->query_raw) goto oom;
 
   /* A cheap look first, so a refused kick-off costs no planning. */
   int64_t now = sim_now_ms();
@@ -559,7 +561,8 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   if (rc != 0) goto oom;
   /* The map owns x now; x->id is immutable, so it may be read unlocked. */
   sim_resp_body(resp, 202, NULL, NULL, 0);
-  sim_resp_header(resp, "Content-Location", "http://%s/r4/%s" JOBS "%s", req->host, t->id, x->id);
+  sim_resp_header(resp, "Content-Location", "%s://%s/r4/%s" JOBS "%s", sim_scheme(), req->host,
+                  t->id, x->id);
   return;
 oom:
   sim_export_unref(x);
@@ -580,8 +583,8 @@ static json_t *manifest(const sim_req *req, const sim_export *x) {
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_t *output = json_array(), *error = json_array();
   for (size_t f = 0; output && error && f < x->nfiles; f++) {
-    snprintf(url, sizeof url, "http://%s/r4/%s" JOBS "%s/files/%zu", req->host, req->tenant->id,
-             x->id, f + 1);
+    snprintf(url, sizeof url, "%s://%s/r4/%s" JOBS "%s/files/%zu", sim_scheme(), req->host,
+             req->tenant->id, x->id, f + 1);
     json_t *entry =
         f < x->noutput
             ? json_pack("{s:s, s:s, s:I}", "type", sim_rtype_name((sim_rtype)x->files[f].type),

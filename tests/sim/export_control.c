@@ -45,10 +45,10 @@ static void visit_list(const char *key, void *value, void *arg) {
   char when[32];
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_array_append_new(
-      s->jobs, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", x->id, "client_id",
+      s->jobs, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", x->id, "client_id",
                          x->client_id, "group", x->scope.group->id, "state",
                          job_state(x, s->now_ms), "transactionTime", when, "request", x->request,
-                         "files", (json_int_t)x->nfiles));
+                         "query_raw", x->query_raw, "files", (json_int_t)x->nfiles));
 }
 
 void sim_control_export_get(sim_req *req, sim_tenant *t, sim_resp *resp) {

@@ -154,7 +154,7 @@ static void rewrite_next(sim_resp *resp, const char *origin) {
 static void rewrite_references(sim_resp *resp, const sim_req *req, const char *origin) {
   static const char ref[] = "\"reference\":\"", url[] = "\"url\":\"";
   char own[300];
-  snprintf(own, sizeof own, "http://%s/", req->host);
+  snprintf(own, sizeof own, "%s://%s/", sim_scheme(), req->host);
   const char *p = resp->body, *end = resp->body + resp->len;
   const char *entries = find(p, resp->len, ",\"entry\":[");
   if (strncmp(p, "{\"resourceType\":\"Bundle\"", 24) == 0) {

@@ -41,6 +41,8 @@ typedef struct sim_req {
   sim_state *st;
   char method[16];
   char *path;      /* owned, URL path without the query */
+  const char *raw_query; /* the query exactly as received (percent-encoded, no '?'), or "";
+                            borrowed from the request context */
   char host[256];  /* sanitized Host header: what {host} means in URLs we build */
   sim_kv *query;   /* owned, decoded query arguments in request order */
   size_t nquery;
@@ -84,6 +86,10 @@ typedef struct sim_server_opts {
   unsigned port;    /* 0 = any free port */
   unsigned threads;
   bool verbose;
+  /* PEM text of a certificate (chain) and its private key: serve HTTPS
+   * instead of HTTP (FHIR server only). Borrowed; must outlive the server. */
+  const char *tls_cert_pem;
+  const char *tls_key_pem;
 } sim_server_opts;
 
 typedef struct sim_server sim_server;
