@@ -1,0 +1,210 @@
+#!/usr/bin/python3
+"""Claims of README.md and docs/ that had no test, each proved end to end.
+
+  test_claims.py SCENARIO
+
+delivery    "a failed delivery never advances the offset": every Produce to the broker
+            leading fhirx.results fails; the job gets no status, its offset is not
+            committed (while a later job of the same partition finishes and a job of
+            another partition is committed); with the fault gone, a new worker runs the
+            job again and it completes with exactly its resources.
+"""
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from confluent_kafka import Consumer, TopicPartition
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../support"))
+from e2e import FHIRX, SANDBOX, BUILD, Check, Env, Msg, log  # noqa: E402
+from test_ops import scrape, value  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TYPES = ["Patient", "Observation", "Condition", "Encounter"]
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+def wait_for(what, pred, timeout=120, step=0.2):
+    """pred() until it is truthy; an AssertionError naming `what` after timeout."""
+    end = time.time() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.time() > end:
+            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
+        time.sleep(step)
+
+
+def read_all(bootstrap, topic, timeout=30):
+    """Every message of topic, read to the high watermark of every partition as it was
+    when the read started. Raises when that end is not reached: a negative check ("no
+    status for this job") must never pass because nothing was read."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-claims-reader",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            return []
+        parts, ends = [], {}
+        for pid in md.topics[topic].partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
+            if hi > lo:
+                parts.append(TopicPartition(topic, pid, lo))
+                ends[pid] = hi
+        out = []
+        if parts:
+            c.assign(parts)
+            end = time.time() + timeout
+            while ends and time.time() < end:
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                if m.offset() < ends.get(m.partition(), 0):
+                    out.append(Msg(m))
+                if m.offset() + 1 >= ends.get(m.partition(), 0):
+                    ends.pop(m.partition(), None)
+            if ends:
+                raise AssertionError("reading %s timed out with partitions %s unread to their end"
+                                     % (topic, sorted(ends)))
+        return out
+    finally:
+        c.close()
+
+
+def committed(env, group="fhirx-workers", topic="fhirx.jobs"):
+    c = Consumer({"bootstrap.servers": env.bootstrap, "group.id": group,
+                  "enable.auto.commit": False})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
+        return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+    finally:
+        c.close()
+
+
+def control(env, path, body=None):
+    """POST to the embedded Kafka's control API; the JSON answer."""
+    req = urllib.request.Request(env.control + path, method="POST",
+                                 data=json.dumps(body or {}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def expected(env, tenant, patients, types):
+    keys = set()
+    for p in patients:
+        q = "/_sim/tenants/%s/expected?patient=%s&types=%s" % (tenant, p, ",".join(types))
+        keys.update(env.sim_get(q)["resources"])
+    return keys
+
+
+def results_of(msgs, job_id):
+    return {m.key.split("/", 1)[1] for m in msgs if m.headers.get("fhirx-job-id") == job_id}
+
+
+def statuses_of(msgs, job_id):
+    return [m.json() for m in msgs if m.key == job_id]
+
+
+def produce_to(env, partition, jobs):
+    env.enqueue(jobs, partition=partition)
+
+
+def offset_of(env, job_id):
+    for m in read_all(env.bootstrap, "fhirx.jobs"):
+        if m.key == job_id:
+            return m.partition, m.offset
+    raise AssertionError("job %s is not on fhirx.jobs" % job_id)
+
+
+# ---- delivery ------------------------------------------------------------------------------
+
+def scenario_delivery(check):
+    # The mock's errors are per request type and broker, not per topic: so fhirx.results
+    # gets its own leader (broker 3) and every other topic is led by brokers 1 and 2.
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 10}], partitions=4,
+              worker_extra={"worker": {"threads": 1}})
+    try:
+        for t in ("fhirx.jobs", "fhirx.failures", "fhirx.dlq", "fhirx.status", "fhirx.parking"):
+            control(env, "/topics/%s/leader" % t, {"broker": 1})
+        control(env, "/topics/fhirx.results/leader", {"broker": 3})
+        # Every Produce request broker 3 answers fails, permanently (no retry inside
+        # librdkafka): the worker's own re-produce attempts fail as well. 1000 is the
+        # most the mock takes; a job of a few dozen results uses a small part of them.
+        control(env, "/errors", {"api": "Produce", "broker": 3,
+                                 "errors": ["TOPIC_AUTHORIZATION_FAILED"] * 1000})
+        w = env.start_worker("w1")
+        admin = env.admin_url(w)
+        job_a = {"job_id": "undelivered", "tenant": SANDBOX, "patients": ["20000001"],
+                 "resources": TYPES}
+        # Jobs without results (an unknown tenant): their failure, dead letter and status
+        # go to brokers 1 and 2 and are delivered. B is behind A in A's partition, C is
+        # alone in another partition.
+        job_b = {"job_id": "behind", "tenant": "no-such-tenant", "patients": ["1"]}
+        job_c = {"job_id": "elsewhere", "tenant": "no-such-tenant", "patients": ["2"]}
+        produce_to(env, 0, [job_a, job_b])
+        produce_to(env, 1, [job_c])
+        # A's run has ended (its outputs all reported, none delivered) when the worker has
+        # nothing in flight after consuming all three.
+        wait_for("the three jobs to be consumed and finished",
+                 lambda: (lambda m: value(m, "fhirx_jobs_consumed_total") == 3 and
+                          value(m, "fhirx_jobs_in_flight") == 0)(scrape(admin)), timeout=180)
+        m = scrape(admin)
+        check(value(m, "fhirx_delivery_errors_total") > 0,
+              "Kafka refused the results (%d delivery errors)" % value(m, "fhirx_delivery_errors_total"))
+        check("an output was not delivered; its job will not be committed" in env.logs("w1"),
+              "the worker gave up on the results and says the job will not be committed")
+        # C's commit is the proof that commits happen at all (auto-commit every 500 ms).
+        wait_for("job C's offset to be committed", lambda: committed(env).get(1, -1) == 1)
+        status = read_all(env.bootstrap, "fhirx.status")
+        check(statuses_of(status, "behind") and statuses_of(status, "elsewhere"),
+              "the jobs whose outputs were delivered have their status records")
+        check(not statuses_of(status, "undelivered"),
+              "the job whose results were not delivered has no status record (%d read)" % len(status))
+        part, off = offset_of(env, "undelivered")
+        got = committed(env)
+        check(got.get(part, -1001) <= off,
+              "its offset is not committed (partition %d committed %s, the job is at %d), though "
+              "the job behind it finished" % (part, got.get(part), off))
+        check(env.stop(w) == 0, "the worker exits 0 on SIGTERM")
+        got = committed(env)
+        check(got.get(part, -1001) <= off, "and not at shutdown either (%s)" % got.get(part))
+
+        # The cause goes away (the topic's leadership moves off the failing broker); the
+        # next worker consumes the job again from the committed position.
+        control(env, "/topics/fhirx.results/leader", {"broker": 2})
+        w2 = env.start_worker("w2")
+        st = wait_for("the job's status after the restart",
+                      lambda: statuses_of(read_all(env.bootstrap, "fhirx.status"), "undelivered"),
+                      timeout=180)
+        check(len(st) == 1 and st[0]["state"] == "completed",
+              "the job ran again and completed: %s" % [s["state"] for s in st])
+        got = results_of(read_all(env.bootstrap, "fhirx.results"), "undelivered")
+        want = expected(env, SANDBOX, job_a["patients"], TYPES)
+        check(got == want, "with exactly its resources (%d; missing %s)"
+              % (len(got), sorted(want - got)[:4]))
+        wait_for("the job's offset to be committed", lambda: committed(env).get(part, -1) >= off + 1)
+        check(True, "its offset is committed now")
+        check(env.stop(w2) == 0, "the second worker exits 0")
+    finally:
+        env.close()
+
+
+SCENARIOS = {"delivery": scenario_delivery}
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    started = time.time()
+    SCENARIOS[name](Check(name))
+    log("scenario %s passed in %.1f s" % (name, time.time() - started))
