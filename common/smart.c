@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/jwt.h"
+#include "common/url.h"
 #include "common/log.h"
 
 #define DEFAULT_EXPIRES_IN 300
@@ -65,10 +66,12 @@ int fx_smart_check_discovery(const char *tenant, long status, const char *body, 
     return e->err.code;
   }
   if (status != 200) {
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, FX_EAUTH, status,
-               "tenant %s: SMART discovery answered HTTP %ld; check tenants[].fhir_base, or set "
-               "tenants[].token_endpoint explicitly",
-               tenant, status);
+               "tenant %s: SMART discovery answered HTTP %ld%s%s; check tenants[].fhir_base, or "
+               "set tenants[].token_endpoint explicitly",
+               tenant, status, redirect[0] ? ", " : "", redirect);
     return e->err.code;
   }
   json_t *doc = json_loads(body, 0, NULL);
@@ -301,9 +304,11 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
                                                                            : "a non-JSON body")
                            : "a JSON body";
     int transient = status >= 500 || status == 429 || status == 408 || status == 200;
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, transient ? FX_ETRANSIENT : FX_EAUTH, status,
-               "tenant %s: the token endpoint %s answered HTTP %ld with %s; %s", c->tenant,
-               c->token_endpoint, status, what,
+               "tenant %s: the token endpoint %s answered HTTP %ld with %s%s%s; %s", c->tenant,
+               c->token_endpoint, status, what, redirect[0] ? ", " : "", redirect,
                transient ? "this looks like an outage or a proxy in the way, retrying with backoff"
                          : "check tenants[].token_endpoint (or let discovery find it)");
     rc = e->err.code;

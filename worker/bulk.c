@@ -673,9 +673,11 @@ static int transient_status(long status) {
 
 /* A message for a failed exchange: the server's OperationOutcome if any. */
 static void describe(const fx_http_response *res, const char *what, char *out, size_t size) {
-  char oo[300];
+  char oo[300], redirect[400];
   fx_fhir_outcome_summary(res->body, oo, sizeof oo);
-  snprintf(out, size, "%s answered HTTP %ld%s%s", what, res->status, oo[0] ? ": " : "", oo);
+  fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+  snprintf(out, size, "%s answered HTTP %ld%s%s%s%s", what, res->status, redirect[0] ? ": " : "",
+           redirect, oo[0] ? ": " : "", oo);
 }
 
 static void auth_failed(bx_export *e, const fx_auth_error *ae) {

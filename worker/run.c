@@ -1008,7 +1008,10 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     fl.status = res->status;
     transient = fx_errclass_transient(fl.cls);
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
-    snprintf(msg, sizeof msg, "HTTP %ld%s%s", res->status, outcome[0] ? ": " : "", outcome);
+    char redirect[400];
+    fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    snprintf(msg, sizeof msg, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
+             outcome[0] ? ": " : "", outcome);
     fl.outcome = outcome;
   } else if (!fx_json_depth_ok(res->body, res->body_len, (int)wt->pool->app.cfg->http.max_json_depth)) {
     fl.cls = FX_EC_INVALID_RESPONSE;

@@ -8,6 +8,10 @@ delivery    "a failed delivery never advances the offset": every Produce to the 
             committed (while a later job of the same partition finishes and a job of
             another partition is committed); with the fault gone, a new worker runs the
             job again and it completes with exactly its resources.
+redirects   "redirects are never followed": 30x answers to searches, reference reads, a
+            bulk kick-off, a read by `fhirx get`, SMART discovery and the token endpoint,
+            each pointing at the canary host (answering 200 if asked): the canary sees no
+            request; the failures are class server with the 30x status and say so.
 """
 import collections
 import json
@@ -128,6 +132,18 @@ def offset_of(env, job_id):
     raise AssertionError("job %s is not on fhirx.jobs" % job_id)
 
 
+def validate(env, check, expect_status, bulk=False):
+    """Every output message against schemas/ (tests/schemas/validate_topics.py)."""
+    rc, out = env.validate(expect_status)
+    check(rc == 0, "every output message validates against schemas/: " + out[-600:])
+    if bulk:
+        r = subprocess.run([sys.executable, os.path.join(HERE, "../schemas/validate_topics.py"),
+                            "--bootstrap", env.bootstrap, "--schemas",
+                            os.path.join(HERE, "../../schemas"), "--topics", "bulk", "--timeout",
+                            "60"], capture_output=True, text=True, timeout=180)
+        check(r.returncode == 0, "every bulk progress record validates: " + (r.stdout + r.stderr)[-400:])
+
+
 # ---- delivery ------------------------------------------------------------------------------
 
 def scenario_delivery(check):
@@ -201,7 +217,118 @@ def scenario_delivery(check):
         env.close()
 
 
-SCENARIOS = {"delivery": scenario_delivery}
+# ---- redirects -----------------------------------------------------------------------------
+
+def fhirx(*args, timeout=120, env_extra=None):
+    envv = dict(os.environ)
+    envv.update(env_extra or {})
+    r = subprocess.run([FHIRX] + list(args), capture_output=True, text=True, timeout=timeout,
+                       env=envv)
+    log("$ fhirx %s -> %d" % (args[0], r.returncode))
+    for line in (r.stdout.strip().splitlines()[-6:] + r.stderr.strip().splitlines()[-6:]):
+        log("    " + line[:400])
+    return r
+
+
+def faults_url(env, tenant=SANDBOX):
+    return "%s/_sim/tenants/%s/faults" % (env.sim_url, tenant)
+
+
+def sim_request(env, path, body=None, method="POST"):
+    req = urllib.request.Request(env.sim_url + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+
+
+def scenario_redirects(check):
+    from fx_canary import Canary
+    # --ok: were a redirect followed, the canary would answer 200 with a plausible
+    # resource, so following it would look like success to a careless client.
+    with Canary(BUILD, ok=True) as canary:
+        groups = [{"id": "cohort-r", "first": 1, "count": 3}]
+        env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 10, "groups": groups,
+                            "export": {"duration_ms": 500}}],
+                  worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 1000}})
+        try:
+            away = canary.url + "/r4/" + SANDBOX
+            for f in ({"target": "fhir", "path": "Observation", "status": 302, "count": -1,
+                       "headers": {"Location": away + "/Observation?patient=20000001"}},
+                      {"target": "fhir", "path": "Practitioner/*", "status": 307, "count": -1,
+                       "headers": {"Location": away + "/Practitioner/4000001"}},
+                      {"target": "fhir", "path": "Group", "status": 303, "count": -1,
+                       "headers": {"Location": away + "/bulk-export/jobs/1"}}):
+                sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX, f)
+            w = env.start_worker()
+            jobs = [{"job_id": "redirected-%d" % i, "tenant": SANDBOX,
+                     "patients": ["%d" % (20000001 + i)],
+                     "resources": ["Observation", "Condition", "Encounter"],
+                     "follow_references": True} for i in range(2)]
+            env.enqueue(jobs + [{"kind": "bulk", "job_id": "redirected-bulk", "tenant": SANDBOX,
+                                 "group": "cohort-r", "resources": ["Patient", "Condition"]}])
+            wait_for("three status records",
+                     lambda: len({m.key for m in read_all(env.bootstrap, "fhirx.status")}) >= 3,
+                     timeout=180)
+            status = {m.key: m.json() for m in read_all(env.bootstrap, "fhirx.status")}
+            failures = [m.json() for m in read_all(env.bootstrap, "fhirx.failures")]
+            for j in jobs:
+                fl = [f for f in failures if f["job_id"] == j["job_id"]]
+                obs = [f for f in fl if f["resource_type"] == "Observation"]
+                prac = [f for f in fl if f["reference"] and f["reference"].startswith("Practitioner/")]
+                check(status[j["job_id"]]["state"] == "partial",
+                      "%s is partial: what was not redirected is published" % j["job_id"])
+                check(len(obs) == 1 and obs[0]["error_class"] == "server" and
+                      obs[0]["http_status"] == 302 and "redirect" in obs[0]["message"],
+                      "the redirected search is a failure of class server, HTTP 302, saying it was "
+                      "not followed: %s" % [(f["error_class"], f["http_status"], f["message"]) for f in obs])
+                check(prac and all(f["error_class"] == "server" and f["http_status"] == 307
+                                   for f in prac),
+                      "each redirected Practitioner read too (%d, HTTP 307)" % len(prac))
+            results = read_all(env.bootstrap, "fhirx.results")
+            for j in jobs:
+                got = results_of(results, j["job_id"])
+                want = expected(env, SANDBOX, j["patients"], ["Condition", "Encounter"])
+                check(want <= got and not any(k.startswith("Observation/") for k in got),
+                      "%s published its Conditions and Encounters, no Observation" % j["job_id"])
+            b = status["redirected-bulk"]
+            check(b["state"] == "failed" and b["error_class"] == "server",
+                  "a redirected $export kick-off fails the export as server (%s, %s)"
+                  % (b["state"], b.get("error_class")))
+            # The one-shot commands: a read, and the SMART discovery and token exchange.
+            sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX,
+                        {"target": "fhir", "path": "Patient", "status": 301, "count": -1,
+                         "headers": {"Location": away + "/Patient/12724065"}})
+            r = fhirx("get", "--config", env.config, "Patient/12724065")
+            check(r.returncode == 1 and "301" in r.stderr and "redirect" in r.stderr,
+                  "fhirx get: a 301 is an error naming the redirect, not a read of its target")
+            sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX,
+                        {"target": "token", "status": 307, "count": -1,
+                         "headers": {"Location": canary.url + "/token"}})
+            r = fhirx("token", "--config", env.config)
+            check(r.returncode == 1 and "307" in r.stderr,
+                  "fhirx token: a 307 from the token endpoint is an error (the assertion is not "
+                  "posted to its target)")
+            sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX,
+                        {"target": "discovery", "status": 302, "count": -1,
+                         "headers": {"Location": canary.url + "/.well-known/smart-configuration"}})
+            r = fhirx("token", "--config", env.config)
+            check(r.returncode == 1 and "302" in r.stderr,
+                  "fhirx token: a 302 from discovery is an error")
+            seen = canary.requests()
+            check(seen["requests"] == 0 and seen["with_authorization"] == 0,
+                  "the redirect target received no request at all: %s" % seen["paths"][:5])
+            faults = sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX, None, "GET")["faults"]
+            fired = {f["name"]: f["fired"] for f in faults}
+            check(all(n > 0 for n in fired.values()), "every redirect was answered: %s" % fired)
+            validate(env, check, 3, bulk=True)
+            check(env.stop(w) == 0, "worker exits 0")
+        finally:
+            env.close()
+
+
+SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects}
 
 if __name__ == "__main__":
     name = sys.argv[1]
