@@ -931,6 +931,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
     failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = f->url, .attempts = f->attempts,
                   .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++; /* the task is in the dead letter: count it */
     return 0;
   }
   if (f->page + 1 >= run->wt->pool->app.cfg->worker.max_pages) {
@@ -939,6 +940,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
              run->wt->pool->app.cfg->worker.max_pages);
     failure fl = {.cls = FX_EC_TOO_LARGE, .url = f->url, .attempts = f->attempts, .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++;
     return 0;
   }
   char *url = strdup(next); /* followed exactly as given: -pageContext is opaque */

@@ -12,6 +12,10 @@ redirects   "redirects are never followed": 30x answers to searches, reference r
             bulk kick-off, a read by `fhirx get`, SMART discovery and the token endpoint,
             each pointing at the canary host (answering 200 if asked): the canary sees no
             request; the failures are class server with the 30x status and say so.
+limits      worker.max_pages and worker.max_references_per_job: a search one page over and a
+            job with more referenced entities than allowed end partial with one too_large
+            failure each, naming the option; what was within the limit (the first pages, the
+            first entities, everything searched) is published; exactly at the limit is fine.
 """
 import collections
 import json
@@ -328,7 +332,113 @@ def scenario_redirects(check):
             env.close()
 
 
-SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects}
+# ---- limits --------------------------------------------------------------------------------
+
+FOLLOWED = ["Practitioner", "Organization", "Location", "Binary", "RelatedPerson"]
+
+
+def expected_refs(env, tenant, patient, types):
+    q = "/_sim/tenants/%s/expected?patient=%s&types=%s&ref_types=%s" % (
+        tenant, patient, ",".join(types), ",".join(FOLLOWED))
+    return set(env.sim_get(q)["references"])
+
+
+def expected_in_order(env, tenant, patient, rtype):
+    q = "/_sim/tenants/%s/expected?patient=%s&types=%s" % (tenant, patient, rtype)
+    return env.sim_get(q)["resources"]
+
+
+def scenario_limits(check):
+    # Pages of exactly _count entries (Condition and Procedure: the simulator's default 50,
+    # the profile names no count), so the first N pages are the first N * 50 resources of
+    # the simulator's search order.
+    env = Env(tenants=[{"id": SANDBOX, "patients": 4,
+                        "per_patient": {"Condition": 300, "Procedure": 150},
+                        "paging_short_pages": False, "paging_repeats": False,
+                        "paging_outcomes": False}])
+    try:
+        patient = "20000001"
+        big_types = ["Encounter", "Observation", "DiagnosticReport", "DocumentReference"]
+        small_types = ["Encounter"]
+        r_big = expected_refs(env, SANDBOX, "20000002", big_types)
+        r_small = expected_refs(env, SANDBOX, "20000003", small_types)
+        limit = len(r_small)
+        check(len(r_big) > limit > 0, "a job referencing %d entities and one referencing %d"
+              % (len(r_big), limit))
+        with open(env.config) as f:
+            cfg = json.load(f)
+        cfg["worker"].update({"max_pages": 3, "max_references_per_job": limit})
+        with open(env.config, "w") as f:
+            json.dump(cfg, f)
+        w = env.start_worker()
+        jobs = [{"job_id": "pages", "tenant": SANDBOX, "patients": [patient],
+                 "resources": ["Condition", "Procedure"]},
+                {"job_id": "refs-over", "tenant": SANDBOX, "patients": ["20000002"],
+                 "resources": big_types, "follow_references": True},
+                {"job_id": "refs-within", "tenant": SANDBOX, "patients": ["20000003"],
+                 "resources": small_types, "follow_references": True}]
+        env.enqueue(jobs)
+        status = {m.key: m.json() for m in env.wait_status(3, timeout=180)}
+        failures = [m.json() for m in read_all(env.bootstrap, "fhirx.failures")]
+        results = read_all(env.bootstrap, "fhirx.results")
+
+        # worker.max_pages: 300 Conditions are 6 pages, 150 Procedures exactly 3.
+        conditions = expected_in_order(env, SANDBOX, patient, "Condition")
+        procedures = expected_in_order(env, SANDBOX, patient, "Procedure")
+        check(len(conditions) == 300 and len(procedures) == 150,
+              "the patient has 300 Conditions (6 pages) and 150 Procedures (3 pages)")
+        got = results_of(results, "pages")
+        fl = [f for f in failures if f["job_id"] == "pages"]
+        check(status["pages"]["state"] == "partial" and status["pages"]["tasks_failed"] == 1,
+              "the job is partial with 1 failed task: %s, %d"
+              % (status["pages"]["state"], status["pages"]["tasks_failed"]))
+        check(len(fl) == 1 and fl[0]["resource_type"] == "Condition" and
+              fl[0]["error_class"] == "too_large" and
+              fl[0]["message"] == "the search has more than 3 pages (worker.max_pages)",
+              "the Condition search crossing worker.max_pages 3 is one too_large failure saying so: %s"
+              % [(f["resource_type"], f["error_class"], f["message"]) for f in fl])
+        check({k for k in got if k.startswith("Condition/")} == set(conditions[:150]),
+              "what the 3 pages held is published: exactly the first 150 Conditions")
+        check({k for k in got if k.startswith("Procedure/")} == set(procedures),
+              "a search of exactly 3 pages is within the limit: all 150 Procedures, no failure")
+        dl = [m for m in read_all(env.bootstrap, "fhirx.dlq") if m.key == "pages"]
+        check(len(dl) == 1 and dl[0].headers.get("fhirx-error-class") == "too_large",
+              "the job is dead-lettered as too_large")
+
+        # worker.max_references_per_job.
+        fl = [f for f in failures if f["job_id"] == "refs-over"]
+        refs = {m.key.split("/", 1)[1] for m in results
+                if m.headers.get("fhirx-job-id") == "refs-over" and
+                m.headers.get("fhirx-via") == "reference"}
+        msg = ("the job references more than %d entities (worker.max_references_per_job); the "
+               "rest were not fetched" % limit)
+        check(status["refs-over"]["state"] == "partial" and len(fl) == 1 and
+              fl[0]["error_class"] == "too_large" and fl[0]["message"] == msg,
+              "a job crossing worker.max_references_per_job %d is partial with one too_large "
+              "failure saying so: %s" % (limit, [(f["error_class"], f["message"]) for f in fl]))
+        check(len(refs) == limit and refs <= r_big,
+              "exactly %d of its %d referenced entities are published, all of them its own (%d)"
+              % (limit, len(r_big), len(refs)))
+        searched = results_of([m for m in results if m.headers.get("fhirx-via") != "reference"],
+                              "refs-over")
+        check(searched == expected(env, SANDBOX, ["20000002"], big_types),
+              "and every searched resource is published")
+        check(status["refs-over"]["references_fetched"] + status["refs-over"]["references_cached"]
+              == limit, "the status counts %d references" % limit)
+        refs_small = {m.key.split("/", 1)[1] for m in results
+                      if m.headers.get("fhirx-job-id") == "refs-within" and
+                      m.headers.get("fhirx-via") == "reference"}
+        check(status["refs-within"]["state"] == "completed" and refs_small == r_small,
+              "a job referencing exactly %d entities is within the limit: completed, all published"
+              % limit)
+        validate(env, check, 3)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
+             "limits": scenario_limits}
 
 if __name__ == "__main__":
     name = sys.argv[1]
