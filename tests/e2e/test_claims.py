@@ -16,6 +16,11 @@ limits      worker.max_pages and worker.max_references_per_job: a search one pag
             job with more referenced entities than allowed end partial with one too_large
             failure each, naming the option; what was within the limit (the first pages, the
             first entities, everything searched) is published; exactly at the limit is fine.
+tls         TLS verification and http.ca_bundle, with the simulator serving HTTPS with a
+            certificate of a private CA made here: `fhirx token` (discovery and the token
+            exchange) and `fhirx get` work with ca_bundle set to that CA; without it they fail
+            with a certificate error; a certificate of the same CA for another host name, or
+            for a name when the URL has an IP address, is refused.
 """
 import collections
 import json
@@ -437,8 +442,143 @@ def scenario_limits(check):
         env.close()
 
 
+# ---- tls -----------------------------------------------------------------------------------
+
+SIM = os.path.join(BUILD, "tests/sim/cerner-sim")
+
+
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl"] + list(args), cwd=cwd, capture_output=True, text=True)
+    assert r.returncode == 0, "openssl %s: %s" % (args[0], r.stderr)
+
+
+def make_pki(d):
+    """A private CA, a server certificate for localhost (DNS:localhost only, so 127.0.0.1
+    is a wrong name for it too) and one for another host name, both signed by the CA."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=fhirx test private CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    for name, san in (("good", "DNS:localhost"), ("wrong", "DNS:wrong.example.org")):
+        openssl("req", *ec, "-keyout", name + ".key", "-out", name + ".csr",
+                "-subj", "/CN=" + san.split(":", 1)[1], cwd=d)
+        with open(os.path.join(d, name + ".ext"), "w") as f:
+            f.write("subjectAltName=%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                    % san)
+        openssl("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext",
+                cwd=d)
+
+
+class TlsSim:
+    """cerner-sim serving HTTPS with the given certificate."""
+
+    def __init__(self, d, cert, sim_config):
+        self.port_file = os.path.join(d, "tls-sim.port")
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        self.log = open(os.path.join(d, "tls-sim.log"), "ab")
+        self.proc = subprocess.Popen([SIM, "--config", sim_config, "--port-file", self.port_file,
+                                      "--tls-cert", os.path.join(d, cert + ".pem"),
+                                      "--tls-key", os.path.join(d, cert + ".key")],
+                                     stdout=self.log, stderr=self.log)
+        self.port = int(wait_for("the HTTPS simulator's port file",
+                                 lambda: os.path.exists(self.port_file) and
+                                 open(self.port_file).read().strip(), timeout=30))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(30)
+        self.log.close()
+        return rc
+
+
+def scenario_tls(check):
+    import tempfile
+    import shutil
+    d = tempfile.mkdtemp(prefix="fhirx-tls-")
+    try:
+        make_pki(d)
+        key = os.path.join(d, "key.pem")
+        subprocess.run([FHIRX, "keys", "generate", "--alg", "ES384", "--out", key], check=True,
+                       capture_output=True)
+        with open(os.path.join(d, "jwks.json"), "w") as f:
+            f.write(subprocess.run([FHIRX, "keys", "jwks", "--key", key], check=True,
+                                   capture_output=True, text=True).stdout)
+        sim_config = os.path.join(d, "sim.json")
+        with open(sim_config, "w") as f:
+            json.dump({"seed": 3, "tenants": [{
+                "id": SANDBOX, "sandbox": True,
+                "clients": [{"client_id": "fhirx-tls", "jwks_file": os.path.join(d, "jwks.json"),
+                             "scopes": ["system/Patient.read"]}]}]}, f)
+        # The CA must come from http.ca_bundle alone: no environment variable may point
+        # OpenSSL or libcurl at it.
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")}
+
+        def config(name, host, port, ca_bundle):
+            cfg = {"tenants": [{"id": SANDBOX, "environment": "production",
+                                "fhir_base": "https://%s:%d/r4/%s" % (host, port, SANDBOX),
+                                "client_id": "fhirx-tls", "resources": ["Patient"]}],
+                   "keys": [{"path": key}]}
+            if ca_bundle:
+                cfg["http"] = {"ca_bundle": os.path.join(d, "ca.pem")}
+            path = os.path.join(d, name + ".json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            return path
+
+        def run(*args):
+            r = subprocess.run([FHIRX] + list(args), capture_output=True, text=True, timeout=60,
+                               env=clean)
+            log("$ fhirx %s %s -> %d: %s" % (args[0], args[-1] if args[0] == "get" else "",
+                                             r.returncode, (r.stdout + r.stderr).strip()[-300:]))
+            return r
+
+        sim = TlsSim(d, "good", sim_config)
+        trusted = config("trusted", "localhost", sim.port, True)
+        r = run("token", "--config", trusted)
+        check(r.returncode == 0 and json.loads(r.stdout)["expires_in"] > 0 and
+              json.loads(r.stdout)["token_endpoint"].startswith("https://localhost:"),
+              "with http.ca_bundle set to the private CA, discovery and the token exchange work "
+              "over HTTPS")
+        r = run("get", "--config", trusted, "--summary", "Patient/12724065")
+        check(r.returncode == 0 and "SMART, WILMA" in r.stdout,
+              "and fhirx get reads a Patient over HTTPS")
+        untrusted = config("untrusted", "localhost", sim.port, False)
+        for cmd in (("token", "--config", untrusted),
+                    ("get", "--config", untrusted, "Patient/12724065")):
+            r = run(*cmd)
+            check(r.returncode == 1 and "certificate problem" in r.stderr and
+                  "set http.ca_bundle to that CA" in r.stderr,
+                  "without http.ca_bundle, fhirx %s fails with a certificate error: %s"
+                  % (cmd[0], r.stderr.strip()[-200:]))
+        by_ip = config("by-ip", "127.0.0.1", sim.port, True)
+        r = run("token", "--config", by_ip)
+        check(r.returncode == 1 and "target host name '127.0.0.1'" in r.stderr and
+              "certificate does not name the host" in r.stderr,
+              "a certificate for localhost is refused for https://127.0.0.1: %s"
+              % r.stderr.strip()[-200:])
+        check(sim.stop() == 0, "the HTTPS simulator exits 0")
+
+        sim = TlsSim(d, "wrong", sim_config)
+        wrong = config("wrong", "localhost", sim.port, True)
+        for cmd in (("token", "--config", wrong), ("get", "--config", wrong, "Patient/12724065")):
+            r = run(*cmd)
+            check(r.returncode == 1 and "target host name 'localhost'" in r.stderr and
+                  "certificate does not name the host" in r.stderr,
+                  "a certificate of the trusted CA for another host name is refused (fhirx %s): %s"
+                  % (cmd[0], r.stderr.strip()[-200:]))
+        check(sim.stop() == 0, "the HTTPS simulator exits 0")
+    finally:
+        if os.environ.get("FHIRX_E2E_KEEP"):
+            log("kept " + d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
-             "limits": scenario_limits}
+             "limits": scenario_limits, "tls": scenario_tls}
 
 if __name__ == "__main__":
     name = sys.argv[1]
