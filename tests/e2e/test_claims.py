@@ -21,6 +21,10 @@ tls         TLS verification and http.ca_bundle, with the simulator serving HTTP
             exchange) and `fhirx get` work with ca_bundle set to that CA; without it they fail
             with a certificate error; a certificate of the same CA for another host name, or
             for a name when the URL has an IP address, is refused.
+bulk_wire   bulk _since and _typeFilter on the wire, from the query string the simulator
+            received (undecoded): _type, _since and _typeFilter each once; a date-only since
+            as midnight UTC, an offset's + encoded; the filters comma-joined, a comma inside
+            a filter arriving as %2C after one decoding; the export honours _since.
 """
 import collections
 import json
@@ -577,8 +581,73 @@ def scenario_tls(check):
             shutil.rmtree(d, ignore_errors=True)
 
 
+# ---- bulk_wire -------------------------------------------------------------------------------
+
+def raw_params(query):
+    """[(name, raw value)] of a query string exactly as sent (nothing decoded)."""
+    return [tuple(p.split("=", 1)) if "=" in p else (p, None) for p in query.split("&") if p]
+
+
+def scenario_bulk_wire(check):
+    groups = [{"id": "cohort-w", "first": 1, "count": 6}]
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 10, "groups": groups,
+                        "export": {"duration_ms": 300, "retry_after_s": 1}}],
+              worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 1000}})
+    try:
+        w = env.start_worker()
+        types = ["Patient", "Observation", "Condition"]
+        filters = ["Observation?category=laboratory", "Condition?clinical-status=active%2Crecurrence"]
+        cases = [("wire-date", "2024-07-01", "2024-07-01T00:00:00Z"),
+                 ("wire-offset", "2024-07-01T10:00:00+02:00", "2024-07-01T10:00:00+02:00")]
+        for job_id, since, _ in cases:
+            env.enqueue([{"kind": "bulk", "job_id": job_id, "tenant": SANDBOX, "group": "cohort-w",
+                          "resources": types, "since": since, "type_filter": filters}])
+            wait_for("%s's status" % job_id,
+                     lambda: statuses_of(read_all(env.bootstrap, "fhirx.status"), job_id),
+                     timeout=180)
+        kickoffs = [k for k in sim_request(env, "/_sim/tenants/%s/export" % SANDBOX, None,
+                                           "GET")["kickoffs"] if k["status"] == 202]
+        check(len(kickoffs) == 2, "the simulator accepted two kick-offs")
+        status = {m.key: m.json() for m in read_all(env.bootstrap, "fhirx.status")}
+        results = read_all(env.bootstrap, "fhirx.results")
+        for (job_id, since, instant), x in zip(cases, kickoffs):
+            log("%s: kick-off query as received: %s" % (job_id, x["query_raw"]))
+            params = raw_params(x["query_raw"])
+            names = collections.Counter(n for n, _ in params)
+            check(names == {"_type": 1, "_since": 1, "_typeFilter": 1},
+                  "%s: _type, _since and _typeFilter each sent exactly once: %s" % (job_id, dict(names)))
+            raw = dict(params)
+            check(all(re.fullmatch(r"[A-Za-z0-9._~%-]*|[A-Za-z0-9._~%,-]*", v) for v in raw.values()),
+                  "%s: every value is percent-encoded (no raw ?, =, &, +, # or space)" % job_id)
+            value = {n: urllib.parse.unquote(v) for n, v in raw.items()}
+            check(sorted(value["_type"].split(",")) == sorted(types),
+                  "%s: _type is the job's resources, comma-joined: %s" % (job_id, value["_type"]))
+            check(value["_since"] == instant,
+                  "%s: _since %s arrives as the instant %s" % (job_id, since, value["_since"]))
+            check(value["_typeFilter"] == ",".join(filters),
+                  "%s: _typeFilter arrives as the job's filters comma-joined, the comma inside a "
+                  "filter still %%2C after one decoding: %s" % (job_id, value["_typeFilter"]))
+            st = status[job_id]
+            check(st["state"] == "completed", "%s completed" % job_id)
+            got = results_of(results, job_id)
+            want = set(env.sim_get("/_sim/tenants/%s/groups/cohort-w/expected?types=%s&since=%s" % (
+                SANDBOX, ",".join(types), urllib.parse.quote(instant)))["resources"])
+            patients = set(env.sim_get("/_sim/tenants/%s/groups/cohort-w/expected?types=Patient&since=%s"
+                                       % (SANDBOX, urllib.parse.quote(instant)))["resources"])
+            everything = set(env.sim_get("/_sim/tenants/%s/groups/cohort-w/expected?types=%s" % (
+                SANDBOX, ",".join(types)))["resources"])
+            check(got <= want and patients <= got and len(want) < len(everything),
+                  "%s: the server applied _since: %d resources, all changed since %s (the Group "
+                  "has %d in all), every such Patient among them" % (job_id, len(got), instant,
+                                                                    len(everything)))
+        validate(env, check, 2, bulk=True)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
-             "limits": scenario_limits, "tls": scenario_tls}
+             "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire}
 
 if __name__ == "__main__":
     name = sys.argv[1]

@@ -236,7 +236,6 @@ void sim_export_unref(void *p) {
   if (!x || atomic_fetch_sub(&x->refs, 1) != 1) return;
   free(x->client_id);
   free(x->request);
-  free(x->query_raw);
   free(x->files);
   free(x);
 }
@@ -503,8 +502,33 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
   return true;
 }
 
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id);
+
+/* Every kick-off that passed authentication is logged with its query exactly
+ * as received (still percent-encoded) and the status it got, so tests can
+ * check how a client encodes _type, _since and _typeFilter: the decoded
+ * arguments the checks use cannot show that, and accepted exports are gone
+ * from the export list once deleted. */
 static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
                     const char *client_id) {
+  kickoff_answer(req, resp, g, scopes, client_id);
+  char when[32];
+  sim_fhir_instant_ms(sim_now_ms(), when);
+  json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:i}", "time", when, "client_id", client_id,
+                            "group", g->id, "query_raw", req->raw_query, "status",
+                            (int)resp->status);
+  if (!entry) return;
+  sim_state *st = req->st;
+  pthread_mutex_lock(&st->lock);
+  json_t *log = req->tenant->counters.kickoffs;
+  if (json_array_size(log) >= SIM_KICKOFF_LOG) json_array_remove(log, 0);
+  json_array_append_new(log, entry);
+  pthread_mutex_unlock(&st->lock);
+}
+
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id) {
   sim_state *st = req->st;
   sim_tenant *t = req->tenant;
   sim_export *x = calloc(1, sizeof *x);
@@ -520,9 +544,8 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   }
   x->client_id = strdup(client_id);
   x->request = kickoff_url(req);
-  x->query_raw = strdup(req->raw_query);
   snprintf(x->host, sizeof x->host, "%s", req->host);
-  if (!x->client_id || !x->request || !x->query_raw) goto oom;
+  if (!x->client_id || !x->request) goto oom;
 
   /* A cheap look first, so a refused kick-off costs no planning. */
   int64_t now = sim_now_ms();

@@ -93,7 +93,6 @@ typedef struct sim_export {
   bool types[SIM_RT_COUNT];
   char *client_id;
   char *request;    /* the kick-off URL, query included (manifest "request") */
-  char *query_raw;  /* the kick-off's query exactly as received, still percent-encoded */
   char host[256];   /* the kick-off's Host: absolute URLs inside resources use it */
   int64_t kickoff_ms, done_ms; /* wall clock; done = kick-off + duration_ms */
   bool fail;        /* answers 500 once done */

@@ -45,10 +45,10 @@ static void visit_list(const char *key, void *value, void *arg) {
   char when[32];
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_array_append_new(
-      s->jobs, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", x->id, "client_id",
+      s->jobs, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", x->id, "client_id",
                          x->client_id, "group", x->scope.group->id, "state",
                          job_state(x, s->now_ms), "transactionTime", when, "request", x->request,
-                         "query_raw", x->query_raw, "files", (json_int_t)x->nfiles));
+                         "files", (json_int_t)x->nfiles));
 }
 
 void sim_control_export_get(sim_req *req, sim_tenant *t, sim_resp *resp) {
@@ -62,13 +62,14 @@ void sim_control_export_get(sim_req *req, sim_tenant *t, sim_resp *resp) {
   sim_export_settings cfg = t->export_settings;
   bool fail_next = t->export_fail_next;
   sim_map_foreach(&st->exports, visit_list, &s);
+  json_t *kickoffs = json_deep_copy(t->counters.kickoffs);
   pthread_mutex_unlock(&st->lock);
   sim_resp_json(resp, 200, SIM_CT_JSON,
-                json_pack("{s:I, s:I, s:I, s:b, s:b, s:o}", "duration_ms",
+                json_pack("{s:I, s:I, s:I, s:b, s:b, s:o, s:o*}", "duration_ms",
                           (json_int_t)cfg.duration_ms, "retry_after_s",
                           (json_int_t)cfg.retry_after_s, "file_max_resources",
                           (json_int_t)cfg.file_max_resources, "error_file", cfg.error_file,
-                          "fail_next", fail_next, "exports", s.jobs));
+                          "fail_next", fail_next, "exports", s.jobs, "kickoffs", kickoffs));
 }
 
 void sim_control_export_set(sim_req *req, sim_tenant *t, sim_resp *resp) {

@@ -34,9 +34,11 @@ static int counters_init(sim_counters *c) {
                       .fhir_by_type = json_object(),
                       .fhir_by_kind = json_object(),
                       .fhir_by_type_kind = json_object(),
-                      .reads = json_object()};
+                      .reads = json_object(),
+                      .kickoffs = json_array()};
   return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served &&
-                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads
+                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads &&
+                 c->kickoffs
              ? 0
              : -1;
 }
@@ -50,6 +52,7 @@ static void counters_free(sim_counters *c) {
   json_decref(c->fhir_by_kind);
   json_decref(c->fhir_by_type_kind);
   json_decref(c->reads);
+  json_decref(c->kickoffs);
   *c = (sim_counters){0};
 }
 
@@ -458,6 +461,7 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->fhir_by_kind);
     json_object_clear(c->fhir_by_type_kind);
     json_object_clear(c->reads);
+    json_array_clear(c->kickoffs);
     sim_faults_retry_reset_locked(&st->tenants[i]);
     sim_load_reset_locked(&st->tenants[i]);
   }

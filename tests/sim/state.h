@@ -42,7 +42,10 @@ typedef struct sim_counters {
   long export_polls;         /* status GETs */
   long export_files;         /* file GETs redirected (307) */
   long export_deletes;       /* DELETEs answered 202 */
+  json_t *kickoffs;          /* the last SIM_KICKOFF_LOG kick-offs: query as received, status */
 } sim_counters;
+
+#define SIM_KICKOFF_LOG 100
 
 typedef enum {
   SIM_XCOUNT_KICKOFF,
