@@ -25,6 +25,14 @@ bulk_wire   bulk _since and _typeFilter on the wire, from the query string the s
             received (undecoded): _type, _since and _typeFilter each once; a date-only since
             as midnight UTC, an offset's + encoded; the filters comma-joined, a comma inside
             a filter arriving as %2C after one decoding; the export honours _since.
+expiry      files expiring mid-download: after two files, the file URLs answer 404 (the
+            export expired), 410, or the storage answers 403 "Request has expired": each
+            export fails as export_expired with one failure record and a dead letter, what
+            was downloaded stays published; a replay completes each as a new export.
+deadline    bulk.deadline_hours: with the test hook FHIRX_TEST_DEADLINE_HOUR_MS an hour lasts
+            1.5 s; an export the server never finishes fails with class deadline, not before
+            the deadline recorded in fhirx.bulk (2 such hours after its start), is
+            dead-lettered and deleted on the server.
 """
 import collections
 import json
@@ -646,8 +654,160 @@ def scenario_bulk_wire(check):
         env.close()
 
 
+# ---- expiry, deadline --------------------------------------------------------------------------
+
+def progress(env, job_id):
+    return [m.json() for m in read_all(env.bootstrap, "fhirx.bulk") if m.key == job_id]
+
+
+def done_files(rec):
+    return sum(b - a + 1 for a, b in rec.get("files_done", []))
+
+
+def bulk_job(job_id, group, types):
+    return {"kind": "bulk", "job_id": job_id, "tenant": SANDBOX, "group": group, "resources": types}
+
+
+def scenario_expiry(check):
+    groups = [{"id": "cohort-x", "first": 1, "count": 8}]
+    types = ["Patient", "Observation", "Condition"]
+    env = Env(tenants=[{"id": SANDBOX, "patients": 10, "groups": groups,
+                        "export": {"duration_ms": 300, "retry_after_s": 1,
+                                   "file_max_resources": 25}}],
+              worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 1000,
+                                     "parallel_downloads": 1}})
+    try:
+        want = set(env.sim_get("/_sim/tenants/%s/groups/cohort-x/expected?types=%s"
+                               % (SANDBOX, ",".join(types)))["resources"])
+        files_url = "/_sim/tenants/%s/faults" % SANDBOX
+        slow = {"name": "files", "target": "fhir", "path": "bulk-export/*/files/*",
+                "delay_ms": 500, "count": -1}
+        w = env.start_worker()
+        # How the files stop being there, once two files are downloaded:
+        cases = [
+            ("gone-404", 404, lambda: sim_request(env, "/_sim/tenants/%s/export/expire" % SANDBOX, {})),
+            ("gone-410", 410, lambda: sim_request(env, files_url, dict(slow, status=410))),
+            ("gone-signature", 403, lambda: sim_request(
+                env, "/_sim/tenants/%s/export/expire" % SANDBOX, {"urls_only": True})),
+        ]
+        for job_id, http_status, expire in cases:
+            sim_request(env, files_url, slow)  # each file's redirect takes 500 ms
+            env.enqueue([bulk_job(job_id, "cohort-x", types)])
+            rec = wait_for("%s: two files downloaded" % job_id,
+                           lambda: next((r for r in reversed(progress(env, job_id))
+                                         if done_files(r) >= 2), None), step=0.1)
+            total = rec["files_total"]
+            expire()
+            st = wait_for("%s's status" % job_id,
+                          lambda: statuses_of(read_all(env.bootstrap, "fhirx.status"), job_id))[0]
+            last = max(progress(env, job_id), key=lambda r: r["seq"])
+            log("%s: %d of %d files done when the files expired" % (job_id, done_files(last), total))
+            # Files were published before: the status says partial (failed when nothing was).
+            check(st["state"] == "partial" and st["error_class"] == "export_expired",
+                  "%s: files answering %d mid-download end the export as export_expired, partial "
+                  "(%s, %s)" % (job_id, http_status, st["state"], st.get("error_class")))
+            check(2 <= done_files(last) < total, "%s: it failed mid-download (%d of %d files done)"
+                  % (job_id, done_files(last), total))
+            fl = [f.json() for f in read_all(env.bootstrap, "fhirx.failures")
+                  if f.json()["job_id"] == job_id]
+            check(len(fl) == 1 and fl[0]["error_class"] == "export_expired" and
+                  fl[0]["http_status"] == http_status,
+                  "%s: one failure record, export_expired, HTTP %d: %s"
+                  % (job_id, http_status, [(f["http_status"], f["message"]) for f in fl]))
+            dl = [m for m in read_all(env.bootstrap, "fhirx.dlq") if m.key == job_id]
+            letter = json.loads(dl[0].value) if dl else {}
+            check(len(dl) == 1 and dl[0].headers.get("fhirx-error-class") == "export_expired" and
+                  letter.get("kind") == "bulk" and letter.get("group") == "cohort-x" and
+                  sorted(letter.get("resources", [])) == sorted(types),
+                  "%s: dead-lettered as the bulk job it was, class export_expired" % job_id)
+            got = results_of(read_all(env.bootstrap, "fhirx.results"), job_id)
+            check(0 < len(got) < len(want) and got <= want,
+                  "%s: what the downloaded files held stays published (%d of %d), nothing else"
+                  % (job_id, len(got), len(want)))
+            sim_request(env, files_url, None, "DELETE")
+        # With exports that do not expire, a replay runs each again as a new export.
+        r = fhirx("replay", "--config", env.config, "--error-class", "export_expired")
+        check(r.returncode == 0 and "3 replayed" in r.stdout, "fhirx replay sends the three back")
+        for job_id, _, _ in cases:
+            st = wait_for("%s attempt 2" % job_id,
+                          lambda: [s for s in statuses_of(read_all(env.bootstrap, "fhirx.status"),
+                                                          job_id) if s["attempt"] == 2],
+                          timeout=180)[0]
+            got = {m.key.split("/", 1)[1] for m in read_all(env.bootstrap, "fhirx.results")
+                   if m.headers.get("fhirx-job-id") == job_id and m.headers.get("fhirx-attempt") == "2"}
+            check(st["state"] == "completed" and got == want,
+                  "%s: the replayed export completes with exactly the Group's resources" % job_id)
+        validate(env, check, 6, bulk=True)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+def iso_ms(text):
+    from datetime import datetime, timezone
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000
+
+
+HOUR_MS = 1500  # FHIRX_TEST_DEADLINE_HOUR_MS: an hour of bulk.deadline_hours, for this test
+
+
+def scenario_deadline(check):
+    groups = [{"id": "cohort-d", "first": 1, "count": 4}]
+    env = Env(tenants=[{"id": SANDBOX, "patients": 6, "groups": groups,
+                        # The server never finishes within the deadline.
+                        "export": {"duration_ms": 600000, "retry_after_s": 1}}],
+              worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 500,
+                                     "deadline_hours": 2}})
+    try:
+        os.environ["FHIRX_TEST_DEADLINE_HOUR_MS"] = str(HOUR_MS)
+        try:
+            w = env.start_worker()
+        finally:
+            del os.environ["FHIRX_TEST_DEADLINE_HOUR_MS"]
+        env.enqueue([bulk_job("late", "cohort-d", ["Patient", "Condition"])])
+        st = wait_for("the export's status",
+                      lambda: statuses_of(read_all(env.bootstrap, "fhirx.status"), "late"),
+                      timeout=120)[0]
+        check("test hook FHIRX_TEST_DEADLINE_HOUR_MS is set" in env.logs("worker"),
+              "the worker warns that the test hook is set")
+        check(st["state"] == "failed" and st["error_class"] == "deadline",
+              "an export still running at its deadline fails with class deadline (%s, %s)"
+              % (st["state"], st.get("error_class")))
+        fl = [f.json() for f in read_all(env.bootstrap, "fhirx.failures") if f.json()["job_id"] == "late"]
+        check(len(fl) == 1 and fl[0]["error_class"] == "deadline" and
+              "2 hours (bulk.deadline_hours)" in fl[0]["message"],
+              "one failure record naming the option: %s" % [f["message"] for f in fl])
+        # The first record is the pending one the job's thread hands over; the bulk thread's
+        # own records carry the deadline it computed when it started the export.
+        recs = [r for r in progress(env, "late") if "deadline_ms" in r]
+        first = min(recs, key=lambda r: r["seq"])
+        deadline = first["deadline_ms"]
+        started = iso_ms(first["started_at"])
+        # Two clock readings of the worker's, a line apart: the recorded deadline is
+        # deadline_hours hours of HOUR_MS after the start.
+        check(abs(deadline - started - 2 * HOUR_MS) < 100,
+              "the recorded deadline is 2 hours of %d ms after the start (%d ms)"
+              % (HOUR_MS, deadline - started))
+        check(iso_ms(fl[0]["time"]) >= deadline,
+              "the export failed at or after the recorded deadline, not before (%+d ms)"
+              % (iso_ms(fl[0]["time"]) - deadline))
+        check(all(r["deadline_ms"] == deadline for r in recs),
+              "every progress record carries the same deadline (a resumed export keeps it)")
+        dl = [m for m in read_all(env.bootstrap, "fhirx.dlq") if m.key == "late"]
+        check(len(dl) == 1 and dl[0].headers.get("fhirx-error-class") == "deadline",
+              "and it is dead-lettered with class deadline")
+        c = env.sim_get("/_sim/counters")["tenants"][SANDBOX]["export"]
+        check(c["kickoffs"] == 1 and c["deletes"] == 1,
+              "the export was kicked off once and deleted on the server when it was given up")
+        validate(env, check, 1, bulk=True)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
-             "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire}
+             "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire,
+             "expiry": scenario_expiry, "deadline": scenario_deadline}
 
 if __name__ == "__main__":
     name = sys.argv[1]
