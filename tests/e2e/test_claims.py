@@ -33,6 +33,13 @@ deadline    bulk.deadline_hours: with the test hook FHIRX_TEST_DEADLINE_HOUR_MS 
             1.5 s; an export the server never finishes fails with class deadline, not before
             the deadline recorded in fhirx.bulk (2 such hours after its start), is
             dead-lettered and deleted on the server.
+replay_follow   `fhirx replay --follow` replays the letters there, keeps running, replays
+            letters that arrive later, and exits 0 with its summary on SIGTERM; each once.
+replay_rate     `--rate 20`: the replayed jobs' Kafka timestamps fit a token bucket of 20/s
+            with replay's burst in every window; the progress output counts up to the end.
+replay_sigterm  SIGTERM while a batch is being produced: that batch is finished and
+            committed, nothing after it; produced = committed exactly; a rerun replays the
+            rest, finds nothing half-done, and every dead letter is replayed exactly once.
 """
 import collections
 import json
@@ -70,6 +77,16 @@ def wait_for(what, pred, timeout=120, step=0.2):
         time.sleep(step)
 
 
+class TsMsg(Msg):
+    """A message with its Kafka timestamp (ms; CreateTime: set by the producer when it
+    produced the message)."""
+    __slots__ = ("timestamp",)
+
+    def __init__(self, m):
+        super().__init__(m)
+        self.timestamp = m.timestamp()[1]
+
+
 def read_all(bootstrap, topic, timeout=30):
     """Every message of topic, read to the high watermark of every partition as it was
     when the read started. Raises when that end is not reached: a negative check ("no
@@ -95,7 +112,7 @@ def read_all(bootstrap, topic, timeout=30):
                 if m is None or m.error():
                     continue
                 if m.offset() < ends.get(m.partition(), 0):
-                    out.append(Msg(m))
+                    out.append(TsMsg(m))
                 if m.offset() + 1 >= ends.get(m.partition(), 0):
                     ends.pop(m.partition(), None)
             if ends:
@@ -805,9 +822,175 @@ def scenario_deadline(check):
         env.close()
 
 
+# ---- replay: --follow, --rate, SIGTERM ------------------------------------------------------
+
+def dead_letters(env, prefix, n):
+    """n replayable dead letters (scope failures of one Condition task each)."""
+    from test_tools import dead_letter_headers, produce_dead_letters
+    letters = []
+    for i in range(n):
+        job_id = "%s-%04d" % (prefix, i)
+        value = json.dumps({"job_id": job_id, "tenant": SANDBOX,
+                            "tasks": [{"patient": "20000001", "resources": ["Condition"]}],
+                            "attempt": 1}).encode()
+        letters.append((job_id, value, dead_letter_headers(job_id, SANDBOX, "scope", 1, (i % 4, i))))
+    produce_dead_letters(env, letters)
+
+
+def replayed_jobs(env):
+    return [m for m in read_all(env.bootstrap, "fhirx.jobs") if m.headers.get("fhirx-replayed-from")]
+
+
+def replay_proc(env, *args):
+    e = dict(os.environ, FHIRX_PROGRESS="1")  # the progress bar, although stderr is a pipe
+    return subprocess.Popen([FHIRX, "replay", "--config", env.config] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+
+
+def each_once(check, env, positions, what):
+    froms = collections.Counter(m.headers["fhirx-replayed-from"] for m in replayed_jobs(env))
+    dup = sorted(k for k, v in froms.items() if v > 1)
+    check(not dup and set(froms) == positions,
+          "%s: each of the %d dead letters replayed exactly once (%d twice, %d missing)"
+          % (what, len(positions), len(dup), len(positions - set(froms))))
+
+
+def dlq_positions(env):
+    return {"fhirx.dlq/%d/%d" % (m.partition, m.offset) for m in read_all(env.bootstrap, "fhirx.dlq")}
+
+
+def scenario_replay_follow(check):
+    from test_tools import summary_numbers
+    env = Env(partitions=4)
+    try:
+        dead_letters(env, "f1", 30)
+        p = replay_proc(env, "--follow")
+        wait_for("the first 30 letters replayed", lambda: len(replayed_jobs(env)) >= 30, timeout=120)
+        check(p.poll() is None, "replay --follow is still running at the end of fhirx.dlq")
+        dead_letters(env, "f2", 20)  # letters that arrive while it follows
+        wait_for("the 20 later letters replayed", lambda: len(replayed_jobs(env)) >= 50, timeout=120)
+        check(p.poll() is None, "and keeps running after replaying letters that arrived later")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        log(out.strip())
+        n = summary_numbers(out)
+        check(p.returncode == 0 and n["replayed"] == 50 and n["read"] == 50,
+              "SIGTERM ends it with exit status 0 and the summary: 50 replayed (rc %d)" % p.returncode)
+        each_once(check, env, dlq_positions(env), "--follow")
+        from test_tools import committed as committed_of, ends
+        check(committed_of(env, "fhirx-replay", "fhirx.dlq") == ends(env, "fhirx.dlq"),
+              "its group committed up to the end of fhirx.dlq")
+        r = fhirx("replay", "--config", env.config)
+        check(r.returncode == 0 and summary_numbers(r.stdout)["read"] == 0,
+              "a later run has nothing left to read")
+    finally:
+        env.close()
+
+
+RATE = 20
+JITTER_MS = 50
+
+
+def scenario_replay_rate(check):
+    """--rate N: the replayed jobs' Kafka timestamps (CreateTime, stamped by replay's
+    producer as it produces each job) must fit a token bucket of N per second with replay's
+    burst (N/10, at least 1): in any window between two jobs' timestamps t1 <= t2, at most
+    burst + N * (t2 - t1 + 1 ms + J) jobs. The 1 ms: timestamps are whole milliseconds. J
+    (50 ms) allows for the time between the bucket granting a token and the producer
+    stamping the message, which varies on a busy machine and can make a window look
+    shorter than it was; at 20/s it is one job. This is a property of when replay
+    produced, not of how long the test took: without --rate, or with a burst of a second's
+    worth, the jobs of a batch are stamped within a few ms and the check fails."""
+    from test_tools import summary_numbers
+    env = Env(partitions=4)
+    try:
+        total = 60
+        dead_letters(env, "r", total)
+        p = replay_proc(env, "--rate", str(RATE))
+        out, err = p.communicate(timeout=300)
+        n = summary_numbers(out)
+        check(p.returncode == 0 and n["replayed"] == total,
+              "replay --rate %d replays all %d letters: %s" % (RATE, total, out.strip()[-200:]))
+        jobs = sorted(replayed_jobs(env), key=lambda m: m.timestamp)
+        ts = [m.timestamp for m in jobs]
+        burst = max(1, RATE // 10)
+        worst = None
+        for i in range(len(ts)):
+            for j in range(i, len(ts)):
+                allowed = burst + RATE * (ts[j] - ts[i] + 1 + JITTER_MS) / 1000.0
+                excess = (j - i + 1) - allowed
+                if worst is None or excess > worst[0]:
+                    worst = (excess, j - i + 1, ts[j] - ts[i])
+        log("busiest window: %d jobs within %d ms (allowed %.1f)" % (worst[1], worst[2],
+                                                                  worst[1] - worst[0]))
+        check(worst[0] <= 0, "no window holds more jobs than a bucket of %d/s with burst %d allows "
+              "(worst: %d jobs in %d ms)" % (RATE, burst, worst[1], worst[2]))
+        # The replay's own progress output (FHIRX_PROGRESS=1): counts that only grow, ending
+        # at every letter replayed.
+        # "replay [####....] 24/60  40% 9/s  replayed 24  parked 0", redrawn with \r.
+        shown = [(int(a), int(b), int(c)) for a, b, c in re.findall(
+            r"replay \[[#.]+\] (\d+)/(\d+) +\d+% \d+/s  replayed (\d+)", err)]
+        check(len(shown) >= 3 and all(t == total for _, t, _ in shown) and
+              shown == sorted(shown) and shown[-1] == (total, total, total),
+              "the progress output counts up to %d of %d read and replayed (%d updates)"
+              % (total, total, len(shown)))
+        each_once(check, env, dlq_positions(env), "--rate")
+    finally:
+        env.close()
+
+
+def scenario_replay_sigterm(check):
+    from test_tools import summary_numbers, ends
+    from test_tools import committed as committed_of
+    env = Env(partitions=4)
+    try:
+        total = 100
+        dead_letters(env, "s", total)
+        positions = dlq_positions(env)
+        # Under --rate 20 a batch is 20 letters (at most one second's worth) and takes about a
+        # second to produce; the signal goes once the second batch has started.
+        p = replay_proc(env, "--rate", str(RATE))
+        at_signal = wait_for("the second batch to be under way",
+                             lambda: (lambda n: n if n >= RATE + 4 else 0)(len(replayed_jobs(env))),
+                             timeout=120, step=0.05)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        produced = replayed_jobs(env)
+        log("SIGTERM with %d jobs on fhirx.jobs; %d when replay had stopped" % (at_signal, len(produced)))
+        check(p.returncode == 1 and "interrupted before the end of fhirx.dlq; run the same command "
+              "again to continue" in err, "replay stops on SIGTERM, saying how to continue (rc %d)"
+              % p.returncode)
+        n = summary_numbers(out)
+        check(n["replayed"] == len(produced), "its summary counts the %d jobs it produced"
+              % len(produced))
+        check(at_signal < len(produced) <= at_signal + RATE,
+              "the batch being produced when the signal came was finished (%d -> %d), nothing after it"
+              % (at_signal, len(produced)))
+        # What was produced is exactly what was committed: nothing decided and dropped,
+        # nothing produced and left uncommitted.
+        done = committed_of(env, "fhirx-replay", "fhirx.dlq")
+        below = {x for x in positions
+                 if int(x.split("/")[2]) < done.get(int(x.split("/")[1]), 0)}
+        froms = {m.headers["fhirx-replayed-from"] for m in produced}
+        check(froms == below, "the jobs produced are exactly the dead letters below the committed "
+              "positions (%d produced, %d committed)" % (len(froms), len(below)))
+        r = fhirx("replay", "--config", env.config, "--rate", "50")
+        n = summary_numbers(r.stdout)
+        check(r.returncode == 0 and n["replayed"] == total - len(produced) and n["already"] == 0,
+              "run again, it replays the other %d and finds nothing half-done: %s"
+              % (total - len(produced), n))
+        each_once(check, env, positions, "after SIGTERM and a rerun")
+        check(committed_of(env, "fhirx-replay", "fhirx.dlq") == ends(env, "fhirx.dlq"),
+              "the group committed up to the end of fhirx.dlq")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
              "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire,
-             "expiry": scenario_expiry, "deadline": scenario_deadline}
+             "expiry": scenario_expiry, "deadline": scenario_deadline,
+             "replay_follow": scenario_replay_follow, "replay_rate": scenario_replay_rate,
+             "replay_sigterm": scenario_replay_sigterm}
 
 if __name__ == "__main__":
     name = sys.argv[1]
