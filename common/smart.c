@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/jwt.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "common/log.h"
 
@@ -250,8 +251,14 @@ static const char *invalid_client_hint(const char *reason) {
 
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
-  const char *desc = json_string_value(json_object_get(doc, "error_description"));
+  const char *raw_desc = json_string_value(json_object_get(doc, "error_description"));
   const char *uri = json_string_value(json_object_get(doc, "error_uri"));
+  /* The server's words may repeat what it received (the client assertion). */
+  char desc_clean[512], error_clean[128];
+  fx_redact_secrets(raw_desc, desc_clean, sizeof desc_clean);
+  fx_redact_secrets(error, error_clean, sizeof error_clean);
+  const char *desc = raw_desc ? desc_clean : NULL;
+  error = error_clean;
   snprintf(e->oauth_error, sizeof e->oauth_error, "%s", error);
   if (fx_smart_cerner_reason(uri, e->reason, sizeof e->reason) != 0) e->reason[0] = '\0';
   char why[320] = "";

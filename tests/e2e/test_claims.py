@@ -40,6 +40,11 @@ replay_rate     `--rate 20`: the replayed jobs' Kafka timestamps fit a token buc
 replay_sigterm  SIGTERM while a batch is being produced: that batch is finished and
             committed, nothing after it; produced = committed exactly; a rerun replays the
             rest, finds nothing half-done, and every dead letter is replayed exactly once.
+secrets     no secrets in failure records, dead letters (values and headers), status and bulk
+            records after 401s, foreign references, a client the server does not know, a 401
+            kick-off and token endpoint errors, from a server that echoes the Authorization
+            header and the client assertion in its errors: no issued access token (from the
+            simulator), no key material, no bearer credential, no JWT; the worker log neither.
 """
 import collections
 import json
@@ -986,11 +991,143 @@ def scenario_replay_sigterm(check):
         env.close()
 
 
+# ---- secrets -------------------------------------------------------------------------------
+
+OUTCOME_ECHO = ('{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"security",'
+                '"diagnostics":"request rejected; it carried Authorization: {authorization}"}]}')
+OAUTH_ECHO = ('{"error":"invalid_client","error_description":"assertion {client_assertion} '
+              'rejected; request was {request_body}"}')
+
+
+def secrets_of(env, tenants):
+    """What must never appear: every access token the simulator issued, the private key's
+    PEM lines, and the markers of a bearer header, a JWT and a client assertion."""
+    tokens = set()
+    for t in tenants:
+        tokens.update(env.sim_get("/_sim/tenants/%s/tokens" % t)["tokens"])
+    with open(os.path.join(env.dir, "key.pem")) as f:
+        pem = [l.strip() for l in f if l.strip() and not l.startswith("-----")]
+    markers = ["eyJ", "client_assertion=e", "PRIVATE KEY"]
+    return tokens, pem, markers
+
+
+# A bearer credential: the scheme and something after it that is not fhirx's placeholder.
+BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr][\s:]+(?!\[redacted\])[A-Za-z0-9._~+/=-]")
+
+
+def scan(msgs, needles):
+    """(topic/partition/offset, where, needle) for every needle, or a bearer credential, in
+    a value or header."""
+    hits = []
+    for m in msgs:
+        fields = [("value", (m.value or b"").decode("utf-8", "replace"))] + \
+                 [("header " + k, v or "") for k, v in m.headers.items()]
+        for where, text in fields:
+            for n in needles:
+                if n in text:
+                    hits.append(("%s/%d/%d" % (m.topic, m.partition, m.offset), where, n[:12]))
+            if BEARER.search(text):
+                hits.append(("%s/%d/%d" % (m.topic, m.partition, m.offset), where, "Bearer"))
+    return hits
+
+
+def scenario_secrets(check):
+    from fx_canary import Canary
+    groups = [{"id": "cohort-s", "first": 1, "count": 3}]
+    with Canary(BUILD) as canary:
+        env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 10, "groups": groups,
+                            "export": {"duration_ms": 300}},
+                           {"id": "hospital-b", "patients": 5}],
+                  worker_extra={"bulk": {"poll_min_ms": 200, "poll_max_ms": 1000},
+                                "auth": {"backoff_min_ms": 100, "backoff_max_ms": 500}})
+        try:
+            faults = "/_sim/tenants/%s/faults" % SANDBOX
+            # The echo is live: a 401 whose OperationOutcome repeats the Authorization header.
+            sim_request(env, faults, {"name": "echo-401", "target": "fhir", "path": "Observation",
+                                      "status": 401, "echo": True, "body": OUTCOME_ECHO,
+                                      "content_type": "application/fhir+json", "count": -1})
+            req = urllib.request.Request(env.sim_url + "/r4/%s/Observation?patient=1" % SANDBOX,
+                                         headers={"Authorization": "Bearer probe-123"})
+            try:
+                urllib.request.urlopen(req)
+                echoed = ""
+            except urllib.error.HTTPError as e:
+                echoed = e.read().decode()
+            check("Authorization: Bearer probe-123" in echoed,
+                  "the simulator echoes the Authorization header in its 401 OperationOutcome")
+            sim_request(env, faults, {"name": "foreign", "target": "fhir", "path": "Encounter",
+                                      "foreign_references": canary.url, "count": -1})
+            sim_request(env, faults, {"name": "echo-kickoff", "target": "fhir", "path": "Group",
+                                      "status": 401, "echo": True, "body": OUTCOME_ECHO,
+                                      "content_type": "application/fhir+json", "count": -1})
+            # hospital-b's registered key set is empty: every assertion is invalid_client.
+            sim_request(env, "/_sim/tenants/hospital-b/clients",
+                        {"client_id": "fhirx-e2e", "jwks": {"keys": []}, "scopes": env.scopes})
+            w = env.start_worker()
+            jobs = [{"job_id": "sec-401", "tenant": SANDBOX, "patients": ["20000001"],
+                     "resources": ["Patient", "Observation", "Condition"]},
+                    {"job_id": "sec-foreign", "tenant": SANDBOX, "patients": ["20000002"],
+                     "resources": ["Encounter"], "follow_references": True},
+                    {"job_id": "sec-badclient", "tenant": "hospital-b", "patients": ["20000001"],
+                     "resources": ["Patient"]},
+                    {"kind": "bulk", "job_id": "sec-bulk", "tenant": SANDBOX, "group": "cohort-s",
+                     "resources": ["Patient"]}]
+            env.enqueue(jobs)
+            env.wait_status(4, timeout=180)
+            # The token endpoint turns bad and repeats the request it got (the assertion).
+            sim_request(env, "/_sim/tenants/%s/faults" % SANDBOX,
+                        {"name": "echo-token", "target": "token", "status": 400, "echo": True,
+                         "body": OAUTH_ECHO, "content_type": "application/json", "count": -1})
+            sim_request(env, "/_sim/tenants/%s/settings" % SANDBOX, {"revoke_tokens": True})
+            env.enqueue([{"job_id": "sec-token", "tenant": SANDBOX, "patients": ["20000003"],
+                          "resources": ["Condition"]}])
+            env.wait_status(5, timeout=180)
+            status = {m.key: m.json() for m in read_all(env.bootstrap, "fhirx.status")}
+            failures = [m.json() for m in read_all(env.bootstrap, "fhirx.failures")]
+            classes = collections.defaultdict(set)
+            for f in failures:
+                classes[f["job_id"]].add(f["error_class"])
+            log("failure classes: %s" % dict(classes))
+            check(classes["sec-401"] == {"auth"} and classes["sec-badclient"] == {"auth"} and
+                  classes["sec-foreign"] == {"foreign_reference"} and
+                  classes["sec-bulk"] == {"auth"} and classes["sec-token"] == {"auth"},
+                  "every job failed the way it was meant to: 401s, foreign references, an "
+                  "unknown key, a 401 kick-off, token endpoint errors")
+            check(all(status[j]["state"] in ("partial", "failed") for j in classes),
+                  "and each has a status")
+            tokens, pem, markers = secrets_of(env, [SANDBOX, "hospital-b"])
+            check(len(tokens) >= 2, "the simulator issued %d access tokens to look for" % len(tokens))
+            msgs = []
+            for topic in ("fhirx.failures", "fhirx.dlq", "fhirx.status", "fhirx.bulk"):
+                got = read_all(env.bootstrap, topic)
+                msgs += got
+                log("%s: %d records" % (topic, len(got)))
+            check(len([m for m in msgs if m.topic == "fhirx.dlq"]) >= 4,
+                  "dead letters to scan (%d)" % len([m for m in msgs if m.topic == "fhirx.dlq"]))
+            hits = scan(msgs, list(tokens) + pem + markers)
+            check(not hits, "no access token, key material, Bearer, JWT or client assertion in any "
+                  "value or header of %d failure, dead letter, status and bulk records: %s"
+                  % (len(msgs), sorted(set((h[0].split("/")[0], h[1], h[2]) for h in hits))))
+            reasons = [f["message"] for f in failures if f["job_id"] in ("sec-401", "sec-token")]
+            check(any("redacted" in r for r in reasons),
+                  "the server's echoed secrets were redacted from the reasons, the rest kept: %s"
+                  % reasons[:2])
+            check(canary.requests()["requests"] == 0, "the canary host was never contacted")
+            validate(env, check, 5, bulk=True)
+            check(env.stop(w) == 0, "worker exits 0")
+            logs = env.logs("worker")
+            leaks = [n[:12] for n in list(tokens) + pem + markers if n in logs] + \
+                (["Bearer"] if BEARER.search(logs) else [])
+            check(not leaks, "nor in the worker's log (%d bytes): %s" % (len(logs), leaks))
+        finally:
+            env.close()
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
              "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire,
              "expiry": scenario_expiry, "deadline": scenario_deadline,
              "replay_follow": scenario_replay_follow, "replay_rate": scenario_replay_rate,
-             "replay_sigterm": scenario_replay_sigterm}
+             "replay_sigterm": scenario_replay_sigterm, "secrets": scenario_secrets}
 
 if __name__ == "__main__":
     name = sys.argv[1]

@@ -308,6 +308,7 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
   }
   if (f && sim_fault_replaces(f)) {
     sim_fault_respond(f, target, resp);
+    if (f->echo) sim_fault_echo(r, resp);
   } else {
     if (r->route == SIM_ROUTE_TOKEN)
       sim_token_handle(r, resp);
