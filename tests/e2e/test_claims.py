@@ -45,6 +45,10 @@ secrets     no secrets in failure records, dead letters (values and headers), st
             kick-off and token endpoint errors, from a server that echoes the Authorization
             header and the client assertion in its errors: no issued access token (from the
             simulator), no key material, no bearer credential, no JWT; the worker log neither.
+governor    tenants[].max_concurrency 3 and rate_per_s 10 with burst 4, from the simulator's
+            side: a tenant whose answers are slow never has more than 3 requests in flight
+            (but more than one); another tenant's request arrivals fit the token bucket in
+            every window.
 """
 import collections
 import json
@@ -1123,11 +1127,83 @@ def scenario_secrets(check):
             env.close()
 
 
+# ---- governor ------------------------------------------------------------------------------
+
+GOV_RATE, GOV_BURST, GOV_CONCURRENCY = 10, 4, 3
+ARRIVAL_JITTER_MS = 100
+
+
+def scenario_governor(check):
+    """tenants[].max_concurrency and rate_per_s/burst, seen from the server.
+
+    The simulator counts a tenant's FHIR requests in flight from arrival until the answer
+    is queued, so it never sees more than the client has open. Arrival times are the
+    server's: a request reaches it some time after the governor let it go, and that time
+    varies, so a window between two arrivals can look shorter than the window between
+    the two grants; ARRIVAL_JITTER_MS allows for that (one request at 10/s). The checks
+    are properties of the recorded peak and timestamps, not of how long the test ran:
+    without the limits, the same jobs put ~30 requests in flight and dozens into one
+    100 ms window."""
+    types = ["Patient", "Observation", "Condition", "Encounter"]
+    env = Env(tenants=[{"id": "narrow", "patients": 12}, {"id": "paced", "patients": 12}],
+              worker_extra={"worker": {"threads": 2, "max_requests_in_flight": 16}})
+    try:
+        with open(env.config) as f:
+            cfg = json.load(f)
+        for t in cfg["tenants"]:
+            if t["id"] == "narrow":
+                t["max_concurrency"] = GOV_CONCURRENCY
+            else:
+                t.update({"rate_per_s": GOV_RATE, "burst": GOV_BURST})
+        with open(env.config, "w") as f:
+            json.dump(cfg, f)
+        # Every answer of the narrow tenant takes 150 ms, so requests would pile up.
+        sim_request(env, "/_sim/tenants/narrow/faults",
+                    {"target": "fhir", "delay_ms": 150, "count": -1})
+        w = env.start_worker()
+        jobs = []
+        for tenant in ("narrow", "paced"):
+            jobs += [{"job_id": "%s-%d" % (tenant, i), "tenant": tenant,
+                      "patients": ["%d" % (20000001 + 3 * i + k) for k in range(3)],
+                      "resources": types} for i in range(4)]
+        env.enqueue(jobs)
+        status = {m.key: m.json() for m in env.wait_status(len(jobs), timeout=300)}
+        check(all(status[j["job_id"]]["state"] == "completed" for j in jobs),
+              "every job of both tenants completed")
+        narrow = env.sim_get("/_sim/tenants/narrow/load")
+        check(narrow["requests"] >= 48 and narrow["in_flight"] == 0,
+              "the narrow tenant answered %d FHIR requests" % narrow["requests"])
+        check(narrow["peak_in_flight"] <= GOV_CONCURRENCY,
+              "it never had more than max_concurrency %d requests in flight (peak %d)"
+              % (GOV_CONCURRENCY, narrow["peak_in_flight"]))
+        check(narrow["peak_in_flight"] >= 2,
+              "and requests did overlap (peak %d): the limit was exercised" % narrow["peak_in_flight"])
+        paced = env.sim_get("/_sim/tenants/paced/load")
+        ts = sorted(paced["arrivals_us"])
+        check(paced["dropped"] == 0 and len(ts) == paced["requests"] >= 48,
+              "the paced tenant answered %d FHIR requests, all timestamped" % paced["requests"])
+        worst = (None, 0, 0)
+        for i in range(len(ts)):
+            for j in range(i, len(ts)):
+                span_ms = (ts[j] - ts[i]) / 1000.0
+                excess = (j - i + 1) - (GOV_BURST + GOV_RATE * (span_ms + ARRIVAL_JITTER_MS) / 1000.0)
+                if worst[0] is None or excess > worst[0]:
+                    worst = (excess, j - i + 1, span_ms)
+        log("busiest window of the paced tenant: %d requests within %.0f ms" % (worst[1], worst[2]))
+        check(worst[0] <= 0, "no window of its arrivals holds more than burst %d + %d/s allows "
+              "(worst: %d requests in %.0f ms)" % (GOV_BURST, GOV_RATE, worst[1], worst[2]))
+        validate(env, check, len(jobs))
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"delivery": scenario_delivery, "redirects": scenario_redirects,
              "limits": scenario_limits, "tls": scenario_tls, "bulk_wire": scenario_bulk_wire,
              "expiry": scenario_expiry, "deadline": scenario_deadline,
              "replay_follow": scenario_replay_follow, "replay_rate": scenario_replay_rate,
-             "replay_sigterm": scenario_replay_sigterm, "secrets": scenario_secrets}
+             "replay_sigterm": scenario_replay_sigterm, "secrets": scenario_secrets,
+             "governor": scenario_governor}
 
 if __name__ == "__main__":
     name = sys.argv[1]
