@@ -27,8 +27,9 @@ bulk_wire   bulk _since and _typeFilter on the wire, from the query string the s
             a filter arriving as %2C after one decoding; the export honours _since.
 expiry      files expiring mid-download: after two files, the file URLs answer 404 (the
             export expired), 410, or the storage answers 403 "Request has expired": each
-            export fails as export_expired with one failure record and a dead letter, what
-            was downloaded stays published; a replay completes each as a new export.
+            export ends as export_expired (partial: files were published) with one failure
+            record and a dead letter, what was downloaded stays published; a replay
+            completes each as a new export.
 deadline    bulk.deadline_hours: with the test hook FHIRX_TEST_DEADLINE_HOUR_MS an hour lasts
             1.5 s; an export the server never finishes fails with class deadline, not before
             the deadline recorded in fhirx.bulk (2 such hours after its start), is
@@ -957,15 +958,27 @@ def scenario_replay_sigterm(check):
         dead_letters(env, "s", total)
         positions = dlq_positions(env)
         # Under --rate 20 a batch is 20 letters (at most one second's worth) and takes about a
-        # second to produce; the signal goes once the second batch has started.
+        # second to produce. Replay's own progress output (read as it is written) says how
+        # many jobs it has produced; the signal goes as soon as the second batch has begun,
+        # leaving it most of a second to run.
+        import threading
         p = replay_proc(env, "--rate", str(RATE))
+        err_text = []
+        reader = threading.Thread(target=lambda: err_text.extend(iter(lambda: p.stderr.read(1), "")))
+        reader.start()
+
+        def replayed_so_far():
+            counts = re.findall(r"replayed (\d+)", "".join(err_text))
+            return int(counts[-1]) if counts else 0
         at_signal = wait_for("the second batch to be under way",
-                             lambda: (lambda n: n if n >= RATE + 4 else 0)(len(replayed_jobs(env))),
-                             timeout=120, step=0.05)
+                             lambda: (lambda n: n if n > RATE else 0)(replayed_so_far()),
+                             timeout=120, step=0.01)
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=60)
+        p.wait(60)
+        reader.join(10)
+        out, err = p.stdout.read(), "".join(err_text)
         produced = replayed_jobs(env)
-        log("SIGTERM with %d jobs on fhirx.jobs; %d when replay had stopped" % (at_signal, len(produced)))
+        log("SIGTERM after %d jobs; %d when replay had stopped" % (at_signal, len(produced)))
         check(p.returncode == 1 and "interrupted before the end of fhirx.dlq; run the same command "
               "again to continue" in err, "replay stops on SIGTERM, saying how to continue (rc %d)"
               % p.returncode)
