@@ -343,6 +343,19 @@ static int map_curl_error(CURLcode c, int too_large) {
   }
 }
 
+/* What an operator can do about a certificate that was not accepted (curl's
+ * text says what was wrong, not what to change). */
+static const char *tls_hint(CURLcode c, const char *curl_text) {
+  if (c == CURLE_SSL_CACERT_BADFILE)
+    return " (http.ca_bundle: the file cannot be read as PEM certificates)";
+  if (c != CURLE_PEER_FAILED_VERIFICATION) return "";
+  if (strstr(curl_text, "subject name") || strstr(curl_text, "host name"))
+    return " (the server's certificate does not name the host of this URL: use the host name "
+           "the certificate was issued for in tenants[].fhir_base)";
+  return " (the server's certificate is not trusted: if the tenant uses a private CA, set "
+         "http.ca_bundle to that CA's certificate; else the server sends an incomplete chain)";
+}
+
 static void complete(xfer *x, CURLcode code) {
   fx_http *h = x->h;
   fx_http_response res;
@@ -359,7 +372,8 @@ static void complete(xfer *x, CURLcode code) {
   else if (res.result == FX_ETOOLARGE)
     snprintf(res.error, sizeof res.error, "response body larger than %zu bytes", x->max_body);
   else if (res.result)
-    snprintf(res.error, sizeof res.error, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
+    snprintf(res.error, sizeof res.error, "%s%s",
+             x->errbuf[0] ? x->errbuf : curl_easy_strerror(code), tls_hint(code, x->errbuf));
   x->cb(&res, x->arg);
   (void)h;
   xfer_free(x);

@@ -53,7 +53,8 @@ typedef struct fx_http_response {
   size_t body_len;
   const char *url;   /* the requested URL */
   double seconds;    /* total transfer time */
-  char error[256];   /* transport failure text (curl's), empty on success */
+  char error[512];   /* transport failure text (curl's, plus what to do for TLS trust
+                        failures), empty on success */
   void *easy_;       /* private: lets fx_http_header read response headers */
 } fx_http_response;
 

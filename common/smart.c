@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "common/jwt.h"
+#include "common/strutil.h"
+#include "common/url.h"
 #include "common/log.h"
 
 #define DEFAULT_EXPIRES_IN 300
@@ -65,10 +67,12 @@ int fx_smart_check_discovery(const char *tenant, long status, const char *body, 
     return e->err.code;
   }
   if (status != 200) {
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, FX_EAUTH, status,
-               "tenant %s: SMART discovery answered HTTP %ld; check tenants[].fhir_base, or set "
-               "tenants[].token_endpoint explicitly",
-               tenant, status);
+               "tenant %s: SMART discovery answered HTTP %ld%s%s; check tenants[].fhir_base, or "
+               "set tenants[].token_endpoint explicitly",
+               tenant, status, redirect[0] ? ", " : "", redirect);
     return e->err.code;
   }
   json_t *doc = json_loads(body, 0, NULL);
@@ -247,8 +251,14 @@ static const char *invalid_client_hint(const char *reason) {
 
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
-  const char *desc = json_string_value(json_object_get(doc, "error_description"));
+  const char *raw_desc = json_string_value(json_object_get(doc, "error_description"));
   const char *uri = json_string_value(json_object_get(doc, "error_uri"));
+  /* The server's words may repeat what it received (the client assertion). */
+  char desc_clean[512], error_clean[128];
+  fx_redact_secrets(raw_desc, desc_clean, sizeof desc_clean);
+  fx_redact_secrets(error, error_clean, sizeof error_clean);
+  const char *desc = raw_desc ? desc_clean : NULL;
+  error = error_clean;
   snprintf(e->oauth_error, sizeof e->oauth_error, "%s", error);
   if (fx_smart_cerner_reason(uri, e->reason, sizeof e->reason) != 0) e->reason[0] = '\0';
   char why[320] = "";
@@ -301,9 +311,11 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
                                                                            : "a non-JSON body")
                            : "a JSON body";
     int transient = status >= 500 || status == 429 || status == 408 || status == 200;
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, transient ? FX_ETRANSIENT : FX_EAUTH, status,
-               "tenant %s: the token endpoint %s answered HTTP %ld with %s; %s", c->tenant,
-               c->token_endpoint, status, what,
+               "tenant %s: the token endpoint %s answered HTTP %ld with %s%s%s; %s", c->tenant,
+               c->token_endpoint, status, what, redirect[0] ? ", " : "", redirect,
                transient ? "this looks like an outage or a proxy in the way, retrying with backoff"
                          : "check tenants[].token_endpoint (or let discovery find it)");
     rc = e->err.code;

@@ -45,6 +45,17 @@ int fx_url_within(const char *url, const char *base) {
   return ok;
 }
 
+void fx_url_redirect_note(long status, const char *location, char *out, size_t size) {
+  if (size) out[0] = '\0';
+  if (status < 300 || status > 399 || !size) return;
+  char shown[512] = "";
+  if (location) fx_url_redact(location, shown, sizeof shown);
+  snprintf(out, size,
+           "a redirect%s%s, not followed (fhirx never follows redirects, so a token or client "
+           "assertion goes only to the URL it was meant for)",
+           shown[0] ? " to " : "", shown);
+}
+
 void fx_url_redact(const char *url, char *out, size_t size) {
   size_t n = strcspn(url, "?#");
   size_t used = (size_t)snprintf(out, size, "%.*s", (int)n, url);

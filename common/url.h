@@ -13,4 +13,9 @@ int fx_url_within(const char *url, const char *base);
  * so it can be logged or published without patient ids or page secrets. */
 void fx_url_redact(const char *url, char *out, size_t size);
 
+/* For a redirect status (300-399), a sentence fragment for error messages into
+ * out: "a redirect to <location without query values>, not followed (...)";
+ * for any other status "". location may be NULL (not sent, or not known). */
+void fx_url_redirect_note(long status, const char *location, char *out, size_t size);
+
 #endif

@@ -252,8 +252,11 @@ static void on_read(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     char outcome[512];
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
     const char *hint = status_hint(res->status, outcome);
-    fx_cli_fail(o->cmd, FX_EXIT_FAIL, "GET %s: HTTP %ld%s%s%s%s", shown, res->status,
-                outcome[0] ? ": " : "", outcome, hint[0] ? ". Hint: " : "", hint);
+    char redirect[400];
+    fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    fx_cli_fail(o->cmd, FX_EXIT_FAIL, "GET %s: HTTP %ld%s%s%s%s%s%s", shown, res->status,
+                redirect[0] ? ": " : "", redirect, outcome[0] ? ": " : "", outcome,
+                hint[0] ? ". Hint: " : "", hint);
     oneshot_done(o, FX_EXIT_FAIL);
     return;
   }

@@ -1012,6 +1012,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
     failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = f->url, .attempts = f->attempts,
                   .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++; /* the task is in the dead letter: count it */
     return 0;
   }
   if (f->page + 1 >= run->wt->pool->app.cfg->worker.max_pages) {
@@ -1020,6 +1021,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
              run->wt->pool->app.cfg->worker.max_pages);
     failure fl = {.cls = FX_EC_TOO_LARGE, .url = f->url, .attempts = f->attempts, .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++;
     return 0;
   }
   char *url = strdup(next); /* followed exactly as given: -pageContext is opaque */
@@ -1089,7 +1091,10 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     fl.status = res->status;
     transient = fx_errclass_transient(fl.cls);
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
-    snprintf(msg, sizeof msg, "HTTP %ld%s%s", res->status, outcome[0] ? ": " : "", outcome);
+    char redirect[400];
+    fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    snprintf(msg, sizeof msg, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
+             outcome[0] ? ": " : "", outcome);
     fl.outcome = outcome;
   } else if (!fx_json_depth_ok(res->body, res->body_len, (int)wt->pool->app.cfg->http.max_json_depth)) {
     fl.cls = FX_EC_INVALID_RESPONSE;

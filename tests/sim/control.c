@@ -186,6 +186,15 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
     sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_json(req->st, t));
   else if (del && strcmp(what, "/faults") == 0)
     delete_faults(req, t, resp);
+  else if (get && strcmp(what, "/load") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_load_json(req->st, t));
+  else if (del && strcmp(what, "/load") == 0) {
+    pthread_mutex_lock(&req->st->lock);
+    sim_load_reset_locked(t);
+    pthread_mutex_unlock(&req->st->lock);
+    reply(resp, 200, NULL);
+  } else if (get && strcmp(what, "/tokens") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_state_tokens_json(req->st, t));
   else if (get && strcmp(what, "/retry_after_violations") == 0)
     sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_retry_json(req->st, t));
   else if (del && strcmp(what, "/retry_after_violations") == 0) {

@@ -194,7 +194,7 @@ void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp) {
     return;
   }
   char base[512];
-  snprintf(base, sizeof base, "http://%s/r4/%s/", req->host, t->id);
+  snprintf(base, sizeof base, "%s://%s/r4/%s/", sim_scheme(), req->host, t->id);
   collect c = {.base = base, .ref_types = ref_types_q ? ref_types : NULL,
                .references = json_object()};
   json_t *resources = json_array();

@@ -391,7 +391,8 @@ static void attachment(sim_gen *g, const char *key, const char *title, sim_bin_f
   char bid[64], url[512];
   uint64_t bh = sim_binary_handle_for(g->type, g->handle, form);
   sim_binary_id_for(g->type, g->handle, form, bid);
-  int n = snprintf(url, sizeof url, "http://%s/r4/%s/Binary/%s", g->host, g->p->tenant_id, bid);
+  int n = snprintf(url, sizeof url, "%s://%s/r4/%s/Binary/%s", sim_scheme(), g->host,
+                   g->p->tenant_id, bid);
   if (g->p->knobs.binary_signed_urls && n > 0 && (size_t)n < sizeof url) {
     char sig[17];
     sim_binary_sig(g->s, bh, sig);

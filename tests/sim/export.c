@@ -356,7 +356,7 @@ static void put_query_part(sim_buf *b, const char *s) {
 
 static char *kickoff_url(const sim_req *req) {
   sim_buf b = {0};
-  sim_buf_printf(&b, "http://%s", req->host);
+  sim_buf_printf(&b, "%s://%s", sim_scheme(), req->host);
   for (const unsigned char *p = (const unsigned char *)req->path; *p; p++) {
     if (*p > 0x20 && *p < 0x7f && *p != '%')
       sim_buf_append(&b, (const char *)p, 1);
@@ -502,8 +502,33 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
   return true;
 }
 
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id);
+
+/* Every kick-off that passed authentication is logged with its query exactly
+ * as received (still percent-encoded) and the status it got, so tests can
+ * check how a client encodes _type, _since and _typeFilter: the decoded
+ * arguments the checks use cannot show that, and accepted exports are gone
+ * from the export list once deleted. */
 static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
                     const char *client_id) {
+  kickoff_answer(req, resp, g, scopes, client_id);
+  char when[32];
+  sim_fhir_instant_ms(sim_now_ms(), when);
+  json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:i}", "time", when, "client_id", client_id,
+                            "group", g->id, "query_raw", req->raw_query, "status",
+                            (int)resp->status);
+  if (!entry) return;
+  sim_state *st = req->st;
+  pthread_mutex_lock(&st->lock);
+  json_t *log = req->tenant->counters.kickoffs;
+  if (json_array_size(log) >= SIM_KICKOFF_LOG) json_array_remove(log, 0);
+  json_array_append_new(log, entry);
+  pthread_mutex_unlock(&st->lock);
+}
+
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id) {
   sim_state *st = req->st;
   sim_tenant *t = req->tenant;
   sim_export *x = calloc(1, sizeof *x);
@@ -559,7 +584,8 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   if (rc != 0) goto oom;
   /* The map owns x now; x->id is immutable, so it may be read unlocked. */
   sim_resp_body(resp, 202, NULL, NULL, 0);
-  sim_resp_header(resp, "Content-Location", "http://%s/r4/%s" JOBS "%s", req->host, t->id, x->id);
+  sim_resp_header(resp, "Content-Location", "%s://%s/r4/%s" JOBS "%s", sim_scheme(), req->host,
+                  t->id, x->id);
   return;
 oom:
   sim_export_unref(x);
@@ -580,8 +606,8 @@ static json_t *manifest(const sim_req *req, const sim_export *x) {
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_t *output = json_array(), *error = json_array();
   for (size_t f = 0; output && error && f < x->nfiles; f++) {
-    snprintf(url, sizeof url, "http://%s/r4/%s" JOBS "%s/files/%zu", req->host, req->tenant->id,
-             x->id, f + 1);
+    snprintf(url, sizeof url, "%s://%s/r4/%s" JOBS "%s/files/%zu", sim_scheme(), req->host,
+             req->tenant->id, x->id, f + 1);
     json_t *entry =
         f < x->noutput
             ? json_pack("{s:s, s:s, s:I}", "type", sim_rtype_name((sim_rtype)x->files[f].type),

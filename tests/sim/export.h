@@ -100,6 +100,7 @@ typedef struct sim_export {
   size_t nfiles, noutput;
   /* Guarded by sim_state.lock. */
   bool expired;
+  bool urls_expired; /* the storage URLs expired (403), the export itself did not */
 } sim_export;
 
 void sim_export_ref(sim_export *x);

@@ -62,13 +62,14 @@ void sim_control_export_get(sim_req *req, sim_tenant *t, sim_resp *resp) {
   sim_export_settings cfg = t->export_settings;
   bool fail_next = t->export_fail_next;
   sim_map_foreach(&st->exports, visit_list, &s);
+  json_t *kickoffs = json_deep_copy(t->counters.kickoffs);
   pthread_mutex_unlock(&st->lock);
   sim_resp_json(resp, 200, SIM_CT_JSON,
-                json_pack("{s:I, s:I, s:I, s:b, s:b, s:o}", "duration_ms",
+                json_pack("{s:I, s:I, s:I, s:b, s:b, s:o, s:o*}", "duration_ms",
                           (json_int_t)cfg.duration_ms, "retry_after_s",
                           (json_int_t)cfg.retry_after_s, "file_max_resources",
                           (json_int_t)cfg.file_max_resources, "error_file", cfg.error_file,
-                          "fail_next", fail_next, "exports", s.jobs));
+                          "fail_next", fail_next, "exports", s.jobs, "kickoffs", kickoffs));
 }
 
 void sim_control_export_set(sim_req *req, sim_tenant *t, sim_resp *resp) {
@@ -103,6 +104,7 @@ void sim_control_export_set(sim_req *req, sim_tenant *t, sim_resp *resp) {
 typedef struct expire_scan {
   size_t tenant;
   int64_t now_ms;
+  bool urls_only;
   long expired;
 } expire_scan;
 
@@ -111,12 +113,33 @@ static void visit_expire(const char *key, void *value, void *arg) {
   sim_export *x = value;
   expire_scan *s = arg;
   if (x->tenant != s->tenant || sim_export_expired_locked(x, s->now_ms)) return;
-  x->expired = true;
+  if (s->urls_only) {
+    if (x->urls_expired) return;
+    x->urls_expired = true;
+  } else {
+    x->expired = true;
+  }
   s->expired++;
 }
 
+/* Body (optional): {"urls_only": true} expires only the exports' storage
+ * URLs, as when pre-signed URLs outlive their signature: status polls and
+ * file redirects still answer, the storage server answers 403 "Request has
+ * expired" to every URL of those exports, issued before or after. */
 void sim_control_export_expire(sim_req *req, sim_tenant *t, sim_resp *resp) {
   expire_scan s = {.tenant = t->index, .now_ms = sim_now_ms()};
+  if (req->body.len) {
+    json_error_t e;
+    json_t *o = json_loadb(req->body.data, req->body.len, JSON_REJECT_DUPLICATES, &e);
+    json_t *u = json_object_get(o, "urls_only");
+    bool ok = json_is_object(o) && json_object_size(o) == (u ? 1u : 0u) && (!u || json_is_boolean(u));
+    s.urls_only = ok && json_is_true(u);
+    json_decref(o);
+    if (!ok) {
+      reply_error(resp, 400, "body: expected {} or {\"urls_only\": true|false}");
+      return;
+    }
+  }
   pthread_mutex_lock(&req->st->lock);
   sim_map_foreach(&req->st->exports, visit_expire, &s);
   pthread_mutex_unlock(&req->st->lock);

@@ -642,7 +642,7 @@ static void send_bundle(sim_req *req, sim_resp *resp, const sim_search_def *def,
                         const matches *m) {
   const sim_store *store = req->tenant->store;
   char base[512], uuid[37];
-  snprintf(base, sizeof base, "http://%s/r4/%s/%s", req->host, req->tenant->id,
+  snprintf(base, sizeof base, "%s://%s/r4/%s/%s", sim_scheme(), req->host, req->tenant->id,
            sim_rtype_name(def->type));
   uint64_t qhash = query_hash(q);
   page pg = cut_page(def, &sim_store_params(store)->knobs, q, qhash, m->n);

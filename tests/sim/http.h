@@ -41,6 +41,8 @@ typedef struct sim_req {
   sim_state *st;
   char method[16];
   char *path;      /* owned, URL path without the query */
+  const char *raw_query; /* the query exactly as received (percent-encoded, no '?'), or "";
+                            borrowed from the request context */
   char host[256];  /* sanitized Host header: what {host} means in URLs we build */
   sim_kv *query;   /* owned, decoded query arguments in request order */
   size_t nquery;
@@ -84,6 +86,10 @@ typedef struct sim_server_opts {
   unsigned port;    /* 0 = any free port */
   unsigned threads;
   bool verbose;
+  /* PEM text of a certificate (chain) and its private key: serve HTTPS
+   * instead of HTTP (FHIR server only). Borrowed; must outlive the server. */
+  const char *tls_cert_pem;
+  const char *tls_key_pem;
 } sim_server_opts;
 
 typedef struct sim_server sim_server;
@@ -131,6 +137,11 @@ void sim_fault_respond(const sim_fault_effect *e, sim_target target, sim_resp *r
 /* Rewrites a normal answer: foreign next link and references (200s only),
  * then truncation. */
 void sim_fault_rewrite(const sim_fault_effect *e, const sim_req *req, sim_resp *resp);
+/* A fault with `echo`: replaces {authorization}, {request_body} and
+ * {client_assertion} in resp's body with the request's Authorization header,
+ * body and client_assertion form field (JSON-escaped), as a server that
+ * reflects what it got in its error text would. */
+void sim_fault_echo(const sim_req *req, sim_resp *resp);
 /* Adds the fault's headers and Retry-After to resp. Returns true with the
  * announced wall-clock time in *not_before_ms when a Retry-After was sent. */
 bool sim_fault_add_headers(const sim_fault_effect *e, int64_t now_ms, sim_resp *resp,

@@ -34,9 +34,11 @@ static int counters_init(sim_counters *c) {
                       .fhir_by_type = json_object(),
                       .fhir_by_kind = json_object(),
                       .fhir_by_type_kind = json_object(),
-                      .reads = json_object()};
+                      .reads = json_object(),
+                      .kickoffs = json_array()};
   return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served &&
-                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads
+                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads &&
+                 c->kickoffs
              ? 0
              : -1;
 }
@@ -50,6 +52,7 @@ static void counters_free(sim_counters *c) {
   json_decref(c->fhir_by_kind);
   json_decref(c->fhir_by_type_kind);
   json_decref(c->reads);
+  json_decref(c->kickoffs);
   *c = (sim_counters){0};
 }
 
@@ -87,6 +90,7 @@ static void tenant_free(sim_tenant *t) {
   free(t->clients);
   sim_faults_tenant_free(t);
   counters_free(&t->counters);
+  sim_load_free(t);
 }
 
 int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer indexer, char *err,
@@ -286,6 +290,26 @@ int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char 
   return -1;
 }
 
+typedef struct token_scan {
+  size_t tenant;
+  json_t *list;
+} token_scan;
+
+static void visit_token(const char *key, void *value, void *arg) {
+  token_scan *ts = arg;
+  if (((issued_token *)value)->tenant == ts->tenant)
+    json_array_append_new(ts->list, json_string(key));
+}
+
+json_t *sim_state_tokens_json(sim_state *st, sim_tenant *t) {
+  token_scan ts = {.tenant = t->index, .list = json_array()};
+  if (!ts.list) return NULL;
+  pthread_mutex_lock(&st->lock);
+  sim_map_foreach(&st->tokens, visit_token, &ts);
+  pthread_mutex_unlock(&st->lock);
+  return json_pack("{s:o}", "tokens", ts.list);
+}
+
 static void bump(json_t *obj, const char *key) {
   json_t *v = json_object_get(obj, key);
   if (v)
@@ -437,7 +461,9 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->fhir_by_kind);
     json_object_clear(c->fhir_by_type_kind);
     json_object_clear(c->reads);
+    json_array_clear(c->kickoffs);
     sim_faults_retry_reset_locked(&st->tenants[i]);
+    sim_load_reset_locked(&st->tenants[i]);
   }
   st->storage_requests = st->storage_authorization = st->storage_bytes = 0;
   pthread_mutex_unlock(&st->lock);

@@ -42,7 +42,10 @@ typedef struct sim_counters {
   long export_polls;         /* status GETs */
   long export_files;         /* file GETs redirected (307) */
   long export_deletes;       /* DELETEs answered 202 */
+  json_t *kickoffs;          /* the last SIM_KICKOFF_LOG kick-offs: query as received, status */
 } sim_counters;
+
+#define SIM_KICKOFF_LOG 100
 
 typedef enum {
   SIM_XCOUNT_KICKOFF,
@@ -51,6 +54,20 @@ typedef enum {
   SIM_XCOUNT_FILE,
   SIM_XCOUNT_DELETE,
 } sim_export_count;
+
+/* What the FHIR requests of a tenant look like from the server's side
+ * (load.c): how many are in flight (from arrival until the answer is queued,
+ * delays included), the most there ever were, and when each arrived, for
+ * checking a client's concurrency and rate limits. Guarded by sim_state.lock. */
+typedef struct sim_load {
+  long in_flight;
+  long peak;
+  int64_t *arrivals_us; /* monotonic, in arrival order; the first SIM_LOAD_MAX kept */
+  size_t n, cap;
+  long dropped;         /* arrivals beyond SIM_LOAD_MAX, counted only */
+} sim_load;
+
+#define SIM_LOAD_MAX 200000
 
 typedef struct sim_tenant {
   /* Immutable after init. */
@@ -79,6 +96,7 @@ typedef struct sim_tenant {
    * read without it so that requests of an untouched tenant stay lock-free. */
   atomic_bool fault_armed;
   sim_counters counters;
+  sim_load load;
 } sim_tenant;
 
 typedef struct sim_state {
@@ -159,6 +177,22 @@ void sim_count_storage_bytes(sim_state *st, size_t bytes);
 /* New reference: {"Type/id": reads} of the tenant, only `type`'s when type
  * is not NULL. */
 json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type);
+
+/* Load (load.c): a FHIR request of tenant t arrives (at monotonic time
+ * now_us) or stops being in flight. t NULL is ignored. */
+void sim_load_arrive(sim_state *st, sim_tenant *t, int64_t now_us);
+void sim_load_leave(sim_state *st, sim_tenant *t);
+/* New reference: {"in_flight", "peak_in_flight", "requests", "dropped",
+ * "arrivals_us": [...]} (GET /_sim/tenants/{t}/load). */
+json_t *sim_load_json(sim_state *st, sim_tenant *t);
+/* Forgets arrivals and sets the peak to what is in flight now. Lock held. */
+void sim_load_reset_locked(sim_tenant *t);
+void sim_load_free(sim_tenant *t);
+
+/* New reference: {"tokens": ["...", ...]}: the access tokens issued for
+ * tenant t that have not been pruned (GET /_sim/tenants/{t}/tokens), so a
+ * test can look for them where they must never appear. */
+json_t *sim_state_tokens_json(sim_state *st, sim_tenant *t);
 
 /* New reference: {"tenants":{"<id>":{...}}, "storage":{...}}. */
 json_t *sim_state_counters_json(sim_state *st);

@@ -201,8 +201,8 @@ static bool check_signature(const sim_jwt *jwt, const char *assertion, verdict *
 static bool check_audience(const sim_req *req, const sim_jwt *jwt, verdict *v) {
   char expected[512];
   snprintf(expected, sizeof expected,
-           "http://%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token", req->host,
-           req->tenant->id);
+           "%s://%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token", sim_scheme(),
+           req->host, req->tenant->id);
   const json_t *aud = json_object_get(jwt->claims, "aud");
   if (json_is_string(aud) && strcmp(json_string_value(aud), expected) == 0) return true;
   size_t i;

@@ -39,7 +39,28 @@ static void redact(void **state) {
   assert_int_equal(strlen(out), 11); /* truncated, still terminated */
 }
 
+/* A redirect is named (without query values) and said not to be followed;
+ * any other status gives nothing. */
+static void redirect_note(void **state) {
+  (void)state;
+  char out[400];
+  fx_url_redirect_note(302, "https://elsewhere.example/r4/Patient?patient=123&_count=5", out,
+                       sizeof out);
+  assert_non_null(strstr(out, "a redirect to https://elsewhere.example/r4/Patient?patient=&_count=,"));
+  assert_non_null(strstr(out, "not followed"));
+  assert_null(strstr(out, "123"));
+  fx_url_redirect_note(307, NULL, out, sizeof out);
+  assert_int_equal(strncmp(out, "a redirect, not followed", 24), 0);
+  fx_url_redirect_note(299, "https://x.example/", out, sizeof out);
+  assert_string_equal(out, "");
+  fx_url_redirect_note(400, "https://x.example/", out, sizeof out);
+  assert_string_equal(out, "");
+  fx_url_redirect_note(399, "https://x.example/", out, sizeof out);
+  assert_non_null(strstr(out, "https://x.example/"));
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(within), cmocka_unit_test(redact)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(within), cmocka_unit_test(redact),
+                                     cmocka_unit_test(redirect_note)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
