@@ -321,8 +321,8 @@ static void publish_progress(bx_export *e) {
   if (e->transaction_time[0])
     json_object_set_new(e->rec, "transaction_time", json_string(e->transaction_time));
   json_t *counts = json_object();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (e->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
+  for (size_t i = 0; i < FX_NTYPES; i++)
+    if (e->counts[i]) json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
   json_object_set_new(e->rec, "counts", counts);
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
@@ -392,9 +392,9 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   static const char *const states[] = {"completed", "partial", "failed"};
   json_t *counts = json_object();
   long long resources = 0;
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
+  for (size_t i = 0; i < FX_NTYPES; i++)
     if (e->counts[i]) {
-      json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
+      json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
       resources += e->counts[i];
     }
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
@@ -1123,7 +1123,7 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) 
   }
   case FX_REF_LOCAL: break;
   }
-  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_add(e->refs_seen, key) != 1) return;
   long long max = e->b->pool->app.cfg->worker.max_references_per_job;
   if (++e->refs_queued > max) {
@@ -1172,7 +1172,7 @@ static void collect_refs(bx_file *f, json_t *res, int depth) {
   bx_export *e = f->e;
   if (!e->job->follow_references) return;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
-  if (!prof || depth > prof->depth || !prof->follow) return;
+  if (!prof || depth > prof->depth || fx_types_empty(prof->follow)) return;
   walk_refs(f, res, depth);
   const char *rt = json_string_value(json_object_get(res, "resourceType"));
   int binary = fx_resource_index("Binary");
