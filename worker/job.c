@@ -538,6 +538,27 @@ int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
 
 int fx_job_id_valid(const char *s) { return s && safe_id(s, MAX_ID, "-._:"); }
 
+int fx_job_patient_valid(const char *s) { return s && safe_id(s, MAX_PATIENT_ID, "-."); }
+
+int fx_job_per_patient_id(const char *job_id, size_t file_no, size_t chunk_no, char *out,
+                          size_t size) {
+  char suffix[64];
+  int sl = snprintf(suffix, sizeof suffix, ".per-patient.%zu.%zu", file_no, chunk_no);
+  size_t jl = strlen(job_id);
+  int n;
+  if (jl + (size_t)sl <= MAX_ID) {
+    n = snprintf(out, size, "%s%s", job_id, suffix);
+  } else {
+    /* Too long with the suffix: keep a prefix and a hash of the whole id,
+     * so two long ids that share the prefix still differ. */
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = job_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    int keep = MAX_ID - sl - 17;
+    n = snprintf(out, size, "%.*s-%016llx%s", keep, job_id, (unsigned long long)h, suffix);
+  }
+  return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
 void fx_job_free(fx_job *job) {
   if (!job) return;
   for (size_t i = 0; i < job->n_tasks; i++) free(job->tasks[i].patient);

@@ -98,6 +98,19 @@ void fx_job_free(fx_job *job);
 /* 1 if s is an acceptable job_id: 1..128 of [A-Za-z0-9._:-]. */
 int fx_job_id_valid(const char *s);
 
+/* 1 if s is a patient id a patient job takes. */
+int fx_job_patient_valid(const char *s);
+
+/* The id of a bulk job's follow-up patient job: "<job_id>.per-patient.<file>.<chunk>"
+ * (file: the 1-based manifest index of the Patient file whose patients it
+ * names; chunk: 1-based, for files with more patients than a job may have),
+ * with the job_id cut and a hash of it added when the whole would pass 128
+ * characters. The same arguments always give the same id (a resumed or
+ * repeated download enqueues the same job again, never a new one). Returns 0,
+ * or -1 when size is too small. */
+int fx_job_per_patient_id(const char *job_id, size_t file_no, size_t chunk_no, char *out,
+                          size_t size);
+
 /* The job as JSON (new reference), in the tasks form when tasks differ in
  * their types, else the compact patients/resources form. */
 json_t *fx_job_to_json(const fx_job *job);

@@ -42,6 +42,8 @@ typedef struct sim_counters {
   long export_polls;         /* status GETs */
   long export_files;         /* file GETs redirected (307) */
   long export_deletes;       /* DELETEs answered 202 */
+  long export_invalid;       /* kick-offs refused for their parameters (400/422) */
+  long export_other_client;  /* status, file or DELETE requests of another client (403) */
 } sim_counters;
 
 typedef enum {
@@ -50,6 +52,8 @@ typedef enum {
   SIM_XCOUNT_POLL,
   SIM_XCOUNT_FILE,
   SIM_XCOUNT_DELETE,
+  SIM_XCOUNT_INVALID,
+  SIM_XCOUNT_OTHER_CLIENT,
 } sim_export_count;
 
 typedef struct sim_tenant {
