@@ -51,7 +51,7 @@ typedef struct fx_profile {
 } fx_profile;
 
 /* Parses a profile document; origin names it in errors ("profile x.json").
- * docs/configuration.md ("Query profiles") describes the format. */
+ * README.md ("The pipeline") describes the format. */
 int fx_profile_parse(const char *text, const char *origin, fx_profile **out, fx_err *err);
 /* A built-in profile by name ("cerner", "generic"), or a JSON file path. */
 int fx_profile_load(const char *name_or_path, fx_profile **out, fx_err *err);
