@@ -16,7 +16,9 @@
  *
  *   {"kind": "bulk", "job_id": "cohort-2026-11-30", "tenant": "ec2458f2-...",
  *    "group": "11ec-d16a-c763b73e-98e8-a31715e6a2bf",
- *    "resources": ["Patient", "Observation"],        optional: _type
+ *    "resources": ["Patient", "Observation"],        optional: the tenant's types; those
+ *                                                    the profile's $export takes go in
+ *                                                    _type, the rest per patient
  *    "since": "2026-11-01T00:00:00Z",                optional: _since
  *    "type_filter": ["Observation?category=laboratory"], optional: _typeFilter
  *    "follow_references": true,                      optional

@@ -573,9 +573,39 @@ static void bulk_rejects(void **state) {
   assert_string_equal(e.tenant, "t1");
 }
 
+/* The follow-up patient jobs of a bulk job get ids derived from its own: the
+ * same every time (a file downloaded again enqueues the same jobs), valid job
+ * ids however long the bulk job's id is. */
+static void per_patient_ids(void **state) {
+  (void)state;
+  char id[160];
+  assert_int_equal(fx_job_per_patient_id("cohort-1", 15, 2, id, sizeof id), 0);
+  assert_string_equal(id, "cohort-1.per-patient.15.2");
+  assert_true(fx_job_id_valid(id));
+  char longid[129], other[129], a[160], b[160], again[160];
+  memset(longid, 'x', 128);
+  longid[128] = '\0';
+  memcpy(other, longid, sizeof other);
+  other[127] = 'y'; /* the same first 127 characters */
+  assert_int_equal(fx_job_per_patient_id(longid, 1234, 7, a, sizeof a), 0);
+  assert_int_equal(fx_job_per_patient_id(other, 1234, 7, b, sizeof b), 0);
+  assert_int_equal(fx_job_per_patient_id(longid, 1234, 7, again, sizeof again), 0);
+  assert_true(strlen(a) <= 128 && fx_job_id_valid(a) && fx_job_id_valid(b));
+  assert_string_equal(a, again);
+  assert_string_not_equal(a, b);
+  assert_non_null(strstr(a, ".per-patient.1234.7"));
+  char small[20];
+  assert_int_equal(fx_job_per_patient_id("cohort-1", 1, 1, small, sizeof small), -1);
+  /* Patient ids the follow-up jobs may name: those a patient job takes. */
+  assert_true(fx_job_patient_valid("12724065") && fx_job_patient_valid("a.b-c"));
+  assert_false(fx_job_patient_valid("a/b") || fx_job_patient_valid("") ||
+               fx_job_patient_valid(NULL));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
                                      cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
-                                     cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects)};
+                                     cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects),
+                                     cmocka_unit_test(per_patient_ids)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
