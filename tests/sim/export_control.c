@@ -266,7 +266,7 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
   sim_xscope_free(&scope);
   json_t *list = oom ? NULL : json_array();
   if (list) {
-    qsort(refs, n, sizeof *refs, compare_strings);
+    if (n) qsort(refs, n, sizeof *refs, compare_strings);
     for (size_t i = 0; i < n; i++)
       if (json_array_append_new(list, json_string(refs[i]))) {
         json_decref(list);

@@ -371,7 +371,7 @@ int sim_xscope_collect_pools(sim_xscope *s, const bool types[SIM_RT_COUNT]) {
       continue;
     }
     /* Sorted and unique; _since applies to the entities too. */
-    qsort(ps.v[t], ps.n[t], sizeof *ps.v[t], compare_u64);
+    if (ps.n[t]) qsort(ps.v[t], ps.n[t], sizeof *ps.v[t], compare_u64);
     size_t w = 0;
     for (size_t i = 0; i < ps.n[t]; i++) {
       if (w && ps.v[t][w - 1] == ps.v[t][i]) continue;
