@@ -56,8 +56,14 @@ static const opt tenant_opts[] = {
      "default: Oracle's R4 documentation (2024) does not confirm v2 `.rs` scopes for system "
      "apps; set v2 only for an app registered with v2 scopes."},
     {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
-     "Resource types to extract for this tenant. Unset: every type the profile fetches per "
-     "patient."},
+     "Resource types to extract for this tenant: what its jobs fetch when they name none, and "
+     "what its token asks scopes for. A type the profile fetches per patient, or one its bulk "
+     "section exports (e.g. Provenance on Cerner). Unset: the profile's default query set."},
+    {"follow_references", OPT_BOOL, T(follow_references), "false", 0, 0, 0, NULL,
+     "Whether this tenant's jobs may follow references (`follow_references` in a job). When "
+     "true, the token also asks for the scopes of the profile's reference types (cerner: "
+     "Practitioner, Organization, Location, Binary, RelatedPerson); when false those scopes are "
+     "not requested and a job asking to follow references is refused (invalid_job)."},
     {"max_concurrency", OPT_INT, T(max_concurrency), "16", 0, 1, 10000, NULL,
      "Requests in flight to this tenant per worker process. The limit adapts below this: halved "
      "on 429s and timeouts, grown back one at a time on success."},
@@ -65,8 +71,9 @@ static const opt tenant_opts[] = {
      "Requests per second to this tenant per worker process (token bucket); 0 = no rate limit."},
     {"burst", OPT_INT, T(burst), "20", 0, 1, 100000, NULL, "Token bucket size for rate_per_s."},
     {"profile", OPT_STRING, T(profile), "cerner", 0, 1, 1024, NULL,
-     "Query profile: how each type is fetched and which references are followed. `cerner` (built "
-     "in, worker/profiles/cerner.json) or the path of a profile file."},
+     "Query profile: how each type is fetched, what a Group $export exports and which references "
+     "are followed. Built in: `cerner` (worker/profiles/cerner.json) and `generic` (a standard "
+     "FHIR R4 server, worker/profiles/generic.json); or the path of a profile file."},
 };
 
 static const opt key_opts[] = {

@@ -249,6 +249,41 @@ static const char *invalid_client_hint(const char *reason) {
          "current keys (`fhirx keys jwks`), and that tenants[].client_id matches Code Console";
 }
 
+void fx_smart_scope_list(const char *scope, size_t room, char *out, size_t size) {
+  if (!size) return;
+  if (room >= size) room = size - 1;
+  size_t len = strlen(scope);
+  if (len <= room) {
+    memcpy(out, scope, len + 1);
+    return;
+  }
+  size_t total = 0;
+  for (const char *p = scope + strspn(scope, " "); *p; p += strspn(p, " ")) {
+    total++;
+    p += strcspn(p, " ");
+  }
+  /* Keep whole scopes while they and the note about the rest still fit. */
+  size_t kept = 0, end = 0;
+  char tail[64];
+  for (const char *p = scope + strspn(scope, " "); *p; p += strspn(p, " ")) {
+    size_t wl = strcspn(p, " "), at = (size_t)(p - scope), left = total - kept - 1;
+    int tl = left ? snprintf(tail, sizeof tail, " ... (%zu more scope%s)", left,
+                             left == 1 ? "" : "s")
+                  : 0;
+    if (at + wl + (size_t)tl > room) break;
+    kept++;
+    end = at + wl;
+    p += wl;
+  }
+  size_t left = total - kept;
+  if (left)
+    snprintf(tail, sizeof tail, "%s... (%zu more scope%s)", kept ? " " : "", left,
+             left == 1 ? "" : "s");
+  else
+    tail[0] = '\0';
+  snprintf(out, size, "%.*s%s", (int)end, scope, tail);
+}
+
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
   const char *raw_desc = json_string_value(json_object_get(doc, "error_description"));
@@ -275,11 +310,22 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
                c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), c->client_id,
                c->token_endpoint, invalid_client_hint(e->reason));
   } else if (strcmp(error, "invalid_scope") == 0) {
-    auth_error(e, FX_EAUTH, status,
-               "tenant %s: invalid_scope%s: none of the requested scopes were granted. Asked for: "
-               "%s; granted: nothing. Hint: tick these scopes for the app in Code Console, and "
-               "check tenants[].smart_version (a SMART v2 registration drops v1 scopes)",
-               c->tenant, why, c->scope);
+    /* The scope list can be long (a scope per resource type); the message
+     * is built from lengths so that the hint always survives whole and the
+     * list is cut between two scopes, saying how many were left out. */
+    static const char hint[] =
+        "; granted: nothing. Hint: tick these scopes for the app in Code Console (`fhirx "
+        "scopes`), and check tenants[].smart_version (a SMART v2 registration drops v1 scopes)";
+    char head[512];
+    int hl = snprintf(head, sizeof head,
+                      "tenant %.64s: invalid_scope%s: none of the requested scopes were granted. "
+                      "Asked for: ",
+                      c->tenant, why);
+    size_t used = hl < 0 ? 0 : (size_t)hl < sizeof head ? (size_t)hl : sizeof head - 1;
+    size_t room = sizeof e->err.msg - 1 - used - (sizeof hint - 1);
+    char list[sizeof e->err.msg];
+    fx_smart_scope_list(c->scope ? c->scope : "", room, list, sizeof list);
+    auth_error(e, FX_EAUTH, status, "%s%s%s", head, list, hint);
   } else {
     auth_error(e, FX_EAUTH, status,
                "tenant %s: the token endpoint refused the request: %s%s (HTTP %ld). Hint: %s",

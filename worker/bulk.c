@@ -172,6 +172,12 @@ struct bx_file {
   bx_ref *refs_head, *refs_tail; /* references to read once the lines are published */
   int refs_inflight;
   long long refs_fetched;
+  /* The job's per-patient types (Cerner: Coverage, RelatedPerson,
+   * ServiceRequest): the ids of this file's Patient lines, and the follow-up
+   * patient jobs enqueued for them once the lines are published. */
+  char **pp_ids;
+  size_t n_pp, cap_pp;
+  json_t *pp_jobs;
   uv_timer_t timer;
 };
 
@@ -343,8 +349,8 @@ static void publish_progress(bx_export *e) {
   if (e->transaction_time[0])
     json_object_set_new(e->rec, "transaction_time", json_string(e->transaction_time));
   json_t *counts = json_object();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (e->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
+  for (size_t i = 0; i < FX_NTYPES; i++)
+    if (e->counts[i]) json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
   json_object_set_new(e->rec, "counts", counts);
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
@@ -414,9 +420,9 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   static const char *const states[] = {"completed", "partial", "failed"};
   json_t *counts = json_object();
   long long resources = 0;
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
+  for (size_t i = 0; i < FX_NTYPES; i++)
     if (e->counts[i]) {
-      json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
+      json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
       resources += e->counts[i];
     }
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
@@ -443,6 +449,19 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
       "files", (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
       (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines);
   if (!o) return;
+  if (e->job && !fx_types_empty(e->job->per_patient_types)) {
+    /* The types the server does not export, and the patient jobs that fetch
+     * them (their own statuses follow on the status topic). */
+    json_t *types = json_array(), *jobs = json_object_get(e->rec, "per_patient_jobs");
+    fx_types pp = e->job->per_patient_types;
+    for (int i = fx_types_next(pp, 0); types && i >= 0; i = fx_types_next(pp, i + 1))
+      json_array_append_new(types, json_string(fx_type_names[i]));
+    json_object_set_new(
+        json_object_get(o, "bulk"), "per_patient",
+        json_pack("{s:o, s:o, s:I}", "types", types, "jobs",
+                  json_is_array(jobs) ? json_deep_copy(jobs) : json_array(), "patients",
+                  json_integer_value(json_object_get(e->rec, "per_patient_patients"))));
+  }
   size_t len;
   char *value = dump(o, &len);
   json_decref(o);
@@ -1041,6 +1060,14 @@ static void poll_status(bx_export *e) {
 
 static int file_dead(const bx_file *f) { return f->e->abandoned || f->e->removed; }
 
+static void pp_clear(bx_file *f) {
+  for (size_t i = 0; i < f->n_pp; i++) free(f->pp_ids[i]);
+  free(f->pp_ids);
+  f->pp_ids = NULL;
+  f->n_pp = f->cap_pp = 0;
+  json_array_clear(f->pp_jobs);
+}
+
 static void on_file_closed(uv_handle_t *h) {
   bx_file *f = h->data;
   bx_export *e = f->e;
@@ -1055,12 +1082,35 @@ static void on_file_closed(uv_handle_t *h) {
     f->refs_head = r->next;
     ref_free(r);
   }
+  pp_clear(f);
+  json_decref(f->pp_jobs);
   free(f->buf);
   free(f->url);
   free(f->type);
   free(f);
   b->live_files--;
   export_unref(e);
+}
+
+/* The follow-up jobs of a file whose outputs Kafka acknowledged: recorded
+ * in the export's progress record (per_patient_jobs, per_patient_patients),
+ * so that its status names them even after a resume. */
+static void per_patient_done(bx_export *e, const bx_file *f) {
+  if (!json_array_size(f->pp_jobs)) return;
+  json_t *jobs = json_object_get(e->rec, "per_patient_jobs");
+  if (!json_is_array(jobs)) {
+    jobs = json_array();
+    json_object_set_new(e->rec, "per_patient_jobs", jobs);
+  }
+  size_t i, k;
+  json_t *id, *have;
+  json_array_foreach(f->pp_jobs, i, id) {
+    int known = 0;
+    json_array_foreach(jobs, k, have) known |= json_equal(have, id);
+    if (!known) json_array_append(jobs, id);
+  }
+  json_int_t n = json_integer_value(json_object_get(e->rec, "per_patient_patients"));
+  json_object_set_new(e->rec, "per_patient_patients", json_integer(n + (json_int_t)f->n_pp));
 }
 
 /* On the bulk thread: the download ended and every result it produced was
@@ -1075,6 +1125,7 @@ static void file_acked(void *arg) {
       e->done[f->index] = 1;
       e->n_done++;
       for (size_t i = 0; i < FX_NTYPES; i++) e->counts[i] += f->counts[i];
+      per_patient_done(e, f);
       e->other += f->other;
       e->error_lines += f->error_lines;
       e->bad_lines += f->bad_lines;
@@ -1150,21 +1201,21 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, 
   case FX_REF_INVALID: {
     /* A followed type with an id that breaks the id rule (resources.h): never
      * read; reported once per export, by type, never with the id. */
-    if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+    if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
     if (seen_once(e->refs_seen, "invalid ", ref) != 1) return;
     char msg[300];
     snprintf(msg, sizeof msg,
              "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . "
              "_ ~ -, not '.' or '..' alone); not followed",
-             fx_cerner_types[idx], FX_FHIR_ID_MAX);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, NULL, fx_cerner_types[idx],
+             fx_type_names[idx], FX_FHIR_ID_MAX);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, NULL, fx_type_names[idx],
                     msg);
     f->bad_lines++;
     return;
   }
   case FX_REF_LOCAL: break;
   }
-  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_add(e->refs_seen, key) != 1) return;
   long long max = e->b->pool->app.cfg->worker.max_references_per_job;
   if (++e->refs_queued > max) {
@@ -1228,7 +1279,7 @@ static void collect_refs(bx_file *f, json_t *res, int depth) {
   bx_export *e = f->e;
   if (!e->job->follow_references) return;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
-  if (!prof || depth > prof->depth || !prof->follow) return;
+  if (!prof || depth > prof->depth || fx_types_empty(prof->follow)) return;
   walk_refs(f, res, depth);
   attach_ctx c = {.f = f, .depth = depth};
   fx_profile_attachments(prof, res, consider_attachment, &c);
@@ -1245,9 +1296,53 @@ static void ref_call_free(ref_call *c) {
   free(c);
 }
 
+/* The follow-up patient jobs for the Patients of a file: the job's types
+ * the server does not export, fetched per patient by the ordinary workers
+ * (their failures, dead letters and replays are a patient job's). Each is an
+ * output of the file, so the file counts as done only once Kafka has them;
+ * a file downloaded again enqueues the same jobs (same ids) again. */
+static void enqueue_per_patient(bx_file *f) {
+  bx_export *e = f->e;
+  fx_pool *p = e->b->pool;
+  if (!f->n_pp) return;
+  size_t per_job = p->limits.max_patients;
+  /* Within the job size limit too: an id takes at most 64 + 3 bytes. */
+  size_t by_bytes = p->limits.max_bytes > 4096 ? (p->limits.max_bytes - 4096) / 67 : 1;
+  if (by_bytes < per_job) per_job = by_bytes;
+  if (per_job < 1) per_job = 1;
+  json_t *types = json_array();
+  fx_types pp = e->job->per_patient_types;
+  for (int i = fx_types_next(pp, 0); types && i >= 0; i = fx_types_next(pp, i + 1))
+    json_array_append_new(types, json_string(fx_type_names[i]));
+  for (size_t at = 0, chunk = 1; types && at < f->n_pp; at += per_job, chunk++) {
+    char id[160];
+    if (fx_job_per_patient_id(e->job_id, f->index + 1, chunk, id, sizeof id) != 0) break;
+    json_t *pats = json_array();
+    for (size_t i = at; pats && i < f->n_pp && i < at + per_job; i++)
+      json_array_append_new(pats, json_string(f->pp_ids[i]));
+    json_t *job = json_pack("{s:s, s:s, s:o, s:O}", "job_id", id, "tenant", e->job->tenant,
+                            "patients", pats, "resources", types);
+    if (!job) break;
+    if (e->job->follow_references) json_object_set_new(job, "follow_references", json_true());
+    json_object_set_new(job, "attempt", json_integer(e->attempt));
+    size_t len;
+    char *value = dump(job, &len);
+    json_decref(job);
+    if (!value) {
+      atomic_store(&f->sink.failed, 1); /* downloaded again later */
+      break;
+    }
+    emit(e->b, &f->sink, p->app.cfg->topics.jobs, id, value, len, NULL);
+    if (!f->pp_jobs) f->pp_jobs = json_array();
+    json_array_append_new(f->pp_jobs, json_string(id));
+  }
+  json_decref(types);
+}
+
 /* The file's lines and references are all published: it is done once Kafka
  * has acknowledged them. */
 static void file_all_published(bx_file *f) {
+  enqueue_per_patient(f);
   f->complete = 1;
   file_release(f);
 }
@@ -1434,6 +1529,39 @@ static void refs_pump(bx_file *f) {
     file_all_published(f);
 }
 
+/* A Patient line of an export with per-patient types: its id, for the
+ * follow-up patient jobs. An id a patient job would refuse is a failure of
+ * the file, so those patients' missing types are never silent. */
+static void per_patient_add(bx_file *f, const char *id) {
+  bx_export *e = f->e;
+  if (!fx_job_patient_valid(id)) {
+    char msg[300], names[200];
+    fx_types_join(e->job->per_patient_types, ", ", names, sizeof names);
+    snprintf(msg, sizeof msg,
+             "exported Patient/%.64s has an id a patient job does not take; its %s were not "
+             "fetched",
+             id, names);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, "Patient", msg);
+    f->bad_lines++;
+    return;
+  }
+  if (f->n_pp == f->cap_pp) {
+    size_t cap = f->cap_pp ? f->cap_pp * 2 : 64;
+    char **grown = realloc(f->pp_ids, cap * sizeof *grown);
+    if (!grown) {
+      atomic_store(&f->sink.failed, 1); /* out of memory: downloaded again later */
+      return;
+    }
+    f->pp_ids = grown;
+    f->cap_pp = cap;
+  }
+  if (!(f->pp_ids[f->n_pp] = strdup(id))) {
+    atomic_store(&f->sink.failed, 1);
+    return;
+  }
+  f->n_pp++;
+}
+
 /* One NDJSON line. Returns 0, or RD_KAFKA_RESP_ERR__QUEUE_FULL to offer the
  * same line again later. */
 static int publish_line(bx_file *f, const char *line, size_t n) {
@@ -1524,6 +1652,8 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     atomic_store(&f->sink.failed, 1);
   }
   collect_refs(f, res, 1);
+  if (strcmp(type, "Patient") == 0 && !fx_types_empty(e->job->per_patient_types))
+    per_patient_add(f, id);
   json_decref(res);
   f->line_no++;
   if (idx >= 0)
@@ -1640,6 +1770,7 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
   /* References found so far stay queued: the export will not find them again. */
   if (cls == FX_EC_TRANSIENT && ++f->tries <= bc->retries && wall_ms() < e->deadline_ms) {
     memset(f->counts, 0, sizeof f->counts);
+    pp_clear(f);
     f->other = f->error_lines = f->bad_lines = f->line_no = 0;
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),

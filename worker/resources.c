@@ -8,50 +8,91 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const fx_cerner_types[] = {
-    "AllergyIntolerance", "Binary",       "CarePlan",          "CareTeam",     "Condition",
-    "Coverage",           "Device",       "DiagnosticReport",  "DocumentReference",
-    "Encounter",          "Goal",         "Immunization",      "Location",     "MedicationRequest",
-    "Observation",        "Organization", "Patient",           "Practitioner", "Procedure",
-    "RelatedPerson",      "ServiceRequest"};
-const size_t fx_cerner_types_n = sizeof fx_cerner_types / sizeof fx_cerner_types[0];
-
+const char *const fx_type_names[FX_NTYPES] = {
+    "Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance", "Appointment",
+    "AppointmentResponse", "AuditEvent", "Basic", "Binary", "BiologicallyDerivedProduct",
+    "BodyStructure", "CapabilityStatement", "CarePlan", "CareTeam", "CatalogEntry", "ChargeItem",
+    "ChargeItemDefinition", "Claim", "ClaimResponse", "ClinicalImpression", "CodeSystem",
+    "Communication", "CommunicationRequest", "CompartmentDefinition", "Composition", "ConceptMap",
+    "Condition", "Consent", "Contract", "Coverage", "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse", "DetectedIssue", "Device", "DeviceDefinition", "DeviceMetric",
+    "DeviceRequest", "DeviceUseStatement", "DiagnosticReport", "DocumentManifest",
+    "DocumentReference", "EffectEvidenceSynthesis", "Encounter", "Endpoint", "EnrollmentRequest",
+    "EnrollmentResponse", "EpisodeOfCare", "EventDefinition", "Evidence", "EvidenceVariable",
+    "ExampleScenario", "ExplanationOfBenefit", "FamilyMemberHistory", "Flag", "Goal",
+    "GraphDefinition", "Group", "GuidanceResponse", "HealthcareService", "ImagingStudy",
+    "Immunization", "ImmunizationEvaluation", "ImmunizationRecommendation", "ImplementationGuide",
+    "InsurancePlan", "Invoice", "Library", "Linkage", "List", "Location", "Measure",
+    "MeasureReport", "Media", "Medication", "MedicationAdministration", "MedicationDispense",
+    "MedicationKnowledge", "MedicationRequest", "MedicationStatement", "MedicinalProduct",
+    "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction",
+    "MedicinalProductManufactured", "MedicinalProductPackaged", "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect", "MessageDefinition", "MessageHeader", "MolecularSequence",
+    "NamingSystem", "NutritionOrder", "Observation", "ObservationDefinition",
+    "OperationDefinition", "Organization", "OrganizationAffiliation", "Patient", "PaymentNotice",
+    "PaymentReconciliation", "Person", "PlanDefinition", "Practitioner", "PractitionerRole",
+    "Procedure", "Provenance", "Questionnaire", "QuestionnaireResponse", "RelatedPerson",
+    "RequestGroup", "ResearchDefinition", "ResearchElementDefinition", "ResearchStudy",
+    "ResearchSubject", "RiskAssessment", "RiskEvidenceSynthesis", "Schedule", "SearchParameter",
+    "ServiceRequest", "Slot", "Specimen", "SpecimenDefinition", "StructureDefinition",
+    "StructureMap", "Subscription", "Substance", "SubstanceNucleicAcid", "SubstancePolymer",
+    "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial",
+    "SubstanceSpecification", "SupplyDelivery", "SupplyRequest", "Task", "TerminologyCapabilities",
+    "TestReport", "TestScript", "ValueSet", "VerificationResult", "VisionPrescription",
+};
 
 int fx_resource_index(const char *type) {
-  for (size_t i = 0; type && i < fx_cerner_types_n; i++)
-    if (strcmp(fx_cerner_types[i], type) == 0) return (int)i;
+  if (!type) return -1;
+  int lo = 0, hi = FX_NTYPES - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2, c = strcmp(type, fx_type_names[mid]);
+    if (c == 0) return mid;
+    if (c < 0) hi = mid - 1;
+    else lo = mid + 1;
+  }
   return -1;
 }
 
 int fx_resource_type_known(const char *type) { return fx_resource_index(type) >= 0; }
 
-uint32_t fx_patient_compartment_types(void) {
-  static const char *const outside[] = {"Binary", "Location", "Organization", "Practitioner"};
-  uint32_t set = (uint32_t)((1ull << fx_cerner_types_n) - 1);
-  for (size_t i = 0; i < sizeof outside / sizeof outside[0]; i++)
-    set &= ~FX_TYPE_BIT(fx_resource_index(outside[i]));
-  return set;
+int fx_types_join(fx_types s, const char *sep, char *out, size_t size) {
+  if (size) *out = '\0';
+  size_t used = 0, sl = strlen(sep);
+  for (int i = fx_types_next(s, 0); i >= 0; i = fx_types_next(s, i + 1)) {
+    size_t n = strlen(fx_type_names[i]) + (used ? sl : 0);
+    if (used + n >= size) {
+      if (size) *out = '\0';
+      return -1;
+    }
+    snprintf(out + used, size - used, "%s%s", used ? sep : "", fx_type_names[i]);
+    used += n;
+  }
+  return (int)used;
 }
 
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size) {
   snprintf(out, size, "system/%s.%s", type, smart_version == FX_SMART_V2 ? "rs" : "read");
 }
 
-uint32_t fx_tenant_types(const fx_tenant_conf *t, const fx_profile *p) {
-  uint32_t per_patient = fx_profile_patient_types(p);
-  if (!t->resources.n) return per_patient;
-  uint32_t set = 0;
-  for (size_t i = 0; i < t->resources.n; i++) {
-    int idx = fx_resource_index(t->resources.v[i]);
-    if (idx >= 0) set |= FX_TYPE_BIT(idx);
-  }
-  return set & per_patient;
+fx_types fx_tenant_types(const fx_tenant_conf *t, const fx_profile *p) {
+  if (!t->resources.n) return fx_profile_default_types(p);
+  return fx_types_and(fx_tenant_extract_types(t, p), fx_profile_patient_types(p));
+}
+
+fx_types fx_tenant_extract_types(const fx_tenant_conf *t, const fx_profile *p) {
+  if (!t->resources.n) return fx_profile_default_types(p);
+  fx_types set = FX_TYPES_NONE;
+  for (size_t i = 0; i < t->resources.n; i++) fx_types_add(&set, fx_resource_index(t->resources.v[i]));
+  return set;
 }
 
 char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
   size_t cap = 64;
   for (size_t i = 0; i < t->scopes.n; i++) cap += strlen(t->scopes.v[i]) + 1;
-  cap += fx_cerner_types_n * 48;
+  fx_types want = fx_tenant_extract_types(t, p);
+  if (t->follow_references && p->depth > 0) want = fx_types_or(want, p->follow);
+  cap += (size_t)fx_types_count(want) * 48;
   char *out = calloc(1, cap);
   if (!out) return NULL;
   size_t used = 0;
@@ -60,11 +101,9 @@ char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
       used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? " " : "", t->scopes.v[i]);
     return out;
   }
-  uint32_t want = fx_tenant_types(t, p) | (p->depth > 0 ? p->follow : 0);
-  for (size_t i = 0; i < fx_cerner_types_n; i++) {
-    if (!(want & FX_TYPE_BIT(i))) continue;
+  for (int i = fx_types_next(want, 0); i >= 0; i = fx_types_next(want, i + 1)) {
     char scope[96];
-    fx_scope_for(fx_cerner_types[i], t->smart_version, scope, sizeof scope);
+    fx_scope_for(fx_type_names[i], t->smart_version, scope, sizeof scope);
     used += (size_t)snprintf(out + used, cap - used, "%s%s", used ? " " : "", scope);
   }
   return out;

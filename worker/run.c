@@ -203,16 +203,16 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
    * the task that led to it, and only when trying again could help; nothing
    * when the server's data itself is at fault (no_replay). */
   if (f && !fl->no_replay && f->depth == 0)
-    run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
+    fx_types_add(&run->failed_types[f->task], f->type);
   else if (f && !fl->no_replay && fx_errclass_transient(fl->cls))
-    run->failed_types[f->task] |= FX_TYPE_BIT(f->origin_type);
+    fx_types_add(&run->failed_types[f->task], f->origin_type);
   const char *job_id = run_job_id(run, jb, sizeof jb);
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:o, s:s, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", job_id, "tenant",
       run_tenant(run) ? json_string(run_tenant(run)) : json_null(), "patient",
       f ? json_string(run->job->tasks[f->task].patient) : json_null(), "resource_type",
-      f ? fx_cerner_types[f->type] : "", "reference",
+      f ? fx_type_names[f->type] : "", "reference",
       f && f->ref_key ? json_string(f->ref_key) : json_null(), "error_class",
       fx_errclass_name(fl->cls), "transient", fx_errclass_transient(fl->cls), "http_status",
       fl->status ? json_integer(fl->status) : json_null(), "outcome",
@@ -234,7 +234,7 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   run_logctx lc = logctx(run);
   fx_log(FX_LOG_WARN, "task failed", "job_id", job_id, "tenant", run_tenant(run), "partition",
          lc.partition, "offset", lc.offset, "error_class", fx_errclass_name(fl->cls),
-         "resource_type", f ? fx_cerner_types[f->type] : NULL, "http_status",
+         "resource_type", f ? fx_type_names[f->type] : NULL, "http_status",
          status[0] ? status : NULL, NULL);
   if (fx_log_enabled(FX_LOG_DEBUG))
     fx_log(FX_LOG_DEBUG, "task failed: details", "job_id", job_id, "url", shown[0] ? shown : NULL,
@@ -249,7 +249,7 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
 static int needs_dead_letter(const fx_run *run) {
   if (!run->job) return 1;
   for (size_t i = 0; i < run->job->n_tasks; i++)
-    if (run->failed_types[i]) return 1;
+    if (!fx_types_empty(run->failed_types[i])) return 1;
   return 0;
 }
 
@@ -266,7 +266,7 @@ static void publish_dead_letter(fx_run *run) {
     narrow.tasks = calloc(run->job->n_tasks, sizeof *narrow.tasks);
     narrow.n_tasks = 0;
     for (size_t i = 0; narrow.tasks && i < run->job->n_tasks; i++)
-      if (run->failed_types[i]) {
+      if (!fx_types_empty(run->failed_types[i])) {
         narrow.tasks[narrow.n_tasks] = run->job->tasks[i];
         narrow.tasks[narrow.n_tasks++].types = run->failed_types[i];
       }
@@ -305,10 +305,10 @@ static void publish_dead_letter(fx_run *run) {
   atomic_fetch_add(&p->stats.dead_letters, 1);
 }
 
-static json_t *types_array(uint32_t types) {
+static json_t *types_array(fx_types types) {
   json_t *a = json_array();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (types & FX_TYPE_BIT(i)) json_array_append_new(a, json_string(fx_cerner_types[i]));
+  for (int i = fx_types_next(types, 0); a && i >= 0; i = fx_types_next(types, i + 1))
+    json_array_append_new(a, json_string(fx_type_names[i]));
   return a;
 }
 
@@ -321,8 +321,8 @@ static void publish_status(fx_run *run) {
   run->state = run->failures == 0 ? 0 : (run->resources > 0 ? 1 : 2);
   static const char *const states[] = {"completed", "partial", "failed"};
   json_t *counts = json_object();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (run->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(run->counts[i]));
+  for (size_t i = 0; i < FX_NTYPES; i++)
+    if (run->counts[i]) json_object_set_new(counts, fx_type_names[i], json_integer(run->counts[i]));
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s, s:s,"
       " s:I, s:o}",
@@ -431,16 +431,16 @@ static void expand(const char *tmpl, const char *patient, char *out, size_t size
   }
 }
 
-static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full) {
+static char *first_url(const fx_run *run, size_t task, int type, fx_types *full) {
   const fx_tenant_conf *t = run_tenant_conf(run);
   const fx_type_rule *rule = &run_profile(run)->types[type];
   const char *patient = run->job->tasks[task].patient;
   char query[1024] = "", count[32] = "";
   if (rule->mode == FX_FETCH_READ) {
-    if (run->job->since) *full |= FX_TYPE_BIT(type);
-    size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(patient) + 3;
+    if (run->job->since) fx_types_add(full, type);
+    size_t n = strlen(t->fhir_base) + strlen(fx_type_names[type]) + strlen(patient) + 3;
     char *url = malloc(n);
-    if (url) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_cerner_types[type], patient);
+    if (url) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_type_names[type], patient);
     return url;
   }
   expand(rule->search, patient, query, sizeof query);
@@ -459,13 +459,13 @@ static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full)
     }
     free(inst);
   } else if (run->job->since) {
-    *full |= FX_TYPE_BIT(type); /* Cerner cannot narrow it: fetched in full, and said so */
+    fx_types_add(full, type); /* Cerner cannot narrow it: fetched in full, and said so */
   }
-  size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(query) +
+  size_t n = strlen(t->fhir_base) + strlen(fx_type_names[type]) + strlen(query) +
              strlen(count) + (since ? strlen(since) + 16 : 0) + 4;
   char *url = malloc(n);
   if (url)
-    snprintf(url, n, "%s/%s?%s%s%s%s", t->fhir_base, fx_cerner_types[type], query, count,
+    snprintf(url, n, "%s/%s?%s%s%s%s", t->fhir_base, fx_type_names[type], query, count,
              since ? "&_lastUpdated=ge" : "", since ? since : "");
   curl_free(since);
   return url;
@@ -487,15 +487,14 @@ static fx_fetch *next_task(fx_wthread *wt, long *blocked_ms) {
       continue;
     }
     const fx_job_task *task = &run->job->tasks[run->cursor_task];
-    int type = run->cursor_type;
-    while (type < FX_NTYPES && !(task->types & FX_TYPE_BIT(type))) type++;
-    if (type >= FX_NTYPES) { /* cannot happen: parsed tasks have at least one type */
+    int type = fx_types_next(task->types, run->cursor_type);
+    if (type < 0) { /* cannot happen: parsed tasks have at least one type */
       run->cursor_task++;
       run->cursor_type = 0;
       continue;
     }
     run->cursor_type = type + 1;
-    if (run->cursor_type >= FX_NTYPES || !(task->types >> run->cursor_type)) {
+    if (fx_types_next(task->types, run->cursor_type) < 0) {
       run->cursor_task++;
       run->cursor_type = 0;
     }
@@ -535,7 +534,7 @@ static void send_fetch(fx_wthread *wt, fx_fetch *f) {
     wt->inflight--;
     atomic_fetch_sub(&wt->pool->stats.requests_in_flight, 1);
     if (f->governed) {
-      fx_governor_done(wt->pool->gov, t->id, fx_cerner_types[f->type], FX_GOV_CANCELED, -1,
+      fx_governor_done(wt->pool->gov, t->id, fx_type_names[f->type], FX_GOV_CANCELED, -1,
                        fx_now_ms());
       f->governed = 0;
     }
@@ -555,7 +554,7 @@ static int admitted(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
   const char *why = NULL;
   uint64_t now = fx_now_ms();
-  long wait = fx_governor_acquire(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], now, &why);
+  long wait = fx_governor_acquire(wt->pool->gov, run->job->tenant, fx_type_names[f->type], now, &why);
   if (wait <= 0) {
     f->governed = 1;
     return 1;
@@ -915,7 +914,7 @@ static void invalid_reference(const fx_fetch *from, const char *ref, int type) {
   snprintf(msg, sizeof msg,
            "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . _ "
            "~ -, not '.' or '..' alone); not followed",
-           fx_cerner_types[type], FX_FHIR_ID_MAX);
+           fx_type_names[type], FX_FHIR_ID_MAX);
   fx_fetch f = *from;
   f.ref_key = NULL;
   f.origin_type = from->depth > 0 ? from->origin_type : from->type;
@@ -939,12 +938,12 @@ static void consider_reference(const fx_fetch *from, const char *ref, int only_t
   case FX_REF_FOREIGN: foreign_reference(from, ref); return;
   case FX_REF_NONE: return;
   case FX_REF_INVALID:
-    if ((prof->follow & FX_TYPE_BIT(idx)) && (only_type < 0 || idx == only_type))
+    if (fx_types_has(prof->follow, idx) && (only_type < 0 || idx == only_type))
       invalid_reference(from, ref, idx);
     return;
   case FX_REF_LOCAL: break;
   }
-  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_has(run->seen, key) || fx_strset_add(run->requested, key) != 1) return;
   char *url = NULL;
   if (exact && strstr(ref, "://") && !(url = strdup(ref))) return;
@@ -977,7 +976,7 @@ static void consider_attachment(void *from, const char *url) {
 static void follow_references(const fx_fetch *from, json_t *res) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
-  if (!run->job->follow_references || from->depth >= prof->depth || !prof->follow) return;
+  if (!run->job->follow_references || from->depth >= prof->depth || fx_types_empty(prof->follow)) return;
   walk_references(from, res);
   fx_profile_attachments(prof, res, consider_attachment, (void *)(uintptr_t)from);
 }
@@ -1064,7 +1063,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   if (run->tm && !ae && res->result != FX_ECANCELED) record_request(run->tm, res);
   long after = ae ? -1 : fx_http_retry_after_ms(res);
   if (f->governed) {
-    fx_governor_done(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], outcome_of(res, ae),
+    fx_governor_done(wt->pool->gov, run->job->tenant, fx_type_names[f->type], outcome_of(res, ae),
                      after, fx_now_ms());
     f->governed = 0;
   }
@@ -1107,7 +1106,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     const char *rt = json_string_value(json_object_get(doc, "resourceType"));
     int is_read = f->depth > 0 || run_profile(run)->types[f->type].mode == FX_FETCH_READ;
     int continues = 0;
-    if (rt && is_read && strcmp(rt, fx_cerner_types[f->type]) == 0) {
+    if (rt && is_read && strcmp(rt, fx_type_names[f->type]) == 0) {
       if (f->depth > 0) {
         if (f->cache_owner) { /* share it before anything else can go wrong */
           size_t len;
@@ -1125,7 +1124,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
       continues = handle_bundle(f, doc);
     } else {
       fl.cls = FX_EC_INVALID_RESPONSE;
-      snprintf(msg, sizeof msg, "expected a %s but got %s", is_read ? fx_cerner_types[f->type] : "Bundle",
+      snprintf(msg, sizeof msg, "expected a %s but got %s", is_read ? fx_type_names[f->type] : "Bundle",
                doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON");
     }
     json_decref(doc);
@@ -1280,9 +1279,9 @@ void fx_run_abandon(fx_run *run) {
   /* Tasks not started yet will never start: count them done now. */
   size_t unstarted = 0;
   for (size_t i = run->cursor_task; run->job && i < run->job->n_tasks; i++) {
-    uint32_t types = run->job->tasks[i].types;
-    if (i == run->cursor_task) types &= ~(uint32_t)((1u << run->cursor_type) - 1u);
-    unstarted += (size_t)__builtin_popcount(types);
+    fx_types types = run->job->tasks[i].types;
+    for (int k = 0; i == run->cursor_task && k < run->cursor_type; k++) fx_types_del(&types, k);
+    unstarted += (size_t)fx_types_count(types);
   }
   if (run->job) run->cursor_task = run->job->n_tasks;
   /* Fetches waiting for a retry are done too; queued ones finish when popped. */

@@ -83,6 +83,10 @@ void sim_fhir_search(sim_req *req, sim_resp *resp, const sim_search_def *def);
 bool sim_fhir_match(const sim_search_def *def, const sim_resource *r, const sim_kv *params,
                     size_t n);
 
+/* One search value q against one key, as a parameter of that kind compares
+ * (shared with the export's _typeFilter matching, export_scope.c). */
+bool sim_fhir_value_matches(sim_param_kind kind, const char *key, const char *q);
+
 /* Index functions. */
 int sim_index_patient(sim_resource *r);
 int sim_index_practitioner(sim_resource *r);

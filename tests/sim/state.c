@@ -380,6 +380,8 @@ void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what) {
   case SIM_XCOUNT_POLL: c->export_polls++; break;
   case SIM_XCOUNT_FILE: c->export_files++; break;
   case SIM_XCOUNT_DELETE: c->export_deletes++; break;
+  case SIM_XCOUNT_INVALID: c->export_invalid++; break;
+  case SIM_XCOUNT_OTHER_CLIENT: c->export_other_client++; break;
   }
   pthread_mutex_unlock(&st->lock);
 }
@@ -413,7 +415,7 @@ json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
 
 static json_t *tenant_counters(const sim_counters *c) {
   return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O, s:{s:I, s:I, s:I, "
-                   "s:I, s:I}}",
+                   "s:I, s:I, s:I, s:I}}",
                    "token_requests",
                    (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
                    "token_rejections", c->token_rejections, "token_requests_by_client",
@@ -424,7 +426,9 @@ static json_t *tenant_counters(const sim_counters *c) {
                    c->fhir_by_type_kind, "export", "kickoffs", (json_int_t)c->export_kickoffs,
                    "kickoffs_refused", (json_int_t)c->export_refused, "status_polls",
                    (json_int_t)c->export_polls, "files_served", (json_int_t)c->export_files,
-                   "deletes", (json_int_t)c->export_deletes);
+                   "deletes", (json_int_t)c->export_deletes, "kickoffs_invalid",
+                   (json_int_t)c->export_invalid, "other_client",
+                   (json_int_t)c->export_other_client);
 }
 
 json_t *sim_state_counters_json(sim_state *st) {
@@ -452,7 +456,7 @@ void sim_state_reset_counters(sim_state *st) {
     sim_counters *c = &st->tenants[i].counters;
     c->token_requests = c->tokens_granted = c->discovery_requests = c->fhir_requests = 0;
     c->export_kickoffs = c->export_refused = c->export_polls = c->export_files =
-        c->export_deletes = 0;
+        c->export_deletes = c->export_invalid = c->export_other_client = 0;
     json_object_clear(c->token_rejections);
     json_object_clear(c->by_client);
     json_object_clear(c->fhir_by_status);

@@ -43,6 +43,8 @@ typedef struct sim_counters {
   long export_files;         /* file GETs redirected (307) */
   long export_deletes;       /* DELETEs answered 202 */
   json_t *kickoffs;          /* the last SIM_KICKOFF_LOG kick-offs: query as received, status */
+  long export_invalid;       /* kick-offs refused for their parameters (400/422) */
+  long export_other_client;  /* status, file or DELETE requests of another client (403) */
 } sim_counters;
 
 #define SIM_KICKOFF_LOG 100
@@ -53,6 +55,8 @@ typedef enum {
   SIM_XCOUNT_POLL,
   SIM_XCOUNT_FILE,
   SIM_XCOUNT_DELETE,
+  SIM_XCOUNT_INVALID,
+  SIM_XCOUNT_OTHER_CLIENT,
 } sim_export_count;
 
 /* What the FHIR requests of a tenant look like from the server's side

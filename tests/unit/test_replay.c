@@ -18,7 +18,7 @@ static int setup(void **state) {
   (void)state;
   fx_err err = {0};
   int rc = fx_config_parse(
-      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\"}],"
+      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\",\"follow_references\":true}],"
       "\"keys\":[{\"path\":\"k.pem\"}]}",
       "/", &cfg, &err);
   return rc ? rc : fx_profile_set_load(cfg, &profiles, &err);
@@ -309,7 +309,7 @@ static void bulk_decisions(void **state) {
   assert_int_equal(fx_job_parse(job, len, &profiles, &r.lim, &again, &jerr), 0);
   assert_int_equal(again->kind, FX_JOB_BULK);
   assert_string_equal(again->group, parsed->group);
-  assert_int_equal(again->bulk_types, parsed->bulk_types);
+  assert_true(fx_types_eq(again->bulk_types, parsed->bulk_types));
   assert_string_equal(again->since, parsed->since);
   assert_int_equal(again->n_type_filters, 1);
   assert_string_equal(again->type_filters[0], parsed->type_filters[0]);
@@ -331,7 +331,8 @@ static void bulk_decisions(void **state) {
   l.value = "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"resources\":[\"Binary\"]}";
   l.len = strlen(l.value);
   assert_int_equal(fx_rp_decide(&r, &l, &job, &len, reason, sizeof reason), FX_RP_PARK_INVALID);
-  assert_non_null(strstr(reason, "(invalid_job): resources[0]: Cerner's $export does not export Binary"));
+  assert_non_null(strstr(reason, "(invalid_job): resources[0]: the Group $export of profile cerner does not "
+                                 "export Binary"));
   assert_null(job);
 }
 

@@ -83,6 +83,59 @@ static void invalid_scope_lists_what_we_asked(void **state) {
   assert_non_null(strstr(e.err.msg, "Code Console"));
 }
 
+/* Every R4 type's scope (a generic tenant that extracts many): the message
+ * stays within fx_err, ends with the whole hint, and the list is cut between
+ * two scopes with the number left out, never in the middle of one. */
+static void invalid_scope_never_cut_mid_sentence(void **state) {
+  (void)state;
+  char scope[8192] = "";
+  for (int i = 0; i < 60; i++)
+    snprintf(scope + strlen(scope), sizeof scope - strlen(scope), "%ssystem/Type%02dResource.read",
+             i ? " " : "", i);
+  fx_smart_client big = client;
+  big.scope = scope;
+  fx_token_grant g;
+  fx_auth_error e;
+  assert_int_equal(fx_smart_parse_token_response(
+                       &big, 400, "application/json",
+                       "{\"error\":\"invalid_scope\",\"error_description\":\"scope not allowed\"}",
+                       &g, &e),
+                   FX_EAUTH);
+  size_t n = strlen(e.err.msg);
+  assert_true(n < sizeof e.err.msg - 1 || e.err.msg[n - 1] == ')');
+  const char *end = "(a SMART v2 registration drops v1 scopes)";
+  assert_string_equal(e.err.msg + n - strlen(end), end);
+  assert_non_null(strstr(e.err.msg, "system/Type00Resource.read system/Type01Resource.read"));
+  const char *more = strstr(e.err.msg, " ... (");
+  assert_non_null(more);
+  /* What comes before " ... (" is a whole scope; the count is right. */
+  assert_memory_equal(more - 5, ".read", 5);
+  size_t shown = 0;
+  for (const char *p = strstr(e.err.msg, "system/Type"); p && p < more; p = strstr(p + 1, "system/Type"))
+    shown++;
+  char want[64];
+  snprintf(want, sizeof want, " ... (%zu more scopes); granted: nothing.", 60 - shown);
+  assert_non_null(strstr(e.err.msg, want));
+  assert_true(shown > 10);
+
+  /* The helper: whole, cut with a count, and the singular. */
+  char out[128];
+  fx_smart_scope_list("a b c", 10, out, sizeof out);
+  assert_string_equal(out, "a b c");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 40, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+  fx_smart_scope_list("system/A.read system/B.read", 26, out, sizeof out);
+  assert_string_equal(out, "... (2 more scopes)");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 38, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+  fx_smart_scope_list("aa bb cc", 7, out, sizeof out);
+  assert_string_equal(out, "... (3 more scopes)"); /* room smaller than any note: the note wins */
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 41, out, sizeof out);
+  assert_string_equal(out, "system/A.read system/B.read system/C.read");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 39, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+}
+
 static void outages_are_transient(void **state) {
   (void)state;
   fx_token_grant g;
@@ -174,6 +227,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(success),
                                      cmocka_unit_test(invalid_client_names_kid_and_reason),
                                      cmocka_unit_test(invalid_scope_lists_what_we_asked),
+                                     cmocka_unit_test(invalid_scope_never_cut_mid_sentence),
                                      cmocka_unit_test(outages_are_transient),
                                      cmocka_unit_test(refuses_non_bearer),
                                      cmocka_unit_test(cerner_reason),
