@@ -43,8 +43,11 @@ static const opt tenant_opts[] = {
     {"fhir_base", OPT_URL, T(fhir_base), NULL, 1, 8, 2048, NULL,
      "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is only "
      "ever sent to URLs under this base."},
-    {"client_id", OPT_STRING, T(client_id), NULL, 1, 1, 256, NULL,
-     "The System app's client id from Code Console. Sent as iss and sub of the client assertion."},
+    {"client_id", OPT_STRING, T(client_id), NULL, 1, 1, FX_CLIENT_ID_MAX, NULL,
+     "The System app's client id from Code Console (or whatever the server issued: some, like "
+     "the SMART reference Bulk Data server, issue signed JWTs of a thousand characters). "
+     "Printable ASCII and spaces (RFC 6749 VSCHAR), up to 8192 bytes. Sent as iss and sub of the "
+     "client assertion; logs and messages show only its start and length."},
     {"token_endpoint", OPT_URL, T(token_endpoint), NULL, 0, 8, 2048, NULL,
      "Token endpoint URL. Leave unset to discover it from "
      "`{fhir_base}/.well-known/smart-configuration` (recommended: discovery wins on Cerner)."},
@@ -505,6 +508,13 @@ static int check_tenants(const fx_config *cfg, fx_err *err) {
       return fx_err_set(err, FX_EINVAL,
                         "tenants[%zu].id: '%s' may only contain letters, digits, '.', '_' and '-'",
                         i, t->id);
+    for (const unsigned char *p = (const unsigned char *)t->client_id; *p; p++)
+      if (*p < 0x20 || *p > 0x7e)
+        return fx_err_set(err, FX_EINVAL,
+                          "tenants[%zu].client_id: character %zu is not printable ASCII (RFC "
+                          "6749 allows %%x20-7E); copy the client id exactly as the server issued "
+                          "it, without line breaks",
+                          i, (size_t)(p - (const unsigned char *)t->client_id) + 1);
     for (size_t j = 0; j < i; j++)
       if (strcmp(cfg->tenants[j].id, t->id) == 0)
         return fx_err_set(err, FX_EINVAL, "tenants[%zu].id: '%s' is already used by tenants[%zu]",

@@ -245,6 +245,17 @@ static const char *invalid_client_hint(const char *reason) {
          "current keys (`fhirx keys jwks`), and that tenants[].client_id matches Code Console";
 }
 
+void fx_smart_client_id_shown(const char *id, char *out, size_t size) {
+  size_t len = id ? strlen(id) : 0;
+  if (len <= 48) {
+    snprintf(out, size, "%s", id ? id : "");
+    return;
+  }
+  size_t head = strcspn(id, ".");
+  if (head > 32) head = 32;
+  snprintf(out, size, "%.*s... (%zu characters)", (int)head, id, len);
+}
+
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
   const char *desc = json_string_value(json_object_get(doc, "error_description"));
@@ -259,10 +270,12 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
   else if (desc)
     snprintf(why, sizeof why, " (%.200s)", desc);
   if (strcmp(error, "invalid_client") == 0) {
+    char client[96];
+    fx_smart_client_id_shown(c->client_id, client, sizeof client);
     auth_error(e, FX_EAUTH, status,
                "tenant %s: invalid_client%s: the token endpoint refused our client assertion, "
                "signed with kid '%s' (%s) as client '%s' for aud %s. Hint: %s",
-               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), c->client_id,
+               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), client,
                c->token_endpoint, invalid_client_hint(e->reason));
   } else if (strcmp(error, "invalid_scope") == 0) {
     auth_error(e, FX_EAUTH, status,

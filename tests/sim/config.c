@@ -205,7 +205,10 @@ static const char *opt_str(json_t *o, const char *key, const char *where, int *r
 
 static int check_client_id(const char *id, const char *where, char *err, size_t n) {
   if (!id) return fail(err, n, where, "client_id: required non-empty string");
-  if (strlen(id) > 256) return fail(err, n, where, "client_id: longer than 256 characters");
+  /* Real servers issue long ids: the SMART reference server's is a signed
+   * JWT carrying the JWKS (557-1,057+ characters). */
+  if (strlen(id) > SIM_CLIENT_ID_MAX)
+    return fail(err, n, where, "client_id: longer than 16384 characters");
   for (const unsigned char *p = (const unsigned char *)id; *p; p++)
     if (*p < 0x21 || *p == 0x7f) return fail(err, n, where, "client_id: contains whitespace");
   return 0;

@@ -12,6 +12,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* Longest client id a tenant registers (fhirx accepts up to 8192). */
+#define SIM_CLIENT_ID_MAX 16384
+
 /* A registered client. Exactly one JWKS source is set. */
 typedef struct sim_client {
   char *client_id;
