@@ -48,6 +48,7 @@ typedef struct fx_tenant_conf {
   fx_strlist scopes;    /* empty: derived from the resource types fhirx fetches */
   int smart_version;    /* FX_SMART_* */
   fx_strlist resources; /* empty: the profile's full query set */
+  fx_strlist token_url_prefixes; /* more URL prefixes the token may go to (normalized) */
   char *profile;        /* built-in profile name, or a file path (absolute after loading) */
   long long max_concurrency; /* requests in flight to this tenant, per process */
   long long rate_per_s;      /* 0 = unlimited */

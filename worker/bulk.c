@@ -537,8 +537,10 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
                                          : &e->b->pool->stats.bulk_failed,
                    1);
   if (delete_on_server && e->status_url && e->tenant) {
+    /* The status URL came from this export's kick-off: wherever on the
+     * base's origin the server put it, the DELETE reaches it. */
     fx_fhir_request rq = {.tenant = e->tenant->id,
-                          .fhir_base = e->tenant->fhir_base,
+                          .scope = fx_tenant_token_scope(e->tenant, 1),
                           .url = e->status_url,
                           .accept = "application/json",
                           .method = "DELETE"};
@@ -738,12 +740,15 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
                   "the $export kick-off was accepted (202) without a Content-Location to poll");
       goto out;
     }
-    if (!fx_url_within(url, e->tenant->fhir_base)) {
-      char shown[512];
+    fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
+    if (!fx_url_may_carry_token(url, &scope)) {
+      char shown[200];
       fx_url_redact(url, shown, sizeof shown);
       snprintf(msg, sizeof msg,
-               "the export's status URL %s is outside the tenant's FHIR base; the token is not "
-               "sent there",
+               "the export's status URL %s is on another origin than the tenant's FHIR base; the "
+               "token is not sent there, so the export cannot be polled or DELETEd (it stays on "
+               "the server until it expires). If that host belongs to the server, add it to "
+               "tenants[].token_url_prefixes",
                shown);
       free(url);
       export_fail(e, FX_EC_FOREIGN_REFERENCE, 202, msg);
@@ -847,7 +852,7 @@ static void kickoff(bx_export *e) {
   }
   static const char *const prefer[] = {"Prefer: respond-async", NULL};
   fx_fhir_request rq = {.tenant = e->tenant->id,
-                        .fhir_base = base,
+                        .scope = fx_tenant_token_scope(e->tenant, 0),
                         .url = url,
                         .accept = "application/fhir+json",
                         .headers = prefer};
@@ -1000,7 +1005,7 @@ out:
 
 static void poll_status(bx_export *e) {
   fx_fhir_request rq = {.tenant = e->tenant->id,
-                        .fhir_base = e->tenant->fhir_base,
+                        .scope = fx_tenant_token_scope(e->tenant, 1),
                         .url = e->status_url,
                         .accept = "application/json"};
   fx_err err = {0};
@@ -1332,7 +1337,9 @@ static void refs_pump(bx_file *f) {
     size_t bl = strlen(base);
     snprintf(c->url, sizeof c->url, "%.*s/%s", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base,
              r->key);
-    fx_fhir_request rq = {.tenant = e->tenant->id, .fhir_base = base, .url = c->url};
+    fx_fhir_request rq = {.tenant = e->tenant->id,
+                          .scope = fx_tenant_token_scope(e->tenant, 0),
+                          .url = c->url};
     fx_err err = {0};
     f->refs_inflight++;
     if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_ref, c, &err) != 0) {
@@ -1575,9 +1582,10 @@ static void on_file_fhir(fx_http_response *res, const fx_auth_error *ae, void *a
   on_file_response(res, f);
 }
 
-/* Sends the file's request: with the token under the tenant's base, else
- * (storage elsewhere: a redirect, or a manifest that does not require the
- * token) without any Authorization header. */
+/* Sends the file's request: with the token when the manifest requires it
+ * (file_start checked that the URL may have it), else (a redirect to
+ * storage, or a manifest that does not require the token) without any
+ * Authorization header. */
 static void file_send(bx_file *f, const char *url) {
   bx_export *e = f->e;
   fx_bulk *b = e->b;
@@ -1585,9 +1593,9 @@ static void file_send(bx_file *f, const char *url) {
   f->xfer = NULL;
   fx_err err = {0};
   int rc;
-  if (f->redirects == 0 && fx_url_within(url, e->tenant->fhir_base)) {
+  if (f->redirects == 0 && e->requires_token) {
     fx_fhir_request rq = {.tenant = e->tenant->id,
-                          .fhir_base = e->tenant->fhir_base,
+                          .scope = fx_tenant_token_scope(e->tenant, 1),
                           .url = url,
                           .accept = "application/fhir+ndjson",
                           .sink = on_chunk,
@@ -1607,12 +1615,14 @@ static void file_send(bx_file *f, const char *url) {
 
 static void file_start(bx_file *f) {
   bx_export *e = f->e;
-  if (f->redirects == 0 && !fx_url_within(f->url, e->tenant->fhir_base) && e->requires_token) {
+  fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
+  if (f->redirects == 0 && e->requires_token && !fx_url_may_carry_token(f->url, &scope)) {
     char shown[512], msg[700];
     fx_url_redact(f->url, shown, sizeof shown);
     snprintf(msg, sizeof msg,
-             "manifest file %s is outside the tenant's FHIR base but requires the access token; "
-             "the token is not sent there",
+             "manifest file %s is on another origin than the tenant's FHIR base but requires "
+             "the access token; the token is not sent there (add the host to "
+             "tenants[].token_url_prefixes if it belongs to the server)",
              shown);
     export_fail(e, FX_EC_FOREIGN_REFERENCE, 0, msg);
     file_release(f);

@@ -70,6 +70,14 @@ char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
   return out;
 }
 
+fx_token_scope fx_tenant_token_scope(const fx_tenant_conf *t, int own_export) {
+  fx_token_scope s = {.base = t->fhir_base,
+                      .prefixes = t->token_url_prefixes.v,
+                      .n_prefixes = t->token_url_prefixes.n,
+                      .own_export = own_export};
+  return s;
+}
+
 int fx_fhir_id_ok(const char *s, size_t n) {
   if (n == 0 || n > 64) return 0;
   for (size_t i = 0; i < n; i++)

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/url.h"
 
 /* The 21 types of Cerner's System app registration guide, alphabetical. */
 extern const char *const fx_cerner_types[];
@@ -34,6 +35,11 @@ void fx_scope_for(const char *type, int smart_version, char *out, size_t size);
 /* 1 if s[0..n) is a FHIR logical id as fhirx accepts one: 1..64 of
  * [A-Za-z0-9.-] (never '/', so it is safe in a path and a Kafka key). */
 int fx_fhir_id_ok(const char *s, size_t n);
+
+/* Where tenant t's token may go (common/url.h): its fhir_base, its
+ * token_url_prefixes, and, with own_export, its export URLs on the base's
+ * origin. The result points into t: use it while t is alive. */
+fx_token_scope fx_tenant_token_scope(const fx_tenant_conf *t, int own_export);
 
 typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN } fx_ref_kind;
 
