@@ -68,8 +68,9 @@ static const opt tenant_opts[] = {
      "safe default): the token goes only under `fhir_base`, plus the status URL and file URLs "
      "of a Bulk Data export the tenant started, when they are on `fhir_base`'s origin. Add a "
      "prefix only for a host the server itself uses (e.g. an export file server on another "
-     "origin that wants the token): every next link, reference and manifest URL under it will "
-     "get the token. See docs/architecture.md, \"Where a token may go\"."},
+     "origin that wants the token): every next link and manifest URL under it will get the "
+     "token (references are always read from `fhir_base`). See docs/architecture.md, \"Where a "
+     "token may go\"."},
     {"max_concurrency", OPT_INT, T(max_concurrency), "16", 0, 1, 10000, NULL,
      "Requests in flight to this tenant per worker process. The limit adapts below this: halved "
      "on 429s and timeouts, grown back one at a time on success."},

@@ -103,8 +103,8 @@ struct bx_export {
   size_t cursor;  /* the next file index never started (one to redo lowers it) */
   int progress_dirty; /* files finished since the last progress record */
   bx_file *files; /* live files */
-  long long counts[FX_NTYPES];
-  long long other, error_lines, bad_lines;
+  json_t *counts; /* resourceType -> resources published (acknowledged files), any type */
+  long long error_lines, bad_lines;
   fx_strset *refs_seen; /* "Type/id" asked for, and foreign references reported, by this export */
   long long refs_queued;
   long long refs_fetched;
@@ -145,8 +145,8 @@ struct bx_file {
   size_t len, cap, off;
   int skipping; /* inside an over-long line: drop bytes up to its newline */
   long long line_no;
-  long long counts[FX_NTYPES];
-  long long other, error_lines, bad_lines;
+  json_t *counts; /* resourceType -> resources this download published */
+  long long error_lines, bad_lines;
   bx_ref *refs_head, *refs_tail; /* references to read once the lines are published */
   int refs_inflight;
   long long refs_fetched;
@@ -168,6 +168,29 @@ static char *dump(const json_t *o, size_t *len) {
   *len = s ? strlen(s) : 0;
   return s;
 }
+
+/* Counts are kept by the resourceType each line names, known to fhirx's
+ * profiles or not (a server may export Claim, ExplanationOfBenefit,
+ * ImagingStudy, ...): the status counts what was published. */
+static long long count_of(json_t *counts, const char *type) {
+  return json_integer_value(json_object_get(counts, type));
+}
+
+static void count_add(json_t *counts, const char *type, long long n) {
+  if (n) json_object_set_new(counts, type, json_integer(count_of(counts, type) + n));
+}
+
+static long long counts_sum(json_t *counts) {
+  long long n = 0;
+  const char *k;
+  json_t *v;
+  json_object_foreach(counts, k, v) n += json_integer_value(v);
+  return n;
+}
+
+/* Distinct resource types one export may count: FHIR R4 has 145, so only a
+ * broken server reaches this; its lines beyond are failures, not counts. */
+#define MAX_COUNTED_TYPES 256
 
 static uint64_t wall_ms(void) {
   struct timespec ts;
@@ -320,10 +343,7 @@ static void publish_progress(bx_export *e) {
   }
   if (e->transaction_time[0])
     json_object_set_new(e->rec, "transaction_time", json_string(e->transaction_time));
-  json_t *counts = json_object();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (e->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
-  json_object_set_new(e->rec, "counts", counts);
+  json_object_set_new(e->rec, "counts", json_deep_copy(e->counts));
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
   json_object_set_new(e->rec, "references_fetched", json_integer(e->refs_fetched));
@@ -390,13 +410,9 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   char now[32];
   fx_iso_now(now);
   static const char *const states[] = {"completed", "partial", "failed"};
-  json_t *counts = json_object();
-  long long resources = 0;
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (e->counts[i]) {
-      json_object_set_new(counts, fx_cerner_types[i], json_integer(e->counts[i]));
-      resources += e->counts[i];
-    }
+  json_t *counts = json_deep_copy(e->counts);
+  long long resources = counts_sum(e->counts);
+  long long patient_resources = count_of(e->counts, "Patient");
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
   const char *since = e->job ? e->job->since : NULL;
   const char *started = json_string_value(json_object_get(e->rec, "started_at"));
@@ -404,10 +420,13 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   files_done = e->n_done;
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:i, s:i, s:I, s:o, s:[], s:o, s:s, "
-      "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I}}",
+      "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I, s:I}}",
       "type", "status", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
-      "state", states[state], "attempt", e->attempt, "patients",
-      (json_int_t)(e->counts[fx_resource_index("Patient")]), "tasks",
+      "state", states[state], "attempt", e->attempt,
+      /* A bulk job names no patients: `patients` has always carried the Patient
+       * resources exported (not the Group's members, which fhirx never reads);
+       * kept for readers of older statuses, named properly in bulk. */
+      "patients", (json_int_t)patient_resources, "tasks",
       (json_int_t)(e->n_out ? e->n_out : 1), "tasks_failed",
       (json_int_t)(failed ? (e->n_out ? e->n_out : 1) : 0), "counts", counts, "resources",
       (json_int_t)resources, "references_fetched", (int)e->refs_fetched, "references_cached", 0,
@@ -419,7 +438,8 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
       "worker", p->identity, "bulk", "group", e->job && e->job->group ? e->job->group : "",
       "transaction_time", e->transaction_time[0] ? json_string(e->transaction_time) : json_null(),
       "files", (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
-      (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines);
+      (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines, "patient_resources",
+      (json_int_t)patient_resources);
   if (!o) return;
   size_t len;
   char *value = dump(o, &len);
@@ -483,6 +503,7 @@ static void on_export_closed(uv_handle_t *h) {
   bx_export *e = h->data;
   fx_bulk *b = e->b;
   json_decref(e->rec);
+  json_decref(e->counts);
   json_decref(e->manifest);
   fx_job_free(e->job);
   fx_strset_free(e->refs_seen);
@@ -558,11 +579,7 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
  * and it resumes when its partition is next assigned. */
 static void export_acked(void *arg);
 
-static long long published(const bx_export *e) {
-  long long n = 0;
-  for (size_t i = 0; i < FX_NTYPES; i++) n += e->counts[i];
-  return n;
-}
+static long long published(const bx_export *e) { return counts_sum(e->counts); }
 
 static void sink_arm(bx_sink *s) { atomic_store(&s->outputs, 1); }
 
@@ -906,7 +923,7 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   if ((size_t)recorded == n_out + n_err)
     fx_bulk_ranges_parse(json_object_get(e->rec, "files_done"), done, n_out + n_err);
   else
-    memset(e->counts, 0, sizeof e->counts);
+    json_object_clear(e->counts);
   free(e->done);
   e->done = done;
   json_decref(e->manifest);
@@ -1035,6 +1052,7 @@ static void on_file_closed(uv_handle_t *h) {
     free(r);
   }
   free(f->buf);
+  json_decref(f->counts);
   free(f->url);
   free(f->type);
   free(f);
@@ -1053,8 +1071,9 @@ static void file_acked(void *arg) {
     if (f->complete && !atomic_load(&f->sink.failed)) {
       e->done[f->index] = 1;
       e->n_done++;
-      for (size_t i = 0; i < FX_NTYPES; i++) e->counts[i] += f->counts[i];
-      e->other += f->other;
+      const char *k;
+      json_t *v;
+      json_object_foreach(f->counts, k, v) count_add(e->counts, k, json_integer_value(v));
       e->error_lines += f->error_lines;
       e->bad_lines += f->bad_lines;
       e->refs_fetched += f->refs_fetched;
@@ -1250,8 +1269,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     rd_kafka_headers_destroy(h);
     atomic_store(&f->sink.failed, 1);
   } else {
-    int idx = fx_resource_index(type);
-    if (idx >= 0) f->counts[idx]++;
+    count_add(f->counts, type, 1);
     f->refs_fetched++;
     atomic_fetch_add(&p->stats.results, 1);
     atomic_fetch_add(&p->stats.refs_fetched, 1);
@@ -1378,12 +1396,26 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
-  if (!type || !id || !fx_fhir_id_ok(id, strlen(id)) || strcmp(type, "OperationOutcome") == 0 ||
-      strcmp(type, "Bundle") == 0) {
+  const char *file_type = fx_resource_type_name_ok(f->type) ? f->type : NULL;
+  if (!type || !fx_resource_type_name_ok(type) || !id || !fx_fhir_id_ok(id, strlen(id)) ||
+      strcmp(type, "OperationOutcome") == 0 || strcmp(type, "Bundle") == 0) {
     f->line_no++;
-    snprintf(msg, sizeof msg, "line %lld of a %s file is not a FHIR resource with a valid id%s%s",
-             f->line_no, f->type, res ? "" : ": ", res ? "" : je.text);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, f->type, msg);
+    snprintf(msg, sizeof msg,
+             "line %lld of a %s file is not a FHIR resource with a valid resourceType and id%s%s",
+             f->line_no, file_type ? file_type : "(unnamed)", res ? "" : ": ", res ? "" : je.text);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, file_type, msg);
+    f->bad_lines++;
+    json_decref(res);
+    return 0;
+  }
+  if (!json_object_get(f->counts, type) && !json_object_get(e->counts, type) &&
+      json_object_size(f->counts) + json_object_size(e->counts) >= MAX_COUNTED_TYPES) {
+    f->line_no++;
+    snprintf(msg, sizeof msg,
+             "line %lld of a %s file is a %s, and the export already has %d resource types; a "
+             "FHIR server has fewer, so the line is not published",
+             f->line_no, file_type ? file_type : "(unnamed)", type, MAX_COUNTED_TYPES);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, type, msg);
     f->bad_lines++;
     json_decref(res);
     return 0;
@@ -1407,7 +1439,6 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
   rd_kafka_header_add(h, "fhirx-source-url", -1, f->shown, -1);
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, "bulk", -1);
-  int idx = fx_resource_index(type);
   char *value = fx_memstr(line, n); /* the resource exactly as the server wrote it */
   if (!value) {
     json_decref(res);
@@ -1426,13 +1457,10 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     }
     atomic_store(&f->sink.failed, 1);
   }
+  count_add(f->counts, type, 1); /* before res, which owns type, is released */
   collect_refs(f, res, 1);
   json_decref(res);
   f->line_no++;
-  if (idx >= 0)
-    f->counts[idx]++;
-  else
-    f->other++;
   atomic_fetch_add(&p->stats.results, 1);
   return 0;
 }
@@ -1542,8 +1570,8 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
   f->skipping = 0;
   /* References found so far stay queued: the export will not find them again. */
   if (cls == FX_EC_TRANSIENT && ++f->tries <= bc->retries && wall_ms() < e->deadline_ms) {
-    memset(f->counts, 0, sizeof f->counts);
-    f->other = f->error_lines = f->bad_lines = f->line_no = 0;
+    json_object_clear(f->counts);
+    f->error_lines = f->bad_lines = f->line_no = 0;
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
                                     (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms);
@@ -1702,8 +1730,9 @@ static void pump_files(bx_export *e) {
                               : json_array_get(json_object_get(e->manifest, "error"), i - e->n_out);
     bx_file *f = calloc(1, sizeof *f);
     if (!f || !(f->url = strdup(json_string_value(json_object_get(it, "url")))) ||
-        !(f->type = strdup(json_string_value(json_object_get(it, "type"))))) {
-      if (f) free(f->url), free(f);
+        !(f->type = strdup(json_string_value(json_object_get(it, "type")))) ||
+        !(f->counts = json_object())) {
+      if (f) free(f->url), free(f->type), free(f);
       fx_log(FX_LOG_ERROR, "out of memory starting a bulk file download", NULL);
       return;
     }
@@ -1872,7 +1901,8 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
     e->rec = rec;
   } else {
     e = calloc(1, sizeof *e);
-    if (!e || !(e->job_id = strdup(job_id))) {
+    if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object())) {
+      if (e) free(e->job_id);
       free(e);
       json_decref(rec);
       fx_log(FX_LOG_ERROR, "out of memory tracking a bulk export", NULL);
@@ -1897,12 +1927,13 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
   json_int_t tf = json_integer_value(json_object_get(rec, "files_total"));
   (void)tf;
   json_t *counts = json_object_get(rec, "counts");
-  memset(e->counts, 0, sizeof e->counts);
+  json_object_clear(e->counts);
   const char *k;
   json_t *v;
   json_object_foreach(counts, k, v) {
-    int idx = fx_resource_index(k);
-    if (idx >= 0) e->counts[idx] = json_integer_value(v);
+    if (fx_resource_type_name_ok(k) && json_integer_value(v) > 0 &&
+        json_object_size(e->counts) < MAX_COUNTED_TYPES)
+      json_object_set_new(e->counts, k, json_integer(json_integer_value(v)));
   }
   e->error_lines = json_integer_value(json_object_get(rec, "error_lines"));
   e->bad_lines = json_integer_value(json_object_get(rec, "failures"));

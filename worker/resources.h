@@ -32,6 +32,10 @@ uint32_t fx_patient_compartment_types(void);
  * v1 "system/Patient.read", v2 "system/Patient.rs". */
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size);
 
+/* 1 if name looks like a FHIR resource type: [A-Z][A-Za-z]{1,63}, as
+ * schemas/common.schema.json's resourceType (any type, not only Cerner's). */
+int fx_resource_type_name_ok(const char *name);
+
 /* 1 if s[0..n) is a FHIR logical id as fhirx accepts one: 1..64 of
  * [A-Za-z0-9.-] (never '/', so it is safe in a path and a Kafka key). */
 int fx_fhir_id_ok(const char *s, size_t n);
