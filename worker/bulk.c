@@ -105,6 +105,7 @@ struct bx_export {
   bx_file *files; /* live files */
   json_t *counts; /* resourceType -> resources published (acknowledged files), any type */
   long long error_lines, bad_lines;
+  fx_errclass first_cls; /* of the first failure record published; FX_EC_NONE before */
   fx_strset *refs_seen; /* "Type/id" asked for, and foreign references reported, by this export */
   long long refs_queued;
   long long refs_fetched;
@@ -346,6 +347,8 @@ static void publish_progress(bx_export *e) {
   json_object_set_new(e->rec, "counts", json_deep_copy(e->counts));
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
+  if (e->first_cls != FX_EC_NONE)
+    json_object_set_new(e->rec, "error_class", json_string(fx_errclass_name(e->first_cls)));
   json_object_set_new(e->rec, "references_fetched", json_integer(e->refs_fetched));
   size_t len;
   char *value = dump(e->rec, &len);
@@ -376,23 +379,29 @@ static json_t *source_of(const bx_export *e) {
            : json_pack("{s:s, s:i, s:i}", "topic", "", "partition", 0, "offset", 0);
 }
 
-/* One failure record (topics.failures), shaped like a patient job's. */
-static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
-                            const char *outcome, const char *url, const char *type,
-                            const char *msg) {
+/* One failure record (topics.failures), shaped like a patient job's. A
+ * referenced entity's failure names it (reference "Type/id", type its Type);
+ * attempts 0 means the export's current step's. The first failure's class
+ * becomes the status's error_class (finish). */
+static void publish_failure_ref(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+                                const char *outcome, const char *url, const char *type,
+                                const char *reference, int attempts, const char *msg) {
   fx_pool *p = e->b->pool;
+  if (e->first_cls == FX_EC_NONE) e->first_cls = cls;
   char now[32], shown[1024] = "";
   fx_iso_now(now);
   if (url) fx_url_redact(url, shown, sizeof shown);
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
   json_t *o = json_pack(
-      "{s:s, s:s, s:o, s:n, s:o, s:n, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
+      "{s:s, s:s, s:o, s:n, s:o, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
       "patient", "resource_type", type ? json_string(type) : json_null(), "reference",
-      "error_class", fx_errclass_name(cls), "transient", fx_errclass_transient(cls), "http_status",
+      reference ? json_string(reference) : json_null(), "error_class", fx_errclass_name(cls),
+      "transient", fx_errclass_transient(cls), "http_status",
       status ? json_integer(status) : json_null(), "outcome",
       outcome && *outcome ? json_string(outcome) : json_null(), "url",
-      shown[0] ? json_string(shown) : json_null(), "attempts", e->tries ? e->tries : 1, "message",
+      shown[0] ? json_string(shown) : json_null(), "attempts",
+      attempts > 0 ? attempts : (e->tries ? e->tries : 1), "message",
       msg, "time", now, "attempt", e->attempt, "source", source_of(e));
   if (!o) return;
   size_t len;
@@ -402,6 +411,12 @@ static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long s
   snprintf(key, sizeof key, "%s/%s", tenant ? tenant : "", e->job_id);
   if (value) emit(e->b, sink, p->app.cfg->topics.failures, key, value, len, headers_for(e));
   atomic_fetch_add(&p->stats.failures, 1);
+}
+
+static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+                            const char *outcome, const char *url, const char *type,
+                            const char *msg) {
+  publish_failure_ref(e, sink, cls, status, outcome, url, type, NULL, 0, msg);
 }
 
 static void publish_status(bx_export *e, int state, fx_errclass cls) {
@@ -938,9 +953,13 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
 }
 
 static void finish(bx_export *e) {
-  /* Every file is acknowledged: straight to the status record. */
+  /* Every file is acknowledged: straight to the status record, whose
+   * error_class is the class of the export's first failure record (a
+   * reference's not_found, a bad line's invalid_response, an error-file
+   * line's export_failed). */
   int state = !(e->error_lines || e->bad_lines) ? 0 : published(e) ? 1 : 2;
-  begin_ending(e, state, FX_EC_EXPORT_FAILED, BX_COMPLETED, 1);
+  begin_ending(e, state, e->first_cls != FX_EC_NONE ? e->first_cls : FX_EC_EXPORT_FAILED,
+               BX_COMPLETED, 1);
   e->ending = 1;
   atomic_store(&e->sink.failed, 0);
   sink_arm(&e->sink);
@@ -1141,7 +1160,8 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) 
     fx_url_redact(ref, shown, sizeof shown);
     snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
              shown);
-    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, NULL, NULL, msg);
+    /* url: the reference's URL, which was not requested (failure.schema.json). */
+    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, ref, NULL, msg);
     f->bad_lines++;
     return;
   }
@@ -1236,8 +1256,11 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   const char *id = json_string_value(json_object_get(doc, "id"));
   size_t tl = strcspn(r->key, "/");
   if (!type || !id || strlen(type) != tl || strncmp(type, r->key, tl) != 0 || !fx_fhir_id_ok(id, strlen(id))) {
+    char rtype[64];
+    snprintf(rtype, sizeof rtype, "%.*s", (int)strcspn(r->key, "/"), r->key);
     snprintf(msg, sizeof msg, "reading %s did not return that resource", r->key);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, NULL, msg);
+    publish_failure_ref(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, rtype,
+                        r->key, r->tries + 1, msg);
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1245,7 +1268,8 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   if (res->body_len > p->max_message) {
     snprintf(msg, sizeof msg, "%s is %zu bytes, more than the %zu bytes a message may have", r->key,
              res->body_len, p->max_message);
-    publish_failure(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, msg);
+    publish_failure_ref(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, r->key,
+                        r->tries + 1, msg);
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1282,9 +1306,9 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   ref_call *c = arg;
   bx_file *f = c->f;
   bx_ref *r = c->r;
-  free(c);
   f->refs_inflight--;
   if (file_dead(f)) {
+    free(c);
     free(r);
     if (f->refs_inflight == 0) file_release(f);
     return;
@@ -1304,23 +1328,31 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     f->refs_tail = r;
     if (!uv_is_active((uv_handle_t *)&f->timer))
       uv_timer_start(&f->timer, on_ref_retry, (uint64_t)bc->poll_min_ms, 0);
+    free(c);
     return;
   } else {
-    char msg[600], oo[300] = "";
+    char msg[600], oo[300] = "", http[32];
     long status = ae ? ae->http_status : res->status;
     fx_errclass cls =
         ae            ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
         : res->result ? FX_EC_TRANSIENT
                       : fx_errclass_of_status(res->status);
     if (!ae && res->result == 0) fx_fhir_outcome_summary(res->body, oo, sizeof oo);
+    snprintf(http, sizeof http, "HTTP %ld", status);
     snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key,
              ae            ? ae->err.msg
              : res->result ? res->error
-                           : (oo[0] ? oo : "HTTP error"));
-    publish_failure(f->e, &f->sink, cls, status, oo, NULL, NULL, msg);
+                           : (oo[0] ? oo : http));
+    /* The failure names what it was about: the reference and its type. */
+    char type[64];
+    snprintf(type, sizeof type, "%.*s", (int)strcspn(r->key, "/"), r->key);
+    /* A transient failure counted its last try in r->tries already. */
+    int attempts = transient ? r->tries : r->tries + 1;
+    publish_failure_ref(f->e, &f->sink, cls, status, oo, c->url, type, r->key, attempts, msg);
     f->bad_lines++;
     free(r);
   }
+  free(c);
   refs_pump(f);
 }
 
@@ -1480,7 +1512,8 @@ static int process_lines(bx_file *f, int final) {
         f->line_no++;
         snprintf(msg, sizeof msg, "line %lld of a %s file is longer than %zu bytes", f->line_no,
                  f->type, max_line);
-        publish_failure(f->e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url, f->type, msg);
+        publish_failure(f->e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url,
+                        fx_resource_type_name_ok(f->type) ? f->type : NULL, msg);
         f->bad_lines++;
         f->skipping = 1;
       }
@@ -1937,6 +1970,7 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
   }
   e->error_lines = json_integer_value(json_object_get(rec, "error_lines"));
   e->bad_lines = json_integer_value(json_object_get(rec, "failures"));
+  e->first_cls = fx_errclass_parse(json_string_value(json_object_get(rec, "error_class")));
   e->refs_fetched = json_integer_value(json_object_get(rec, "references_fetched"));
   bx_part *p = find_part(b, m->partition);
   if (p && p->caught_up && !b->stopping) export_start(e);
