@@ -10,6 +10,7 @@
  * `expected` walks the group with the same code (sim_xnext) that plans and
  * writes the export's files, so it cannot drift from what a download holds. */
 #include "tests/sim/fhir.h"
+#include "tests/sim/refserver.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,16 +131,21 @@ static int compare_strings(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Parses a comma list of exportable type names into out; returns NULL or
- * the 400 message. */
-static const char *parse_types(const char *list, bool out[SIM_RT_COUNT], char *msg, size_t n) {
+/* Parses a comma list of exportable type names into out (and a reference
+ * server's extra types into extra, when not NULL); returns NULL or the 400
+ * message. */
+static const char *parse_types(const char *list, bool out[SIM_RT_COUNT],
+                               bool extra[SIM_REF_EXTRA_COUNT], char *msg, size_t n) {
   memset(out, 0, SIM_RT_COUNT * sizeof *out);
   for (const char *p = list;;) {
     size_t len = strcspn(p, ",");
     char name[64];
     snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), p);
     int t = sim_rtype_from_name(name);
-    if (t < 0 || (t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t))) {
+    int k = extra ? sim_ref_extra_from_name(name) : -1;
+    if (k >= 0) {
+      extra[k] = true;
+    } else if (t < 0 || (t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t))) {
       bool plain = *name != '\0';
       for (const char *c = name; *c; c++)
         plain = plain && ((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z'));
@@ -148,8 +154,9 @@ static const char *parse_types(const char *list, bool out[SIM_RT_COUNT], char *m
                "types are)",
                plain ? name : "(invalid name)");
       return msg;
+    } else {
+      out[t] = true;
     }
-    out[t] = true;
     if (!p[len]) return NULL;
     p += len + 1;
   }
@@ -162,19 +169,22 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
   const sim_group *g = sim_group_find(t, group_id);
   char msg[256];
   sim_xscope scope = {.store = t->store, .group = g, .has_since = since != NULL};
-  bool types[SIM_RT_COUNT];
+  bool types[SIM_RT_COUNT], extra[SIM_REF_EXTRA_COUNT] = {false};
   int64_t hi;
   if (!g) {
     reply_error(resp, 404, "unknown group");
     return;
   }
-  if (types_q && *types_q && parse_types(types_q, types, msg, sizeof msg)) {
+  if (types_q && *types_q &&
+      parse_types(types_q, types, t->ref.enabled ? extra : NULL, msg, sizeof msg)) {
     reply_error(resp, 400, msg);
     return;
   }
-  if (!types_q || !*types_q)
+  if (!types_q || !*types_q) {
     for (int i = 0; i < SIM_RT_COUNT; i++)
       types[i] = i == SIM_RT_PATIENT || sim_rtype_per_patient((sim_rtype)i);
+    for (int k = 0; k < SIM_REF_EXTRA_COUNT; k++) extra[k] = t->ref.enabled;
+  }
   if (since && sim_fhir_parse_instant(since, &scope.since_ms, &hi) != 0) {
     reply_error(resp, 400, "since: expected a FHIR instant such as 2024-06-01T00:00:00Z");
     return;
@@ -182,14 +192,21 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
   char **refs = NULL;
   size_t n = 0, cap = 0;
   bool oom = false;
-  for (int i = 0; !oom && i < SIM_RT_COUNT; i++) {
-    if (!types[i]) continue;
+  for (int i = 0; !oom && i < SIM_RT_COUNT + SIM_REF_EXTRA_COUNT; i++) {
+    int k = i - SIM_RT_COUNT; /* >= 0: a reference server's extra type */
+    if (k < 0 ? !types[i] : !extra[k]) continue;
     sim_xcursor c = {0};
     uint64_t h;
-    while (!oom && sim_xnext(&scope, (sim_rtype)i, &c, &h)) {
+    uint32_t ordinal, index;
+    while (!oom && (k < 0 ? sim_xnext(&scope, (sim_rtype)i, &c, &h)
+                          : sim_ref_xnext(&scope, t->ref.extra, k, &c, &ordinal, &index))) {
       char id[64], ref[96];
-      sim_store_id(t->store, (sim_rtype)i, h, id);
-      snprintf(ref, sizeof ref, "%s/%s", sim_rtype_name((sim_rtype)i), id);
+      if (k >= 0) {
+        sim_ref_extra_ref(&scope, k, ordinal, index, ref);
+      } else {
+        sim_store_id(t->store, (sim_rtype)i, h, id);
+        snprintf(ref, sizeof ref, "%s/%s", sim_rtype_name((sim_rtype)i), id);
+      }
       if (n == cap) {
         size_t ncap = cap ? cap * 2 : 256;
         char **v = realloc(refs, ncap * sizeof *v);
