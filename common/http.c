@@ -413,16 +413,50 @@ const char *fx_http_header(const fx_http_response *res, const char *name) {
 
 size_t fx_http_inflight(const fx_http *h) { return h->n_inflight; }
 
+static long clamp_wait(long long ms) {
+  if (ms <= 0) return 0;
+  return ms > FX_RETRY_AFTER_MAX_MS ? FX_RETRY_AFTER_MAX_MS : (long)ms;
+}
+
+long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
+  if (!value) return -1;
+  const char *p = value;
+  while (*p == ' ' || *p == '\t') p++;
+  const char *digits = p;
+  /* Saturate far above anything read below (10^15 is more than any epoch
+   * in milliseconds), so a 40-digit value cannot overflow. */
+  const long long cap = 1000000000000000LL;
+  long long v = 0;
+  while (*p >= '0' && *p <= '9') {
+    v = v >= cap ? cap : v * 10 + (*p - '0');
+    p++;
+  }
+  const char *end = p;
+  while (*p == ' ' || *p == '\t') p++;
+  if (end != digits && *p == '\0') {
+    const long long window_ms = FX_RETRY_AFTER_EPOCH_WINDOW_S * 1000;
+    if (v >= FX_RETRY_AFTER_EPOCH_MIN) {
+      long long at_s = v * 1000; /* v < cap: no overflow */
+      if (v <= cap / 1000 && at_s >= now_ms - window_ms && at_s <= now_ms + window_ms)
+        return clamp_wait(at_s - now_ms); /* epoch seconds */
+      if (v >= now_ms - window_ms && v <= now_ms + window_ms)
+        return clamp_wait(v - now_ms); /* epoch milliseconds */
+    }
+    return v > FX_RETRY_AFTER_MAX_MS / 1000 ? FX_RETRY_AFTER_MAX_MS : clamp_wait(v * 1000);
+  }
+  time_t when = curl_getdate(value, NULL);
+  if (when < 0) return -1;
+  long long when_ms = (long long)when;
+  if (when_ms > cap / 1000) return FX_RETRY_AFTER_MAX_MS;
+  return clamp_wait(when_ms * 1000 - now_ms);
+}
+
 long fx_http_retry_after_ms(const fx_http_response *res) {
   const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
   if (!v) return -1;
-  char *end;
-  long secs = strtol(v, &end, 10);
-  if (end != v && *end == '\0') return secs < 0 ? -1 : secs * 1000;
-  time_t when = curl_getdate(v, NULL);
-  if (when < 0) return -1;
-  time_t now = time(NULL);
-  return when > now ? (long)(when - now) * 1000 : 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return fx_http_retry_after_value_ms(v, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
 }
 
 void fx_http_resume(fx_http_xfer *x) {

@@ -284,6 +284,17 @@ void fx_smart_scope_list(const char *scope, size_t room, char *out, size_t size)
   snprintf(out, size, "%.*s%s", (int)end, scope, tail);
 }
 
+void fx_smart_client_id_shown(const char *id, char *out, size_t size) {
+  size_t len = id ? strlen(id) : 0;
+  if (len <= 48) {
+    snprintf(out, size, "%s", id ? id : "");
+    return;
+  }
+  size_t head = strcspn(id, ".");
+  if (head > 32) head = 32;
+  snprintf(out, size, "%.*s... (%zu characters)", (int)head, id, len);
+}
+
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
   const char *raw_desc = json_string_value(json_object_get(doc, "error_description"));
@@ -304,10 +315,12 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
   else if (desc)
     snprintf(why, sizeof why, " (%.200s)", desc);
   if (strcmp(error, "invalid_client") == 0) {
+    char client[96];
+    fx_smart_client_id_shown(c->client_id, client, sizeof client);
     auth_error(e, FX_EAUTH, status,
                "tenant %s: invalid_client%s: the token endpoint refused our client assertion, "
                "signed with kid '%s' (%s) as client '%s' for aud %s. Hint: %s",
-               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), c->client_id,
+               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), client,
                c->token_endpoint, invalid_client_hint(e->reason));
   } else if (strcmp(error, "invalid_scope") == 0) {
     /* The scope list can be long (a scope per resource type); the message

@@ -80,4 +80,10 @@ void fx_smart_scope_list(const char *scope, size_t room, char *out, size_t size)
  * space separated, in a new string (empty if none). */
 char *fx_scope_missing(const char *want, const char *have);
 
+/* A client id as logs and messages show it: whole when at most 48 characters,
+ * else its first characters up to 32 (cut before the first '.', so a JWT
+ * client id never appears as a JWT) and its length: "eyJhbGciOiJIUzI1NiIs...
+ * (1057 characters)". A message keeps its hint however long the id is. */
+void fx_smart_client_id_shown(const char *id, char *out, size_t size);
+
 #endif

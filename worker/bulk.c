@@ -105,8 +105,9 @@ struct bx_export {
   size_t cursor;  /* the next file index never started (one to redo lowers it) */
   int progress_dirty; /* files finished since the last progress record */
   bx_file *files; /* live files */
-  long long counts[FX_NTYPES];
-  long long other, error_lines, bad_lines;
+  json_t *counts; /* resourceType -> resources published (acknowledged files), any type */
+  long long error_lines, bad_lines;
+  fx_errclass first_cls; /* of the first failure record published; FX_EC_NONE before */
   fx_strset *refs_seen; /* "Type/id" asked for, and foreign references reported, by this export */
   long long refs_queued;
   long long refs_fetched;
@@ -167,8 +168,8 @@ struct bx_file {
   size_t len, cap, off;
   int skipping; /* inside an over-long line: drop bytes up to its newline */
   long long line_no;
-  long long counts[FX_NTYPES];
-  long long other, error_lines, bad_lines;
+  json_t *counts; /* resourceType -> resources this download published */
+  long long error_lines, bad_lines;
   bx_ref *refs_head, *refs_tail; /* references to read once the lines are published */
   int refs_inflight;
   long long refs_fetched;
@@ -196,6 +197,29 @@ static char *dump(const json_t *o, size_t *len) {
   *len = s ? strlen(s) : 0;
   return s;
 }
+
+/* Counts are kept by the resourceType each line names, known to fhirx's
+ * profiles or not (a server may export Claim, ExplanationOfBenefit,
+ * ImagingStudy, ...): the status counts what was published. */
+static long long count_of(json_t *counts, const char *type) {
+  return json_integer_value(json_object_get(counts, type));
+}
+
+static void count_add(json_t *counts, const char *type, long long n) {
+  if (n) json_object_set_new(counts, type, json_integer(count_of(counts, type) + n));
+}
+
+static long long counts_sum(json_t *counts) {
+  long long n = 0;
+  const char *k;
+  json_t *v;
+  json_object_foreach(counts, k, v) n += json_integer_value(v);
+  return n;
+}
+
+/* Distinct resource types one export may count: FHIR R4 has 145, so only a
+ * broken server reaches this; its lines beyond are failures, not counts. */
+#define MAX_COUNTED_TYPES 256
 
 static uint64_t wall_ms(void) {
   struct timespec ts;
@@ -348,12 +372,11 @@ static void publish_progress(bx_export *e) {
   }
   if (e->transaction_time[0])
     json_object_set_new(e->rec, "transaction_time", json_string(e->transaction_time));
-  json_t *counts = json_object();
-  for (size_t i = 0; i < FX_NTYPES; i++)
-    if (e->counts[i]) json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
-  json_object_set_new(e->rec, "counts", counts);
+  json_object_set_new(e->rec, "counts", json_deep_copy(e->counts));
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
+  if (e->first_cls != FX_EC_NONE)
+    json_object_set_new(e->rec, "error_class", json_string(fx_errclass_name(e->first_cls)));
   json_object_set_new(e->rec, "references_fetched", json_integer(e->refs_fetched));
   size_t len;
   char *value = dump(e->rec, &len);
@@ -384,23 +407,29 @@ static json_t *source_of(const bx_export *e) {
            : json_pack("{s:s, s:i, s:i}", "topic", "", "partition", 0, "offset", 0);
 }
 
-/* One failure record (topics.failures), shaped like a patient job's. */
-static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
-                            const char *outcome, const char *url, const char *type,
-                            const char *msg) {
+/* One failure record (topics.failures), shaped like a patient job's. A
+ * referenced entity's failure names it (reference "Type/id", type its Type);
+ * attempts 0 means the export's current step's. The first failure's class
+ * becomes the status's error_class (finish). */
+static void publish_failure_ref(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+                                const char *outcome, const char *url, const char *type,
+                                const char *reference, int attempts, const char *msg) {
   fx_pool *p = e->b->pool;
+  if (e->first_cls == FX_EC_NONE) e->first_cls = cls;
   char now[32], shown[1024] = "";
   fx_iso_now(now);
   if (url) fx_url_redact(url, shown, sizeof shown);
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
   json_t *o = json_pack(
-      "{s:s, s:s, s:o, s:n, s:o, s:n, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
+      "{s:s, s:s, s:o, s:n, s:o, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
       "patient", "resource_type", type ? json_string(type) : json_null(), "reference",
-      "error_class", fx_errclass_name(cls), "transient", fx_errclass_transient(cls), "http_status",
+      reference ? json_string(reference) : json_null(), "error_class", fx_errclass_name(cls),
+      "transient", fx_errclass_transient(cls), "http_status",
       status ? json_integer(status) : json_null(), "outcome",
       outcome && *outcome ? json_string(outcome) : json_null(), "url",
-      shown[0] ? json_string(shown) : json_null(), "attempts", e->tries ? e->tries : 1, "message",
+      shown[0] ? json_string(shown) : json_null(), "attempts",
+      attempts > 0 ? attempts : (e->tries ? e->tries : 1), "message",
       msg, "time", now, "attempt", e->attempt, "source", source_of(e));
   if (!o) return;
   size_t len;
@@ -412,19 +441,21 @@ static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long s
   atomic_fetch_add(&p->stats.failures, 1);
 }
 
+static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+                            const char *outcome, const char *url, const char *type,
+                            const char *msg) {
+  publish_failure_ref(e, sink, cls, status, outcome, url, type, NULL, 0, msg);
+}
+
 static void publish_status(bx_export *e, int state, fx_errclass cls) {
   fx_pool *p = e->b->pool;
   int failed = e->end_state == BX_FAILED; /* the export itself failed: dead-lettered */
   char now[32];
   fx_iso_now(now);
   static const char *const states[] = {"completed", "partial", "failed"};
-  json_t *counts = json_object();
-  long long resources = 0;
-  for (size_t i = 0; i < FX_NTYPES; i++)
-    if (e->counts[i]) {
-      json_object_set_new(counts, fx_type_names[i], json_integer(e->counts[i]));
-      resources += e->counts[i];
-    }
+  json_t *counts = json_deep_copy(e->counts);
+  long long resources = counts_sum(e->counts);
+  long long patient_resources = count_of(e->counts, "Patient");
   const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
   const char *since = e->job ? e->job->since : NULL;
   const char *started = json_string_value(json_object_get(e->rec, "started_at"));
@@ -432,10 +463,13 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   files_done = e->n_done;
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:i, s:i, s:I, s:o, s:[], s:o, s:s, "
-      "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I}}",
+      "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I, s:I}}",
       "type", "status", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
-      "state", states[state], "attempt", e->attempt, "patients",
-      (json_int_t)(e->counts[fx_resource_index("Patient")]), "tasks",
+      "state", states[state], "attempt", e->attempt,
+      /* A bulk job names no patients: `patients` has always carried the Patient
+       * resources exported (not the Group's members, which fhirx never reads);
+       * kept for readers of older statuses, named properly in bulk. */
+      "patients", (json_int_t)patient_resources, "tasks",
       (json_int_t)(e->n_out ? e->n_out : 1), "tasks_failed",
       (json_int_t)(failed ? (e->n_out ? e->n_out : 1) : 0), "counts", counts, "resources",
       (json_int_t)resources, "references_fetched", (int)e->refs_fetched, "references_cached", 0,
@@ -447,7 +481,8 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
       "worker", p->identity, "bulk", "group", e->job && e->job->group ? e->job->group : "",
       "transaction_time", e->transaction_time[0] ? json_string(e->transaction_time) : json_null(),
       "files", (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
-      (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines);
+      (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines, "patient_resources",
+      (json_int_t)patient_resources);
   if (!o) return;
   if (e->job && !fx_types_empty(e->job->per_patient_types)) {
     /* The types the server does not export, and the patient jobs that fetch
@@ -524,6 +559,7 @@ static void on_export_closed(uv_handle_t *h) {
   bx_export *e = h->data;
   fx_bulk *b = e->b;
   json_decref(e->rec);
+  json_decref(e->counts);
   json_decref(e->manifest);
   fx_job_free(e->job);
   fx_strset_free(e->refs_seen);
@@ -578,8 +614,10 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
                                          : &e->b->pool->stats.bulk_failed,
                    1);
   if (delete_on_server && e->status_url && e->tenant) {
+    /* The status URL came from this export's kick-off: wherever on the
+     * base's origin the server put it, the DELETE reaches it. */
     fx_fhir_request rq = {.tenant = e->tenant->id,
-                          .fhir_base = e->tenant->fhir_base,
+                          .scope = fx_tenant_token_scope(e->tenant, 1),
                           .url = e->status_url,
                           .accept = "application/json",
                           .method = "DELETE"};
@@ -597,11 +635,7 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
  * and it resumes when its partition is next assigned. */
 static void export_acked(void *arg);
 
-static long long published(const bx_export *e) {
-  long long n = 0;
-  for (size_t i = 0; i < FX_NTYPES; i++) n += e->counts[i];
-  return n;
-}
+static long long published(const bx_export *e) { return counts_sum(e->counts); }
 
 static void sink_arm(bx_sink *s) { atomic_store(&s->outputs, 1); }
 
@@ -781,12 +815,15 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
                   "the $export kick-off was accepted (202) without a Content-Location to poll");
       goto out;
     }
-    if (!fx_url_within(url, e->tenant->fhir_base)) {
-      char shown[512];
+    fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
+    if (!fx_url_may_carry_token(url, &scope)) {
+      char shown[200];
       fx_url_redact(url, shown, sizeof shown);
       snprintf(msg, sizeof msg,
-               "the export's status URL %s is outside the tenant's FHIR base; the token is not "
-               "sent there",
+               "the export's status URL %s is on another origin than the tenant's FHIR base; the "
+               "token is not sent there, so the export cannot be polled or DELETEd (it stays on "
+               "the server until it expires). If that host belongs to the server, add it to "
+               "tenants[].token_url_prefixes",
                shown);
       free(url);
       export_fail(e, FX_EC_FOREIGN_REFERENCE, 202, msg);
@@ -892,7 +929,7 @@ static void kickoff(bx_export *e) {
   }
   static const char *const prefer[] = {"Prefer: respond-async", NULL};
   fx_fhir_request rq = {.tenant = e->tenant->id,
-                        .fhir_base = base,
+                        .scope = fx_tenant_token_scope(e->tenant, 0),
                         .url = url,
                         .accept = "application/fhir+json",
                         .headers = prefer};
@@ -946,7 +983,7 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   if ((size_t)recorded == n_out + n_err)
     fx_bulk_ranges_parse(json_object_get(e->rec, "files_done"), done, n_out + n_err);
   else
-    memset(e->counts, 0, sizeof e->counts);
+    json_object_clear(e->counts);
   free(e->done);
   e->done = done;
   json_decref(e->manifest);
@@ -961,9 +998,13 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
 }
 
 static void finish(bx_export *e) {
-  /* Every file is acknowledged: straight to the status record. */
+  /* Every file is acknowledged: straight to the status record, whose
+   * error_class is the class of the export's first failure record (a
+   * reference's not_found, a bad line's invalid_response, an error-file
+   * line's export_failed). */
   int state = !(e->error_lines || e->bad_lines) ? 0 : published(e) ? 1 : 2;
-  begin_ending(e, state, FX_EC_EXPORT_FAILED, BX_COMPLETED, 1);
+  begin_ending(e, state, e->first_cls != FX_EC_NONE ? e->first_cls : FX_EC_EXPORT_FAILED,
+               BX_COMPLETED, 1);
   e->ending = 1;
   atomic_store(&e->sink.failed, 0);
   sink_arm(&e->sink);
@@ -1045,7 +1086,7 @@ out:
 
 static void poll_status(bx_export *e) {
   fx_fhir_request rq = {.tenant = e->tenant->id,
-                        .fhir_base = e->tenant->fhir_base,
+                        .scope = fx_tenant_token_scope(e->tenant, 1),
                         .url = e->status_url,
                         .accept = "application/json"};
   fx_err err = {0};
@@ -1085,6 +1126,7 @@ static void on_file_closed(uv_handle_t *h) {
   pp_clear(f);
   json_decref(f->pp_jobs);
   free(f->buf);
+  json_decref(f->counts);
   free(f->url);
   free(f->type);
   free(f);
@@ -1124,9 +1166,10 @@ static void file_acked(void *arg) {
     if (f->complete && !atomic_load(&f->sink.failed)) {
       e->done[f->index] = 1;
       e->n_done++;
-      for (size_t i = 0; i < FX_NTYPES; i++) e->counts[i] += f->counts[i];
+      const char *k;
+      json_t *v;
+      json_object_foreach(f->counts, k, v) count_add(e->counts, k, json_integer_value(v));
       per_patient_done(e, f);
-      e->other += f->other;
       e->error_lines += f->error_lines;
       e->bad_lines += f->bad_lines;
       e->refs_fetched += f->refs_fetched;
@@ -1194,7 +1237,8 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, 
     fx_url_redact(ref, shown, sizeof shown);
     snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
              shown);
-    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, NULL, NULL, msg);
+    /* url: the reference's URL, which was not requested (failure.schema.json). */
+    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, ref, NULL, msg);
     f->bad_lines++;
     return;
   }
@@ -1360,8 +1404,11 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   size_t tl = strcspn(r->key, "/");
   char why[200];
   if (!type || strlen(type) != tl || strncmp(type, r->key, tl) != 0) {
+    char rtype[FX_TYPE_NAME_MAX + 1];
+    snprintf(rtype, sizeof rtype, "%.*s", (int)tl, r->key);
     snprintf(msg, sizeof msg, "reading %s did not return that resource", r->key);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, NULL, msg);
+    publish_failure_ref(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, rtype,
+                        r->key, r->tries + 1, msg);
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1378,7 +1425,8 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   if (res->body_len > p->max_message) {
     snprintf(msg, sizeof msg, "%s is %zu bytes, more than the %zu bytes a message may have", r->key,
              res->body_len, p->max_message);
-    publish_failure(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, msg);
+    publish_failure_ref(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, r->key,
+                        r->tries + 1, msg);
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1403,8 +1451,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     rd_kafka_headers_destroy(h);
     atomic_store(&f->sink.failed, 1);
   } else {
-    int idx = fx_resource_index(type);
-    if (idx >= 0) f->counts[idx]++;
+    count_add(f->counts, type, 1);
     f->refs_fetched++;
     atomic_fetch_add(&p->stats.results, 1);
     atomic_fetch_add(&p->stats.refs_fetched, 1);
@@ -1417,9 +1464,9 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   ref_call *c = arg;
   bx_file *f = c->f;
   bx_ref *r = c->r;
-  ref_call_free(c);
   f->refs_inflight--;
   if (file_dead(f)) {
+    ref_call_free(c);
     ref_free(r);
     if (f->refs_inflight == 0) file_release(f);
     return;
@@ -1439,23 +1486,35 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     f->refs_tail = r;
     if (!uv_is_active((uv_handle_t *)&f->timer))
       uv_timer_start(&f->timer, on_ref_retry, (uint64_t)bc->poll_min_ms, 0);
+    if (!r->url) { /* an attachment's exact URL goes back with it */
+      r->url = c->url;
+      c->url = NULL;
+    }
+    ref_call_free(c);
     return;
   } else {
-    char msg[600], oo[300] = "";
+    char msg[600], oo[300] = "", http[32];
     long status = ae ? ae->http_status : res->status;
     fx_errclass cls =
         ae            ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
         : res->result ? FX_EC_TRANSIENT
                       : fx_errclass_of_status(res->status);
     if (!ae && res->result == 0) fx_fhir_outcome_summary(res->body, oo, sizeof oo);
+    snprintf(http, sizeof http, "HTTP %ld", status);
     snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key,
              ae            ? ae->err.msg
              : res->result ? res->error
-                           : (oo[0] ? oo : "HTTP error"));
-    publish_failure(f->e, &f->sink, cls, status, oo, NULL, NULL, msg);
+                           : (oo[0] ? oo : http));
+    /* The failure names what it was about: the reference and its type. */
+    char type[64];
+    snprintf(type, sizeof type, "%.*s", (int)strcspn(r->key, "/"), r->key);
+    /* A transient failure counted its last try in r->tries already. */
+    int attempts = transient ? r->tries : r->tries + 1;
+    publish_failure_ref(f->e, &f->sink, cls, status, oo, c->url, type, r->key, attempts, msg);
     f->bad_lines++;
     ref_free(r);
   }
+  ref_call_free(c);
   refs_pump(f);
 }
 
@@ -1509,8 +1568,10 @@ static void refs_pump(bx_file *f) {
     c->f = f;
     c->r = r;
     const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
-    fx_fhir_request rq = {.tenant = e->tenant->id, .fhir_base = e->tenant->fhir_base,
-                          .url = c->url, .accept = ref_accept(prof, r->key)};
+    fx_fhir_request rq = {.tenant = e->tenant->id,
+                          .scope = fx_tenant_token_scope(e->tenant, 0),
+                          .url = c->url,
+                          .accept = ref_accept(prof, r->key)};
     fx_err err = {0};
     f->refs_inflight++;
     if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_ref, c, &err) != 0) {
@@ -1607,6 +1668,19 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
+  if (!json_object_get(f->counts, type) && !json_object_get(e->counts, type) &&
+      json_object_size(f->counts) + json_object_size(e->counts) >= MAX_COUNTED_TYPES) {
+    const char *file_type = fx_resource_type_name_ok(f->type) ? f->type : NULL;
+    f->line_no++;
+    snprintf(msg, sizeof msg,
+             "line %lld of a %s file is a %s, and the export already has %d resource types; a "
+             "FHIR server has fewer, so the line is not published",
+             f->line_no, file_type ? file_type : "(unnamed)", type, MAX_COUNTED_TYPES);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, type, msg);
+    f->bad_lines++;
+    json_decref(res);
+    return 0;
+  }
   if (n > p->max_message) {
     f->line_no++;
     snprintf(msg, sizeof msg, "%s/%s is %zu bytes, more than the %zu bytes a message may have",
@@ -1630,7 +1704,6 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
   rd_kafka_header_add(h, "fhirx-source-url", -1, f->shown, -1);
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, "bulk", -1);
-  int idx = fx_resource_index(type);
   char *value = fx_memstr(line, n); /* the resource exactly as the server wrote it */
   if (!value) {
     free(key);
@@ -1651,15 +1724,12 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     }
     atomic_store(&f->sink.failed, 1);
   }
+  count_add(f->counts, type, 1); /* before res, which owns type, is released */
   collect_refs(f, res, 1);
   if (strcmp(type, "Patient") == 0 && !fx_types_empty(e->job->per_patient_types))
     per_patient_add(f, id);
   json_decref(res);
   f->line_no++;
-  if (idx >= 0)
-    f->counts[idx]++;
-  else
-    f->other++;
   atomic_fetch_add(&p->stats.results, 1);
   return 0;
 }
@@ -1679,7 +1749,8 @@ static int process_lines(bx_file *f, int final) {
         f->line_no++;
         snprintf(msg, sizeof msg, "line %lld of a %s file is longer than %zu bytes", f->line_no,
                  f->type, max_line);
-        publish_failure(f->e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url, f->type, msg);
+        publish_failure(f->e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url,
+                        fx_resource_type_name_ok(f->type) ? f->type : NULL, msg);
         f->bad_lines++;
         f->skipping = 1;
       }
@@ -1769,9 +1840,9 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
   f->skipping = 0;
   /* References found so far stay queued: the export will not find them again. */
   if (cls == FX_EC_TRANSIENT && ++f->tries <= bc->retries && wall_ms() < e->deadline_ms) {
-    memset(f->counts, 0, sizeof f->counts);
+    json_object_clear(f->counts);
     pp_clear(f);
-    f->other = f->error_lines = f->bad_lines = f->line_no = 0;
+    f->error_lines = f->bad_lines = f->line_no = 0;
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
                                     (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms);
@@ -1810,9 +1881,10 @@ static void on_file_fhir(fx_http_response *res, const fx_auth_error *ae, void *a
   on_file_response(res, f);
 }
 
-/* Sends the file's request: with the token under the tenant's base, else
- * (storage elsewhere: a redirect, or a manifest that does not require the
- * token) without any Authorization header. */
+/* Sends the file's request: with the token when the manifest requires it
+ * (file_start checked that the URL may have it), else (a redirect to
+ * storage, or a manifest that does not require the token) without any
+ * Authorization header. */
 static void file_send(bx_file *f, const char *url) {
   bx_export *e = f->e;
   fx_bulk *b = e->b;
@@ -1820,9 +1892,9 @@ static void file_send(bx_file *f, const char *url) {
   f->xfer = NULL;
   fx_err err = {0};
   int rc;
-  if (f->redirects == 0 && fx_url_within(url, e->tenant->fhir_base)) {
+  if (f->redirects == 0 && e->requires_token) {
     fx_fhir_request rq = {.tenant = e->tenant->id,
-                          .fhir_base = e->tenant->fhir_base,
+                          .scope = fx_tenant_token_scope(e->tenant, 1),
                           .url = url,
                           .accept = "application/fhir+ndjson",
                           .sink = on_chunk,
@@ -1842,12 +1914,14 @@ static void file_send(bx_file *f, const char *url) {
 
 static void file_start(bx_file *f) {
   bx_export *e = f->e;
-  if (f->redirects == 0 && !fx_url_within(f->url, e->tenant->fhir_base) && e->requires_token) {
+  fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
+  if (f->redirects == 0 && e->requires_token && !fx_url_may_carry_token(f->url, &scope)) {
     char shown[512], msg[700];
     fx_url_redact(f->url, shown, sizeof shown);
     snprintf(msg, sizeof msg,
-             "manifest file %s is outside the tenant's FHIR base but requires the access token; "
-             "the token is not sent there",
+             "manifest file %s is on another origin than the tenant's FHIR base but requires "
+             "the access token; the token is not sent there (add the host to "
+             "tenants[].token_url_prefixes if it belongs to the server)",
              shown);
     export_fail(e, FX_EC_FOREIGN_REFERENCE, 0, msg);
     file_release(f);
@@ -1927,8 +2001,9 @@ static void pump_files(bx_export *e) {
                               : json_array_get(json_object_get(e->manifest, "error"), i - e->n_out);
     bx_file *f = calloc(1, sizeof *f);
     if (!f || !(f->url = strdup(json_string_value(json_object_get(it, "url")))) ||
-        !(f->type = strdup(json_string_value(json_object_get(it, "type"))))) {
-      if (f) free(f->url), free(f);
+        !(f->type = strdup(json_string_value(json_object_get(it, "type")))) ||
+        !(f->counts = json_object())) {
+      if (f) free(f->url), free(f->type), free(f);
       fx_log(FX_LOG_ERROR, "out of memory starting a bulk file download", NULL);
       return;
     }
@@ -2097,7 +2172,8 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
     e->rec = rec;
   } else {
     e = calloc(1, sizeof *e);
-    if (!e || !(e->job_id = strdup(job_id))) {
+    if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object())) {
+      if (e) free(e->job_id);
       free(e);
       json_decref(rec);
       fx_log(FX_LOG_ERROR, "out of memory tracking a bulk export", NULL);
@@ -2122,15 +2198,17 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
   json_int_t tf = json_integer_value(json_object_get(rec, "files_total"));
   (void)tf;
   json_t *counts = json_object_get(rec, "counts");
-  memset(e->counts, 0, sizeof e->counts);
+  json_object_clear(e->counts);
   const char *k;
   json_t *v;
   json_object_foreach(counts, k, v) {
-    int idx = fx_resource_index(k);
-    if (idx >= 0) e->counts[idx] = json_integer_value(v);
+    if (fx_resource_type_name_ok(k) && json_integer_value(v) > 0 &&
+        json_object_size(e->counts) < MAX_COUNTED_TYPES)
+      json_object_set_new(e->counts, k, json_integer(json_integer_value(v)));
   }
   e->error_lines = json_integer_value(json_object_get(rec, "error_lines"));
   e->bad_lines = json_integer_value(json_object_get(rec, "failures"));
+  e->first_cls = fx_errclass_parse(json_string_value(json_object_get(rec, "error_class")));
   e->refs_fetched = json_integer_value(json_object_get(rec, "references_fetched"));
   bx_part *p = find_part(b, m->partition);
   if (p && p->caught_up && !b->stopping) export_start(e);

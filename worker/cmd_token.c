@@ -297,7 +297,8 @@ int fx_cmd_get(int argc, char **argv) {
     snprintf(url, sizeof url, "%s", path);
   else
     snprintf(url, sizeof url, "%s/%s", o.tenant->fhir_base, path[0] == '/' ? path + 1 : path);
-  fx_fhir_request req = {.tenant = o.tenant->id, .fhir_base = o.tenant->fhir_base, .url = url};
+  fx_fhir_request req = {.tenant = o.tenant->id, .scope = fx_tenant_token_scope(o.tenant, 0),
+                         .url = url};
   fx_err err = {0};
   if (fx_fhir_get(&o.lp, o.app.tokens, &req, on_read, &o, &err) != 0) {
     fx_cli_fail("get", FX_EXIT_FAIL, "%s", err.msg);

@@ -143,6 +143,22 @@ const char *fx_fhir_id_problem(const char *s, size_t n, char *why, size_t size) 
   return NULL;
 }
 
+fx_token_scope fx_tenant_token_scope(const fx_tenant_conf *t, int own_export) {
+  fx_token_scope s = {.base = t->fhir_base,
+                      .prefixes = t->token_url_prefixes.v,
+                      .n_prefixes = t->token_url_prefixes.n,
+                      .own_export = own_export};
+  return s;
+}
+
+int fx_resource_type_name_ok(const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n < 2 || n > 64 || name[0] < 'A' || name[0] > 'Z') return 0;
+  for (size_t i = 1; i < n; i++)
+    if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z'))) return 0;
+  return 1;
+}
+
 int fx_fhir_id_ok(const char *s, size_t n) {
   char why[8];
   return fx_fhir_id_problem(s, n, why, sizeof why) == NULL;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/url.h"
 
 /* The resource types of FHIR R4 (4.0.1), sorted by name (strcmp): every
  * type a profile may fetch, export or follow. Bundle, OperationOutcome and
@@ -141,6 +142,15 @@ const char *fx_resource_key_problem(const char *type, const char *id, char *why,
 /* "{tenant}/{type}/{id}", built from their lengths: a new string (caller
  * frees), NULL when out of memory. */
 char *fx_result_key(const char *tenant, const char *type, const char *id);
+
+/* 1 if name looks like a FHIR resource type: [A-Z][A-Za-z]{1,63}, as
+ * schemas/common.schema.json's resourceType (any type, not only Cerner's). */
+int fx_resource_type_name_ok(const char *name);
+
+/* Where tenant t's token may go (common/url.h): its fhir_base, its
+ * token_url_prefixes, and, with own_export, its export URLs on the base's
+ * origin. The result points into t: use it while t is alive. */
+fx_token_scope fx_tenant_token_scope(const fx_tenant_conf *t, int own_export);
 
 typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN, FX_REF_INVALID } fx_ref_kind;
 

@@ -523,7 +523,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
   const fx_tenant_conf *t = run_tenant_conf(run);
-  fx_fhir_request req = {.tenant = t->id, .fhir_base = t->fhir_base, .url = f->url,
+  fx_fhir_request req = {.tenant = t->id, .scope = fx_tenant_token_scope(t, 0), .url = f->url,
                          .accept = run_profile(run)->types[f->type].accept};
   fx_err err = {0};
   wt->inflight++;
@@ -1003,11 +1003,12 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
   }
   if (!next) return 0;
   const fx_tenant_conf *t = run_tenant_conf(run);
-  if (!fx_url_within(next, t->fhir_base)) {
+  fx_token_scope scope = fx_tenant_token_scope(t, 0);
+  if (!fx_url_may_carry_token(next, &scope)) {
     char shown[512], msg[768];
     fx_url_redact(next, shown, sizeof shown);
-    snprintf(msg, sizeof msg, "the next page link %s is outside the tenant's FHIR base; not "
-             "followed with the tenant's token", shown);
+    snprintf(msg, sizeof msg, "the next page link %s is outside the tenant's FHIR base (and its "
+             "token_url_prefixes); not followed with the tenant's token", shown);
     failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = f->url, .attempts = f->attempts,
                   .message = msg};
     record_failure(run, f, &fl);

@@ -59,6 +59,7 @@ INVALID = {
     "dlq.headers-omitted-not-invalid-job.json": "'invalid_job' was expected",
     "status-completed-with-failures.json": "failures",
     "status-partial-nothing-published.json": "resources",
+    "status-bulk-negative-patient-resources.json": "-1 is less than the minimum of 0",
     "status-full-types-without-since.json": "full_types",
     "status-negative-duration.json": "duration_ms",
     "parking.headers-no-reason.json": "'fhirx-parked-reason' is a required property",

@@ -19,7 +19,8 @@ Per message it checks the key format, the value and the headers against the sche
 invalid job) and the invariants one message can show: a result's key is
 {fhirx-tenant}/{resourceType}/{id}; a failure's key is {tenant}/{job_id}; a dead letter's
 key is its fhirx-job-id (and a surrogate names its original position); a status's key is
-its job_id, its resources the sum of its counts; timestamps are real instants, in order; no
+its job_id, its resources the sum of its counts (a bulk status's patients, counts.Patient and
+bulk.patient_resources agree); timestamps are real instants, in order; no
 header appears twice, and a failure's or status's fhirx-job-id, fhirx-tenant and fhirx-attempt
 headers, which are optional, agree with its value.
 
@@ -277,6 +278,10 @@ class MessageChecker:
         total = sum(v["counts"].values())
         if v["resources"] != total:
             problems.append(f"resources is {v['resources']} but counts add up to {total}")
+        pr = (v.get("bulk") or {}).get("patient_resources")
+        if pr is not None and not (pr == v["patients"] == v["counts"].get("Patient", 0)):
+            problems.append(f"bulk.patient_resources {pr}, patients {v['patients']} and counts.Patient "
+                            f"{v['counts'].get('Patient', 0)} differ (all are the Patient resources exported)")
         if v["tasks_failed"] > v["tasks"]:
             problems.append(f"tasks_failed {v['tasks_failed']} is more than tasks {v['tasks']}")
         # A bulk export that failed counts all its tasks (files) failed and has one failure

@@ -13,10 +13,12 @@
  * running export per client and tenant (429 with Retry-After). */
 #include "tests/sim/fhir.h"
 #include "tests/sim/jsonw.h"
+#include "tests/sim/refserver.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +189,14 @@ bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_
         break;
       }
       sim_xwrite_provenance(&x->scope, target, h, out);
+    } else if (file->type >= SIM_XFILE_EXTRA) {
+      uint32_t ordinal, index;
+      if (!sim_ref_xnext(&x->scope, x->extra_pp, file->type - SIM_XFILE_EXTRA, c, &ordinal,
+                         &index)) {
+        *done = file->count;
+        break;
+      }
+      sim_ref_write_extra(&x->scope, file->type - SIM_XFILE_EXTRA, ordinal, index, out);
     } else {
       uint64_t h;
       /* Only a touch between planning and download can shorten a file. */
@@ -200,6 +210,14 @@ bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_
     (*done)++;
   }
   return *done >= file->count;
+}
+
+const char *sim_export_file_type(const sim_export *x, size_t f) {
+  int t = x->files[f].type;
+  if (t == SIM_XFILE_ERRORS) return "OperationOutcome";
+  if (t == SIM_XFILE_PROVENANCE) return "Provenance";
+  if (t >= SIM_XFILE_EXTRA) return sim_ref_extra_names[t - SIM_XFILE_EXTRA];
+  return sim_rtype_name((sim_rtype)t);
 }
 
 /* ---- jobs ---- */
@@ -312,10 +330,10 @@ static const char *echo_name(const char *name) {
   "DocumentReference, Encounter, Goal, Immunization, MedicationRequest, Observation, Patient, "  \
   "Procedure"
 
-/* Parses _type into out and *provenance; returns NULL or the 400 message
- * (in msg). */
+/* Parses _type into out and *provenance (and, for a reference-server export,
+ * its extra types into extra); returns NULL or the 400 message (in msg). */
 static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], bool *provenance,
-                                      char *msg, size_t n) {
+                                      bool extra[SIM_REF_EXTRA_COUNT], char *msg, size_t n) {
   memset(out, 0, SIM_RT_COUNT * sizeof *out);
   *provenance = false;
   bool patient_type = false;
@@ -327,6 +345,13 @@ static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], 
     if (len == 0) {
       snprintf(msg, n, "_type: empty type name (send the types comma separated)");
       return msg;
+    }
+    int k = extra && len < sizeof name ? sim_ref_extra_from_name(name) : -1;
+    if (k >= 0) {
+      extra[k] = true;
+      if (!p[len]) return NULL;
+      p += len + 1;
+      continue;
     }
     if (len < sizeof name && strcmp(name, "Provenance") == 0) {
       *provenance = true;
@@ -539,6 +564,23 @@ static int plan(sim_export *x, const sim_export_settings *cfg) {
     }
     if (in_file && push_file(x, &cap, t, start, in_file)) return -1;
   }
+  /* A reference-server export's extra types, after the others. */
+  for (int k = 0; x->refserver && k < SIM_REF_EXTRA_COUNT; k++) {
+    if (!x->extra[k] || x->extra_pp[k] == 0) continue;
+    sim_xcursor c = {0}, start = {0};
+    size_t in_file = 0;
+    uint32_t ordinal, index;
+    for (;;) {
+      sim_xcursor before = c;
+      if (!sim_ref_xnext(&x->scope, x->extra_pp, k, &c, &ordinal, &index)) break;
+      if (in_file == 0) start = before;
+      if (++in_file == max) {
+        if (push_file(x, &cap, SIM_XFILE_EXTRA + k, start, in_file)) return -1;
+        in_file = 0;
+      }
+    }
+    if (in_file && push_file(x, &cap, SIM_XFILE_EXTRA + k, start, in_file)) return -1;
+  }
   x->noutput = x->nfiles;
   if (cfg->error_file &&
       push_file(x, &cap, SIM_XFILE_ERRORS, (sim_xcursor){0}, SIM_XFILE_ERROR_LINES))
@@ -600,7 +642,8 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
     }
   }
   const char *types = sim_req_query(req, "_type");
-  if (types && parse_export_types(types, x->types, &x->provenance, msg, sizeof msg))
+  if (types && parse_export_types(types, x->types, &x->provenance,
+                                      x->refserver ? x->extra : NULL, msg, sizeof msg))
     return invalid(req, resp, 400, msg);
   const char *assoc = sim_req_query(req, "includeAssociatedData");
   if (assoc) {
@@ -641,6 +684,9 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
                     sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));
     x->provenance = sim_fhir_scope_allows_read(scopes, "Provenance");
   }
+  /* The reference server exports its other types too (whatever the scopes:
+   * it checks scopes per resource type only where it knows them). */
+  for (int k = 0; !types && x->refserver && k < SIM_REF_EXTRA_COUNT; k++) x->extra[k] = true;
   for (int t = 0; t < SIM_RT_COUNT; t++) {
     if (x->types[t] && !sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t))) {
       sim_fhir_forbidden(resp, sim_rtype_name((sim_rtype)t));
@@ -693,6 +739,8 @@ static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, con
   for (size_t i = 0; i < sizeof raw; i++) snprintf(x->id + 2 * i, 3, "%02x", raw[i]);
   x->tenant = t->index;
   x->scope = (sim_xscope){.store = t->store, .group = g};
+  x->refserver = t->ref.enabled;
+  memcpy(x->extra_pp, t->ref.extra, sizeof x->extra_pp);
   if (!kickoff_checks(req, resp, scopes, x)) {
     sim_export_unref(x);
     return;
@@ -706,7 +754,8 @@ static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, con
   int64_t now = sim_now_ms();
   pthread_mutex_lock(&st->lock);
   sim_export_settings cfg = t->export_settings;
-  bool busy = client_busy_locked(st, t, client_id, now);
+  /* One export per client and tenant is Cerner's rule, not the reference server's. */
+  bool busy = !x->refserver && client_busy_locked(st, t, client_id, now);
   if (busy) t->counters.export_refused++;
   pthread_mutex_unlock(&st->lock);
   if (busy) {
@@ -720,7 +769,7 @@ static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, con
 
   /* Check again: another kick-off of the client may have won meanwhile. */
   pthread_mutex_lock(&st->lock);
-  busy = client_busy_locked(st, t, client_id, sim_now_ms());
+  busy = !x->refserver && client_busy_locked(st, t, client_id, sim_now_ms());
   int rc = busy ? 0 : sim_map_put(&st->exports, x->id, x);
   if (busy) {
     t->counters.export_refused++;
@@ -738,9 +787,28 @@ static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, con
   }
   if (rc != 0) goto oom;
   /* The map owns x now; x->id is immutable, so it may be read unlocked. */
+  if (x->refserver) {
+    /* {origin}/fhir/bulkstatus/{id}: outside the FHIR base's path, as the
+     * reference server builds it (ExportManager.ts), with an OperationOutcome. */
+    char *url = sim_ref_status_url(req->host, x->id);
+    if (!url) goto oom_mapped;
+    char diag[300];
+    snprintf(diag, sizeof diag,
+             "Your request has been accepted. You can check its status at \"%s\"", url);
+    json_t *oo = json_pack("{s:s, s:[{s:s, s:s, s:s}]}", "resourceType", "OperationOutcome",
+                           "issue", "severity", "information", "code", "informational",
+                           "diagnostics", diag);
+    sim_resp_json(resp, 202, SIM_CT_FHIR, oo);
+    sim_resp_header(resp, "Content-Location", "%s", url);
+    free(url);
+    return;
+  }
   sim_resp_body(resp, 202, NULL, NULL, 0);
   sim_resp_header(resp, "Content-Location", "%s://%s/r4/%s" JOBS "%s", sim_scheme(), req->host,
                   t->id, x->id);
+  return;
+oom_mapped:
+  sim_fhir_outcome(resp, 500, "exception", "out of memory");
   return;
 oom:
   sim_export_unref(x);
@@ -761,16 +829,17 @@ static json_t *manifest(const sim_req *req, const sim_export *x) {
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_t *output = json_array(), *error = json_array();
   for (size_t f = 0; output && error && f < x->nfiles; f++) {
+    char *ref_url = x->refserver
+                        ? sim_ref_file_url(req->host, x->id, f + 1, sim_export_file_type(x, f))
+                        : NULL;
     snprintf(url, sizeof url, "%s://%s/r4/%s" JOBS "%s/files/%zu", sim_scheme(), req->host,
              req->tenant->id, x->id, f + 1);
     json_t *entry =
         f < x->noutput
-            ? json_pack("{s:s, s:s, s:I}", "type",
-                        x->files[f].type == SIM_XFILE_PROVENANCE
-                            ? "Provenance"
-                            : sim_rtype_name((sim_rtype)x->files[f].type),
-                        "url", url, "count", (json_int_t)x->files[f].count)
-            : json_pack("{s:s, s:s}", "type", "OperationOutcome", "url", url);
+            ? json_pack("{s:s, s:s, s:I}", "type", sim_export_file_type(x, f), "url",
+                        ref_url ? ref_url : url, "count", (json_int_t)x->files[f].count)
+            : json_pack("{s:s, s:s}", "type", "OperationOutcome", "url", ref_url ? ref_url : url);
+    free(ref_url);
     if (json_array_append_new(f < x->noutput ? output : error, entry)) {
       json_decref(output);
       output = NULL;
@@ -802,7 +871,11 @@ static void status(sim_req *req, sim_resp *resp, const char *id, const char *cli
     int64_t span = x->done_ms - x->kickoff_ms;
     long pct = span > 0 ? (long)((now - x->kickoff_ms) * 100 / span) : 99;
     sim_resp_body(resp, 202, NULL, NULL, 0);
-    sim_resp_header(resp, "X-Progress", "%ld%% complete", pct < 0 ? 0 : pct > 99 ? 99 : pct);
+    pct = pct < 0 ? 0 : pct > 99 ? 99 : pct;
+    if (x->refserver)
+      sim_resp_header(resp, "X-Progress", "%ld%% complete, generating files", pct);
+    else
+      sim_resp_header(resp, "X-Progress", "%ld%% complete", pct);
     sim_resp_header(resp, "Retry-After", "%ld", retry_after);
   } else if (x->fail) {
     sim_fhir_outcome(resp, 500, "exception",
@@ -887,6 +960,61 @@ static void file_redirect(sim_req *req, sim_resp *resp, const char *id, const ch
                     origin, x->id, n, sig);
   }
   sim_export_unref(x);
+}
+
+/* ---- reference server mode: status and files outside the FHIR base ---- */
+
+static void method_not_allowed(sim_resp *resp, const char *allowed);
+
+/* GET {origin}/{settings}/fhir/bulkfiles/{n}.{Type}.ndjson: the file itself,
+ * 200 application/fhir+ndjson (the reference server streams it; no redirect,
+ * no gzip), built in memory so that faults can rewrite it. */
+static void ref_file(sim_req *req, sim_resp *resp, const char *id, unsigned long n) {
+  sim_state *st = req->st;
+  int64_t now = sim_now_ms();
+  pthread_mutex_lock(&st->lock);
+  sim_export *x = find_locked(st, req->tenant, id, now);
+  pthread_mutex_unlock(&st->lock);
+  if (!x || now < x->done_ms || x->fail || n == 0 || n > x->nfiles) {
+    sim_fhir_outcome(resp, 404, "not-found", "The requested file was not found");
+    sim_export_unref(x);
+    return;
+  }
+  sim_buf b = {0};
+  sim_xcursor c = x->files[n - 1].start;
+  size_t done = 0;
+  sim_export_write_lines(x, n - 1, &c, &done, SIZE_MAX, &b);
+  size_t len;
+  char *body = b.oom ? NULL : sim_buf_steal(&b, &len);
+  sim_buf_free(&b);
+  sim_export_unref(x);
+  if (!body) {
+    sim_fhir_outcome(resp, 500, "exception", "out of memory");
+    return;
+  }
+  sim_count_export(st, req->tenant, SIM_XCOUNT_FILE);
+  sim_resp_body(resp, 200, CT_NDJSON, body, len);
+}
+
+void sim_ref_export_handle(sim_req *req, sim_resp *resp, const char *client_id) {
+  char id[SIM_EXPORT_ID_LEN + 1];
+  unsigned long file = 0;
+  int kind = sim_ref_parse_path(req->path, id, &file);
+  bool get = strcmp(req->method, "GET") == 0, del = strcmp(req->method, "DELETE") == 0;
+  if (kind == SIM_REF_PATH_FILE) {
+    if (get)
+      ref_file(req, resp, id, file);
+    else
+      method_not_allowed(resp, "GET");
+  } else if (kind == SIM_REF_PATH_STATUS && get) {
+    status(req, resp, id, client_id);
+  } else if (kind == SIM_REF_PATH_STATUS && del) {
+    delete_job(req, resp, id, client_id);
+  } else if (kind == SIM_REF_PATH_STATUS) {
+    method_not_allowed(resp, "GET and DELETE");
+  } else {
+    sim_fhir_outcome(resp, 404, "not-found", "no such bulk export URL");
+  }
 }
 
 /* ---- routing ---- */

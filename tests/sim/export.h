@@ -119,12 +119,14 @@ void sim_xwrite_provenance(const sim_xscope *s, sim_rtype target, uint64_t handl
  * Provenance files hold the Provenance of the exported resources. */
 #define SIM_XFILE_ERRORS (-1)
 #define SIM_XFILE_PROVENANCE (-2)
+/* Files of the reference server's extra types (refserver.h): this plus k. */
+#define SIM_XFILE_EXTRA 1000
 /* Lines of the error file when the tenant's error_file is on. */
 #define SIM_XFILE_ERROR_LINES 2
 
 /* One NDJSON file of an export: `count` lines of `type` from `start` on. */
 typedef struct sim_xfile {
-  int type; /* sim_rtype, SIM_XFILE_ERRORS or SIM_XFILE_PROVENANCE */
+  int type; /* sim_rtype, SIM_XFILE_ERRORS, SIM_XFILE_PROVENANCE, or SIM_XFILE_EXTRA + k */
   sim_xcursor start;
   size_t count;
 } sim_xfile;
@@ -136,6 +138,11 @@ typedef struct sim_export {
   sim_xscope scope; /* owns its filters and pool lists */
   bool types[SIM_RT_COUNT];
   bool provenance;  /* Provenance is exported */
+  /* A reference-server tenant's export (refserver.h): its URLs, and the
+   * extra types it holds (extra_pp per patient, from the tenant's config). */
+  bool refserver;
+  bool extra[SIM_REF_EXTRA_COUNT];
+  long extra_pp[SIM_REF_EXTRA_COUNT];
   char *client_id;  /* the client that kicked it off: only it may poll, download, DELETE */
   char *request;    /* the kick-off URL, query included (manifest "request") */
   char host[256];   /* the kick-off's Host: absolute URLs inside resources use it */
@@ -163,6 +170,9 @@ bool sim_export_expired_locked(const sim_export *x, int64_t now_ms);
  * is complete. No lock needed: jobs' plans and the data are immutable. */
 bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_t *done,
                             size_t min_bytes, sim_buf *out);
+
+/* The resourceType of file f's lines ("OperationOutcome" for the error file). */
+const char *sim_export_file_type(const sim_export *x, size_t f);
 
 /* The signature part of a storage URL for file f of job id: hex HMAC with
  * the process's secret (sim_state.storage_secret). out: 65 bytes. */

@@ -11,6 +11,7 @@
  * `expected` walks the group with the same code (sim_xnext) that plans and
  * writes the export's files, so it cannot drift from what a download holds. */
 #include "tests/sim/fhir.h"
+#include "tests/sim/refserver.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,9 +156,10 @@ static int compare_strings(const void *a, const void *b) {
 }
 
 /* Parses a comma list of exportable type names into out (Provenance into
- * *provenance); returns NULL or the 400 message. */
+ * *provenance, and a reference server's extra types into extra, when not
+ * NULL); returns NULL or the 400 message. */
 static const char *parse_types(const char *list, bool out[SIM_RT_COUNT], bool *provenance,
-                               char *msg, size_t n) {
+                               bool extra[SIM_REF_EXTRA_COUNT], char *msg, size_t n) {
   memset(out, 0, SIM_RT_COUNT * sizeof *out);
   *provenance = false;
   for (const char *p = list;;) {
@@ -165,7 +167,10 @@ static const char *parse_types(const char *list, bool out[SIM_RT_COUNT], bool *p
     char name[64];
     snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), p);
     int t = sim_rtype_from_name(name);
-    if (strcmp(name, "Provenance") == 0) {
+    int k = extra ? sim_ref_extra_from_name(name) : -1;
+    if (k >= 0) {
+      extra[k] = true;
+    } else if (strcmp(name, "Provenance") == 0) {
       *provenance = true;
     } else if (t < 0 || !sim_xtype_exportable((sim_rtype)t)) {
       bool plain = *name != '\0';
@@ -237,20 +242,24 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
   const sim_group *g = sim_group_find(t, group_id);
   char msg[512];
   sim_xscope scope = {.store = t->store, .group = g, .has_since = since != NULL};
-  bool types[SIM_RT_COUNT], provenance = false;
+  bool types[SIM_RT_COUNT], provenance = false, extra[SIM_REF_EXTRA_COUNT] = {false};
   int64_t hi;
   if (!g) {
     reply_error(resp, 404, "unknown group");
     return;
   }
-  if (types_q && *types_q && parse_types(types_q, types, &provenance, msg, sizeof msg)) {
+  if (types_q && *types_q &&
+      parse_types(types_q, types, &provenance, t->ref.enabled ? extra : NULL, msg, sizeof msg)) {
     reply_error(resp, 400, msg);
     return;
   }
-  /* Default: Patient and the per-patient types Cerner exports. */
-  if (!types_q || !*types_q)
+  /* Default: Patient and the per-patient types Cerner exports (and a reference
+   * server's other types). */
+  if (!types_q || !*types_q) {
     for (int i = 0; i < SIM_RT_COUNT; i++)
       types[i] = sim_xtype_exportable((sim_rtype)i) && !sim_xtype_pool((sim_rtype)i);
+    for (int k = 0; k < SIM_REF_EXTRA_COUNT; k++) extra[k] = t->ref.enabled;
+  }
   if (since && sim_fhir_parse_instant(since, &scope.since_ms, &hi) != 0) {
     reply_error(resp, 400, "since: expected a FHIR instant such as 2024-06-01T00:00:00Z");
     return;
@@ -273,6 +282,19 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
     while (!oom && sim_xnext(&scope, (sim_rtype)i, &c, &h)) {
       sim_store_id(t->store, (sim_rtype)i, h, id);
       oom = add_ref(&refs, &n, &cap, sim_rtype_name((sim_rtype)i), id);
+    }
+  }
+  for (int k = 0; !oom && k < SIM_REF_EXTRA_COUNT; k++) {
+    if (!extra[k]) continue;
+    sim_xcursor c = {0};
+    uint32_t ordinal, index;
+    char ref[96];
+    while (!oom && sim_ref_xnext(&scope, t->ref.extra, k, &c, &ordinal, &index)) {
+      sim_ref_extra_ref(&scope, k, ordinal, index, ref);
+      char *slash = strchr(ref, '/');
+      if (!slash) continue;
+      *slash = '\0';
+      oom = add_ref(&refs, &n, &cap, ref, slash + 1);
     }
   }
   if (provenance) {

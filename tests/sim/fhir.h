@@ -125,6 +125,10 @@ bool sim_export_path(const char *subpath);
  * authentication: scopes and client_id are the token's. */
 void sim_export_handle(sim_req *req, sim_resp *resp, const char *scopes, const char *client_id);
 
+/* Reference server mode (refserver.h): status (GET, DELETE) and file URLs
+ * outside the FHIR base, after authentication. */
+void sim_ref_export_handle(sim_req *req, sim_resp *resp, const char *client_id);
+
 /* Control endpoints that need the FHIR rules (control_data.c). */
 void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp);
 void sim_control_touch(sim_req *req, sim_tenant *t, sim_resp *resp);

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "tests/sim/delay.h"
 #include "tests/sim/fhir.h"
+#include "tests/sim/refserver.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -168,6 +169,14 @@ static void route(sim_req *r) {
       r->route = SIM_ROUTE_UNKNOWN_TENANT;
     else if (strcmp(rest, "/protocols/oauth2/profiles/smart-v1/token") == 0)
       r->route = SIM_ROUTE_TOKEN;
+    else if (strcmp(rest, "/auth/register") == 0 && r->tenant->ref.enabled)
+      r->route = SIM_ROUTE_REGISTER;
+  } else if ((r->tenant = sim_ref_tenant_of(r->st, r->path))) {
+    /* A reference-server export's status or file URL: outside /r4/{tenant},
+     * it belongs to the tenant whose export it names. Fault paths match it
+     * whole: "fhir/bulkstatus/{job}", "{settings}/fhir/bulkfiles/{file}". */
+    r->subpath = r->path;
+    r->route = SIM_ROUTE_FHIR;
   }
 }
 
@@ -300,6 +309,8 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
     sim_fhir_classify(r, type, &kind, read_key);
     sim_count_fhir_request(st, r->tenant, type, kind, read_key);
   }
+  if (r->tenant->ref.enabled)
+    sim_ref_count_path(st, r->tenant, r->path, sim_req_header(r, "Authorization") != NULL);
   if (f && fault_changes_answer(f)) sim_count_fault(st, r->tenant, target);
   if (f && f->reset) {
     c->reset = true;
@@ -318,9 +329,16 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
       sim_fhir_handle(r, resp);
     if (f) sim_fault_rewrite(f, r, resp);
   }
-  int64_t now = f ? sim_now_ms() : 0, not_before;
+  int64_t now = f || resp->retry_not_before_ms ? sim_now_ms() : 0, not_before;
   if (f && sim_fault_add_headers(f, now, resp, &not_before) && c->request_key)
     sim_faults_note_retry(st, r->tenant, c->request_key, now, not_before);
+  else if (resp->retry_not_before_ms) {
+    /* The handler announced a Retry-After itself (the reference server's
+     * rate limiter): the next request for this target is checked alike. */
+    if (!c->request_key) c->request_key = request_key(r);
+    if (c->request_key)
+      sim_faults_note_retry(st, r->tenant, c->request_key, now, resp->retry_not_before_ms);
+  }
   if (r->route == SIM_ROUTE_FHIR) sim_count_fhir(st, r->tenant, resp->status);
 }
 
@@ -337,6 +355,10 @@ static void dispatch(req_ctx *c, sim_resp *resp) {
     break;
   case SIM_ROUTE_NOT_FOUND:
     sim_fhir_outcome(resp, 404, "not-found", "no such endpoint");
+    break;
+  case SIM_ROUTE_REGISTER:
+    sim_ref_count_path(r->st, r->tenant, r->path, sim_req_header(r, "Authorization") != NULL);
+    sim_ref_register(r, resp);
     break;
   default: dispatch_tenant(c, resp); break;
   }

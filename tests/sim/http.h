@@ -30,6 +30,7 @@ typedef enum {
   SIM_ROUTE_DISCOVERY,
   SIM_ROUTE_TOKEN,
   SIM_ROUTE_FHIR,
+  SIM_ROUTE_REGISTER, /* reference server mode: POST /tenants/{t}/auth/register */
 } sim_route;
 
 struct MHD_Connection;
@@ -70,6 +71,10 @@ typedef struct sim_resp {
     char *value;      /* owned */
   } hdrs[SIM_RESP_MAX_HEADERS];
   size_t nhdrs;
+  /* A handler that answers with Retry-After sets the instant it announced
+   * (epoch ms); http.c then checks the next request for the same target
+   * against it like a fault's (docs/simulator.md "Retry-After"). 0 = none. */
+  int64_t retry_not_before_ms;
 } sim_resp;
 
 /* Sets status and body, taking ownership of body (malloc'd, may be NULL). */
@@ -123,6 +128,9 @@ void sim_discovery_handle(sim_req *req, sim_resp *resp);
 void sim_token_handle(sim_req *req, sim_resp *resp);
 void sim_fhir_handle(sim_req *req, sim_resp *resp);
 void sim_control_handle(sim_req *req, sim_resp *resp);
+/* Reference server mode: issues a client id the way the SMART reference
+ * server does (a signed JWT carrying the JWKS) and registers it (token.c). */
+void sim_ref_register(sim_req *req, sim_resp *resp);
 
 /* The client a token request names (unverified iss of the assertion, else
  * the client_id form field): new string or NULL. */

@@ -1,5 +1,6 @@
 #include "tests/sim/state.h"
 
+#include "tests/sim/refserver.h"
 #include "tests/sim/util.h"
 
 #include <openssl/rand.h>
@@ -35,10 +36,11 @@ static int counters_init(sim_counters *c) {
                       .fhir_by_kind = json_object(),
                       .fhir_by_type_kind = json_object(),
                       .reads = json_object(),
-                      .kickoffs = json_array()};
+                      .kickoffs = json_array(),
+                      .auth_paths = json_object()};
   return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served &&
                  c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads &&
-                 c->kickoffs
+                 c->kickoffs && c->auth_paths
              ? 0
              : -1;
 }
@@ -53,6 +55,7 @@ static void counters_free(sim_counters *c) {
   json_decref(c->fhir_by_type_kind);
   json_decref(c->reads);
   json_decref(c->kickoffs);
+  json_decref(c->auth_paths);
   *c = (sim_counters){0};
 }
 
@@ -63,11 +66,14 @@ static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
   t->id = strdup(tc->id);
   t->expires_in = tc->expires_in;
   t->export_settings = tc->export_settings;
+  t->ref = tc->ref;
+  t->ref.scopes = (sim_strv){0};
   t->store = sim_store_build(&dp, indexer, err, errlen);
   if (!t->store || sim_groups_init(t, tc, err, errlen) != 0) return -1;
   t->clients = calloc(tc->nclients + 1, sizeof *t->clients);
   if (!t->id || !t->clients || sim_strv_copy(&t->auth_methods, &tc->auth_methods) ||
-      sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters) ||
+      sim_strv_copy(&t->signing_algs, &tc->signing_algs) ||
+      sim_strv_copy(&t->ref.scopes, &tc->ref.scopes) || counters_init(&t->counters) ||
       sim_faults_tenant_init(t))
     goto oom;
   for (size_t i = 0; i < tc->nclients; i++) {
@@ -86,6 +92,8 @@ static void tenant_free(sim_tenant *t) {
   sim_store_free(t->store);
   sim_strv_free(&t->auth_methods);
   sim_strv_free(&t->signing_algs);
+  sim_strv_free(&t->ref.scopes);
+  sim_ref_rate_free(t);
   for (size_t i = 0; i < t->nclients; i++) sim_client_clear(&t->clients[i]);
   free(t->clients);
   sim_faults_tenant_free(t);
@@ -386,6 +394,12 @@ void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what) {
   pthread_mutex_unlock(&st->lock);
 }
 
+void sim_count_ref_registration(sim_state *st, sim_tenant *t) {
+  pthread_mutex_lock(&st->lock);
+  t->counters.ref_registrations++;
+  pthread_mutex_unlock(&st->lock);
+}
+
 void sim_count_storage_request(sim_state *st, bool authorization) {
   pthread_mutex_lock(&st->lock);
   st->storage_requests++;
@@ -415,7 +429,7 @@ json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
 
 static json_t *tenant_counters(const sim_counters *c) {
   return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O, s:{s:I, s:I, s:I, "
-                   "s:I, s:I, s:I, s:I}}",
+                   "s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}}",
                    "token_requests",
                    (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
                    "token_rejections", c->token_rejections, "token_requests_by_client",
@@ -428,7 +442,10 @@ static json_t *tenant_counters(const sim_counters *c) {
                    (json_int_t)c->export_polls, "files_served", (json_int_t)c->export_files,
                    "deletes", (json_int_t)c->export_deletes, "kickoffs_invalid",
                    (json_int_t)c->export_invalid, "other_client",
-                   (json_int_t)c->export_other_client);
+                   (json_int_t)c->export_other_client, "reference_server",
+                   "registrations", (json_int_t)c->ref_registrations, "rate_limited_epoch_ms",
+                   (json_int_t)c->ref_limited_ms, "rate_limited_epoch_s",
+                   (json_int_t)c->ref_limited_s);
 }
 
 json_t *sim_state_counters_json(sim_state *st) {
@@ -457,6 +474,9 @@ void sim_state_reset_counters(sim_state *st) {
     c->token_requests = c->tokens_granted = c->discovery_requests = c->fhir_requests = 0;
     c->export_kickoffs = c->export_refused = c->export_polls = c->export_files =
         c->export_deletes = c->export_invalid = c->export_other_client = 0;
+    c->ref_registrations = c->ref_limited_ms = c->ref_limited_s = 0;
+    json_object_clear(c->auth_paths);
+    sim_ref_rate_reset_locked(&st->tenants[i]);
     json_object_clear(c->token_rejections);
     json_object_clear(c->by_client);
     json_object_clear(c->fhir_by_status);

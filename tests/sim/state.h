@@ -45,9 +45,24 @@ typedef struct sim_counters {
   json_t *kickoffs;          /* the last SIM_KICKOFF_LOG kick-offs: query as received, status */
   long export_invalid;       /* kick-offs refused for their parameters (400/422) */
   long export_other_client;  /* status, file or DELETE requests of another client (403) */
+  /* Reference server mode (refserver.c). */
+  long ref_registrations;    /* clients registered through auth/register */
+  long ref_limited_ms;       /* 429s whose Retry-After was an epoch in milliseconds */
+  long ref_limited_s;        /* 429s whose Retry-After was an epoch in seconds */
+  json_t *auth_paths;        /* path -> {"requests": n, "authorization": m} */
 } sim_counters;
 
 #define SIM_KICKOFF_LOG 100
+
+/* A reference-server route's rate limiter (refserver.c): the real server's
+ * sliding window per route (lib.ts rateLimiter). */
+typedef struct sim_ratelimit {
+  int64_t *times; /* arrivals still inside the window, oldest first */
+  size_t n, cap;
+  int64_t blocked_until; /* epoch ms; 0 = not blocked */
+} sim_ratelimit;
+
+enum { SIM_REF_ROUTE_KICKOFF, SIM_REF_ROUTE_STATUS, SIM_REF_ROUTE_COUNT };
 
 typedef enum {
   SIM_XCOUNT_KICKOFF,
@@ -82,6 +97,7 @@ typedef struct sim_tenant {
   size_t index;
   sim_group *groups; /* Bulk Data groups (export.c) */
   size_t ngroups;
+  sim_refserver_cfg ref; /* reference server mode (refserver.c) */
   /* Guarded by sim_state.lock. */
   long expires_in;
   bool fhir_always_401;
@@ -90,6 +106,7 @@ typedef struct sim_tenant {
   size_t nclients;
   sim_export_settings export_settings;
   bool export_fail_next; /* the next accepted kick-off's export fails */
+  sim_ratelimit ratelimit[SIM_REF_ROUTE_COUNT]; /* reference server mode */
   sim_fault *faults; /* in posting order; first match wins (fault.c) */
   size_t nfaults;
   sim_map retry_pending;  /* request target -> Retry-After announced (fault.c) */
@@ -175,6 +192,8 @@ void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
 void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, const char *kind,
                             const char *read_key);
 void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what);
+/* A client registered through a reference-server tenant's auth/register. */
+void sim_count_ref_registration(sim_state *st, sim_tenant *t);
 /* One storage request; bytes of bodies are added as they are produced. */
 void sim_count_storage_request(sim_state *st, bool authorization);
 void sim_count_storage_bytes(sim_state *st, size_t bytes);

@@ -10,7 +10,11 @@
  * RelatedPerson, ServiceRequest refused; the reference types and Provenance
  * exported, only with a patient type), _typeFilter's rules and filters
  * applied to the data, unsupported parameters (Prefer: handling=lenient),
- * and status, file and DELETE requests from the exporting client only.
+ * and status, file and DELETE requests from the exporting client only. Reference
+ * server mode (docs/simulator.md "Reference server mode"): long client ids
+ * issued by auth/register, status and files outside the FHIR base served
+ * directly, Claim/ExplanationOfBenefit/ImagingStudy lines, no read API, and
+ * the per-route rate limit with epoch Retry-After values.
  *
  * The tests share one simulator and run in the order listed in main(); each
  * finishes or deletes the exports it started, so the one-export-per-client
@@ -22,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "common/b64.h"
 #include "fx_testsupport.h"
 #include "tests/sim/test_keys.h"
 
@@ -37,6 +42,8 @@
 
 #define TENANT "export-t"
 #define BIG "big-t"
+#define REF "ref-t"     /* reference server mode */
+#define REF_RL "ref-rl" /* reference server mode with a tight rate limit */
 #define CLIENT "export-client"
 #define OTHER "other-client"
 #define NARROW "narrow-client"
@@ -74,7 +81,18 @@ static const char config_json[] =
     "  \"per_patient\": {\"Observation\": 40, \"Condition\": 0, \"Encounter\": 0, " ZERO_OTHERS "},"
     "  \"groups\": [{\"id\": \"all\", \"first\": 1, \"count\": 600}],"
     "  \"export\": {\"duration_ms\": 0, \"file_max_resources\": 100000},"
-    "  \"clients\": []}]}";
+    "  \"clients\": []},"
+    " {\"id\": \"" REF "\", \"patients\": 10,"
+    "  \"per_patient\": {\"Observation\": 4, \"Condition\": 2, \"Encounter\": 1, " ZERO_OTHERS "},"
+    "  \"groups\": [{\"id\": \"BMCHealthNet\", \"first\": 1, \"count\": 4}],"
+    "  \"export\": {\"duration_ms\": 300, \"file_max_resources\": 5},"
+    "  \"reference_server\": {\"extra_types\": {\"Claim\": 2, \"ExplanationOfBenefit\": 2,"
+    "                        \"ImagingStudy\": 1}}},"
+    " {\"id\": \"" REF_RL "\", \"patients\": 3,"
+    "  \"groups\": [{\"id\": \"g\", \"first\": 1, \"count\": 3}],"
+    "  \"export\": {\"duration_ms\": 0},"
+    "  \"reference_server\": {\"rate_limit\": {\"requests\": 1, \"window_ms\": 2000,"
+    "                                          \"block_ms\": 3000}}}]}";
 
 typedef struct fixture {
   fx_sim sim;
@@ -85,10 +103,14 @@ typedef struct fixture {
   char *narrow_token; /* NARROW: Patient and Observation only */
   char *wide_token;   /* WIDE: WIDE_SCOPES (the pool types and Provenance too) */
   char *big_token;    /* CLIENT on BIG */
+  char *ref_id;       /* the client id REF issued (a JWT) */
+  char *ref_token;    /* that client's token on REF */
   long storage_port;
 } fixture;
 
 /* ---- helpers ---- */
+
+static char *exchange(fixture *f, const char *tenant, const char *client, const char *scopes);
 
 static char *token_for(fixture *f, const char *tenant, const char *client, const char *scopes) {
   /* Register the client with this key and exactly these scopes. */
@@ -104,7 +126,12 @@ static char *token_for(fixture *f, const char *tenant, const char *client, const
   snprintf(path, sizeof path, "/_sim/tenants/%s/clients", tenant);
   assert_int_equal(fx_sim_post_json(&f->sim, path, text), 200);
   free(text);
+  return exchange(f, tenant, client, scopes);
+}
 
+/* A client assertion for client (iss = sub, however long) exchanged for a
+ * token with these scopes; expects 200. */
+static char *exchange(fixture *f, const char *tenant, const char *client, const char *scopes) {
   char aud[512], jti[64];
   snprintf(aud, sizeof aud, "%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token",
            f->sim.url, tenant);
@@ -424,6 +451,8 @@ static int group_teardown(void **state) {
     free(f->narrow_token);
     free(f->wide_token);
     free(f->big_token);
+    free(f->ref_id);
+    free(f->ref_token);
     free(f);
   }
   curl_global_cleanup();
@@ -476,6 +505,14 @@ static void test_config_validation(void **state) {
                       "tenants[0].export.file_max_resources");
   expect_config_error("{\"tenants\":[{\"id\":\"t\",\"export\":{\"fail_next\":true}}]}",
                       "unknown key \"fail_next\""); /* control API only */
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"extra_types\":"
+                      "{\"Invoice\":1}}}]}",
+                      "tenants[0].reference_server.extra_types: \"Invoice\" is not one of");
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"rate_limit\":"
+                      "{\"window_ms\":0}}}]}",
+                      "tenants[0].reference_server.rate_limit.window_ms");
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"prefix\":1}}]}",
+                      "tenants[0].reference_server: unknown key \"prefix\"");
 }
 
 static void test_group_read(void **state) {
@@ -1315,6 +1352,247 @@ static void test_control_expected(void **state) {
   fxt_http_resp_free(&r);
 }
 
+/* ---- reference server mode ---- */
+
+/* POST {sim}/tenants/{tenant}/auth/register with the form `body`. */
+static long ref_register(const fixture *f, const char *tenant, const char *body,
+                         fxt_http_resp *r) {
+  char url[512];
+  snprintf(url, sizeof url, "%s/tenants/%s/auth/register", f->sim.url, tenant);
+  const char *headers[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+  assert_int_equal(fxt_http("POST", url, headers, body, r), 0);
+  return r->status;
+}
+
+/* The reference server issues client ids: a JWT carrying the JWKS, far longer
+ * than 256 characters; an assertion whose iss and sub are that id gets a
+ * token. */
+static void test_ref_register(void **state) {
+  fixture *f = *state;
+  json_t *jwks = json_pack("{s:[o]}", "keys", test_key_jwk(&f->key));
+  char *jtext = json_dumps(jwks, JSON_COMPACT);
+  json_decref(jwks);
+  char *esc = curl_easy_escape(NULL, jtext, 0);
+  size_t flen = strlen(esc) + 16;
+  char *form = malloc(flen);
+  snprintf(form, flen, "jwks=%s", esc);
+  fxt_http_resp r;
+  assert_int_equal(ref_register(f, REF, form, &r), 200);
+  char *ct = fxt_http_header(&r, "Content-Type");
+  assert_non_null(strstr(ct, "text/plain"));
+  free(ct);
+  f->ref_id = strdup(r.body);
+  fxt_http_resp_free(&r);
+  /* One P-384 public key makes about 500 characters, an RSA-2048 key about
+   * 800 (the reference server's ids are 557-1,057+): past the 256 bytes
+   * clients used to allow, within the 8192 fhirx accepts. */
+  size_t len = strlen(f->ref_id);
+  if (len <= 400 || len > 8192) fail_msg("client id of %zu characters", len);
+  /* header.claims.signature, claims carrying the key set. */
+  const char *d1 = strchr(f->ref_id, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+  assert_non_null(d2);
+  assert_null(strchr(d2 + 1, '.'));
+  size_t n;
+  uint8_t *claims = fx_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), &n);
+  json_t *c = json_loadb((const char *)claims, n, 0, NULL);
+  assert_non_null(json_object_get(json_object_get(c, "jwks"), "keys"));
+  json_decref(c);
+  free(claims);
+  f->ref_token = exchange(f, REF, f->ref_id,
+                          "system/Group.read system/Patient.read system/Observation.read "
+                          "system/Condition.read system/Encounter.read system/Practitioner.read");
+  assert_int_equal(fx_sim_counter(&f->sim, REF, "reference_server.registrations"), 1);
+  /* Neither jwks nor jwks_url: 400; not POST: 400. */
+  assert_int_equal(ref_register(f, REF, "dur=5", &r), 400);
+  assert_non_null(strstr(r.body, "Either 'jwks' or 'jwks_url' is required"));
+  fxt_http_resp_free(&r);
+  char url[512];
+  snprintf(url, sizeof url, "%s/tenants/" REF "/auth/register", f->sim.url);
+  assert_int_equal(fxt_http("GET", url, NULL, NULL, &r), 0);
+  assert_int_equal(r.status, 400);
+  fxt_http_resp_free(&r);
+  /* Only reference-server tenants register clients this way. */
+  assert_int_equal(ref_register(f, TENANT, form, &r), 404);
+  fxt_http_resp_free(&r);
+  free(form);
+  curl_free(esc);
+  free(jtext);
+}
+
+/* An export: the status URL and the files are outside /r4/{tenant} (on its
+ * origin), files are served directly with the token (no 307), and hold the
+ * extra types; DELETE on the status URL; Authorization counted per path. */
+static void test_ref_export(void **state) {
+  fixture *f = *state;
+  char *loc = start_export(f, REF, f->ref_token, "BMCHealthNet", NULL);
+  char want[256];
+  snprintf(want, sizeof want, "%s/fhir/bulkstatus/", f->sim.url);
+  assert_true(strncmp(loc, want, strlen(want)) == 0);
+  assert_int_equal(strlen(loc), strlen(want) + 32);
+  json_t *m = manifest_of(loc, f->ref_token);
+  assert_true(json_is_true(json_object_get(m, "requiresAccessToken")));
+  json_t *set = json_object();
+  json_t *types = json_object();
+  size_t i;
+  const json_t *o;
+  json_array_foreach(json_object_get(m, "output"), i, o) {
+    const char *url = json_string_value(json_object_get(o, "url"));
+    const char *type = json_string_value(json_object_get(o, "type"));
+    char tail[128];
+    snprintf(tail, sizeof tail, "/fhir/bulkfiles/%zu.%s.ndjson", i + 1, type);
+    assert_true(strncmp(url, f->sim.url, strlen(f->sim.url)) == 0);
+    assert_null(strstr(url, "/r4/"));
+    assert_non_null(strstr(url, tail));
+    json_object_set_new(types, type, json_true());
+    fxt_http_resp r;
+    /* The token is required; the file itself is the answer. */
+    assert_int_equal(request("GET", url, NULL, "application/fhir+ndjson", NULL, &r), 401);
+    fxt_http_resp_free(&r);
+    assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 200);
+    char *ct = fxt_http_header(&r, "Content-Type");
+    assert_string_equal(ct, "application/fhir+ndjson");
+    free(ct);
+    size_t lines = collect_lines(r.body, r.body_len, type, set);
+    assert_int_equal(lines, (size_t)json_integer_value(json_object_get(o, "count")));
+    fxt_http_resp_free(&r);
+  }
+  assert_non_null(json_object_get(types, "Claim"));
+  assert_non_null(json_object_get(types, "ExplanationOfBenefit"));
+  assert_non_null(json_object_get(types, "ImagingStudy"));
+  /* What `expected` lists, no more: 4 patients x (1 + 4 + 2 + 1 + 2 + 2 + 1). */
+  json_t *expected = group_expected(f, REF, "BMCHealthNet", "", NULL);
+  assert_int_equal(json_array_size(expected), 4 * 13);
+  assert_int_equal(json_object_size(set), json_array_size(expected));
+  const json_t *ref;
+  json_array_foreach(expected, i, ref) assert_non_null(json_object_get(set, json_string_value(ref)));
+  json_decref(expected);
+  json_t *claims = group_expected(f, REF, "BMCHealthNet", "Claim", NULL);
+  assert_int_equal(json_array_size(claims), 8);
+  json_decref(claims);
+
+  /* Authorization headers per path: the status URL's path saw them. */
+  json_t *auth = fx_sim_get_json(&f->sim, "/_sim/tenants/" REF "/authorization");
+  const char *path = loc + strlen(f->sim.url);
+  const json_t *st = json_object_get(json_object_get(auth, "paths"), path);
+  assert_true(json_integer_value(json_object_get(st, "authorization")) >= 1);
+  assert_int_equal(json_integer_value(json_object_get(st, "authorization")),
+                   json_integer_value(json_object_get(st, "requests")));
+  json_decref(auth);
+
+  delete_export(loc, f->ref_token);
+  fxt_http_resp r;
+  assert_int_equal(request("GET", loc, f->ref_token, "application/json", NULL, &r), 404);
+  fxt_http_resp_free(&r);
+  const char *first =
+      json_string_value(json_object_get(json_array_get(json_object_get(m, "output"), 0), "url"));
+  assert_int_equal(request("GET", first, f->ref_token, "application/fhir+ndjson", NULL, &r), 404);
+  fxt_http_resp_free(&r);
+  assert_int_equal(export_counter(f, REF, "deletes"), 1);
+  json_decref(types);
+  json_decref(set);
+  json_decref(m);
+  free(loc);
+}
+
+/* No read or search API: Express's "Cannot GET"; Group read and $export only. */
+static void test_ref_no_read_api(void **state) {
+  fixture *f = *state;
+  char url[512];
+  fxt_http_resp r;
+  static const char *const paths[] = {"/Patient/20000001", "/Practitioner/4000001",
+                                      "/Observation?patient=20000001"};
+  for (size_t i = 0; i < 3; i++) {
+    fhir_url(f, REF, paths[i], url, sizeof url);
+    assert_int_equal(request("GET", url, f->ref_token, "application/fhir+json", NULL, &r), 404);
+    assert_non_null(strstr(r.body, "Cannot GET /r4/" REF));
+    fxt_http_resp_free(&r);
+  }
+  fhir_url(f, REF, "/Group/BMCHealthNet", url, sizeof url);
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+json", NULL, &r), 200);
+  fxt_http_resp_free(&r);
+}
+
+/* A rate limit per route: over `requests` per window, the first 429 says
+ * Retry-After: <epoch ms>, later ones while blocked <epoch s>; both are
+ * remembered by the Retry-After ledger; routes are limited separately. */
+static void test_ref_rate_limit(void **state) {
+  fixture *f = *state;
+  char *token = token_for(f, REF_RL, "rl-client", "system/Patient.read");
+  char *loc = start_export(f, REF_RL, token, "g", "?_type=Patient");
+  fxt_http_resp r;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_REALTIME, &t0);
+  assert_int_equal(kickoff(f, REF_RL, token, "g", "?_type=Patient", &r), 429);
+  clock_gettime(CLOCK_REALTIME, &t1);
+  char *ra = fxt_http_header(&r, "Retry-After");
+  fxt_http_resp_free(&r);
+  /* The end of the block, in epoch milliseconds: the request's arrival + 3000. */
+  long long v = strtoll(ra, NULL, 10);
+  long long lo = (long long)t0.tv_sec * 1000 + t0.tv_nsec / 1000000 + 3000;
+  long long hi = (long long)t1.tv_sec * 1000 + t1.tv_nsec / 1000000 + 3000;
+  assert_int_equal(strlen(ra), 13);
+  assert_true(v >= lo - 1 && v <= hi + 1);
+  free(ra);
+  /* Again while blocked: the same instant in epoch seconds, rounded up. */
+  assert_int_equal(kickoff(f, REF_RL, token, "g", "?_type=Patient", &r), 429);
+  ra = fxt_http_header(&r, "Retry-After");
+  assert_non_null(strstr(r.body, "Too Many Requests"));
+  fxt_http_resp_free(&r);
+  assert_int_equal(strlen(ra), 10);
+  assert_int_equal(strtoll(ra, NULL, 10), (v + 999) / 1000);
+  free(ra);
+  assert_int_equal(fx_sim_counter(&f->sim, REF_RL, "reference_server.rate_limited_epoch_ms"), 1);
+  assert_int_equal(fx_sim_counter(&f->sim, REF_RL, "reference_server.rate_limited_epoch_s"), 1);
+  /* That retry came before the announced instant: the ledger saw it. */
+  json_t *ledger = fx_sim_get_json(&f->sim, "/_sim/tenants/" REF_RL "/retry_after_violations");
+  assert_int_equal(json_integer_value(json_object_get(ledger, "violations")), 1);
+  json_decref(ledger);
+  /* The status route has its own limiter. */
+  json_t *m = manifest_of(loc, token);
+  json_decref(m);
+  /* Once the block is over (and the window has passed), kick-offs work again. */
+  long status = 0;
+  for (int i = 0; i < 200 && status != 202; i++) {
+    status = kickoff(f, REF_RL, token, "g", "?_type=Patient", &r);
+    char *next = status == 202 ? fxt_http_header(&r, "Content-Location") : NULL;
+    fxt_http_resp_free(&r);
+    if (next) {
+      delete_export(next, token);
+      free(next);
+    } else {
+      fx_test_sleep_ms(50);
+    }
+  }
+  assert_int_equal(status, 202);
+  delete_export(loc, token);
+  assert_int_equal(fx_sim_delete(&f->sim, "/_sim/tenants/" REF_RL "/retry_after_violations"), 200);
+  free(loc);
+  free(token);
+}
+
+/* Faults reach the paths outside the base by their whole path. */
+static void test_ref_faults(void **state) {
+  fixture *f = *state;
+  const char *faults = "/_sim/tenants/" REF "/faults";
+  assert_int_equal(fx_sim_post_json(&f->sim, faults,
+                                    "{\"target\":\"fhir\",\"path\":\"*/fhir/bulkfiles/*\","
+                                    "\"status\":503,\"count\":1}"),
+                   200);
+  char *loc = start_export(f, REF, f->ref_token, "BMCHealthNet", "?_type=Patient");
+  json_t *m = manifest_of(loc, f->ref_token);
+  const char *url =
+      json_string_value(json_object_get(json_array_get(json_object_get(m, "output"), 0), "url"));
+  fxt_http_resp r;
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 503);
+  fxt_http_resp_free(&r);
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 200);
+  fxt_http_resp_free(&r);
+  delete_export(loc, f->ref_token);
+  json_decref(m);
+  free(loc);
+  assert_int_equal(fx_sim_delete(&f->sim, faults), 200);
+}
+
 static void test_clean_shutdown(void **state) {
   fixture *f = *state;
   /* An export left running and one completed but never deleted must be
@@ -1350,6 +1628,11 @@ int main(void) {
       cmocka_unit_test(test_other_client),
       cmocka_unit_test(test_big_file),
       cmocka_unit_test(test_control_expected),
+      cmocka_unit_test(test_ref_register),
+      cmocka_unit_test(test_ref_export),
+      cmocka_unit_test(test_ref_no_read_api),
+      cmocka_unit_test(test_ref_rate_limit),
+      cmocka_unit_test(test_ref_faults),
       cmocka_unit_test(test_clean_shutdown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

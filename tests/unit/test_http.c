@@ -373,6 +373,50 @@ static void stream_refused_by_sink_is_canceled(void **state) {
   assert_true(s.bytes < (1 << 20));
 }
 
+/* Retry-After as RFC 9110 says (delay-seconds, HTTP-date) and as the SMART
+ * reference Bulk Data server sends it (epoch seconds, epoch milliseconds).
+ * "now" is fixed, so nothing depends on the clock. */
+static void retry_after_values(void **state) {
+  (void)state;
+  const long long now_s = 1796680191LL, now = now_s * 1000 + 250; /* 2026-12-07T21:49:51Z */
+  /* delay-seconds */
+  assert_int_equal(fx_http_retry_after_value_ms("0", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("7", now), 7000);
+  assert_int_equal(fx_http_retry_after_value_ms(" 120 ", now), 120000);
+  assert_int_equal(fx_http_retry_after_value_ms("86400", now), 86400000L);
+  /* Not a value: negative, trailing junk, empty, nothing. */
+  assert_int_equal(fx_http_retry_after_value_ms("-5", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms("5s", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms("", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms(NULL, now), -1);
+  /* The reference server's 429 while blocked: epoch seconds, 300 s ahead.
+   * Read as seconds it would be 57 years. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680491", now), 300000 - 250);
+  /* Its first 429: epoch milliseconds, 300 s ahead. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680491250", now), 300000);
+  /* A point in time that has passed (clock skew): no wait. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680000", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("1796680000000", now), 0);
+  /* The window edge: 7 days ahead is still a point in time... */
+  char v[32];
+  snprintf(v, sizeof v, "%lld", now_s + FX_RETRY_AFTER_EPOCH_WINDOW_S);
+  assert_int_equal(fx_http_retry_after_value_ms(v, now), FX_RETRY_AFTER_MAX_MS - 250);
+  /* ...8 days in the past is not: it is seconds again (decades), clamped. */
+  snprintf(v, sizeof v, "%lld", now_s - 8 * 86400);
+  assert_int_equal(fx_http_retry_after_value_ms(v, now), FX_RETRY_AFTER_MAX_MS);
+  /* Just under the epoch threshold: a (long) delay in seconds, clamped. */
+  assert_int_equal(fx_http_retry_after_value_ms("999999999", now), FX_RETRY_AFTER_MAX_MS);
+  /* Huge numbers saturate instead of overflowing (UBSan checks this). */
+  assert_int_equal(fx_http_retry_after_value_ms("99999999999999999999999999999999999999", now),
+                   FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("9223372036854775808", now), FX_RETRY_AFTER_MAX_MS);
+  /* HTTP-date: 30 s ahead, in the past, and far ahead (clamped). */
+  assert_int_equal(fx_http_retry_after_value_ms("Mon, 07 Dec 2026 21:50:21 GMT", now), 29750);
+  assert_int_equal(fx_http_retry_after_value_ms("Wed, 21 Oct 2015 07:28:00 GMT", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("Fri, 01 Jan 2100 00:00:00 GMT", now),
+                   FX_RETRY_AFTER_MAX_MS);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
                                      cmocka_unit_test(post_with_bearer),
@@ -382,6 +426,7 @@ int main(void) {
                                      cmocka_unit_test(close_inside_callback),
                                      cmocka_unit_test(stream_pauses_and_resumes),
                                      cmocka_unit_test(stream_error_is_buffered_not_streamed),
-                                     cmocka_unit_test(stream_refused_by_sink_is_canceled)};
+                                     cmocka_unit_test(stream_refused_by_sink_is_canceled),
+                                     cmocka_unit_test(retry_after_values)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -223,6 +223,37 @@ static void discovery_checks(void **state) {
                    FX_ETRANSIENT);
 }
 
+/* A client id of a thousand characters (the SMART reference server issues
+ * signed JWTs) is shown by its start and length: the message keeps its hint,
+ * and never holds something that looks like a JWT. */
+static void long_client_id_keeps_the_message(void **state) {
+  (void)state;
+  char id[1100];
+  snprintf(id, sizeof id, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJqd2tzIjp7ImtleXMiOlt7Imt0eSI6");
+  size_t n = strlen(id);
+  while (n < 1057) id[n++] = 'Q';
+  id[n] = '\0';
+  char shown[96];
+  fx_smart_client_id_shown(id, shown, sizeof shown);
+  assert_string_equal(shown, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpX... (1057 characters)");
+  fx_smart_client_id_shown("client-1", shown, sizeof shown);
+  assert_string_equal(shown, "client-1");
+  fx_smart_client_id_shown("eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln-and-more-than-forty-eight-characters",
+                           shown, sizeof shown);
+  assert_string_equal(shown, "eyJhbGciOi... (68 characters)");
+  fx_smart_client c = client;
+  c.client_id = id;
+  fx_token_grant g;
+  fx_auth_error e;
+  int rc = fx_smart_parse_token_response(
+      &c, 400, "application/json",
+      "{\"error\":\"invalid_client\",\"error_uri\":\"" CERNER_URI("unknown-client") "\"}", &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "as client 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpX... (1057 characters)'"));
+  assert_non_null(strstr(e.err.msg, "Hint: the client_id is not registered"));
+  assert_null(strstr(e.err.msg, ".eyJ"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(success),
                                      cmocka_unit_test(invalid_client_names_kid_and_reason),
@@ -232,6 +263,7 @@ int main(void) {
                                      cmocka_unit_test(refuses_non_bearer),
                                      cmocka_unit_test(cerner_reason),
                                      cmocka_unit_test(scope_missing),
-                                     cmocka_unit_test(discovery_checks)};
+                                     cmocka_unit_test(discovery_checks),
+                                     cmocka_unit_test(long_client_id_keeps_the_message)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
