@@ -497,6 +497,25 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
                   json_is_array(jobs) ? json_deep_copy(jobs) : json_array(), "patients",
                   json_integer_value(json_object_get(e->rec, "per_patient_patients"))));
   }
+  if (e->job && !fx_types_empty(e->job->per_patient_skipped)) {
+    /* Types the tenant extracts that neither the export nor follow-up jobs
+     * fetched: said here, never silently absent. */
+    json_t *types = json_array();
+    fx_types sk = e->job->per_patient_skipped;
+    for (int i = fx_types_next(sk, 0); types && i >= 0; i = fx_types_next(sk, i + 1))
+      json_array_append_new(types, json_string(fx_type_names[i]));
+    json_object_set_new(
+        json_object_get(o, "bulk"), "not_fetched",
+        json_pack("{s:o, s:s}", "types", types, "reason",
+                  e->job->since
+                      ? "the server's Group $export does not export these types, and fetching "
+                        "them per patient needs every member's Patient: an export with since "
+                        "lists only the patients changed since then. Fetch them with patient "
+                        "jobs, or a bulk job without since"
+                      : "the server's Group $export does not export these types, and the job "
+                        "exports no Patient to fetch them for. Add Patient to the tenant's "
+                        "resources, or fetch them with patient jobs"));
+  }
   size_t len;
   char *value = dump(o, &len);
   json_decref(o);

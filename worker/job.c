@@ -211,7 +211,7 @@ static int check_type_filter(const char *q, size_t i, const fx_profile *prof, co
                 "type_filter[%zu]: the Group $export of profile %s does not export %s (it is "
                 "fetched per patient instead), so a _typeFilter cannot narrow it; drop the filter",
                 i, prof->name, type);
-  if (!fx_types_has(job->bulk_types, idx)) {
+  if (!job->bulk_all && !fx_types_has(job->bulk_types, idx)) {
     if (types_from_tenant)
       return fail(e, FX_EC_INVALID_JOB,
                   "type_filter[%zu]: tenant %.64s does not extract %s (tenants[].resources, or "
@@ -287,6 +287,12 @@ static int bulk_types(json_t *doc, const fx_profile *prof, const fx_tenant_conf 
     /* What the tenant extracts (tenants[].resources, or the profile's default
      * query set), so the export stays within the tenant's scopes. */
     *from_tenant = 1;
+    if (prof->bulk_any && !t->resources.n) {
+      /* A standard server, and nobody named types: export what it has (no
+       * _type), as a Bulk Data client would. */
+      job->bulk_all = 1;
+      return 0;
+    }
     want = fx_types_and(fx_tenant_extract_types(t, prof),
                         fx_types_or(prof->bulk_types, fx_profile_patient_types(prof)));
     if (fx_types_empty(want))
@@ -301,6 +307,14 @@ static int bulk_types(json_t *doc, const fx_profile *prof, const fx_tenant_conf 
   fx_types_join(job->per_patient_types, ", ", names, sizeof names);
   const char *whose = *from_tenant ? "the tenant's types include" : "resources names";
   int patient = fx_resource_index("Patient");
+  if (*from_tenant && !fx_types_empty(job->per_patient_types) &&
+      (job->since || !fx_types_has(job->bulk_types, patient))) {
+    /* The job named no types: export what can be exported and say in the
+     * status what was not fetched and why, rather than refuse the job (a job
+     * that names them is refused below, with the reason). */
+    job->per_patient_skipped = job->per_patient_types;
+    job->per_patient_types = FX_TYPES_NONE;
+  }
   if (!fx_types_empty(job->per_patient_types) && !fx_types_has(job->bulk_types, patient))
     return fail(e, FX_EC_INVALID_JOB,
                 "resources: %s %s, which the Group $export of profile %s does not export: fhirx "
@@ -600,8 +614,9 @@ static json_t *bulk_to_json(const fx_job *job) {
   json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "kind", "bulk", "job_id", job->job_id, "tenant",
                         job->tenant, "group", job->group);
   if (!o) return NULL;
-  json_object_set_new(o, "resources",
-                      types_json(fx_types_or(job->bulk_types, job->per_patient_types)));
+  if (!job->bulk_all) /* else no resources: re-parsed, it exports everything again */
+    json_object_set_new(o, "resources",
+                        types_json(fx_types_or(job->bulk_types, job->per_patient_types)));
   if (job->since) json_object_set_new(o, "since", json_string(job->since));
   if (job->n_type_filters) {
     json_t *filters = json_array();
@@ -643,6 +658,7 @@ json_t *fx_job_to_json(const fx_job *job) {
 int fx_job_bulk_type_string(const fx_job *job, char *out, size_t size) {
   if (size) *out = '\0';
   if (job->kind != FX_JOB_BULK) return 0;
+  if (job->bulk_all) return 0;
   return fx_types_join(job->bulk_types, ",", out, size);
 }
 

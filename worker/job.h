@@ -65,13 +65,21 @@ typedef struct fx_job {
   /* Kind bulk only (NULL/0 for a patient job): */
   char *group;           /* the Group id: 1..64 of [A-Za-z0-9.-] */
   fx_types bulk_types;   /* _type: the job's types that the profile's Group $export exports;
-                            never empty. Without "resources", the tenant's types
+                            never empty unless bulk_all. Without "resources", the tenant's types
                             (tenants[].resources or the profile's default query set), so
                             the export stays within the tenant's scopes */
   fx_types per_patient_types; /* the job's types the export does not cover (Cerner: Coverage,
                                  RelatedPerson, ServiceRequest): fetched per patient, for
                                  the exported Patients, by follow-up patient jobs (bulk.h).
                                  Non-empty only with Patient exported and no since */
+  fx_types per_patient_skipped; /* the tenant's types (the job named none) that the export
+                                   does not cover and that cannot be fetched per patient:
+                                   with since, the export's Patients are only those changed
+                                   (so some patients would be missed), or Patient is not
+                                   exported. Not fetched; the status record says so */
+  int bulk_all;          /* no _type: the export has whatever the server exports (a profile
+                            whose bulk.types is "*", and no resources named by the job or
+                            the tenant); bulk_types is then empty */
   char **type_filters;   /* _typeFilter queries as written, "Observation?category=laboratory":
                             a type of the export, '?', a query; no ',' (written %2C) */
   size_t n_type_filters; /* 0..FX_BULK_MAX_TYPE_FILTERS */

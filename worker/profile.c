@@ -171,6 +171,7 @@ static int parse_bulk(json_t *o, const char *origin, fx_profile *p, fx_err *err)
   json_t *types = json_object_get(o, "types");
   if (!types) return fail(err, origin, "bulk.types: required: the types the server exports, or \"*\"");
   int rc = parse_type_list(types, "bulk.types", origin, 1, &p->bulk_types, err);
+  p->bulk_any = json_is_string(types) && strcmp(json_string_value(types), "*") == 0;
   json_t *alone = json_object_get(o, "not_alone");
   if (!rc && alone) rc = parse_type_list(alone, "bulk.not_alone", origin, 0, &p->bulk_not_alone, err);
   json_t *tf = json_object_get(o, "type_filter");

@@ -49,6 +49,7 @@ typedef struct fx_profile {
    * types outside bulk_types are fetched per patient (when the profile
    * fetches them so) for the exported Patients. */
   fx_types bulk_types;     /* _type values the server exports; empty: no bulk jobs */
+  int bulk_any;            /* bulk.types is "*": the server exports whatever it has */
   fx_types bulk_not_alone; /* exported only together with a type outside this set */
   fx_types filter_refused_types; /* _typeFilter not accepted on these */
   char **filter_refused_params;  /* search parameters a _typeFilter may not use */

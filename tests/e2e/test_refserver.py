@@ -54,7 +54,19 @@ def make_env():
                                                   "block_ms": 2000}}}
     # poll_max_ms stays at its default (10 minutes): an epoch Retry-After read as
     # seconds would hold the export there, far past this test's timeouts.
-    return Env(tenants=[tenant], worker_extra={"bulk": {"poll_min_ms": 200}})
+    env = Env(tenants=[tenant], worker_extra={"bulk": {"poll_min_ms": 200}})
+    # A standard FHIR server: the generic profile. Its bulk jobs that name no
+    # types export whatever the server has (no _type), Claim and the rest included.
+    with open(env.config) as f:
+        cfg = json.load(f)
+    cfg["tenants"][0]["profile"] = "generic"
+    # Every type the server has, as a user of the reference server asks for
+    # (system/*.read there): without it the token covers the generic profile's
+    # US Core default types only, and the server exports only what it allows.
+    cfg["tenants"][0]["scopes"] = env.scopes
+    with open(env.config, "w") as f:
+        json.dump(cfg, f, indent=1)
+    return env
 
 
 def register(env):

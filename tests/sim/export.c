@@ -361,7 +361,8 @@ static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], 
     } else if (t < 0) {
       snprintf(msg, n, "_type: unknown resource type \"%s\"", echo_name(name));
       return msg;
-    } else if (!sim_xtype_exportable((sim_rtype)t)) {
+    } else if (extra ? t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t)
+                     : !sim_xtype_exportable((sim_rtype)t)) {
       snprintf(msg, n,
                "_type: %s is not supported by the Group export; valid values are " VALID_TYPES,
                name);
@@ -677,8 +678,13 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
     return invalid(req, resp, 400, "_since: expected a FHIR instant such as 2024-06-01T00:00:00Z");
   x->scope.has_since = since != NULL;
   /* Without _type: every type the token can read (group-export.md), the
-   * pool types and Provenance included. */
-  if (!types) {
+   * pool types and Provenance included; the reference server exports Patient
+   * and the patient-compartment types (and its other types, below). */
+  if (!types && x->refserver) {
+    for (int t = 0; t < SIM_RT_COUNT; t++)
+      x->types[t] = (t == SIM_RT_PATIENT || sim_rtype_per_patient((sim_rtype)t)) &&
+                    sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));
+  } else if (!types) {
     for (int t = 0; t < SIM_RT_COUNT; t++)
       x->types[t] = sim_xtype_exportable((sim_rtype)t) &&
                     sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));

@@ -172,7 +172,8 @@ static const char *parse_types(const char *list, bool out[SIM_RT_COUNT], bool *p
       extra[k] = true;
     } else if (strcmp(name, "Provenance") == 0) {
       *provenance = true;
-    } else if (t < 0 || !sim_xtype_exportable((sim_rtype)t)) {
+    } else if (t < 0 || (extra ? t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t)
+                               : !sim_xtype_exportable((sim_rtype)t))) {
       bool plain = *name != '\0';
       for (const char *c = name; *c; c++)
         plain = plain && ((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z'));
@@ -257,7 +258,8 @@ void sim_control_group_expected(sim_req *req, sim_tenant *t, const char *group_i
    * server's other types). */
   if (!types_q || !*types_q) {
     for (int i = 0; i < SIM_RT_COUNT; i++)
-      types[i] = sim_xtype_exportable((sim_rtype)i) && !sim_xtype_pool((sim_rtype)i);
+      types[i] = t->ref.enabled ? i == SIM_RT_PATIENT || sim_rtype_per_patient((sim_rtype)i)
+                                : sim_xtype_exportable((sim_rtype)i) && !sim_xtype_pool((sim_rtype)i);
     for (int k = 0; k < SIM_REF_EXTRA_COUNT; k++) extra[k] = t->ref.enabled;
   }
   if (since && sim_fhir_parse_instant(since, &scope.since_ms, &hi) != 0) {
