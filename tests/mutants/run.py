@@ -134,10 +134,20 @@ def check_tests(mutants, names):
 
 def tree_files(root):
     """The files of the working tree as git sees them: tracked and new, not ignored
-    (so build directories and this harness's own scratch copy are left out)."""
+    (so build directories and this harness's own scratch copy are left out). Outside
+    a git checkout: every file but build*/, .git and caches."""
     out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-                          "--exclude-standard"], capture_output=True, check=True)
-    return sorted({f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()})
+                          "--exclude-standard"], capture_output=True)
+    if out.returncode == 0:
+        return sorted({f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()})
+    files = []
+    for dirpath, dirs, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if not d.startswith("build") and d not in (".git", ".cache")]
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        files += [os.path.normpath(os.path.join(rel, n)) for n in names]
+    return sorted(files)
 
 
 def sync(root, src):
@@ -231,7 +241,7 @@ def verdict(m):
     if m.status == "killed":
         return "killed" + (" (its `expect` is obsolete: remove it)" if m.expect else "")
     if m.status == "survived":
-        return "survived, expected: %s" % m.expect.split(":")[0] if m.expect else "SURVIVED"
+        return "survived (expected, see below)" if m.expect else "SURVIVED"
     if m.status == "no-build":
         return "DID NOT BUILD"
     return m.status
