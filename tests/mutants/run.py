@@ -91,7 +91,7 @@ def load(path=LIST):
     return mutants
 
 
-def check_snippets(root, mutants):
+def check_snippets(root, mutants, listname="tests/mutants/mutants.toml"):
     """Every original must occur exactly once in its file (in root)."""
     problems = []
     for m in mutants:
@@ -104,8 +104,8 @@ def check_snippets(root, mutants):
             problems.append("%s: the original snippet occurs %d times in %s (must be exactly once):\n"
                             "    %s" % (m.id, n, m.file, m.original.replace("\n", "\n    ")))
     if problems:
-        raise ListError("tests/mutants/mutants.toml is out of sync with the code; update the "
-                        "snippet (or the mutant) to what the code says now:\n  " + "\n  ".join(problems))
+        raise ListError("%s is out of sync with the code; update the snippet (or the mutant) to "
+                        "what the code says now:\n  %s" % (listname, "\n  ".join(problems)))
 
 
 def ctest_names(build):
@@ -116,7 +116,7 @@ def ctest_names(build):
     return set(re.findall(r"^\s*Test\s+#\d+: (\S+)$", out.stdout, re.M))
 
 
-def check_tests(mutants, names):
+def check_tests(mutants, names, listname="tests/mutants/mutants.toml"):
     """Named tests must exist; a mutant with `expect` may name one that is still to come."""
     problems = []
     for m in mutants:
@@ -126,8 +126,7 @@ def check_tests(mutants, names):
         elif len(m.missing) == len(m.tests):
             problems.append("%s: none of its tests exists (%s)" % (m.id, ", ".join(m.tests)))
     if problems:
-        raise ListError("tests/mutants/mutants.toml names tests ctest does not know:\n  " +
-                        "\n  ".join(problems))
+        raise ListError("%s names tests ctest does not know:\n  %s" % (listname, "\n  ".join(problems)))
 
 
 # ---- the scratch copy --------------------------------------------------------------
@@ -265,6 +264,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=os.environ.get("MUTANTS", ""),
                     help="comma-separated mutant ids (default: $MUTANTS, else all)")
+    ap.add_argument("--mutants", default=str(LIST), help="the list (default tests/mutants/mutants.toml)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--check", action="store_true",
                     help="only check the list against the code (and --build-dir's tests)")
@@ -281,7 +281,7 @@ def main():
     args = ap.parse_args()
 
     try:
-        mutants = load()
+        mutants = load(Path(args.mutants))
         if args.only.strip():
             want = [s.strip() for s in args.only.split(",") if s.strip()]
             known = {m.id for m in mutants}
@@ -294,10 +294,10 @@ def main():
                 print("%-32s %-20s %s%s" % (m.id, m.file, m.why,
                                             "\n%-32s %-20s expect: %s" % ("", "", m.expect) if m.expect else ""))
             return 0
-        check_snippets(ROOT, mutants)
+        check_snippets(ROOT, mutants, args.mutants)
         if args.check:
             if args.build_dir:
-                check_tests(mutants, ctest_names(Path(args.build_dir)))
+                check_tests(mutants, ctest_names(Path(args.build_dir)), args.mutants)
             print("mutants: %d in the list, every snippet found exactly once%s" %
                   (len(mutants), ", every test exists" if args.build_dir else ""))
             return 0
@@ -318,7 +318,7 @@ def main():
                   file=sys.stderr)
             return 2
         print("mutants: baseline built in %.0f s" % (time.monotonic() - t0), flush=True)
-        check_tests(mutants, ctest_names(bdir))
+        check_tests(mutants, ctest_names(bdir), args.mutants)
         if not args.skip_baseline:
             every = sorted({t for m in mutants for t in m.tests if t not in m.missing})
             t0 = time.monotonic()
