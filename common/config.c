@@ -52,7 +52,9 @@ static const opt tenant_opts[] = {
      "Scopes to request. Unset: one per resource type fhirx fetches (see `fhirx scopes`)."},
     {"smart_version", OPT_ENUM, T(smart_version), "v1", 0, 0, 0, "v1|v2",
      "Scope syntax of the app registration: v1 `system/Patient.read`, v2 `system/Patient.rs`. A "
-     "v2 registration silently drops v1 scopes, so this must match Code Console."},
+     "v2 registration silently drops v1 scopes, so this must match Code Console. v1 is the "
+     "default: Oracle's R4 documentation (2024) does not confirm v2 `.rs` scopes for system "
+     "apps; set v2 only for an app registered with v2 scopes."},
     {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
      "Resource types to extract for this tenant. Unset: every type the profile fetches per "
      "patient."},

@@ -122,8 +122,28 @@ typedef struct bx_ref {
   struct bx_ref *next;
   int depth; /* 1: referenced by an exported resource */
   int tries;
-  char key[160]; /* "Practitioner/4000001" */
+  char *url; /* owned: the exact URL to read (attachments), NULL = base + key */
+  char key[FX_REF_KEY_SIZE]; /* "Practitioner/4000001" */
 } bx_ref;
+
+static void ref_free(bx_ref *r) {
+  if (!r) return;
+  free(r->url);
+  free(r);
+}
+
+/* Adds prefix + s to the export's refs_seen: 1 when new, 0 when seen, -1 on
+ * OOM. Built from lengths: two long URLs never collide. */
+static int seen_once(fx_strset *set, const char *prefix, const char *s) {
+  size_t a = strlen(prefix), b = strlen(s);
+  char *key = malloc(a + b + 1);
+  if (!key) return -1;
+  memcpy(key, prefix, a);
+  memcpy(key + a, s, b + 1);
+  int rc = fx_strset_add(set, key);
+  free(key);
+  return rc;
+}
 
 struct bx_file {
   bx_sink sink;  /* first: results and failure records of this file */
@@ -827,9 +847,11 @@ static void kickoff(bx_export *e) {
     bad |= append_param(url, size, "_type", types, &first);
   if (e->job->since) {
     /* _since is a FHIR instant; a job may say a date: its first instant, UTC. */
-    char inst[64];
-    snprintf(inst, sizeof inst, strlen(e->job->since) == 10 ? "%sT00:00:00Z" : "%s", e->job->since);
-    bad |= append_param(url, size, "_since", inst, &first);
+    char inst[256];
+    if (fx_job_since_instant(e->job->since, inst, sizeof inst) < 0)
+      bad = 1;
+    else
+      bad |= append_param(url, size, "_since", inst, &first);
   }
   char *filters = fx_job_bulk_type_filter_string(e->job);
   if (!filters) {
@@ -1027,7 +1049,7 @@ static void on_file_closed(uv_handle_t *h) {
   while (f->refs_head) {
     bx_ref *r = f->refs_head;
     f->refs_head = r->next;
-    free(r);
+    ref_free(r);
   }
   free(f->buf);
   free(f->url);
@@ -1099,25 +1121,40 @@ static void refs_pump(bx_file *f);
 
 /* Queues ref ("Type/id", relative or absolute under the tenant's base) when
  * the tenant's profile follows its type and this export has not asked for
- * it yet. only_type >= 0 restricts it (attachment URLs are Binary). */
-static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) {
+ * it yet. only_type >= 0 restricts it (attachment URLs are Binary); exact:
+ * an absolute URL is read exactly as given (attachments: Cerner's binary.md
+ * says to use the link unchanged). */
+static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, int exact) {
   bx_export *e = f->e;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
   if (!prof) return;
   if (!e->refs_seen && !(e->refs_seen = fx_strset_new())) return;
-  char key[160];
-  int idx;
+  char key[FX_REF_KEY_SIZE];
+  int idx = -1;
   switch (fx_ref_parse(ref, e->tenant->fhir_base, key, sizeof key, &idx)) {
   case FX_REF_NONE: return;
   case FX_REF_FOREIGN: {
-    char seen[300];
-    snprintf(seen, sizeof seen, "foreign %s", ref);
-    if (fx_strset_add(e->refs_seen, seen) != 1) return; /* reported once per export */
+    if (seen_once(e->refs_seen, "foreign ", ref) != 1) return; /* reported once per export */
     char shown[512], msg[700];
     fx_url_redact(ref, shown, sizeof shown);
     snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
              shown);
     publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, NULL, NULL, msg);
+    f->bad_lines++;
+    return;
+  }
+  case FX_REF_INVALID: {
+    /* A followed type with an id that breaks the id rule (resources.h): never
+     * read; reported once per export, by type, never with the id. */
+    if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+    if (seen_once(e->refs_seen, "invalid ", ref) != 1) return;
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . "
+             "_ ~ -, not '.' or '..' alone); not followed",
+             fx_cerner_types[idx], FX_FHIR_ID_MAX);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, NULL, fx_cerner_types[idx],
+                    msg);
     f->bad_lines++;
     return;
   }
@@ -1141,7 +1178,11 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth) 
   }
   bx_ref *r = calloc(1, sizeof *r);
   if (!r) return;
-  snprintf(r->key, sizeof r->key, "%s", key);
+  if (exact && strstr(ref, "://") && !(r->url = strdup(ref))) {
+    free(r);
+    return;
+  }
+  snprintf(r->key, sizeof r->key, "%s", key); /* fits: fx_ref_parse made it for this size */
   r->depth = depth;
   if (f->refs_tail)
     f->refs_tail->next = r;
@@ -1157,7 +1198,7 @@ static void walk_refs(bx_file *f, json_t *v, int depth) {
   if (json_is_object(v)) {
     json_object_foreach(v, k, child) {
       if (strcmp(k, "reference") == 0 && json_is_string(child))
-        consider_ref(f, json_string_value(child), -1, depth);
+        consider_ref(f, json_string_value(child), -1, depth, 0);
       else
         walk_refs(f, child, depth);
     }
@@ -1166,32 +1207,39 @@ static void walk_refs(bx_file *f, json_t *v, int depth) {
   }
 }
 
-/* Every reference in res, plus attachment URLs as Binary, while depth is
- * within the profile's (as for patient jobs). */
+typedef struct attach_ctx {
+  bx_file *f;
+  int depth;
+} attach_ctx;
+
+static void consider_attachment(void *arg, const char *url) {
+  attach_ctx *c = arg;
+  consider_ref(c->f, url, fx_resource_index("Binary"), c->depth, 1);
+}
+
+/* Every reference in res, plus the attachment URLs the profile wants as
+ * Binary (fx_profile_attachments), while depth is within the profile's (as
+ * for patient jobs). */
 static void collect_refs(bx_file *f, json_t *res, int depth) {
   bx_export *e = f->e;
   if (!e->job->follow_references) return;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
   if (!prof || depth > prof->depth || !prof->follow) return;
   walk_refs(f, res, depth);
-  const char *rt = json_string_value(json_object_get(res, "resourceType"));
-  int binary = fx_resource_index("Binary");
-  size_t i;
-  json_t *item;
-  if (rt && strcmp(rt, "DocumentReference") == 0)
-    json_array_foreach(json_object_get(res, "content"), i, item) consider_ref(
-        f, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")), binary,
-        depth);
-  else if (rt && strcmp(rt, "DiagnosticReport") == 0)
-    json_array_foreach(json_object_get(res, "presentedForm"), i, item)
-        consider_ref(f, json_string_value(json_object_get(item, "url")), binary, depth);
+  attach_ctx c = {.f = f, .depth = depth};
+  fx_profile_attachments(prof, res, consider_attachment, &c);
 }
 
 typedef struct ref_call {
   bx_file *f;
   bx_ref *r;
-  char url[2300];
+  char *url; /* owned */
 } ref_call;
+
+static void ref_call_free(ref_call *c) {
+  free(c->url);
+  free(c);
+}
 
 /* The file's lines and references are all published: it is done once Kafka
  * has acknowledged them. */
@@ -1211,9 +1259,19 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   const char *type = json_string_value(json_object_get(doc, "resourceType"));
   const char *id = json_string_value(json_object_get(doc, "id"));
   size_t tl = strcspn(r->key, "/");
-  if (!type || !id || strlen(type) != tl || strncmp(type, r->key, tl) != 0 || !fx_fhir_id_ok(id, strlen(id))) {
+  char why[200];
+  if (!type || strlen(type) != tl || strncmp(type, r->key, tl) != 0) {
     snprintf(msg, sizeof msg, "reading %s did not return that resource", r->key);
     publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, NULL, msg);
+    f->bad_lines++;
+    json_decref(doc);
+    return;
+  }
+  if (fx_resource_key_problem(type, id, why, sizeof why)) {
+    /* Never the id (resources.h): the type and why. */
+    snprintf(msg, sizeof msg, "the referenced %s read from the server %s; not published", type,
+             why);
+    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, type, msg);
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1226,18 +1284,19 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     json_decref(doc);
     return;
   }
-  char key[256], now[32], shown[1024];
-  snprintf(key, sizeof key, "%s/%s/%s", e->tenant->id, type, id);
+  char now[32], shown[1024];
+  char *key = fx_result_key(e->tenant->id, type, id);
   fx_iso_now(now);
   fx_url_redact(res->url, shown, sizeof shown);
   rd_kafka_headers_t *h = headers_for(e);
   rd_kafka_header_add(h, "fhirx-source-url", -1, shown, -1);
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, "reference", -1);
-  char *value = fx_memstr(res->body, res->body_len);
+  char *value = key ? fx_memstr(res->body, res->body_len) : NULL;
   atomic_fetch_add(&f->sink.outputs, 1);
   int err = value ? fx_produce_bulk(p, f, p->app.cfg->topics.results, key, value, res->body_len, h)
                   : RD_KAFKA_RESP_ERR__FAIL;
+  free(key);
   if (err) {
     /* Queue full or out of memory: the file is downloaded again later. */
     atomic_fetch_sub(&f->sink.outputs, 1);
@@ -1259,10 +1318,10 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   ref_call *c = arg;
   bx_file *f = c->f;
   bx_ref *r = c->r;
-  free(c);
+  ref_call_free(c);
   f->refs_inflight--;
   if (file_dead(f)) {
-    free(r);
+    ref_free(r);
     if (f->refs_inflight == 0) file_release(f);
     return;
   }
@@ -1271,7 +1330,7 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
                      : (res->result != 0 || transient_status(res->status) || res->status >= 500);
   if (!ae && res->result == 0 && res->status == 200) {
     publish_ref(f, r, res);
-    free(r);
+    ref_free(r);
   } else if (transient && ++r->tries <= bc->retries) {
     r->next = NULL; /* again, after a pause */
     if (f->refs_tail)
@@ -1296,9 +1355,18 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
                            : (oo[0] ? oo : "HTTP error"));
     publish_failure(f->e, &f->sink, cls, status, oo, NULL, NULL, msg);
     f->bad_lines++;
-    free(r);
+    ref_free(r);
   }
   refs_pump(f);
+}
+
+/* The profile's Accept for reading the type of key ("Binary/..."), NULL =
+ * application/fhir+json. */
+static const char *ref_accept(const fx_profile *prof, const char *key) {
+  char type[FX_TYPE_NAME_MAX + 1];
+  snprintf(type, sizeof type, "%.*s", (int)strcspn(key, "/"), key);
+  int idx = fx_resource_index(type);
+  return prof && idx >= 0 ? prof->types[idx].accept : NULL;
 }
 
 /* Reads queued references, REF_PARALLEL at a time; the file is done when
@@ -1309,7 +1377,7 @@ static void refs_pump(bx_file *f) {
     while (f->refs_head) {
       bx_ref *r = f->refs_head;
       f->refs_head = r->next;
-      free(r);
+      ref_free(r);
     }
     f->refs_tail = NULL;
     if (f->refs_inflight == 0 && f->phase == F_REFS) file_release(f);
@@ -1322,23 +1390,40 @@ static void refs_pump(bx_file *f) {
     if (!f->refs_head) f->refs_tail = NULL;
     r->next = NULL;
     ref_call *c = calloc(1, sizeof *c);
-    if (!c) {
-      free(r);
+    const char *base = e->tenant->fhir_base;
+    size_t bl = strlen(base);
+    if (bl && base[bl - 1] == '/') bl--;
+    /* An attachment's exact URL, else base + "/" + key, built from lengths. */
+    if (c && r->url) {
+      c->url = r->url;
+      r->url = NULL;
+    } else if (c && (c->url = malloc(bl + strlen(r->key) + 2))) {
+      memcpy(c->url, base, bl);
+      c->url[bl] = '/';
+      memcpy(c->url + bl + 1, r->key, strlen(r->key) + 1);
+    }
+    if (!c || !c->url) {
+      if (c) ref_call_free(c);
+      ref_free(r);
       continue;
     }
     c->f = f;
     c->r = r;
-    const char *base = e->tenant->fhir_base;
-    size_t bl = strlen(base);
-    snprintf(c->url, sizeof c->url, "%.*s/%s", (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base,
-             r->key);
-    fx_fhir_request rq = {.tenant = e->tenant->id, .fhir_base = base, .url = c->url};
+    const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
+    fx_fhir_request rq = {.tenant = e->tenant->id, .fhir_base = e->tenant->fhir_base,
+                          .url = c->url, .accept = ref_accept(prof, r->key)};
     fx_err err = {0};
     f->refs_inflight++;
     if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_ref, c, &err) != 0) {
       f->refs_inflight--;
-      free(c);
-      free(r);
+      char msg[600];
+      snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key, err.msg);
+      publish_failure(e, &f->sink,
+                      err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_RESPONSE, 0,
+                      NULL, NULL, NULL, msg);
+      f->bad_lines++;
+      ref_call_free(c);
+      ref_free(r);
     }
   }
   if (!f->refs_head && f->refs_inflight == 0 && !uv_is_active((uv_handle_t *)&f->timer))
@@ -1371,11 +1456,20 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
-  if (!type || !id || !fx_fhir_id_ok(id, strlen(id)) || strcmp(type, "OperationOutcome") == 0 ||
-      strcmp(type, "Bundle") == 0) {
+  char why[200];
+  int not_data = type && (strcmp(type, "OperationOutcome") == 0 || strcmp(type, "Bundle") == 0);
+  if (!res || not_data || fx_resource_key_problem(type, id, why, sizeof why)) {
+    /* Not publishable: the failure says why, never the id (resources.h). */
     f->line_no++;
-    snprintf(msg, sizeof msg, "line %lld of a %s file is not a FHIR resource with a valid id%s%s",
-             f->line_no, f->type, res ? "" : ": ", res ? "" : je.text);
+    if (!res)
+      snprintf(msg, sizeof msg, "line %lld of a %s file is not JSON: %s", f->line_no, f->type,
+               je.text);
+    else if (not_data)
+      snprintf(msg, sizeof msg, "line %lld of a %s file is a %s, not a resource to publish",
+               f->line_no, f->type, type);
+    else
+      snprintf(msg, sizeof msg, "line %lld of a %s file is a resource that %s; not published",
+               f->line_no, f->type, why);
     publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, f->type, msg);
     f->bad_lines++;
     json_decref(res);
@@ -1390,8 +1484,12 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     json_decref(res);
     return 0;
   }
-  char key[256], now[32];
-  snprintf(key, sizeof key, "%s/%s/%s", e->tenant->id, type, id);
+  char now[32];
+  char *key = fx_result_key(e->tenant->id, type, id);
+  if (!key) {
+    json_decref(res);
+    return RD_KAFKA_RESP_ERR__QUEUE_FULL; /* out of memory: offer it again shortly */
+  }
   fx_iso_now(now);
   rd_kafka_headers_t *h = headers_for(e);
   const char *patient = patient_of(res, type, id);
@@ -1403,12 +1501,14 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
   int idx = fx_resource_index(type);
   char *value = fx_memstr(line, n); /* the resource exactly as the server wrote it */
   if (!value) {
+    free(key);
     json_decref(res);
     rd_kafka_headers_destroy(h);
     return RD_KAFKA_RESP_ERR__QUEUE_FULL; /* out of memory: offer it again shortly */
   }
   atomic_fetch_add(&f->sink.outputs, 1);
   int err = fx_produce_bulk(p, f, p->app.cfg->topics.results, key, value, n, h);
+  free(key);
   if (err) {
     atomic_fetch_sub(&f->sink.outputs, 1);
     free(value);

@@ -51,6 +51,17 @@ static int valid_instant(const char *s) {
          p[6] == '\0';
 }
 
+int fx_job_since_instant(const char *since, char *out, size_t size) {
+  size_t n = strlen(since);
+  int date_only = n == 10 && since[4] == '-' && since[7] == '-';
+  int len = snprintf(out, size, date_only ? "%sT00:00:00Z" : "%s", since);
+  if (len < 0 || (size_t)len >= size) {
+    if (size) out[0] = '\0';
+    return -1;
+  }
+  return len;
+}
+
 static int parse_types(json_t *arr, const char *where, const fx_profile *prof, uint32_t *out,
                        fx_job_error *e) {
   if (!json_is_array(arr) || json_array_size(arr) == 0)

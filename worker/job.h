@@ -98,6 +98,16 @@ int fx_job_id_valid(const char *s);
  * their types, else the compact patients/resources form. */
 json_t *fx_job_to_json(const fx_job *job);
 
+/* A job's since as the FHIR instant both kinds of job send (_lastUpdated=ge
+ * for patient jobs, _since for bulk): a date ("2026-11-01", which a job may
+ * say) becomes its first instant in UTC ("2026-11-01T00:00:00Z"), an instant
+ * stays as written. Cerner needs the time: MedicationRequest and
+ * ServiceRequest refuse _lastUpdated without one (medication-request.md,
+ * service-request.md), and _since is an instant (group-export.md). Writes
+ * into out (NUL terminated); returns its length, or -1 when since does not
+ * fit (out is then ""). The job and its status record keep since as written. */
+int fx_job_since_instant(const char *since, char *out, size_t size);
+
 /* Total (patient, type) tasks; 0 for a bulk job. */
 size_t fx_job_task_count(const fx_job *job);
 

@@ -1,10 +1,12 @@
 #include "worker/profile.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "worker/resources.h"
 
@@ -23,6 +25,48 @@ static int fail(fx_err *err, const char *origin, const char *fmt, ...) {
   return fx_err_set(err, FX_EINVAL, "%s: %s", origin, what);
 }
 
+/* A media type as a profile lists it: type/subtype of token characters, no
+ * parameters. */
+static int media_type_ok(const char *s) {
+  const char *slash = strchr(s, '/');
+  if (!slash || slash == s || !slash[1] || strchr(slash + 1, '/')) return 0;
+  for (const char *p = s; *p; p++)
+    if (!(isalnum((unsigned char)*p) || strchr("/!#$&^_.+-", *p))) return 0;
+  return 1;
+}
+
+/* types.Binary.content_types: which attachment forms to fetch. */
+static int parse_content_types(json_t *v, const char *type, const char *origin, fx_type_rule *r,
+                               fx_err *err) {
+  if (!v) return 0;
+  if (strcmp(type, "Binary") != 0)
+    return fail(err, origin,
+                "types.%s.content_types: only Binary takes content_types (the attachment forms "
+                "to fetch)",
+                type);
+  if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 32)
+    return fail(err, origin,
+                "types.Binary.content_types: expected 1..32 media types such as "
+                "\"application/pdf\" (leave it out to fetch every attachment)");
+  if (!(r->content_types = calloc(json_array_size(v), sizeof *r->content_types)))
+    return fx_err_set(err, FX_ENOMEM, "out of memory");
+  size_t i;
+  json_t *t;
+  json_array_foreach(v, i, t) {
+    const char *s = json_string_value(t);
+    if (!s || !media_type_ok(s))
+      return fail(err, origin,
+                  "types.Binary.content_types[%zu]: expected a media type such as "
+                  "\"application/pdf\" (type/subtype, no parameters)",
+                  i);
+    char *low = strdup(s);
+    if (!low) return fx_err_set(err, FX_ENOMEM, "out of memory");
+    for (char *p = low; *p; p++) *p = (char)tolower((unsigned char)*p);
+    r->content_types[r->n_content_types++] = low;
+  }
+  return 0;
+}
+
 static int parse_rule(json_t *o, const char *type, const char *origin, fx_type_rule *r,
                       fx_err *err) {
   if (!json_is_object(o)) return fail(err, origin, "types.%s: expected an object", type);
@@ -30,9 +74,10 @@ static int parse_rule(json_t *o, const char *type, const char *origin, fx_type_r
   json_t *v;
   json_object_foreach(o, key, v) {
     if (strcmp(key, "fetch") && strcmp(key, "search") && strcmp(key, "count") &&
-        strcmp(key, "incremental") && strcmp(key, "accept"))
+        strcmp(key, "incremental") && strcmp(key, "accept") && strcmp(key, "content_types"))
       return fail(err, origin,
-                  "types.%s.%s: unknown field; a type takes fetch, search, count, incremental, accept",
+                  "types.%s.%s: unknown field; a type takes fetch, search, count, incremental, "
+                  "accept, content_types (Binary)",
                   type, key);
   }
   const char *fetch = json_string_value(json_object_get(o, "fetch"));
@@ -65,7 +110,7 @@ static int parse_rule(json_t *o, const char *type, const char *origin, fx_type_r
   r->incremental = inc && json_is_true(inc);
   const char *accept = json_string_value(json_object_get(o, "accept"));
   if (accept && !(r->accept = strdup(accept))) return fx_err_set(err, FX_ENOMEM, "out of memory");
-  return 0;
+  return parse_content_types(json_object_get(o, "content_types"), type, origin, r, err);
 }
 
 static int parse_doc(json_t *doc, const char *origin, fx_profile *p, fx_err *err) {
@@ -161,6 +206,8 @@ void fx_profile_free(fx_profile *p) {
   for (int i = 0; i < FX_PROFILE_TYPES; i++) {
     free(p->types[i].search);
     free(p->types[i].accept);
+    for (size_t k = 0; k < p->types[i].n_content_types; k++) free(p->types[i].content_types[k]);
+    free(p->types[i].content_types);
   }
   free(p->name);
   free(p);
@@ -172,6 +219,39 @@ uint32_t fx_profile_patient_types(const fx_profile *p) {
     if (p->types[i].mode == FX_FETCH_READ || p->types[i].mode == FX_FETCH_SEARCH)
       set |= FX_TYPE_BIT(i);
   return set;
+}
+
+int fx_profile_wants_attachment(const fx_profile *p, const char *content_type) {
+  const fx_type_rule *r = &p->types[fx_resource_index("Binary")];
+  if (!r->content_types || !content_type) return 1;
+  size_t n = strcspn(content_type, ";");
+  while (n && (content_type[n - 1] == ' ' || content_type[n - 1] == '\t')) n--;
+  for (size_t i = 0; i < r->n_content_types; i++)
+    if (strlen(r->content_types[i]) == n && strncasecmp(r->content_types[i], content_type, n) == 0)
+      return 1;
+  return 0;
+}
+
+static void attachment(const fx_profile *p, json_t *a, void (*fn)(void *, const char *),
+                       void *arg) {
+  const char *url = json_string_value(json_object_get(a, "url"));
+  if (!url || json_object_get(a, "data")) return;
+  if (!fx_profile_wants_attachment(p, json_string_value(json_object_get(a, "contentType")))) return;
+  fn(arg, url);
+}
+
+void fx_profile_attachments(const fx_profile *p, json_t *res,
+                            void (*fn)(void *arg, const char *url), void *arg) {
+  const char *rt = json_string_value(json_object_get(res, "resourceType"));
+  size_t i;
+  json_t *item;
+  if (rt && strcmp(rt, "DocumentReference") == 0) {
+    json_array_foreach(json_object_get(res, "content"), i, item)
+      attachment(p, json_object_get(item, "attachment"), fn, arg);
+  } else if (rt && strcmp(rt, "DiagnosticReport") == 0) {
+    json_array_foreach(json_object_get(res, "presentedForm"), i, item)
+      attachment(p, item, fn, arg);
+  }
 }
 
 int fx_profile_set_load(const fx_config *cfg, fx_profile_set *set, fx_err *err) {

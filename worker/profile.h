@@ -10,6 +10,8 @@
 #ifndef FX_PROFILE_H
 #define FX_PROFILE_H
 
+#include <jansson.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/config.h"
@@ -28,6 +30,10 @@ typedef struct fx_type_rule {
   int count;       /* _count, 0 = server default */
   int incremental; /* _lastUpdated=ge{since} is honoured */
   char *accept;    /* Accept for reads, NULL = application/fhir+json */
+  /* Binary only: the attachment contentTypes (media types, lower case,
+   * without parameters) fetched; NULL = every attachment. */
+  char **content_types;
+  size_t n_content_types;
 } fx_type_rule;
 
 #define FX_PROFILE_TYPES 21
@@ -47,6 +53,22 @@ void fx_profile_free(fx_profile *p);
 
 /* Types fetched per patient (read or search). */
 uint32_t fx_profile_patient_types(const fx_profile *p);
+
+/* 1 when the profile wants an attachment of this contentType fetched as
+ * Binary: its Binary rule lists no content_types, the attachment says no
+ * contentType (it cannot be judged: fetched rather than silently missed), or
+ * its media type (parameters such as ";charset=utf-8" dropped, case ignored)
+ * is listed. */
+int fx_profile_wants_attachment(const fx_profile *p, const char *content_type);
+
+/* Calls fn(arg, url) for each attachment of res to fetch as Binary:
+ * DocumentReference.content[].attachment and DiagnosticReport.presentedForm[]
+ * (Cerner's document-reference.md, diagnostic-report.md: often 2-3 forms of
+ * one report, e.g. XR- PDF, R-/XML- XML, TR- HTML), each with a url, without
+ * inline data (its content is already in the resource), and of a contentType
+ * the profile wants. The url is passed exactly as the resource gives it. */
+void fx_profile_attachments(const fx_profile *p, json_t *res,
+                            void (*fn)(void *arg, const char *url), void *arg);
 
 /* The profiles of every tenant of a config, in tenant order. */
 typedef struct fx_profile_set {

@@ -70,13 +70,83 @@ char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
   return out;
 }
 
+static int id_char(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+const char *fx_fhir_id_problem(const char *s, size_t n, char *why, size_t size) {
+  if (n == 0) {
+    snprintf(why, size, "is empty");
+    return why;
+  }
+  if (n > FX_FHIR_ID_MAX) {
+    snprintf(why, size, "is %zu bytes long (at most %d)", n, FX_FHIR_ID_MAX);
+    return why;
+  }
+  size_t dots = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!id_char(c)) {
+      /* One character says what is wrong without saying what the id is. */
+      if (c > 0x20 && c < 0x7f)
+        snprintf(why, size, "contains '%c' at byte %zu of %zu", c, i + 1, n);
+      else
+        snprintf(why, size, "contains byte 0x%02x at byte %zu of %zu", c, i + 1, n);
+      return why;
+    }
+    dots += c == '.';
+  }
+  if (dots == n && n <= 2) {
+    snprintf(why, size, "is only dots (a URL path would resolve it to another resource)");
+    return why;
+  }
+  return NULL;
+}
+
 int fx_fhir_id_ok(const char *s, size_t n) {
-  if (n == 0 || n > 64) return 0;
+  char why[8];
+  return fx_fhir_id_problem(s, n, why, sizeof why) == NULL;
+}
+
+static int type_name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > FX_TYPE_NAME_MAX) return 0;
   for (size_t i = 0; i < n; i++)
-    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
-          (s[i] >= '0' && s[i] <= '9') || s[i] == '-' || s[i] == '.'))
-      return 0;
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z'))) return 0;
   return 1;
+}
+
+const char *fx_resource_key_problem(const char *type, const char *id, char *why, size_t size) {
+  char detail[96];
+  if (!type) {
+    snprintf(why, size, "has no resourceType");
+  } else if (!type_name_ok(type)) {
+    snprintf(why, size, "has a resourceType that is not a FHIR type name (1..%d letters)",
+             FX_TYPE_NAME_MAX);
+  } else if (!id) {
+    snprintf(why, size, "has no id");
+  } else if (fx_fhir_id_problem(id, strlen(id), detail, sizeof detail)) {
+    snprintf(why, size,
+             "has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . _ ~ -): %s",
+             FX_FHIR_ID_MAX, detail);
+  } else {
+    return NULL;
+  }
+  return why;
+}
+
+char *fx_result_key(const char *tenant, const char *type, const char *id) {
+  size_t a = strlen(tenant), b = strlen(type), c = strlen(id);
+  char *key = malloc(a + b + c + 3);
+  if (!key) return NULL;
+  memcpy(key, tenant, a);
+  key[a] = '/';
+  memcpy(key + a + 1, type, b);
+  key[a + 1 + b] = '/';
+  memcpy(key + a + b + 2, id, c);
+  key[a + b + c + 2] = '\0';
+  return key;
 }
 
 fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t size,
@@ -103,9 +173,13 @@ fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t si
   int idx = fx_resource_index(type);
   const char *id = slash + 1;
   size_t il = strcspn(id, "/?#");
-  if (idx < 0 || !fx_fhir_id_ok(id, il)) return FX_REF_NONE;
-  int n = snprintf(key, size, "%s/%.*s", type, (int)il, id);
-  if (n < 0 || (size_t)n >= size) return FX_REF_NONE;
+  if (idx < 0) return FX_REF_NONE;
   *type_index = idx;
+  if (!fx_fhir_id_ok(id, il)) return FX_REF_INVALID;
+  if (tl + 1 + il + 1 > size) return FX_REF_NONE;
+  memcpy(key, type, tl);
+  key[tl] = '/';
+  memcpy(key + tl + 1, id, il);
+  key[tl + 1 + il] = '\0';
   return FX_REF_LOCAL;
 }

@@ -31,18 +31,72 @@ uint32_t fx_patient_compartment_types(void);
  * v1 "system/Patient.read", v2 "system/Patient.rs". */
 void fx_scope_for(const char *type, int smart_version, char *out, size_t size);
 
-/* 1 if s[0..n) is a FHIR logical id as fhirx accepts one: 1..64 of
- * [A-Za-z0-9.-] (never '/', so it is safe in a path and a Kafka key). */
+/* ---- Resource ids: the one rule ---------------------------------------------
+ *
+ * Every logical id fhirx puts into a result key ("{tenant}/{Type}/{id}"), a
+ * reference key ("Type/id") or a URL it builds ("{base}/{Type}/{id}") obeys
+ * one rule, on every path: patient-job searches and reads, referenced
+ * entities, bulk export lines:
+ *
+ *   1..FX_FHIR_ID_MAX (256) bytes of [A-Za-z0-9._~-] (RFC 3986's unreserved
+ *   characters), and not "." or ".." alone.
+ *
+ * Real servers' ids pass it: Cerner's CareTeam ids contain '_'
+ * ("CARE_TEAM-119078440-34768489-17490349-4048128-0-22554767",
+ * "LIFETIME_PROVIDER-4169494-0-3038500-0-0-0", Oracle's care-team.md) and so do
+ * its Provenance ids ("INT.cteam-LIFETIME_PROVIDER-..."); FHIR's own
+ * [A-Za-z0-9.-]{1,64} is a subset; UUIDs and Epic's ids pass. Cerner builds
+ * such ids from several Millennium ids, so they can outgrow FHIR's 64
+ * characters: the bound is 256. And the key stays unambiguous and safe: no
+ * '/' (a key splits at its first two '/' into tenant, type and id), no '%' or
+ * reserved character (the id goes into a URL path unescaped and means the
+ * same to every URL parser), no space or control character (logs, Kafka key
+ * consumers), no "." or ".." (a URL path resolves those to another
+ * resource), and a bounded length. Keys are built from lengths, never cut.
+ *
+ * A resource whose id breaks the rule is never published, and a reference
+ * whose id breaks it is never fetched: each becomes an invalid_response
+ * failure naming the type and the reason, never the id itself (an id that
+ * breaks the rule is not the opaque token a server should send and may hold
+ * anything, a name or an MRN; the failure's url and patient say where it came
+ * from). Job fields (patients, group) keep their stricter schema pattern. */
+#define FX_FHIR_ID_MAX 256
+/* A resourceType: 1..64 ASCII letters. */
+#define FX_TYPE_NAME_MAX 64
+/* Room for any "Type/id" key under the rule, with its NUL. */
+#define FX_REF_KEY_SIZE (FX_TYPE_NAME_MAX + 1 + FX_FHIR_ID_MAX + 1)
+
+/* 1 if s[0..n) obeys the id rule above. */
 int fx_fhir_id_ok(const char *s, size_t n);
 
-typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN } fx_ref_kind;
+/* NULL if s[0..n) obeys the id rule, else why (written into why, at most
+ * size bytes) without quoting the id: "is empty", "is 300 bytes long (at most
+ * 256)", "contains '/' at byte 8 of 40", "contains byte 0x0a at byte 3 of 9",
+ * "is only dots". */
+const char *fx_fhir_id_problem(const char *s, size_t n, char *why, size_t size);
+
+/* NULL if a resource with this resourceType and id can be keyed, else why, as
+ * a phrase to follow "a resource ..." or "a <Type> ...": "has no id", "has no
+ * resourceType", "has a resourceType that is not a FHIR type name (1..64
+ * letters)", "has an id that breaks fhirx's id rule: contains '/' at ...".
+ * type and id may be NULL (absent). */
+const char *fx_resource_key_problem(const char *type, const char *id, char *why, size_t size);
+
+/* "{tenant}/{type}/{id}", built from their lengths: a new string (caller
+ * frees), NULL when out of memory. */
+char *fx_result_key(const char *tenant, const char *type, const char *id);
+
+typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN, FX_REF_INVALID } fx_ref_kind;
 
 /* Reads a reference value: "Type/id[/_history/n]" relative to the tenant's
- * base, or an absolute URL. FX_REF_LOCAL: under base, a known type and a
- * valid id; *key = "Type/id", *type_index its index in fx_cerner_types.
- * FX_REF_FOREIGN: an absolute URL outside base (never fetched with the
- * tenant's token). FX_REF_NONE: contained ("#x"), empty, or not of that
- * shape. */
+ * base, or an absolute URL. FX_REF_LOCAL: under base, a known type and an id
+ * that obeys the rule; *key = "Type/id" (size must be at least
+ * FX_REF_KEY_SIZE: a key that does not fit is FX_REF_NONE, never cut),
+ * *type_index its index in fx_cerner_types. FX_REF_INVALID: under base and a
+ * known type (*type_index set) but an id that breaks the rule (key not
+ * filled): report it, never fetch it. FX_REF_FOREIGN: an absolute URL outside
+ * base (never fetched with the tenant's token). FX_REF_NONE: contained
+ * ("#x"), empty, or not of that shape. */
 fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t size,
                          int *type_index);
 

@@ -183,6 +183,7 @@ typedef struct failure {
   const char *url;
   int attempts;
   const char *message;
+  int no_replay; /* a replay cannot help (the server's data is at fault): not dead-lettered */
 } failure;
 
 static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
@@ -199,9 +200,12 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   memcpy(run->last_failure_at, now, sizeof now);
   run->failures++;
   /* What a replay re-runs: the failed (patient, type) task; for a reference,
-   * the task that led to it, and only when trying again could help. */
-  if (f && f->depth == 0) run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
-  else if (f && fx_errclass_transient(fl->cls)) run->failed_types[f->task] |= FX_TYPE_BIT(f->origin_type);
+   * the task that led to it, and only when trying again could help; nothing
+   * when the server's data itself is at fault (no_replay). */
+  if (f && !fl->no_replay && f->depth == 0)
+    run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
+  else if (f && !fl->no_replay && fx_errclass_transient(fl->cls))
+    run->failed_types[f->task] |= FX_TYPE_BIT(f->origin_type);
   const char *job_id = run_job_id(run, jb, sizeof jb);
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:o, s:s, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
@@ -431,7 +435,7 @@ static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full)
   const fx_tenant_conf *t = run_tenant_conf(run);
   const fx_type_rule *rule = &run_profile(run)->types[type];
   const char *patient = run->job->tasks[task].patient;
-  char query[1024] = "", count[32] = "", since[160] = "";
+  char query[1024] = "", count[32] = "";
   if (rule->mode == FX_FETCH_READ) {
     if (run->job->since) *full |= FX_TYPE_BIT(type);
     size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(patient) + 3;
@@ -441,17 +445,29 @@ static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full)
   }
   expand(rule->search, patient, query, sizeof query);
   if (rule->count) snprintf(count, sizeof count, "&_count=%d", rule->count);
+  char *since = NULL; /* the escaped instant */
   if (run->job->since && rule->incremental) {
-    char *e = curl_easy_escape(NULL, run->job->since, 0);
-    snprintf(since, sizeof since, "&_lastUpdated=ge%s", e ? e : "");
-    curl_free(e);
+    /* A date-only since goes out as its first instant (UTC), as bulk's _since
+     * does: Cerner refuses _lastUpdated without a time for MedicationRequest
+     * and ServiceRequest (medication-request.md, service-request.md). */
+    size_t size = strlen(run->job->since) + 16;
+    char *inst = malloc(size);
+    if (!inst || fx_job_since_instant(run->job->since, inst, size) < 0 ||
+        !(since = curl_easy_escape(NULL, inst, 0))) {
+      free(inst);
+      return NULL;
+    }
+    free(inst);
   } else if (run->job->since) {
     *full |= FX_TYPE_BIT(type); /* Cerner cannot narrow it: fetched in full, and said so */
   }
   size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(query) +
-             strlen(count) + strlen(since) + 4;
+             strlen(count) + (since ? strlen(since) + 16 : 0) + 4;
   char *url = malloc(n);
-  if (url) snprintf(url, n, "%s/%s?%s%s%s", t->fhir_base, fx_cerner_types[type], query, count, since);
+  if (url)
+    snprintf(url, n, "%s/%s?%s%s%s%s", t->fhir_base, fx_cerner_types[type], query, count,
+             since ? "&_lastUpdated=ge" : "", since ? since : "");
+  curl_free(since);
   return url;
 }
 
@@ -643,14 +659,32 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   fx_pool *p = run->wt->pool;
   const char *type = json_string_value(json_object_get(res, "resourceType"));
   const char *id = json_string_value(json_object_get(res, "id"));
-  if (!type || !id) return; /* nothing to key it by: not a resource we can publish */
-  char key[256];
-  snprintf(key, sizeof key, "%s/%s/%s", run->job->tenant, type, id);
-  if (fx_strset_add(run->seen, key + strlen(run->job->tenant) + 1) != 1) return;
+  char why[200];
+  if (fx_resource_key_problem(type, id, why, sizeof why)) {
+    /* Nothing safe to key it by: a failure that says why, never the id
+     * (resources.h), and never a silent drop. */
+    char msg[320];
+    int known = type && fx_resource_index(type) >= 0;
+    snprintf(msg, sizeof msg, "%s resource in the response %s; not published",
+             known ? type : "a", why);
+    fx_fetch g = *f;
+    if (known) g.type = fx_resource_index(type);
+    failure fl = {.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .attempts = f->attempts,
+                  .message = msg, .no_replay = 1};
+    record_failure(run, &g, &fl);
+    return;
+  }
+  char *key = fx_result_key(run->job->tenant, type, id);
+  if (!key) return; /* out of memory: the job's counts show it missing */
+  int fresh = fx_strset_add(run->seen, key + strlen(run->job->tenant) + 1);
   size_t len;
-  char *value = dump(res, &len);
-  if (!value) return;
+  char *value = fresh == 1 ? dump(res, &len) : NULL;
+  if (!value) {
+    free(key);
+    return;
+  }
   if (len > p->max_message) {
+    free(key);
     free(value);
     char msg[256];
     snprintf(msg, sizeof msg, "%s/%s is %zu bytes, more than the %zu bytes a message may have",
@@ -669,6 +703,7 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, via, -1);
   emit(run, p->app.cfg->topics.results, key, value, len, h);
+  free(key);
   int idx = fx_resource_index(type);
   if (idx >= 0) run->counts[idx]++;
   run->resources++;
@@ -682,7 +717,8 @@ typedef struct ref_wait {
   fx_run *run;
   size_t task;
   int type, depth, origin_type;
-  char key[160];
+  char *url; /* owned: the exact URL to fetch (attachments), NULL = base + key */
+  char key[FX_REF_KEY_SIZE];
 } ref_wait;
 
 static fx_fetch *new_fetch(fx_run *run, size_t task, int type) {
@@ -704,11 +740,14 @@ static char *entity_url(const fx_run *run, const char *key) {
   return url;
 }
 
-/* Fetches a reference ourselves (a cache miss, or no cache). */
-static void fetch_reference(const ref_wait *w, int cache_owner) {
+/* Fetches a reference ourselves (a cache miss, or no cache). Takes w->url. */
+static void fetch_reference(ref_wait *w, int cache_owner) {
   fx_run *run = w->run;
   fx_fetch *f = new_fetch(run, w->task, w->type);
-  if (!f || !(f->ref_key = strdup(w->key)) || !(f->url = entity_url(run, w->key))) {
+  char *url = w->url ? w->url : entity_url(run, w->key);
+  w->url = NULL;
+  if (!f || !url || !(f->ref_key = strdup(w->key))) {
+    free(url);
     if (f) {
       if (cache_owner) fx_refcache_fail(run->wt->pool->refs, run->job->tenant, w->key);
       fetch_free(f);
@@ -716,6 +755,7 @@ static void fetch_reference(const ref_wait *w, int cache_owner) {
     task_done(run);
     return;
   }
+  f->url = url;
   f->depth = w->depth;
   f->origin_type = w->origin_type;
   f->cache_owner = cache_owner && run->wt->pool->refs;
@@ -726,10 +766,11 @@ static void fetch_reference(const ref_wait *w, int cache_owner) {
 static void publish_cached(const ref_wait *w, const char *json, size_t len) {
   fx_run *run = w->run;
   json_t *doc = json_loadb(json, len, 0, NULL);
-  char *url = entity_url(run, w->key);
-  if (doc && url) {
+  char *url = w->url ? NULL : entity_url(run, w->key);
+  if (doc && (url || w->url)) {
     fx_fetch f = {.run = run, .task = w->task, .type = w->type, .depth = w->depth,
-                  .origin_type = w->origin_type, .ref_key = (char *)(uintptr_t)w->key, .url = url};
+                  .origin_type = w->origin_type, .ref_key = (char *)(uintptr_t)w->key,
+                  .url = url ? url : w->url};
     publish_resource(&f, doc, "reference");
     run->refs_cached++;
     atomic_fetch_add(&run->wt->pool->stats.refs_cached, 1);
@@ -749,14 +790,18 @@ static void on_reference_ready(const char *json, size_t len, void *arg) {
   } else {
     fetch_reference(w, 0); /* the fetch we waited for failed: try ourselves */
   }
+  free(w->url);
   free(w);
   fx_wthread_pump(run->wt);
 }
 
-static void request_reference(const fx_fetch *from, int type, const char *key) {
+/* Asks for the entity key ("Type/id") once: from the cache, or fetched (from
+ * url when given: takes it). */
+static void request_reference(const fx_fetch *from, int type, const char *key, char *url) {
   fx_run *run = from->run;
   fx_pool *p = run->wt->pool;
   if (++run->refs_requested > (size_t)p->app.cfg->worker.max_references_per_job) {
+    free(url);
     if (run->refs_requested == (size_t)p->app.cfg->worker.max_references_per_job + 1) {
       char msg[200];
       snprintf(msg, sizeof msg, "the job references more than %lld entities "
@@ -771,8 +816,8 @@ static void request_reference(const fx_fetch *from, int type, const char *key) {
     return;
   }
   ref_wait w = {.run = run, .task = from->task, .type = type, .depth = from->depth + 1,
-                .origin_type = from->depth > 0 ? from->origin_type : from->type};
-  snprintf(w.key, sizeof w.key, "%s", key);
+                .origin_type = from->depth > 0 ? from->origin_type : from->type, .url = url};
+  snprintf(w.key, sizeof w.key, "%s", key); /* fits: fx_ref_parse made it for FX_REF_KEY_SIZE */
   run->tasks_left++; /* one unit for this reference, done by task_done */
   if (!p->refs) {
     fetch_reference(&w, 0);
@@ -788,19 +833,18 @@ static void request_reference(const fx_fetch *from, int type, const char *key) {
   size_t len = 0;
   int rc = fx_refcache_get(p->refs, run->job->tenant, key, &run->wt->lp, on_reference_ready,
                            waiting, &json, &len);
-  if (rc == FX_REF_WAIT) return; /* on_reference_ready owns waiting now */
+  if (rc == FX_REF_WAIT) return; /* on_reference_ready owns waiting (and url) now */
   free(waiting);
   if (rc == FX_REF_HIT) {
     publish_cached(&w, json, len);
     free(json);
+    free(w.url);
     task_done(run);
   } else {
     fetch_reference(&w, 1);
   }
 }
 
-/* A reference that points outside the tenant's base is never fetched with
- * its token: recorded once per job as foreign_reference. */
 /* "Type/id" from the end of a URL's path, when it has that shape. */
 static int url_type_id(const char *url, char *out, size_t size) {
   size_t end = strcspn(url, "?#");
@@ -817,7 +861,7 @@ static int url_type_id(const char *url, char *out, size_t size) {
   if (!type || !id) return -1;
   size_t tl = (size_t)(id - 1 - type), il = (size_t)(p - id);
   char t[40];
-  if (tl == 0 || tl >= sizeof t || !fx_fhir_id_ok(id, il)) return -1;
+  if (tl == 0 || tl >= sizeof t || !fx_fhir_id_ok(id, il) || tl + il + 2 > size) return -1;
   memcpy(t, type, tl);
   t[tl] = '\0';
   if (fx_resource_index(t) < 0) return -1;
@@ -825,13 +869,25 @@ static int url_type_id(const char *url, char *out, size_t size) {
   return 0;
 }
 
+/* Adds prefix + s to the job's requested set: 1 when new, 0 when seen, -1 on
+ * OOM. Built from lengths: two long URLs never collide. */
+static int requested_once(fx_run *run, const char *prefix, const char *s) {
+  size_t a = strlen(prefix), b = strlen(s);
+  char *key = malloc(a + b + 1);
+  if (!key) return -1;
+  memcpy(key, prefix, a);
+  memcpy(key + a, s, b + 1);
+  int rc = fx_strset_add(run->requested, key);
+  free(key);
+  return rc;
+}
+
 /* A reference that points outside the tenant's base is never fetched with
  * its token: recorded once per job as foreign_reference. */
 static void foreign_reference(const fx_fetch *from, const char *url) {
   fx_run *run = from->run;
-  char key[600], shown[512], msg[700], ref[160];
-  snprintf(key, sizeof key, "foreign:%s", url);
-  if (fx_strset_add(run->requested, key) != 1) return;
+  char shown[512], msg[700], ref[FX_REF_KEY_SIZE];
+  if (requested_once(run, "foreign:", url) != 1) return;
   fx_url_redact(url, shown, sizeof shown);
   snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not fetched with "
            "the tenant's token", shown);
@@ -849,21 +905,50 @@ static void foreign_reference(const fx_fetch *from, const char *url) {
   record_failure(run, &f, &fl);
 }
 
+/* A reference of a followed type whose id breaks the id rule (resources.h):
+ * never fetched, recorded once per job. The failure names the type, not the
+ * id (nor the URL, which holds it). */
+static void invalid_reference(const fx_fetch *from, const char *ref, int type) {
+  fx_run *run = from->run;
+  if (requested_once(run, "invalid:", ref) != 1) return;
+  char msg[300];
+  snprintf(msg, sizeof msg,
+           "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . _ "
+           "~ -, not '.' or '..' alone); not followed",
+           fx_cerner_types[type], FX_FHIR_ID_MAX);
+  fx_fetch f = *from;
+  f.ref_key = NULL;
+  f.origin_type = from->depth > 0 ? from->origin_type : from->type;
+  f.depth = from->depth + 1;
+  f.type = type;
+  failure fl = {.cls = FX_EC_INVALID_RESPONSE, .attempts = 1, .message = msg, .no_replay = 1};
+  record_failure(run, &f, &fl);
+}
+
 /* One reference value: "#x" (contained), "Type/id[/_history/n]", or an
- * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary). */
-static void consider_reference(const fx_fetch *from, const char *ref, int only_type) {
+ * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary);
+ * exact: an absolute URL is fetched exactly as given, never rebuilt from the
+ * base and the id (Cerner's binary.md: "Modifying the link has undefined
+ * consequences"). */
+static void consider_reference(const fx_fetch *from, const char *ref, int only_type, int exact) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
-  char key[160];
-  int idx;
+  char key[FX_REF_KEY_SIZE];
+  int idx = -1;
   switch (fx_ref_parse(ref, run_tenant_conf(run)->fhir_base, key, sizeof key, &idx)) {
   case FX_REF_FOREIGN: foreign_reference(from, ref); return;
   case FX_REF_NONE: return;
+  case FX_REF_INVALID:
+    if ((prof->follow & FX_TYPE_BIT(idx)) && (only_type < 0 || idx == only_type))
+      invalid_reference(from, ref, idx);
+    return;
   case FX_REF_LOCAL: break;
   }
   if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_has(run->seen, key) || fx_strset_add(run->requested, key) != 1) return;
-  request_reference(from, idx, key);
+  char *url = NULL;
+  if (exact && strstr(ref, "://") && !(url = strdup(ref))) return;
+  request_reference(from, idx, key, url);
 }
 
 static void walk_references(const fx_fetch *from, json_t *v) {
@@ -873,7 +958,7 @@ static void walk_references(const fx_fetch *from, json_t *v) {
   if (json_is_object(v)) {
     json_object_foreach(v, k, child) {
       if (strcmp(k, "reference") == 0 && json_is_string(child))
-        consider_reference(from, json_string_value(child), -1);
+        consider_reference(from, json_string_value(child), -1, 0);
       else
         walk_references(from, child);
     }
@@ -882,23 +967,19 @@ static void walk_references(const fx_fetch *from, json_t *v) {
   }
 }
 
-/* Every reference in res, plus attachment URLs as Binary, to the profile's
- * depth; each referenced entity is asked for once per job. */
+static void consider_attachment(void *from, const char *url) {
+  consider_reference(from, url, fx_resource_index("Binary"), 1);
+}
+
+/* Every reference in res, plus the attachment URLs the profile wants as
+ * Binary (fx_profile_attachments), to the profile's depth; each referenced
+ * entity is asked for once per job. */
 static void follow_references(const fx_fetch *from, json_t *res) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
   if (!run->job->follow_references || from->depth >= prof->depth || !prof->follow) return;
   walk_references(from, res);
-  const char *rt = json_string_value(json_object_get(res, "resourceType"));
-  int binary = fx_resource_index("Binary");
-  size_t i;
-  json_t *item;
-  if (rt && strcmp(rt, "DocumentReference") == 0)
-    json_array_foreach(json_object_get(res, "content"), i, item)
-      consider_reference(from, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")), binary);
-  else if (rt && strcmp(rt, "DiagnosticReport") == 0)
-    json_array_foreach(json_object_get(res, "presentedForm"), i, item)
-      consider_reference(from, json_string_value(json_object_get(item, "url")), binary);
+  fx_profile_attachments(prof, res, consider_attachment, (void *)(uintptr_t)from);
 }
 
 /* A search page: publish its entries, then follow Bundle.link[next]. Returns

@@ -43,6 +43,7 @@ STYLE_EXEMPT = {"job"}
 INVALID = {
     "result-bundle.json": "resourceType",
     "result-bad-id.json": "id: ",
+    "result-dot-id.json": "id: ",
     "result.headers-attempt-zero.json": "fhirx-attempt",
     "result.headers-url-with-values.json": "fhirx-source-url",
     "result.headers-no-patient-via-search.json": "'search' is not one of ['reference', 'bulk']",

@@ -22,7 +22,8 @@ static const char *const tenant_keys[] = {
     "auth_methods", "signing_algs",      "clients",            "per_patient",
     "per_patient_scale", "per_patient_vary", "practitioners",  "organizations",
     "locations",    "foreign_references", "binary_min_bytes",  "binary_max_bytes",
-    "binary_large_bytes", "binary_large_every", "paging_repeats", "paging_short_pages",
+    "binary_large_bytes", "binary_large_every", "binary_signed_urls", "paging_repeats",
+    "paging_short_pages",
     "paging_outcomes", "groups", "export", NULL};
 static const char *const group_keys[] = {"id", "patients", "first", "count", NULL};
 static const char *const export_keys[] = {"duration_ms", "retry_after_s", "file_max_resources",
@@ -149,6 +150,7 @@ static int parse_data_knobs(json_t *o, const char *where, sim_data_knobs *k, cha
                    where, err, n) ||
       get_unsigned(o, "binary_large_every", 0, 1000000, &k->binary_large_every, where, err,
                    n) ||
+      get_bool(o, "binary_signed_urls", &k->binary_signed_urls, where, err, n) ||
       get_bool(o, "paging_repeats", &k->paging_repeats, where, err, n) ||
       get_bool(o, "paging_short_pages", &k->paging_short_pages, where, err, n) ||
       get_bool(o, "paging_outcomes", &k->paging_outcomes, where, err, n))

@@ -32,8 +32,11 @@ typedef struct collect {
   json_t *references;     /* set: "Type/id" -> true */
 } collect;
 
-static void add_reference(collect *c, const char *ref) {
-  if (ref[0] == '#') return; /* contained: nothing to fetch */
+static void add_reference(collect *c, const char *full) {
+  if (full[0] == '#') return; /* contained: nothing to fetch */
+  char copy[512]; /* "Type/id" without an attachment URL's query */
+  snprintf(copy, sizeof copy, "%.*s", (int)strcspn(full, "?#"), full);
+  const char *ref = copy;
   size_t blen = strlen(c->base);
   if (strstr(ref, "://")) {
     if (strncmp(ref, c->base, blen) != 0) return; /* another server: never fetched */

@@ -111,12 +111,14 @@ static bool binary_allowed(const char *scopes, sim_resp *resp) {
   return true;
 }
 
+/* Ids as Cerner's look: letters, digits, '-', '.' and '_' (CareTeam's
+ * CARE_TEAM-..., care-team.md). */
 static bool id_valid(const char *id) {
   size_t len = strlen(id);
   if (len == 0 || len > 64) return false;
   for (const char *p = id; *p; p++)
     if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-          *p == '-' || *p == '.'))
+          *p == '-' || *p == '.' || *p == '_'))
       return false;
   return true;
 }

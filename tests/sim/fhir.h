@@ -33,6 +33,20 @@ typedef struct sim_search_param {
 
 typedef int (*sim_index_fn)(sim_resource *r);
 
+/* _lastUpdated as each type's page of Cerner's R4 documentation allows it. */
+typedef enum {
+  /* up to 2 values, eq/ge/gt/le/lt (none = eq), time optional; two values
+   * are a ge/gt lower and an le/lt upper bound (allergy-intolerance.md,
+   * condition.md, diagnostic-report.md, document-reference.md, encounter.md,
+   * observation.md, procedure.md) */
+  SIM_LU_RANGE = 0,
+  /* up to 2 values, ge/le only, each with a time; two are one ge and one le
+   * (medication-request.md, service-request.md) */
+  SIM_LU_TIMED_GE_LE,
+  /* one value, gt or ge, time optional (immunization.md) */
+  SIM_LU_ONE_GT_GE,
+} sim_lu_rule;
+
 typedef struct sim_search_def {
   sim_rtype type;
   bool searchable;              /* false: read only (Binary) */
@@ -44,6 +58,9 @@ typedef struct sim_search_def {
   unsigned max_count;
   unsigned max_matches;         /* 0 = unlimited; more matches answer 422 (Patient: 1000) */
   bool last_updated;            /* honours _lastUpdated (per-patient types) */
+  sim_lu_rule lu_rule;          /* how Cerner's documentation restricts it */
+  bool lu_no_date;              /* date (and period) may not come with _lastUpdated */
+  bool relationship_level;      /* RelatedPerson: patient/identifier need -relationship-level=Patient */
   bool id_alone;                /* _id must be sent alone (_count aside) */
   bool quirks;                  /* Cerner's paging quirks apply (knobs paging_*) */
   const char *patient_requires; /* "name=value" a search by patient must carry, or NULL */

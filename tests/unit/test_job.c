@@ -43,6 +43,23 @@ static void expect_bad(const char *text, fx_errclass cls, const char *needle) {
   if (!strstr(e.msg, needle)) fail_msg("'%s' not in '%s'", needle, e.msg);
 }
 
+/* One helper turns a job's since into what both kinds of job send: a date
+ * becomes its midnight UTC (MedicationRequest and ServiceRequest refuse a
+ * _lastUpdated without time), an instant stays as written. */
+static void since_instant(void **state) {
+  (void)state;
+  char out[64];
+  assert_int_equal(fx_job_since_instant("2026-11-01", out, sizeof out), 20);
+  assert_string_equal(out, "2026-11-01T00:00:00Z");
+  assert_int_equal(fx_job_since_instant("2026-11-01T06:30:00+02:00", out, sizeof out), 25);
+  assert_string_equal(out, "2026-11-01T06:30:00+02:00");
+  assert_int_equal(fx_job_since_instant("2026-11-01T06:30:00.123Z", out, sizeof out), 24);
+  assert_string_equal(out, "2026-11-01T06:30:00.123Z");
+  char small[12];
+  assert_int_equal(fx_job_since_instant("2026-11-01", small, sizeof small), -1);
+  assert_string_equal(small, "");
+}
+
 static void valid_jobs(void **state) {
   (void)state;
   const char *text = "{\"job_id\":\"j-1\",\"tenant\":\"t1\",\"patients\":[\"12724065\",\"12724066\","
@@ -422,7 +439,8 @@ static void bulk_rejects(void **state) {
 }
 
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
+  const struct CMUnitTest tests[] = {cmocka_unit_test(since_instant),
+                                     cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
                                      cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
                                      cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects)};
   return cmocka_run_group_tests(tests, setup, teardown);
