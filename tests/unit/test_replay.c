@@ -99,6 +99,24 @@ static void filters(void **state) {
   assert_string_equal(desc, "tenant=a,b");
   fx_rp_filter_free(&g);
 
+  /* since is inclusive, to the millisecond: a letter that failed at exactly the
+   * given instant is selected, one a millisecond earlier is not. */
+  assert_int_equal(fx_rp_filter_set(&g, FX_RP_SINCE, "2026-11-30T06:00:00Z", now, &err), 0);
+  assert_true(fx_rp_match(&g, &a)); /* failed at 06:00:00.000Z */
+  fx_rp_letter earlier = letter("t1", "scope", "j-3", "2026-11-30T05:59:59.999Z");
+  assert_false(fx_rp_match(&g, &earlier));
+  fx_rp_letter later = letter("t1", "scope", "j-4", "2026-11-30T06:00:00.001Z");
+  assert_true(fx_rp_match(&g, &later));
+  fx_rp_filter_free(&g);
+  /* The same without fhirx-last-failure: the message timestamp counts. */
+  assert_int_equal(fx_rp_filter_set(&g, FX_RP_SINCE, "2026-11-30T06:00:00Z", now, &err), 0);
+  fx_rp_letter stamped = letter("t1", "scope", "j-5", NULL);
+  stamped.timestamp_ms = g.since_ms;
+  assert_true(fx_rp_match(&g, &stamped));
+  stamped.timestamp_ms = g.since_ms - 1;
+  assert_false(fx_rp_match(&g, &stamped));
+  fx_rp_filter_free(&g);
+
   /* until is exclusive; without fhirx-last-failure the message time counts. */
   assert_int_equal(fx_rp_filter_set(&g, FX_RP_UNTIL, "2026-11-30T06:00:00Z", now, &err), 0);
   assert_false(fx_rp_match(&g, &a));

@@ -18,6 +18,12 @@ static void within(void **state) {
   assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t2/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/../t2/Patient/1", base));
   assert_false(fx_url_within("http://fhir-ehr.cerner.com/r4/t1/Patient/1", base));
+  /* The scheme is compared on its own, not through its default port: plain
+   * http to port 443 would carry the token in clear text. */
+  assert_false(fx_url_within("http://fhir-ehr.cerner.com:443/r4/t1/Patient/1", base));
+  assert_false(fx_url_within("https://fhir-ehr.cerner.com:80/r4/t1/Patient/1",
+                             "http://fhir-ehr.cerner.com/r4/t1"));
+  assert_true(fx_url_within("HTTPS://fhir-ehr.cerner.com/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com:8443/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://evil.example/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com.evil.example/r4/t1/Patient/1", base));
