@@ -41,10 +41,15 @@ static const opt tenant_opts[] = {
     {"environment", OPT_ENUM, T(environment), "production", 0, 0, 0, "sandbox|production",
      "`production` requires https URLs; `sandbox` also allows http (simulator, local tests)."},
     {"fhir_base", OPT_URL, T(fhir_base), NULL, 1, 8, 2048, NULL,
-     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is only "
-     "ever sent to URLs under this base."},
-    {"client_id", OPT_STRING, T(client_id), NULL, 1, 1, 256, NULL,
-     "The System app's client id from Code Console. Sent as iss and sub of the client assertion."},
+     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is sent "
+     "to URLs under this base (same scheme, host, port and path prefix), to the URLs of a Bulk "
+     "Data export the tenant started on the same origin, and to `token_url_prefixes`; nowhere "
+     "else."},
+    {"client_id", OPT_STRING, T(client_id), NULL, 1, 1, FX_CLIENT_ID_MAX, NULL,
+     "The System app's client id from Code Console (or whatever the server issued: some, like "
+     "the SMART reference Bulk Data server, issue signed JWTs of a thousand characters). "
+     "Printable ASCII and spaces (RFC 6749 VSCHAR), up to 8192 bytes. Sent as iss and sub of the "
+     "client assertion; logs and messages show only its start and length."},
     {"token_endpoint", OPT_URL, T(token_endpoint), NULL, 0, 8, 2048, NULL,
      "Token endpoint URL. Leave unset to discover it from "
      "`{fhir_base}/.well-known/smart-configuration` (recommended: discovery wins on Cerner)."},
@@ -52,10 +57,28 @@ static const opt tenant_opts[] = {
      "Scopes to request. Unset: one per resource type fhirx fetches (see `fhirx scopes`)."},
     {"smart_version", OPT_ENUM, T(smart_version), "v1", 0, 0, 0, "v1|v2",
      "Scope syntax of the app registration: v1 `system/Patient.read`, v2 `system/Patient.rs`. A "
-     "v2 registration silently drops v1 scopes, so this must match Code Console."},
+     "v2 registration silently drops v1 scopes, so this must match Code Console. v1 is the "
+     "default: Oracle's R4 documentation (2024) does not confirm v2 `.rs` scopes for system "
+     "apps; set v2 only for an app registered with v2 scopes."},
     {"resources", OPT_STRLIST, T(resources), NULL, 0, 1, 64, NULL,
-     "Resource types to extract for this tenant. Unset: every type the profile fetches per "
-     "patient."},
+     "Resource types to extract for this tenant: what its jobs fetch when they name none, and "
+     "what its token asks scopes for. A type the profile fetches per patient, or one its bulk "
+     "section exports (e.g. Provenance on Cerner). Unset: the profile's default query set."},
+    {"follow_references", OPT_BOOL, T(follow_references), "false", 0, 0, 0, NULL,
+     "Whether this tenant's jobs may follow references (`follow_references` in a job). When "
+     "true, the token also asks for the scopes of the profile's reference types (cerner: "
+     "Practitioner, Organization, Location, Binary, RelatedPerson); when false those scopes are "
+     "not requested and a job asking to follow references is refused (invalid_job)."},
+    {"token_url_prefixes", OPT_STRLIST, T(token_url_prefixes), NULL, 0, 8, 2048, NULL,
+     "More places this tenant's access token may be sent, besides `fhir_base`: absolute URL "
+     "prefixes (`https://files.example.org/bulk` covers that path and below on that origin; "
+     "`https://files.example.org/` the whole origin), https for production tenants. Unset (the "
+     "safe default): the token goes only under `fhir_base`, plus the status URL and file URLs "
+     "of a Bulk Data export the tenant started, when they are on `fhir_base`'s origin. Add a "
+     "prefix only for a host the server itself uses (e.g. an export file server on another "
+     "origin that wants the token): every next link and manifest URL under it will get the "
+     "token (references are always read from `fhir_base`). See docs/architecture.md, \"Where a "
+     "token may go\"."},
     {"max_concurrency", OPT_INT, T(max_concurrency), "16", 0, 1, 10000, NULL,
      "Requests in flight to this tenant per worker process. The limit adapts below this: halved "
      "on 429s and timeouts, grown back one at a time on success."},
@@ -63,8 +86,9 @@ static const opt tenant_opts[] = {
      "Requests per second to this tenant per worker process (token bucket); 0 = no rate limit."},
     {"burst", OPT_INT, T(burst), "20", 0, 1, 100000, NULL, "Token bucket size for rate_per_s."},
     {"profile", OPT_STRING, T(profile), "cerner", 0, 1, 1024, NULL,
-     "Query profile: how each type is fetched and which references are followed. `cerner` (built "
-     "in, worker/profiles/cerner.json) or the path of a profile file."},
+     "Query profile: how each type is fetched, what a Group $export exports and which references "
+     "are followed. Built in: `cerner` (worker/profiles/cerner.json) and `generic` (a standard "
+     "FHIR R4 server, worker/profiles/generic.json); or the path of a profile file."},
 };
 
 static const opt key_opts[] = {
@@ -505,10 +529,30 @@ static int check_tenants(const fx_config *cfg, fx_err *err) {
       return fx_err_set(err, FX_EINVAL,
                         "tenants[%zu].id: '%s' may only contain letters, digits, '.', '_' and '-'",
                         i, t->id);
+    for (const unsigned char *p = (const unsigned char *)t->client_id; *p; p++)
+      if (*p < 0x20 || *p > 0x7e)
+        return fx_err_set(err, FX_EINVAL,
+                          "tenants[%zu].client_id: character %zu is not printable ASCII (RFC "
+                          "6749 allows %%x20-7E); copy the client id exactly as the server issued "
+                          "it, without line breaks",
+                          i, (size_t)(p - (const unsigned char *)t->client_id) + 1);
     for (size_t j = 0; j < i; j++)
       if (strcmp(cfg->tenants[j].id, t->id) == 0)
         return fx_err_set(err, FX_EINVAL, "tenants[%zu].id: '%s' is already used by tenants[%zu]",
                           i, t->id, j);
+    for (size_t k = 0; k < t->token_url_prefixes.n; k++) {
+      char where[96], *norm = NULL;
+      snprintf(where, sizeof where, "tenants[%zu].token_url_prefixes[%zu]", i, k);
+      int rc = check_url(t->token_url_prefixes.v[k], where, &norm, err);
+      if (rc) return rc;
+      free(t->token_url_prefixes.v[k]);
+      t->token_url_prefixes.v[k] = norm;
+      if (t->environment == FX_ENV_PRODUCTION && strncasecmp(norm, "https://", 8) != 0)
+        return fx_err_set(err, FX_EINVAL,
+                          "%s: production tenants may send their token only over https; http is "
+                          "only allowed with \"environment\": \"sandbox\"",
+                          where);
+    }
     if (t->environment == FX_ENV_PRODUCTION) {
       if (strncasecmp(t->fhir_base, "https://", 8) != 0)
         return fx_err_set(err, FX_EINVAL,

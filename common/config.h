@@ -33,6 +33,12 @@ typedef struct fx_strmap {
 /* Value of key in m, or NULL. */
 const char *fx_strmap_get(const fx_strmap *m, const char *key);
 
+/* Longest client id accepted (bytes). No spec limits client ids; servers
+ * issue long ones (the SMART reference Bulk Data server's is a signed JWT
+ * carrying the client's JWKS, 557-1,057+ characters). Every buffer a client
+ * id passes through is sized from the string, not fixed. */
+#define FX_CLIENT_ID_MAX 8192
+
 typedef struct fx_tenant_conf {
   char *id;
   int environment;      /* FX_ENV_* */
@@ -42,6 +48,8 @@ typedef struct fx_tenant_conf {
   fx_strlist scopes;    /* empty: derived from the resource types fhirx fetches */
   int smart_version;    /* FX_SMART_* */
   fx_strlist resources; /* empty: the profile's full query set */
+  int follow_references; /* jobs may follow references: their types' scopes are asked for */
+  fx_strlist token_url_prefixes; /* more URL prefixes the token may go to (normalized) */
   char *profile;        /* built-in profile name, or a file path (absolute after loading) */
   long long max_concurrency; /* requests in flight to this tenant, per process */
   long long rate_per_s;      /* 0 = unlimited */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include <jansson.h>
 
@@ -79,6 +80,12 @@ static void on_response(fx_http_response *res, void *arg) {
     acquire(c);
     return;
   }
+  /* A server may repeat the request's credential in an error (a 401 that
+   * quotes the Authorization header): it must not reach a failure record,
+   * a dead letter or a log through the caller's message. */
+  if (res->result == 0 && (res->status < 200 || res->status >= 300) && c->tok && res->body_len)
+    res->body_len = fx_scrub_secret(res->body, res->body_len, res->body_len + 1,
+                                    c->tok->access_token);
   c->cb(res, NULL, c->arg);
   call_free(c);
 }
@@ -102,13 +109,14 @@ static void send_with(call *c, fx_token *tok) {
 
 int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_fhir_cb cb,
                 void *arg, fx_err *err) {
-  if (!fx_url_within(req->url, req->fhir_base)) {
+  if (!fx_url_may_carry_token(req->url, &req->scope)) {
     char shown[512];
     fx_url_redact(req->url, shown, sizeof shown);
     return fx_err_set(err, FX_EPERM,
                       "refusing to send tenant %s's token to %s: it is outside the tenant's FHIR "
-                      "base %s",
-                      req->tenant, shown, req->fhir_base);
+                      "base %s%s",
+                      req->tenant, shown, req->scope.base ? req->scope.base : "(none)",
+                      req->scope.n_prefixes ? " and its tenants[].token_url_prefixes" : "");
   }
   call *c = calloc(1, sizeof *c);
   if (!c) return fx_err_set(err, FX_ENOMEM, "out of memory");
@@ -148,8 +156,10 @@ void fx_fhir_outcome_summary(const char *body, char *out, size_t size) {
     const char *text = json_string_value(json_object_get(issue, "diagnostics"));
     if (!text)
       text = json_string_value(json_object_get(json_object_get(issue, "details"), "text"));
+    char clean[1024];
+    fx_redact_secrets(text, clean, sizeof clean); /* the server's words may quote a credential */
     snprintf(out, size, "%s%s%s%s%s", sev ? sev : "", sev && code ? " " : "", code ? code : "",
-             (sev || code) && text ? ": " : "", text ? text : "");
+             (sev || code) && text ? ": " : "", text ? clean : "");
   }
   json_decref(doc);
 }

@@ -343,6 +343,19 @@ static int map_curl_error(CURLcode c, int too_large) {
   }
 }
 
+/* What an operator can do about a certificate that was not accepted (curl's
+ * text says what was wrong, not what to change). */
+static const char *tls_hint(CURLcode c, const char *curl_text) {
+  if (c == CURLE_SSL_CACERT_BADFILE)
+    return " (http.ca_bundle: the file cannot be read as PEM certificates)";
+  if (c != CURLE_PEER_FAILED_VERIFICATION) return "";
+  if (strstr(curl_text, "subject name") || strstr(curl_text, "host name"))
+    return " (the server's certificate does not name the host of this URL: use the host name "
+           "the certificate was issued for in tenants[].fhir_base)";
+  return " (the server's certificate is not trusted: if the tenant uses a private CA, set "
+         "http.ca_bundle to that CA's certificate; else the server sends an incomplete chain)";
+}
+
 static void complete(xfer *x, CURLcode code) {
   fx_http *h = x->h;
   fx_http_response res;
@@ -359,7 +372,8 @@ static void complete(xfer *x, CURLcode code) {
   else if (res.result == FX_ETOOLARGE)
     snprintf(res.error, sizeof res.error, "response body larger than %zu bytes", x->max_body);
   else if (res.result)
-    snprintf(res.error, sizeof res.error, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
+    snprintf(res.error, sizeof res.error, "%s%s",
+             x->errbuf[0] ? x->errbuf : curl_easy_strerror(code), tls_hint(code, x->errbuf));
   x->cb(&res, x->arg);
   (void)h;
   xfer_free(x);
@@ -399,16 +413,50 @@ const char *fx_http_header(const fx_http_response *res, const char *name) {
 
 size_t fx_http_inflight(const fx_http *h) { return h->n_inflight; }
 
+static long clamp_wait(long long ms) {
+  if (ms <= 0) return 0;
+  return ms > FX_RETRY_AFTER_MAX_MS ? FX_RETRY_AFTER_MAX_MS : (long)ms;
+}
+
+long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
+  if (!value) return -1;
+  const char *p = value;
+  while (*p == ' ' || *p == '\t') p++;
+  const char *digits = p;
+  /* Saturate far above anything read below (10^15 is more than any epoch
+   * in milliseconds), so a 40-digit value cannot overflow. */
+  const long long cap = 1000000000000000LL;
+  long long v = 0;
+  while (*p >= '0' && *p <= '9') {
+    v = v >= cap ? cap : v * 10 + (*p - '0');
+    p++;
+  }
+  const char *end = p;
+  while (*p == ' ' || *p == '\t') p++;
+  if (end != digits && *p == '\0') {
+    const long long window_ms = FX_RETRY_AFTER_EPOCH_WINDOW_S * 1000;
+    if (v >= FX_RETRY_AFTER_EPOCH_MIN) {
+      long long at_s = v * 1000; /* v < cap: no overflow */
+      if (v <= cap / 1000 && at_s >= now_ms - window_ms && at_s <= now_ms + window_ms)
+        return clamp_wait(at_s - now_ms); /* epoch seconds */
+      if (v >= now_ms - window_ms && v <= now_ms + window_ms)
+        return clamp_wait(v - now_ms); /* epoch milliseconds */
+    }
+    return v > FX_RETRY_AFTER_MAX_MS / 1000 ? FX_RETRY_AFTER_MAX_MS : clamp_wait(v * 1000);
+  }
+  time_t when = curl_getdate(value, NULL);
+  if (when < 0) return -1;
+  long long when_ms = (long long)when;
+  if (when_ms > cap / 1000) return FX_RETRY_AFTER_MAX_MS;
+  return clamp_wait(when_ms * 1000 - now_ms);
+}
+
 long fx_http_retry_after_ms(const fx_http_response *res) {
   const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
   if (!v) return -1;
-  char *end;
-  long secs = strtol(v, &end, 10);
-  if (end != v && *end == '\0') return secs < 0 ? -1 : secs * 1000;
-  time_t when = curl_getdate(v, NULL);
-  if (when < 0) return -1;
-  time_t now = time(NULL);
-  return when > now ? (long)(when - now) * 1000 : 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return fx_http_retry_after_value_ms(v, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
 }
 
 void fx_http_resume(fx_http_xfer *x) {

@@ -53,7 +53,8 @@ typedef struct fx_http_response {
   size_t body_len;
   const char *url;   /* the requested URL */
   double seconds;    /* total transfer time */
-  char error[256];   /* transport failure text (curl's), empty on success */
+  char error[512];   /* transport failure text (curl's, plus what to do for TLS trust
+                        failures), empty on success */
   void *easy_;       /* private: lets fx_http_header read response headers */
 } fx_http_response;
 
@@ -75,9 +76,33 @@ const char *fx_http_header(const fx_http_response *res, const char *name);
  * transfer's completion callback. */
 void fx_http_resume(fx_http_xfer *x);
 
-/* The response's Retry-After in milliseconds from now (delta-seconds or an
- * HTTP-date; a date in the past is 0), or -1 when absent or unreadable. */
+/* The response's Retry-After in milliseconds from now, or -1 when absent or
+ * unreadable. The one Retry-After parser: everything that honours the header
+ * calls this (fx_http_retry_after_value_ms says how a value is read). */
 long fx_http_retry_after_ms(const fx_http_response *res);
+
+/* A Retry-After value too large to be a delay: 10^9 s is over 31 years. */
+#define FX_RETRY_AFTER_EPOCH_MIN 1000000000LL
+/* How far from this machine's clock such a value may be and still be read
+ * as a point in time (epoch seconds or milliseconds): 7 days either way. */
+#define FX_RETRY_AFTER_EPOCH_WINDOW_S (7LL * 86400)
+/* The longest wait returned: 7 days (also fits a 32-bit long). Callers clamp
+ * further to their own limits. */
+#define FX_RETRY_AFTER_MAX_MS (7L * 86400L * 1000L)
+
+/* Reads one Retry-After value at wall-clock time now_ms (epoch ms):
+ *  - RFC 9110 delay-seconds ("120"), or an HTTP-date (a date in the past is 0);
+ *  - a delay-seconds value of at least FX_RETRY_AFTER_EPOCH_MIN that lies
+ *    within FX_RETRY_AFTER_EPOCH_WINDOW_S of now, read as epoch seconds, or
+ *    (divided by 1000) as epoch milliseconds, is that point in time (0 when
+ *    it has passed). Against RFC 9110, some servers send one: the SMART
+ *    reference Bulk Data server's rate limiter answers 429 with
+ *    `Retry-After: <epoch ms>` and then `<epoch s>` (lib.ts rateLimiter).
+ *    Read as seconds, such a value means decades, so nothing a real delay
+ *    could mean is misread; a large value outside the window stays seconds.
+ * Digits are accumulated with saturation, so no value overflows; the result
+ * is clamped to FX_RETRY_AFTER_MAX_MS. -1 when value is NULL or neither form. */
+long fx_http_retry_after_value_ms(const char *value, long long now_ms);
 
 /* Requests in flight. */
 size_t fx_http_inflight(const fx_http *h);

@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "common/jwt.h"
+#include "common/strutil.h"
+#include "common/url.h"
 #include "common/log.h"
 
 #define DEFAULT_EXPIRES_IN 300
@@ -65,10 +67,12 @@ int fx_smart_check_discovery(const char *tenant, long status, const char *body, 
     return e->err.code;
   }
   if (status != 200) {
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, FX_EAUTH, status,
-               "tenant %s: SMART discovery answered HTTP %ld; check tenants[].fhir_base, or set "
-               "tenants[].token_endpoint explicitly",
-               tenant, status);
+               "tenant %s: SMART discovery answered HTTP %ld%s%s; check tenants[].fhir_base, or "
+               "set tenants[].token_endpoint explicitly",
+               tenant, status, redirect[0] ? ", " : "", redirect);
     return e->err.code;
   }
   json_t *doc = json_loads(body, 0, NULL);
@@ -245,10 +249,62 @@ static const char *invalid_client_hint(const char *reason) {
          "current keys (`fhirx keys jwks`), and that tenants[].client_id matches Code Console";
 }
 
+void fx_smart_scope_list(const char *scope, size_t room, char *out, size_t size) {
+  if (!size) return;
+  if (room >= size) room = size - 1;
+  size_t len = strlen(scope);
+  if (len <= room) {
+    memcpy(out, scope, len + 1);
+    return;
+  }
+  size_t total = 0;
+  for (const char *p = scope + strspn(scope, " "); *p; p += strspn(p, " ")) {
+    total++;
+    p += strcspn(p, " ");
+  }
+  /* Keep whole scopes while they and the note about the rest still fit. */
+  size_t kept = 0, end = 0;
+  char tail[64];
+  for (const char *p = scope + strspn(scope, " "); *p; p += strspn(p, " ")) {
+    size_t wl = strcspn(p, " "), at = (size_t)(p - scope), left = total - kept - 1;
+    int tl = left ? snprintf(tail, sizeof tail, " ... (%zu more scope%s)", left,
+                             left == 1 ? "" : "s")
+                  : 0;
+    if (at + wl + (size_t)tl > room) break;
+    kept++;
+    end = at + wl;
+    p += wl;
+  }
+  size_t left = total - kept;
+  if (left)
+    snprintf(tail, sizeof tail, "%s... (%zu more scope%s)", kept ? " " : "", left,
+             left == 1 ? "" : "s");
+  else
+    tail[0] = '\0';
+  snprintf(out, size, "%.*s%s", (int)end, scope, tail);
+}
+
+void fx_smart_client_id_shown(const char *id, char *out, size_t size) {
+  size_t len = id ? strlen(id) : 0;
+  if (len <= 48) {
+    snprintf(out, size, "%s", id ? id : "");
+    return;
+  }
+  size_t head = strcspn(id, ".");
+  if (head > 32) head = 32;
+  snprintf(out, size, "%.*s... (%zu characters)", (int)head, id, len);
+}
+
 static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_auth_error *e) {
   const char *error = json_string_value(json_object_get(doc, "error"));
-  const char *desc = json_string_value(json_object_get(doc, "error_description"));
+  const char *raw_desc = json_string_value(json_object_get(doc, "error_description"));
   const char *uri = json_string_value(json_object_get(doc, "error_uri"));
+  /* The server's words may repeat what it received (the client assertion). */
+  char desc_clean[512], error_clean[128];
+  fx_redact_secrets(raw_desc, desc_clean, sizeof desc_clean);
+  fx_redact_secrets(error, error_clean, sizeof error_clean);
+  const char *desc = raw_desc ? desc_clean : NULL;
+  error = error_clean;
   snprintf(e->oauth_error, sizeof e->oauth_error, "%s", error);
   if (fx_smart_cerner_reason(uri, e->reason, sizeof e->reason) != 0) e->reason[0] = '\0';
   char why[320] = "";
@@ -259,17 +315,30 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
   else if (desc)
     snprintf(why, sizeof why, " (%.200s)", desc);
   if (strcmp(error, "invalid_client") == 0) {
+    char client[96];
+    fx_smart_client_id_shown(c->client_id, client, sizeof client);
     auth_error(e, FX_EAUTH, status,
                "tenant %s: invalid_client%s: the token endpoint refused our client assertion, "
                "signed with kid '%s' (%s) as client '%s' for aud %s. Hint: %s",
-               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), c->client_id,
+               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), client,
                c->token_endpoint, invalid_client_hint(e->reason));
   } else if (strcmp(error, "invalid_scope") == 0) {
-    auth_error(e, FX_EAUTH, status,
-               "tenant %s: invalid_scope%s: none of the requested scopes were granted. Asked for: "
-               "%s; granted: nothing. Hint: tick these scopes for the app in Code Console, and "
-               "check tenants[].smart_version (a SMART v2 registration drops v1 scopes)",
-               c->tenant, why, c->scope);
+    /* The scope list can be long (a scope per resource type); the message
+     * is built from lengths so that the hint always survives whole and the
+     * list is cut between two scopes, saying how many were left out. */
+    static const char hint[] =
+        "; granted: nothing. Hint: tick these scopes for the app in Code Console (`fhirx "
+        "scopes`), and check tenants[].smart_version (a SMART v2 registration drops v1 scopes)";
+    char head[512];
+    int hl = snprintf(head, sizeof head,
+                      "tenant %.64s: invalid_scope%s: none of the requested scopes were granted. "
+                      "Asked for: ",
+                      c->tenant, why);
+    size_t used = hl < 0 ? 0 : (size_t)hl < sizeof head ? (size_t)hl : sizeof head - 1;
+    size_t room = sizeof e->err.msg - 1 - used - (sizeof hint - 1);
+    char list[sizeof e->err.msg];
+    fx_smart_scope_list(c->scope ? c->scope : "", room, list, sizeof list);
+    auth_error(e, FX_EAUTH, status, "%s%s%s", head, list, hint);
   } else {
     auth_error(e, FX_EAUTH, status,
                "tenant %s: the token endpoint refused the request: %s%s (HTTP %ld). Hint: %s",
@@ -301,9 +370,11 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
                                                                            : "a non-JSON body")
                            : "a JSON body";
     int transient = status >= 500 || status == 429 || status == 408 || status == 200;
+    char redirect[300];
+    fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
     auth_error(e, transient ? FX_ETRANSIENT : FX_EAUTH, status,
-               "tenant %s: the token endpoint %s answered HTTP %ld with %s; %s", c->tenant,
-               c->token_endpoint, status, what,
+               "tenant %s: the token endpoint %s answered HTTP %ld with %s%s%s; %s", c->tenant,
+               c->token_endpoint, status, what, redirect[0] ? ", " : "", redirect,
                transient ? "this looks like an outage or a proxy in the way, retrying with backoff"
                          : "check tenants[].token_endpoint (or let discovery find it)");
     rc = e->err.code;

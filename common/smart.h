@@ -70,8 +70,20 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
  * -> "unknown-kid". Returns 0 and fills out, or -1 if the URI holds none. */
 int fx_smart_cerner_reason(const char *error_uri, char *out, size_t out_size);
 
+/* The space-separated scope list for a message, in at most `room` bytes
+ * (and size - 1): whole when it fits, else cut between two scopes with
+ * " ... (N more scopes)" naming what was left out; never in the middle of a
+ * scope. Written into out (NUL terminated). */
+void fx_smart_scope_list(const char *scope, size_t room, char *out, size_t size);
+
 /* Scopes in a space-separated list `want` that are missing from `have`,
  * space separated, in a new string (empty if none). */
 char *fx_scope_missing(const char *want, const char *have);
+
+/* A client id as logs and messages show it: whole when at most 48 characters,
+ * else its first characters up to 32 (cut before the first '.', so a JWT
+ * client id never appears as a JWT) and its length: "eyJhbGciOiJIUzI1NiIs...
+ * (1057 characters)". A message keeps its hint however long the id is. */
+void fx_smart_client_id_shown(const char *id, char *out, size_t size);
 
 #endif

@@ -12,6 +12,95 @@ char *fx_memstr(const void *p, size_t n) {
   return s;
 }
 
+static int token68(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+         c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '=';
+}
+
+static int b64url_or_dot(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+         c == '-' || c == '_' || c == '.';
+}
+
+static int ieq_prefix(const char *s, const char *word) {
+  for (; *word; s++, word++) {
+    char a = *s, b = *word;
+    if (a >= 'A' && a <= 'Z') a = (char)(a - 'A' + 'a');
+    if (a != b) return 0;
+  }
+  return 1;
+}
+
+/* How many bytes of s, starting at a credential, to drop; 0 if none starts
+ * here. *keep is how many leading bytes (a parameter name) stay. */
+static size_t credential_at(const char *s, size_t *keep) {
+  *keep = 0;
+  if (ieq_prefix(s, "bearer")) {
+    size_t i = 6;
+    while (s[i] == ' ' || s[i] == ':' || s[i] == '\t') i++;
+    size_t j = i;
+    while (token68((unsigned char)s[j])) j++;
+    return j >= i + 8 ? j : 0; /* credentials are long; "the bearer of" is prose */
+  }
+  if (s[0] == 'e' && s[1] == 'y' && s[2] == 'J') {
+    size_t j = 0, dots = 0;
+    for (; b64url_or_dot((unsigned char)s[j]); j++) dots += s[j] == '.';
+    return j >= 10 && dots ? j : 0;
+  }
+  static const char *const names[] = {"client_assertion", "access_token"};
+  for (size_t n = 0; n < sizeof names / sizeof *names; n++) {
+    size_t len = strlen(names[n]);
+    if (strncmp(s, names[n], len) != 0) continue;
+    size_t i = len;
+    /* client_assertion=..., "access_token":"...", access_token: ... */
+    if (s[i] == '"') i++;
+    if (s[i] != '=' && s[i] != ':') return 0;
+    i++;
+    while (s[i] == ' ' || s[i] == '"') i++;
+    size_t j = i;
+    while (s[j] && s[j] != '&' && s[j] != '"' && s[j] != ' ' && s[j] != ',') j++;
+    if (j == i) return 0;
+    *keep = i;
+    return j;
+  }
+  return 0;
+}
+
+void fx_redact_secrets(const char *in, char *out, size_t size) {
+  static const char mark[] = "[redacted]";
+  size_t o = 0;
+  if (!size) return;
+  for (const char *p = in ? in : ""; *p && o + 1 < size;) {
+    size_t keep, drop = credential_at(p, &keep);
+    if (!drop) {
+      out[o++] = *p++;
+      continue;
+    }
+    for (size_t k = 0; k < keep && o + 1 < size; k++) out[o++] = p[k];
+    for (size_t k = 0; mark[k] && o + 1 < size; k++) out[o++] = mark[k];
+    p += drop;
+  }
+  out[o] = '\0';
+}
+
+size_t fx_scrub_secret(char *buf, size_t len, size_t cap, const char *secret) {
+  static const char mark[] = "[redacted]";
+  size_t sl = secret ? strlen(secret) : 0, ml = sizeof mark - 1;
+  if (!buf || sl < 8 || sl < ml) return len;
+  size_t r = 0, w = 0;
+  while (r < len) {
+    if (r + sl <= len && memcmp(buf + r, secret, sl) == 0) {
+      memcpy(buf + w, mark, ml); /* w <= r and ml <= sl: never overtakes the reader */
+      w += ml;
+      r += sl;
+    } else {
+      buf[w++] = buf[r++];
+    }
+  }
+  if (w < cap) buf[w] = '\0';
+  return w;
+}
+
 int fx_json_depth_ok(const char *p, size_t n, int max) {
   int depth = 0, in_string = 0;
   for (size_t i = 0; i < n; i++) {

@@ -14,4 +14,20 @@ char *fx_memstr(const void *p, size_t n);
  * before parsing untrusted documents. */
 int fx_json_depth_ok(const char *p, size_t n, int max);
 
+/* Copies in to out (size bytes, always NUL-terminated) with credentials a
+ * server may have echoed replaced by "[redacted]": a bearer credential
+ * ("Bearer <token>", any case), a JWT-shaped run ("eyJ..." with a dot, a
+ * client assertion or an id token), and the values of client_assertion= and
+ * access_token. For text from servers (OperationOutcome diagnostics, OAuth
+ * error descriptions) before it goes into a failure record, a dead letter or
+ * a log line: fhirx never puts a credential there itself, but a server may
+ * repeat what it received. A guard for the common shapes, not a proof. */
+void fx_redact_secrets(const char *in, char *out, size_t size);
+
+/* Replaces every occurrence of secret (at least 8 bytes, else nothing is
+ * done) in buf[0..len) by "[redacted]", in place, and returns the new length
+ * (a NUL is written there when there is room). For the exact token a request
+ * carried, which a server may echo without any recognizable shape. */
+size_t fx_scrub_secret(char *buf, size_t len, size_t cap, const char *secret);
+
 #endif

@@ -45,6 +45,35 @@ int fx_url_within(const char *url, const char *base) {
   return ok;
 }
 
+void fx_url_redirect_note(long status, const char *location, char *out, size_t size) {
+  if (size) out[0] = '\0';
+  if (status < 300 || status > 399 || !size) return;
+  char shown[512] = "";
+  if (location) fx_url_redact(location, shown, sizeof shown);
+  snprintf(out, size,
+           "a redirect%s%s, not followed (fhirx never follows redirects, so a token or client "
+           "assertion goes only to the URL it was meant for)",
+           shown[0] ? " to " : "", shown);
+}
+
+int fx_url_same_origin(const char *a, const char *b) {
+  parts pa, pb;
+  int ra = split(a, &pa), rb = split(b, &pb);
+  int ok = ra == 0 && rb == 0 && strcasecmp(pa.scheme, pb.scheme) == 0 &&
+           strcasecmp(pa.host, pb.host) == 0 && strcmp(pa.port, pb.port) == 0;
+  parts_free(&pa);
+  parts_free(&pb);
+  return ok;
+}
+
+int fx_url_may_carry_token(const char *url, const fx_token_scope *s) {
+  if (!url || !s || !s->base) return 0;
+  if (fx_url_within(url, s->base)) return 1;
+  for (size_t i = 0; i < s->n_prefixes; i++)
+    if (s->prefixes[i] && fx_url_within(url, s->prefixes[i])) return 1;
+  return s->own_export && fx_url_same_origin(url, s->base);
+}
+
 void fx_url_redact(const char *url, char *out, size_t size) {
   size_t n = strcspn(url, "?#");
   size_t used = (size_t)snprintf(out, size, "%.*s", (int)n, url);

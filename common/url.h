@@ -9,8 +9,41 @@
  * This is the test a URL must pass before it may carry a tenant's token. */
 int fx_url_within(const char *url, const char *base);
 
+/* 1 if a and b have the same scheme, host and port (an origin, RFC 6454). */
+int fx_url_same_origin(const char *a, const char *b);
+
+/* Where a tenant's access token may be sent; docs/architecture.md ("Where a
+ * token may go") gives the reasons. Built by fx_tenant_token_scope
+ * (worker/resources.h) from the tenant's configuration. */
+typedef struct fx_token_scope {
+  const char *base;      /* tenants[].fhir_base: URLs under it (fx_url_within) */
+  char *const *prefixes; /* tenants[].token_url_prefixes: URLs under any of these */
+  size_t n_prefixes;
+  /* The URL was handed to fhirx by the tenant's server for an export this
+   * tenant started: the kick-off's Content-Location (the status URL, polled
+   * and DELETEd) or a file url of that status URL's manifest. Such a URL may
+   * be anywhere on the base's origin: servers put them outside the FHIR path
+   * (the SMART reference server: {origin}/fhir/bulkstatus/..., files under
+   * {origin}/{other prefix}/fhir/bulkfiles/...). Never set it for URLs taken
+   * from resource content (references, next links). */
+  int own_export;
+} fx_token_scope;
+
+/* 1 if url may carry the token: under base, under one of the prefixes, or
+ * (own_export) on base's origin. The one place that decides where a token
+ * goes: fx_fhir_get enforces it for every authorized request, and callers
+ * ask it before they plan a request (next links, bulk status and files).
+ * Path checks go through fx_url_within, so tightening it (issue 13: encoded
+ * dot segments) tightens every use. */
+int fx_url_may_carry_token(const char *url, const fx_token_scope *s);
+
 /* Copies url into out without query values and fragment ("?patient=&_count=")
  * so it can be logged or published without patient ids or page secrets. */
 void fx_url_redact(const char *url, char *out, size_t size);
+
+/* For a redirect status (300-399), a sentence fragment for error messages into
+ * out: "a redirect to <location without query values>, not followed (...)";
+ * for any other status "". location may be NULL (not sent, or not known). */
+void fx_url_redirect_note(long status, const char *location, char *out, size_t size);
 
 #endif

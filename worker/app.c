@@ -39,8 +39,8 @@ int fx_app_check_resources(const fx_config *cfg, fx_err *err) {
     for (size_t j = 0; j < r->n; j++)
       if (!fx_resource_type_known(r->v[j]))
         return fx_err_set(err, FX_EINVAL,
-                          "config %s: tenants[%zu].resources[%zu]: '%s' is not a resource type "
-                          "fhirx extracts (see `fhirx scopes` for the list)",
+                          "config %s: tenants[%zu].resources[%zu]: '%s' is not an R4 resource "
+                          "type (names are case-sensitive: Observation)",
                           cfg->path ? cfg->path : "", i, j, r->v[j]);
   }
   return 0;

@@ -13,9 +13,12 @@ static const char scopes_usage[] =
     "usage: fhirx scopes --config FILE [--tenant ID]\n"
     "\n"
     "Prints one scope per line: the scopes fhirx requests, derived from the resource types it\n"
-    "extracts plus the types it reaches through references, in each tenant's SMART syntax\n"
-    "(v1 system/X.read, v2 system/X.rs). Tick exactly these for the app in Code Console.\n"
-    "Without --tenant, prints the union over all tenants.\n";
+    "extracts (tenants[].resources, or the profile's default query set) plus, for a tenant\n"
+    "with \"follow_references\": true, the types its profile reaches through references, in\n"
+    "each tenant's SMART syntax (v1 system/X.read, v2 system/X.rs); tenants[].scopes replaces\n"
+    "them. Tick exactly these for the app in Code Console, and no more: a server may refuse a\n"
+    "scope for a type it does not have (invalid_scope). Without --tenant, prints the union\n"
+    "over all tenants.\n";
 
 int fx_cmd_scopes(int argc, char **argv) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},

@@ -252,8 +252,11 @@ static void on_read(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     char outcome[512];
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
     const char *hint = status_hint(res->status, outcome);
-    fx_cli_fail(o->cmd, FX_EXIT_FAIL, "GET %s: HTTP %ld%s%s%s%s", shown, res->status,
-                outcome[0] ? ": " : "", outcome, hint[0] ? ". Hint: " : "", hint);
+    char redirect[400];
+    fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    fx_cli_fail(o->cmd, FX_EXIT_FAIL, "GET %s: HTTP %ld%s%s%s%s%s%s", shown, res->status,
+                redirect[0] ? ": " : "", redirect, outcome[0] ? ": " : "", outcome,
+                hint[0] ? ". Hint: " : "", hint);
     oneshot_done(o, FX_EXIT_FAIL);
     return;
   }
@@ -294,7 +297,8 @@ int fx_cmd_get(int argc, char **argv) {
     snprintf(url, sizeof url, "%s", path);
   else
     snprintf(url, sizeof url, "%s/%s", o.tenant->fhir_base, path[0] == '/' ? path + 1 : path);
-  fx_fhir_request req = {.tenant = o.tenant->id, .fhir_base = o.tenant->fhir_base, .url = url};
+  fx_fhir_request req = {.tenant = o.tenant->id, .scope = fx_tenant_token_scope(o.tenant, 0),
+                         .url = url};
   fx_err err = {0};
   if (fx_fhir_get(&o.lp, o.app.tokens, &req, on_read, &o, &err) != 0) {
     fx_cli_fail("get", FX_EXIT_FAIL, "%s", err.msg);

@@ -15,7 +15,7 @@
  * their way into jobs of `batch`. */
 typedef struct group {
   char *tenant;
-  uint32_t types; /* the line's explicit resources; 0 = the tenant's query set */
+  fx_types types; /* the line's explicit resources; none = the tenant's query set */
   char *since;
   int follow;
   char **pending;
@@ -34,7 +34,7 @@ struct fx_jobin {
   fx_jobin_opts o;
   fx_jobin_bad_fn bad;
   void *arg;
-  uint32_t default_types;
+  fx_types default_types;
   group *groups;
   size_t n_groups, cap_groups;
   json_t *group_index; /* group key -> index into groups */
@@ -72,22 +72,25 @@ static void bad(fx_jobin *in, unsigned long line, const char *fmt, ...) {
 
 /* Resource types separated by any of `seps`; 0 and a message when a name is
  * not a type fhirx extracts. */
-static int parse_types(const char *list, const char *seps, uint32_t *out, char *why,
+static int parse_types(const char *list, const char *seps, fx_types *out, char *why,
                        size_t size) {
   char *copy = strdup(list), *save = NULL;
-  uint32_t set = 0;
+  fx_types set = FX_TYPES_NONE;
   int rc = 0;
   for (char *t = copy ? strtok_r(copy, seps, &save) : NULL; t; t = strtok_r(NULL, seps, &save)) {
     int idx = fx_resource_index(t);
     if (idx < 0) {
-      snprintf(why, size, "resources: '%.64s' is not a resource type fhirx extracts (see `fhirx scopes`)", t);
+      snprintf(why, size,
+               "resources: '%.64s' is not an R4 resource type fhirx extracts (names are "
+               "case-sensitive: Observation)",
+               t);
       rc = -1;
       break;
     }
-    set |= FX_TYPE_BIT(idx);
+    fx_types_add(&set, idx);
   }
   free(copy);
-  if (!rc && !set) {
+  if (!rc && fx_types_empty(set)) {
     snprintf(why, size, "resources: no resource type given");
     rc = -1;
   }
@@ -95,10 +98,10 @@ static int parse_types(const char *list, const char *seps, uint32_t *out, char *
   return rc;
 }
 
-static json_t *types_json(uint32_t types) {
+static json_t *types_json(fx_types types) {
   json_t *a = json_array();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (types & FX_TYPE_BIT(i)) json_array_append_new(a, json_string(fx_cerner_types[i]));
+  for (int i = fx_types_next(types, 0); a && i >= 0; i = fx_types_next(types, i + 1))
+    json_array_append_new(a, json_string(fx_type_names[i]));
   return a;
 }
 
@@ -198,16 +201,19 @@ static void emit_group(fx_jobin *in, group *g) {
   }
   g->n_pending = 0;
   json_t *o = json_pack("{s:s, s:o}", "tenant", g->tenant, "patients", pats);
-  if (g->types) json_object_set_new(o, "resources", types_json(g->types));
+  if (!fx_types_empty(g->types)) json_object_set_new(o, "resources", types_json(g->types));
   if (g->since) json_object_set_new(o, "since", json_string(g->since));
   if (g->follow) json_object_set_new(o, "follow_references", json_true());
   add_job(in, o);
 }
 
-static group *group_for(fx_jobin *in, const char *tenant, uint32_t types, const char *since,
+static group *group_for(fx_jobin *in, const char *tenant, fx_types types, const char *since,
                         int follow) {
-  char key[256];
-  snprintf(key, sizeof key, "%s|%08x|%s|%d", tenant, types, since ? since : "", follow);
+  char key[320], set[64] = "";
+  for (size_t k = 0; k < sizeof types.w / sizeof types.w[0]; k++)
+    snprintf(set + strlen(set), sizeof set - strlen(set), "%016llx",
+             (unsigned long long)types.w[k]);
+  snprintf(key, sizeof key, "%s|%s|%s|%d", tenant, set, since ? since : "", follow);
   json_t *idx = json_object_get(in->group_index, key);
   if (idx) return &in->groups[json_integer_value(idx)];
   if (in->n_groups == in->cap_groups) {
@@ -239,15 +245,15 @@ static group *group_for(fx_jobin *in, const char *tenant, uint32_t types, const 
 /* One patient with its settings, from any input: validated as a job of one
  * patient with the workers' rules, then batched. */
 static void add_patient(fx_jobin *in, unsigned long line, const char *patient, const char *tenant,
-                        uint32_t types, const char *since, int follow) {
+                        fx_types types, const char *since, int follow) {
   if (!tenant) {
     bad(in, line, "no tenant: give --tenant, or a tenant for the line");
     return;
   }
-  if (!types) types = in->default_types;
+  if (fx_types_empty(types)) types = in->default_types;
   json_t *probe = json_pack("{s:s, s:s, s:[s]}", "job_id", "probe", "tenant", tenant, "patients",
                             patient);
-  if (types) json_object_set_new(probe, "resources", types_json(types));
+  if (!fx_types_empty(types)) json_object_set_new(probe, "resources", types_json(types));
   if (since) json_object_set_new(probe, "since", json_string(since));
   if (follow) json_object_set_new(probe, "follow_references", json_true());
   char *text = probe ? dump(probe) : NULL;
@@ -326,7 +332,8 @@ int fx_jobin_bulk(fx_jobin *in, const char *group_id, const char *const *type_fi
                       cfg->n_tenants);
   json_t *o = json_pack("{s:s, s:s, s:s}", "kind", "bulk", "tenant", tenant, "group", group_id);
   if (!o) return fx_err_set(err, FX_ENOMEM, "out of memory");
-  if (in->default_types) json_object_set_new(o, "resources", types_json(in->default_types));
+  if (!fx_types_empty(in->default_types))
+    json_object_set_new(o, "resources", types_json(in->default_types));
   if (in->o.since) json_object_set_new(o, "since", json_string(in->o.since));
   if (n_type_filters) {
     json_t *tf = json_array();
@@ -362,7 +369,8 @@ int fx_jobin_bulk(fx_jobin *in, const char *group_id, const char *const *type_fi
 /* ---- the inputs ------------------------------------------------------------ */
 
 void fx_jobin_patient(fx_jobin *in, unsigned long pos, const char *patient) {
-  add_patient(in, pos, patient, in->o.tenant, 0, in->o.since, in->o.follow_references);
+  add_patient(in, pos, patient, in->o.tenant, FX_TYPES_NONE, in->o.since,
+              in->o.follow_references);
 }
 
 static const char *const line_fields[] = {"patient", "tenant", "resources", "since",
@@ -389,7 +397,7 @@ static void ndjson_patient(fx_jobin *in, unsigned long line, json_t *doc) {
   if (t && !json_is_string(t)) REJECT(in, line, "tenant: expected a string");
   if (s && !json_is_string(s)) REJECT(in, line, "since: expected a string (RFC 3339)");
   if (f && !json_is_boolean(f)) REJECT(in, line, "follow_references: expected true or false");
-  uint32_t types = 0;
+  fx_types types = FX_TYPES_NONE;
   char why[200];
   if (json_is_string(r)) {
     if (parse_types(json_string_value(r), " ,;|", &types, why, sizeof why))
@@ -399,12 +407,12 @@ static void ndjson_patient(fx_jobin *in, unsigned long line, json_t *doc) {
     json_t *item;
     json_array_foreach(r, i, item) {
       if (!json_is_string(item)) REJECT(in, line, "resources[%zu]: expected a string", i);
-      uint32_t one;
+      fx_types one;
       if (parse_types(json_string_value(item), " ", &one, why, sizeof why))
         REJECT(in, line, "%s", why);
-      types |= one;
+      types = fx_types_or(types, one);
     }
-    if (!types) REJECT(in, line, "resources: expected a non-empty array of resource types");
+    if (fx_types_empty(types)) REJECT(in, line, "resources: expected a non-empty array of resource types");
   } else if (r) {
     REJECT(in, line, "resources: expected an array of resource types");
   }
@@ -495,7 +503,7 @@ static void csv_row(fx_jobin *in, unsigned long line, char *text) {
     cell[c] = in->csv_cols[c] >= 0 && in->csv_cols[c] < n && *fields[in->csv_cols[c]]
                   ? fields[in->csv_cols[c]] : NULL;
   if (!cell[COL_PATIENT]) REJECT(in, line, "patient: the cell is empty");
-  uint32_t types = 0;
+  fx_types types = FX_TYPES_NONE;
   char msg[200];
   if (cell[COL_RESOURCES] && parse_types(cell[COL_RESOURCES], " ,;|", &types, msg, sizeof msg))
     REJECT(in, line, "%s", msg);

@@ -43,8 +43,6 @@ typedef struct fx_wthread fx_wthread;
 typedef struct fx_run fx_run;
 typedef struct fx_fetch fx_fetch;
 
-#define FX_NTYPES 21
-
 /* Request latency buckets (seconds) of fhirx_http_request_duration_seconds. */
 #define FX_LAT_BUCKETS 12
 extern const double fx_lat_bounds[FX_LAT_BUCKETS];
@@ -106,7 +104,7 @@ struct fx_fetch {
   fx_fetch *next;   /* in the ready queue or the waiting list */
   fx_run *run;
   size_t task; /* index in run->job->tasks (for a reference: the task it came from) */
-  int type;    /* index in fx_cerner_types */
+  int type;    /* index in fx_type_names */
   int depth;   /* 0: a patient task; n: a reference n hops away */
   int origin_type;  /* references: the type of the task that led here */
   int cache_owner;  /* references: this fetch fills the reference cache */
@@ -135,7 +133,7 @@ struct fx_run {
   atomic_int delivery_failed;
   atomic_int awaiting_acks; /* tasks done; the status waits for the other outputs' acks */
   size_t tasks_left, tasks_failed;
-  uint32_t *failed_types; /* per task */
+  fx_types *failed_types; /* per task */
   uint32_t counts[FX_NTYPES];
   size_t resources, failures;
   fx_errclass first_class;
@@ -150,7 +148,7 @@ struct fx_run {
   uint64_t deadline_ms; /* worker.job_deadline_s after it started */
   size_t cursor_task;     /* the next (task, type) to start */
   int cursor_type;
-  uint32_t full_types;    /* types fetched in full although the job had since */
+  fx_types full_types;    /* types fetched in full although the job had since */
   int state;              /* 0 completed, 1 partial, 2 failed: set when the status is made */
   int bulk;               /* a bulk job, handed over to the bulk thread (no status here) */
   int abandoned;

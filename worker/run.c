@@ -183,6 +183,7 @@ typedef struct failure {
   const char *url;
   int attempts;
   const char *message;
+  int no_replay; /* a replay cannot help (the server's data is at fault): not dead-lettered */
 } failure;
 
 static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
@@ -199,16 +200,19 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   memcpy(run->last_failure_at, now, sizeof now);
   run->failures++;
   /* What a replay re-runs: the failed (patient, type) task; for a reference,
-   * the task that led to it, and only when trying again could help. */
-  if (f && f->depth == 0) run->failed_types[f->task] |= FX_TYPE_BIT(f->type);
-  else if (f && fx_errclass_transient(fl->cls)) run->failed_types[f->task] |= FX_TYPE_BIT(f->origin_type);
+   * the task that led to it, and only when trying again could help; nothing
+   * when the server's data itself is at fault (no_replay). */
+  if (f && !fl->no_replay && f->depth == 0)
+    fx_types_add(&run->failed_types[f->task], f->type);
+  else if (f && !fl->no_replay && fx_errclass_transient(fl->cls))
+    fx_types_add(&run->failed_types[f->task], f->origin_type);
   const char *job_id = run_job_id(run, jb, sizeof jb);
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:o, s:s, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
       "failure", "job_id", job_id, "tenant",
       run_tenant(run) ? json_string(run_tenant(run)) : json_null(), "patient",
       f ? json_string(run->job->tasks[f->task].patient) : json_null(), "resource_type",
-      f ? fx_cerner_types[f->type] : "", "reference",
+      f ? fx_type_names[f->type] : "", "reference",
       f && f->ref_key ? json_string(f->ref_key) : json_null(), "error_class",
       fx_errclass_name(fl->cls), "transient", fx_errclass_transient(fl->cls), "http_status",
       fl->status ? json_integer(fl->status) : json_null(), "outcome",
@@ -230,7 +234,7 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
   run_logctx lc = logctx(run);
   fx_log(FX_LOG_WARN, "task failed", "job_id", job_id, "tenant", run_tenant(run), "partition",
          lc.partition, "offset", lc.offset, "error_class", fx_errclass_name(fl->cls),
-         "resource_type", f ? fx_cerner_types[f->type] : NULL, "http_status",
+         "resource_type", f ? fx_type_names[f->type] : NULL, "http_status",
          status[0] ? status : NULL, NULL);
   if (fx_log_enabled(FX_LOG_DEBUG))
     fx_log(FX_LOG_DEBUG, "task failed: details", "job_id", job_id, "url", shown[0] ? shown : NULL,
@@ -245,7 +249,7 @@ static void record_failure(fx_run *run, const fx_fetch *f, const failure *fl) {
 static int needs_dead_letter(const fx_run *run) {
   if (!run->job) return 1;
   for (size_t i = 0; i < run->job->n_tasks; i++)
-    if (run->failed_types[i]) return 1;
+    if (!fx_types_empty(run->failed_types[i])) return 1;
   return 0;
 }
 
@@ -262,7 +266,7 @@ static void publish_dead_letter(fx_run *run) {
     narrow.tasks = calloc(run->job->n_tasks, sizeof *narrow.tasks);
     narrow.n_tasks = 0;
     for (size_t i = 0; narrow.tasks && i < run->job->n_tasks; i++)
-      if (run->failed_types[i]) {
+      if (!fx_types_empty(run->failed_types[i])) {
         narrow.tasks[narrow.n_tasks] = run->job->tasks[i];
         narrow.tasks[narrow.n_tasks++].types = run->failed_types[i];
       }
@@ -301,10 +305,10 @@ static void publish_dead_letter(fx_run *run) {
   atomic_fetch_add(&p->stats.dead_letters, 1);
 }
 
-static json_t *types_array(uint32_t types) {
+static json_t *types_array(fx_types types) {
   json_t *a = json_array();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (types & FX_TYPE_BIT(i)) json_array_append_new(a, json_string(fx_cerner_types[i]));
+  for (int i = fx_types_next(types, 0); a && i >= 0; i = fx_types_next(types, i + 1))
+    json_array_append_new(a, json_string(fx_type_names[i]));
   return a;
 }
 
@@ -317,8 +321,8 @@ static void publish_status(fx_run *run) {
   run->state = run->failures == 0 ? 0 : (run->resources > 0 ? 1 : 2);
   static const char *const states[] = {"completed", "partial", "failed"};
   json_t *counts = json_object();
-  for (size_t i = 0; i < fx_cerner_types_n; i++)
-    if (run->counts[i]) json_object_set_new(counts, fx_cerner_types[i], json_integer(run->counts[i]));
+  for (size_t i = 0; i < FX_NTYPES; i++)
+    if (run->counts[i]) json_object_set_new(counts, fx_type_names[i], json_integer(run->counts[i]));
   json_t *o = json_pack(
       "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s, s:s,"
       " s:I, s:o}",
@@ -427,31 +431,43 @@ static void expand(const char *tmpl, const char *patient, char *out, size_t size
   }
 }
 
-static char *first_url(const fx_run *run, size_t task, int type, uint32_t *full) {
+static char *first_url(const fx_run *run, size_t task, int type, fx_types *full) {
   const fx_tenant_conf *t = run_tenant_conf(run);
   const fx_type_rule *rule = &run_profile(run)->types[type];
   const char *patient = run->job->tasks[task].patient;
-  char query[1024] = "", count[32] = "", since[160] = "";
+  char query[1024] = "", count[32] = "";
   if (rule->mode == FX_FETCH_READ) {
-    if (run->job->since) *full |= FX_TYPE_BIT(type);
-    size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(patient) + 3;
+    if (run->job->since) fx_types_add(full, type);
+    size_t n = strlen(t->fhir_base) + strlen(fx_type_names[type]) + strlen(patient) + 3;
     char *url = malloc(n);
-    if (url) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_cerner_types[type], patient);
+    if (url) snprintf(url, n, "%s/%s/%s", t->fhir_base, fx_type_names[type], patient);
     return url;
   }
   expand(rule->search, patient, query, sizeof query);
   if (rule->count) snprintf(count, sizeof count, "&_count=%d", rule->count);
+  char *since = NULL; /* the escaped instant */
   if (run->job->since && rule->incremental) {
-    char *e = curl_easy_escape(NULL, run->job->since, 0);
-    snprintf(since, sizeof since, "&_lastUpdated=ge%s", e ? e : "");
-    curl_free(e);
+    /* A date-only since goes out as its first instant (UTC), as bulk's _since
+     * does: Cerner refuses _lastUpdated without a time for MedicationRequest
+     * and ServiceRequest (medication-request.md, service-request.md). */
+    size_t size = strlen(run->job->since) + 16;
+    char *inst = malloc(size);
+    if (!inst || fx_job_since_instant(run->job->since, inst, size) < 0 ||
+        !(since = curl_easy_escape(NULL, inst, 0))) {
+      free(inst);
+      return NULL;
+    }
+    free(inst);
   } else if (run->job->since) {
-    *full |= FX_TYPE_BIT(type); /* Cerner cannot narrow it: fetched in full, and said so */
+    fx_types_add(full, type); /* Cerner cannot narrow it: fetched in full, and said so */
   }
-  size_t n = strlen(t->fhir_base) + strlen(fx_cerner_types[type]) + strlen(query) +
-             strlen(count) + strlen(since) + 4;
+  size_t n = strlen(t->fhir_base) + strlen(fx_type_names[type]) + strlen(query) +
+             strlen(count) + (since ? strlen(since) + 16 : 0) + 4;
   char *url = malloc(n);
-  if (url) snprintf(url, n, "%s/%s?%s%s%s", t->fhir_base, fx_cerner_types[type], query, count, since);
+  if (url)
+    snprintf(url, n, "%s/%s?%s%s%s%s", t->fhir_base, fx_type_names[type], query, count,
+             since ? "&_lastUpdated=ge" : "", since ? since : "");
+  curl_free(since);
   return url;
 }
 
@@ -471,15 +487,14 @@ static fx_fetch *next_task(fx_wthread *wt, long *blocked_ms) {
       continue;
     }
     const fx_job_task *task = &run->job->tasks[run->cursor_task];
-    int type = run->cursor_type;
-    while (type < FX_NTYPES && !(task->types & FX_TYPE_BIT(type))) type++;
-    if (type >= FX_NTYPES) { /* cannot happen: parsed tasks have at least one type */
+    int type = fx_types_next(task->types, run->cursor_type);
+    if (type < 0) { /* cannot happen: parsed tasks have at least one type */
       run->cursor_task++;
       run->cursor_type = 0;
       continue;
     }
     run->cursor_type = type + 1;
-    if (run->cursor_type >= FX_NTYPES || !(task->types >> run->cursor_type)) {
+    if (fx_types_next(task->types, run->cursor_type) < 0) {
       run->cursor_task++;
       run->cursor_type = 0;
     }
@@ -508,7 +523,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
 static void send_fetch(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
   const fx_tenant_conf *t = run_tenant_conf(run);
-  fx_fhir_request req = {.tenant = t->id, .fhir_base = t->fhir_base, .url = f->url,
+  fx_fhir_request req = {.tenant = t->id, .scope = fx_tenant_token_scope(t, 0), .url = f->url,
                          .accept = run_profile(run)->types[f->type].accept};
   fx_err err = {0};
   wt->inflight++;
@@ -519,7 +534,7 @@ static void send_fetch(fx_wthread *wt, fx_fetch *f) {
     wt->inflight--;
     atomic_fetch_sub(&wt->pool->stats.requests_in_flight, 1);
     if (f->governed) {
-      fx_governor_done(wt->pool->gov, t->id, fx_cerner_types[f->type], FX_GOV_CANCELED, -1,
+      fx_governor_done(wt->pool->gov, t->id, fx_type_names[f->type], FX_GOV_CANCELED, -1,
                        fx_now_ms());
       f->governed = 0;
     }
@@ -539,7 +554,7 @@ static int admitted(fx_wthread *wt, fx_fetch *f) {
   fx_run *run = f->run;
   const char *why = NULL;
   uint64_t now = fx_now_ms();
-  long wait = fx_governor_acquire(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], now, &why);
+  long wait = fx_governor_acquire(wt->pool->gov, run->job->tenant, fx_type_names[f->type], now, &why);
   if (wait <= 0) {
     f->governed = 1;
     return 1;
@@ -643,14 +658,32 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   fx_pool *p = run->wt->pool;
   const char *type = json_string_value(json_object_get(res, "resourceType"));
   const char *id = json_string_value(json_object_get(res, "id"));
-  if (!type || !id) return; /* nothing to key it by: not a resource we can publish */
-  char key[256];
-  snprintf(key, sizeof key, "%s/%s/%s", run->job->tenant, type, id);
-  if (fx_strset_add(run->seen, key + strlen(run->job->tenant) + 1) != 1) return;
+  char why[200];
+  if (fx_resource_key_problem(type, id, why, sizeof why)) {
+    /* Nothing safe to key it by: a failure that says why, never the id
+     * (resources.h), and never a silent drop. */
+    char msg[320];
+    int known = type && fx_resource_index(type) >= 0;
+    snprintf(msg, sizeof msg, "%s resource in the response %s; not published",
+             known ? type : "a", why);
+    fx_fetch g = *f;
+    if (known) g.type = fx_resource_index(type);
+    failure fl = {.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .attempts = f->attempts,
+                  .message = msg, .no_replay = 1};
+    record_failure(run, &g, &fl);
+    return;
+  }
+  char *key = fx_result_key(run->job->tenant, type, id);
+  if (!key) return; /* out of memory: the job's counts show it missing */
+  int fresh = fx_strset_add(run->seen, key + strlen(run->job->tenant) + 1);
   size_t len;
-  char *value = dump(res, &len);
-  if (!value) return;
+  char *value = fresh == 1 ? dump(res, &len) : NULL;
+  if (!value) {
+    free(key);
+    return;
+  }
   if (len > p->max_message) {
+    free(key);
     free(value);
     char msg[256];
     snprintf(msg, sizeof msg, "%s/%s is %zu bytes, more than the %zu bytes a message may have",
@@ -669,6 +702,7 @@ static void publish_resource(fx_fetch *f, json_t *res, const char *via) {
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, via, -1);
   emit(run, p->app.cfg->topics.results, key, value, len, h);
+  free(key);
   int idx = fx_resource_index(type);
   if (idx >= 0) run->counts[idx]++;
   run->resources++;
@@ -682,7 +716,8 @@ typedef struct ref_wait {
   fx_run *run;
   size_t task;
   int type, depth, origin_type;
-  char key[160];
+  char *url; /* owned: the exact URL to fetch (attachments), NULL = base + key */
+  char key[FX_REF_KEY_SIZE];
 } ref_wait;
 
 static fx_fetch *new_fetch(fx_run *run, size_t task, int type) {
@@ -704,11 +739,14 @@ static char *entity_url(const fx_run *run, const char *key) {
   return url;
 }
 
-/* Fetches a reference ourselves (a cache miss, or no cache). */
-static void fetch_reference(const ref_wait *w, int cache_owner) {
+/* Fetches a reference ourselves (a cache miss, or no cache). Takes w->url. */
+static void fetch_reference(ref_wait *w, int cache_owner) {
   fx_run *run = w->run;
   fx_fetch *f = new_fetch(run, w->task, w->type);
-  if (!f || !(f->ref_key = strdup(w->key)) || !(f->url = entity_url(run, w->key))) {
+  char *url = w->url ? w->url : entity_url(run, w->key);
+  w->url = NULL;
+  if (!f || !url || !(f->ref_key = strdup(w->key))) {
+    free(url);
     if (f) {
       if (cache_owner) fx_refcache_fail(run->wt->pool->refs, run->job->tenant, w->key);
       fetch_free(f);
@@ -716,6 +754,7 @@ static void fetch_reference(const ref_wait *w, int cache_owner) {
     task_done(run);
     return;
   }
+  f->url = url;
   f->depth = w->depth;
   f->origin_type = w->origin_type;
   f->cache_owner = cache_owner && run->wt->pool->refs;
@@ -726,10 +765,11 @@ static void fetch_reference(const ref_wait *w, int cache_owner) {
 static void publish_cached(const ref_wait *w, const char *json, size_t len) {
   fx_run *run = w->run;
   json_t *doc = json_loadb(json, len, 0, NULL);
-  char *url = entity_url(run, w->key);
-  if (doc && url) {
+  char *url = w->url ? NULL : entity_url(run, w->key);
+  if (doc && (url || w->url)) {
     fx_fetch f = {.run = run, .task = w->task, .type = w->type, .depth = w->depth,
-                  .origin_type = w->origin_type, .ref_key = (char *)(uintptr_t)w->key, .url = url};
+                  .origin_type = w->origin_type, .ref_key = (char *)(uintptr_t)w->key,
+                  .url = url ? url : w->url};
     publish_resource(&f, doc, "reference");
     run->refs_cached++;
     atomic_fetch_add(&run->wt->pool->stats.refs_cached, 1);
@@ -749,14 +789,18 @@ static void on_reference_ready(const char *json, size_t len, void *arg) {
   } else {
     fetch_reference(w, 0); /* the fetch we waited for failed: try ourselves */
   }
+  free(w->url);
   free(w);
   fx_wthread_pump(run->wt);
 }
 
-static void request_reference(const fx_fetch *from, int type, const char *key) {
+/* Asks for the entity key ("Type/id") once: from the cache, or fetched (from
+ * url when given: takes it). */
+static void request_reference(const fx_fetch *from, int type, const char *key, char *url) {
   fx_run *run = from->run;
   fx_pool *p = run->wt->pool;
   if (++run->refs_requested > (size_t)p->app.cfg->worker.max_references_per_job) {
+    free(url);
     if (run->refs_requested == (size_t)p->app.cfg->worker.max_references_per_job + 1) {
       char msg[200];
       snprintf(msg, sizeof msg, "the job references more than %lld entities "
@@ -771,8 +815,8 @@ static void request_reference(const fx_fetch *from, int type, const char *key) {
     return;
   }
   ref_wait w = {.run = run, .task = from->task, .type = type, .depth = from->depth + 1,
-                .origin_type = from->depth > 0 ? from->origin_type : from->type};
-  snprintf(w.key, sizeof w.key, "%s", key);
+                .origin_type = from->depth > 0 ? from->origin_type : from->type, .url = url};
+  snprintf(w.key, sizeof w.key, "%s", key); /* fits: fx_ref_parse made it for FX_REF_KEY_SIZE */
   run->tasks_left++; /* one unit for this reference, done by task_done */
   if (!p->refs) {
     fetch_reference(&w, 0);
@@ -788,19 +832,18 @@ static void request_reference(const fx_fetch *from, int type, const char *key) {
   size_t len = 0;
   int rc = fx_refcache_get(p->refs, run->job->tenant, key, &run->wt->lp, on_reference_ready,
                            waiting, &json, &len);
-  if (rc == FX_REF_WAIT) return; /* on_reference_ready owns waiting now */
+  if (rc == FX_REF_WAIT) return; /* on_reference_ready owns waiting (and url) now */
   free(waiting);
   if (rc == FX_REF_HIT) {
     publish_cached(&w, json, len);
     free(json);
+    free(w.url);
     task_done(run);
   } else {
     fetch_reference(&w, 1);
   }
 }
 
-/* A reference that points outside the tenant's base is never fetched with
- * its token: recorded once per job as foreign_reference. */
 /* "Type/id" from the end of a URL's path, when it has that shape. */
 static int url_type_id(const char *url, char *out, size_t size) {
   size_t end = strcspn(url, "?#");
@@ -817,7 +860,7 @@ static int url_type_id(const char *url, char *out, size_t size) {
   if (!type || !id) return -1;
   size_t tl = (size_t)(id - 1 - type), il = (size_t)(p - id);
   char t[40];
-  if (tl == 0 || tl >= sizeof t || !fx_fhir_id_ok(id, il)) return -1;
+  if (tl == 0 || tl >= sizeof t || !fx_fhir_id_ok(id, il) || tl + il + 2 > size) return -1;
   memcpy(t, type, tl);
   t[tl] = '\0';
   if (fx_resource_index(t) < 0) return -1;
@@ -825,13 +868,25 @@ static int url_type_id(const char *url, char *out, size_t size) {
   return 0;
 }
 
+/* Adds prefix + s to the job's requested set: 1 when new, 0 when seen, -1 on
+ * OOM. Built from lengths: two long URLs never collide. */
+static int requested_once(fx_run *run, const char *prefix, const char *s) {
+  size_t a = strlen(prefix), b = strlen(s);
+  char *key = malloc(a + b + 1);
+  if (!key) return -1;
+  memcpy(key, prefix, a);
+  memcpy(key + a, s, b + 1);
+  int rc = fx_strset_add(run->requested, key);
+  free(key);
+  return rc;
+}
+
 /* A reference that points outside the tenant's base is never fetched with
  * its token: recorded once per job as foreign_reference. */
 static void foreign_reference(const fx_fetch *from, const char *url) {
   fx_run *run = from->run;
-  char key[600], shown[512], msg[700], ref[160];
-  snprintf(key, sizeof key, "foreign:%s", url);
-  if (fx_strset_add(run->requested, key) != 1) return;
+  char shown[512], msg[700], ref[FX_REF_KEY_SIZE];
+  if (requested_once(run, "foreign:", url) != 1) return;
   fx_url_redact(url, shown, sizeof shown);
   snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not fetched with "
            "the tenant's token", shown);
@@ -849,21 +904,50 @@ static void foreign_reference(const fx_fetch *from, const char *url) {
   record_failure(run, &f, &fl);
 }
 
+/* A reference of a followed type whose id breaks the id rule (resources.h):
+ * never fetched, recorded once per job. The failure names the type, not the
+ * id (nor the URL, which holds it). */
+static void invalid_reference(const fx_fetch *from, const char *ref, int type) {
+  fx_run *run = from->run;
+  if (requested_once(run, "invalid:", ref) != 1) return;
+  char msg[300];
+  snprintf(msg, sizeof msg,
+           "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . _ "
+           "~ -, not '.' or '..' alone); not followed",
+           fx_type_names[type], FX_FHIR_ID_MAX);
+  fx_fetch f = *from;
+  f.ref_key = NULL;
+  f.origin_type = from->depth > 0 ? from->origin_type : from->type;
+  f.depth = from->depth + 1;
+  f.type = type;
+  failure fl = {.cls = FX_EC_INVALID_RESPONSE, .attempts = 1, .message = msg, .no_replay = 1};
+  record_failure(run, &f, &fl);
+}
+
 /* One reference value: "#x" (contained), "Type/id[/_history/n]", or an
- * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary). */
-static void consider_reference(const fx_fetch *from, const char *ref, int only_type) {
+ * absolute URL. only_type >= 0 restricts it (attachment URLs are Binary);
+ * exact: an absolute URL is fetched exactly as given, never rebuilt from the
+ * base and the id (Cerner's binary.md: "Modifying the link has undefined
+ * consequences"). */
+static void consider_reference(const fx_fetch *from, const char *ref, int only_type, int exact) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
-  char key[160];
-  int idx;
+  char key[FX_REF_KEY_SIZE];
+  int idx = -1;
   switch (fx_ref_parse(ref, run_tenant_conf(run)->fhir_base, key, sizeof key, &idx)) {
   case FX_REF_FOREIGN: foreign_reference(from, ref); return;
   case FX_REF_NONE: return;
+  case FX_REF_INVALID:
+    if (fx_types_has(prof->follow, idx) && (only_type < 0 || idx == only_type))
+      invalid_reference(from, ref, idx);
+    return;
   case FX_REF_LOCAL: break;
   }
-  if (!(prof->follow & FX_TYPE_BIT(idx)) || (only_type >= 0 && idx != only_type)) return;
+  if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_has(run->seen, key) || fx_strset_add(run->requested, key) != 1) return;
-  request_reference(from, idx, key);
+  char *url = NULL;
+  if (exact && strstr(ref, "://") && !(url = strdup(ref))) return;
+  request_reference(from, idx, key, url);
 }
 
 static void walk_references(const fx_fetch *from, json_t *v) {
@@ -873,7 +957,7 @@ static void walk_references(const fx_fetch *from, json_t *v) {
   if (json_is_object(v)) {
     json_object_foreach(v, k, child) {
       if (strcmp(k, "reference") == 0 && json_is_string(child))
-        consider_reference(from, json_string_value(child), -1);
+        consider_reference(from, json_string_value(child), -1, 0);
       else
         walk_references(from, child);
     }
@@ -882,23 +966,19 @@ static void walk_references(const fx_fetch *from, json_t *v) {
   }
 }
 
-/* Every reference in res, plus attachment URLs as Binary, to the profile's
- * depth; each referenced entity is asked for once per job. */
+static void consider_attachment(void *from, const char *url) {
+  consider_reference(from, url, fx_resource_index("Binary"), 1);
+}
+
+/* Every reference in res, plus the attachment URLs the profile wants as
+ * Binary (fx_profile_attachments), to the profile's depth; each referenced
+ * entity is asked for once per job. */
 static void follow_references(const fx_fetch *from, json_t *res) {
   fx_run *run = from->run;
   const fx_profile *prof = run_profile(run);
-  if (!run->job->follow_references || from->depth >= prof->depth || !prof->follow) return;
+  if (!run->job->follow_references || from->depth >= prof->depth || fx_types_empty(prof->follow)) return;
   walk_references(from, res);
-  const char *rt = json_string_value(json_object_get(res, "resourceType"));
-  int binary = fx_resource_index("Binary");
-  size_t i;
-  json_t *item;
-  if (rt && strcmp(rt, "DocumentReference") == 0)
-    json_array_foreach(json_object_get(res, "content"), i, item)
-      consider_reference(from, json_string_value(json_object_get(json_object_get(item, "attachment"), "url")), binary);
-  else if (rt && strcmp(rt, "DiagnosticReport") == 0)
-    json_array_foreach(json_object_get(res, "presentedForm"), i, item)
-      consider_reference(from, json_string_value(json_object_get(item, "url")), binary);
+  fx_profile_attachments(prof, res, consider_attachment, (void *)(uintptr_t)from);
 }
 
 /* A search page: publish its entries, then follow Bundle.link[next]. Returns
@@ -923,14 +1003,16 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
   }
   if (!next) return 0;
   const fx_tenant_conf *t = run_tenant_conf(run);
-  if (!fx_url_within(next, t->fhir_base)) {
+  fx_token_scope scope = fx_tenant_token_scope(t, 0);
+  if (!fx_url_may_carry_token(next, &scope)) {
     char shown[512], msg[768];
     fx_url_redact(next, shown, sizeof shown);
-    snprintf(msg, sizeof msg, "the next page link %s is outside the tenant's FHIR base; not "
-             "followed with the tenant's token", shown);
+    snprintf(msg, sizeof msg, "the next page link %s is outside the tenant's FHIR base (and its "
+             "token_url_prefixes); not followed with the tenant's token", shown);
     failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = f->url, .attempts = f->attempts,
                   .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++; /* the task is in the dead letter: count it */
     return 0;
   }
   if (f->page + 1 >= run->wt->pool->app.cfg->worker.max_pages) {
@@ -939,6 +1021,7 @@ static int handle_bundle(fx_fetch *f, json_t *bundle) {
              run->wt->pool->app.cfg->worker.max_pages);
     failure fl = {.cls = FX_EC_TOO_LARGE, .url = f->url, .attempts = f->attempts, .message = msg};
     record_failure(run, f, &fl);
+    if (f->depth == 0) run->tasks_failed++;
     return 0;
   }
   char *url = strdup(next); /* followed exactly as given: -pageContext is opaque */
@@ -981,7 +1064,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
   if (run->tm && !ae && res->result != FX_ECANCELED) record_request(run->tm, res);
   long after = ae ? -1 : fx_http_retry_after_ms(res);
   if (f->governed) {
-    fx_governor_done(wt->pool->gov, run->job->tenant, fx_cerner_types[f->type], outcome_of(res, ae),
+    fx_governor_done(wt->pool->gov, run->job->tenant, fx_type_names[f->type], outcome_of(res, ae),
                      after, fx_now_ms());
     f->governed = 0;
   }
@@ -1008,7 +1091,10 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     fl.status = res->status;
     transient = fx_errclass_transient(fl.cls);
     fx_fhir_outcome_summary(res->body, outcome, sizeof outcome);
-    snprintf(msg, sizeof msg, "HTTP %ld%s%s", res->status, outcome[0] ? ": " : "", outcome);
+    char redirect[400];
+    fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    snprintf(msg, sizeof msg, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
+             outcome[0] ? ": " : "", outcome);
     fl.outcome = outcome;
   } else if (!fx_json_depth_ok(res->body, res->body_len, (int)wt->pool->app.cfg->http.max_json_depth)) {
     fl.cls = FX_EC_INVALID_RESPONSE;
@@ -1021,7 +1107,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
     const char *rt = json_string_value(json_object_get(doc, "resourceType"));
     int is_read = f->depth > 0 || run_profile(run)->types[f->type].mode == FX_FETCH_READ;
     int continues = 0;
-    if (rt && is_read && strcmp(rt, fx_cerner_types[f->type]) == 0) {
+    if (rt && is_read && strcmp(rt, fx_type_names[f->type]) == 0) {
       if (f->depth > 0) {
         if (f->cache_owner) { /* share it before anything else can go wrong */
           size_t len;
@@ -1039,7 +1125,7 @@ static void on_fetched(fx_http_response *res, const fx_auth_error *ae, void *arg
       continues = handle_bundle(f, doc);
     } else {
       fl.cls = FX_EC_INVALID_RESPONSE;
-      snprintf(msg, sizeof msg, "expected a %s but got %s", is_read ? fx_cerner_types[f->type] : "Bundle",
+      snprintf(msg, sizeof msg, "expected a %s but got %s", is_read ? fx_type_names[f->type] : "Bundle",
                doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON");
     }
     json_decref(doc);
@@ -1194,9 +1280,9 @@ void fx_run_abandon(fx_run *run) {
   /* Tasks not started yet will never start: count them done now. */
   size_t unstarted = 0;
   for (size_t i = run->cursor_task; run->job && i < run->job->n_tasks; i++) {
-    uint32_t types = run->job->tasks[i].types;
-    if (i == run->cursor_task) types &= ~(uint32_t)((1u << run->cursor_type) - 1u);
-    unstarted += (size_t)__builtin_popcount(types);
+    fx_types types = run->job->tasks[i].types;
+    for (int k = 0; i == run->cursor_task && k < run->cursor_type; k++) fx_types_del(&types, k);
+    unstarted += (size_t)fx_types_count(types);
   }
   if (run->job) run->cursor_task = run->job->n_tasks;
   /* Fetches waiting for a retry are done too; queued ones finish when popped. */

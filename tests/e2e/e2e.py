@@ -62,6 +62,7 @@ class Env:
         sim_cfg = {"seed": 7, "tenants": []}
         for t in self.tenants:
             st = dict(t)
+            st.pop("fhirx", None)  # settings of the worker's tenant, not the simulator's
             st.update({"clients": [{"client_id": "fhirx-e2e",
                                     "jwks_file": os.path.join(self.dir, "jwks.json"),
                                     "scopes": self.scopes}]})
@@ -79,10 +80,14 @@ class Env:
         self.bootstrap = wait_file(os.path.join(self.dir, "kafka.bootstrap"))
         self.control = wait_file(os.path.join(self.dir, "kafka.control"))
         self.config = os.path.join(self.dir, "fhirx.json")
+        # Jobs of these tests may follow references: the tenants say so (their
+        # tokens then ask for the reference types' scopes). A tenant's "fhirx"
+        # entry adds or overrides settings of the worker's tenant.
         cfg = {
-            "tenants": [{"id": t["id"], "environment": "sandbox",
-                         "fhir_base": "%s/r4/%s" % (self.sim_url, t["id"]),
-                         "client_id": "fhirx-e2e"} for t in self.tenants],
+            "tenants": [dict({"id": t["id"], "environment": "sandbox",
+                              "fhir_base": "%s/r4/%s" % (self.sim_url, t["id"]),
+                              "client_id": "fhirx-e2e", "follow_references": True},
+                             **t.get("fhirx", {})) for t in self.tenants],
             "keys": [{"path": "key.pem"}],
             "kafka": {"bootstrap.servers": self.bootstrap,
                       "consumer.session.timeout.ms": 6000,

@@ -648,13 +648,29 @@ def scenario_enqueue_bulk(check):
                       "--job-id", "cohort-2026-11-30", "--dry-run")
         check(named.returncode == 0 and json.loads(named.stdout) ==
               {"job_id": "cohort-2026-11-30", "kind": "bulk", "tenant": SANDBOX, "group": "g-2"},
-              "--job-id names it; without --resources no _type is asked for")
+              "--job-id names it; without --resources it names none (the workers take the tenant's types)")
 
-        for extra, needle in ((["--resources", "Patient,Binary"], "--resources: Cerner's $export does not export Binary"),
-                              (["--resources", "Practitioner"], "patient-compartment"),
+        # Cerner's Group $export rules (group-export.md), refused at enqueue, naming the option.
+        for extra, needle in ((["--resources", "Patient,Binary"],
+                               "--resources: the Group $export of profile cerner does not export Binary"),
+                              (["--resources", "Practitioner"],
+                               "exports Practitioner only together with a patient type"),
+                              (["--resources", "Patient,Coverage", "--since", "2026-11-01"],
+                               "--since: resources names Coverage, which the Group $export of profile "
+                               "cerner does not export"),
                               (["--type-filter", "Observation?code=a,b"], "percent-encode it as %2C"),
                               (["--resources", "Patient", "--type-filter", "Observation?category=laboratory"],
                                "Observation is not among the job's resources"),
+                              (["--type-filter", "Patient?gender=male"],
+                               "--type-filter 'Patient?gender=male': profile cerner: the server takes "
+                               "no _typeFilter on Patient"),
+                              (["--type-filter", "Observation?patient=12724065"],
+                               "parameter 'patient' is refused in a _typeFilter"),
+                              (["--type-filter", "Observation?_lastUpdated=ge2026-01-01"],
+                               "parameter '_lastUpdated' is refused in a _typeFilter"),
+                              (["--type-filter", "Observation?category=laboratory",
+                                "--type-filter", "Observation?category=vital-signs"],
+                               "a second filter for Observation"),
                               (["--since", "yesterday"], "--since: ")):
             r = fhirx("enqueue", "--config", env.config, "--group", SANDBOX_GROUP, *extra)
             check(r.returncode == 1 and needle in r.stderr and "nothing was produced" in r.stderr,

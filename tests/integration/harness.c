@@ -164,7 +164,7 @@ void h_get(harness *h, const char *path, h_read *out) {
   out->loop = &h->uv;
   char url[1024];
   snprintf(url, sizeof url, "%s/%s", h->cfg->tenants[0].fhir_base, path);
-  fx_fhir_request req = {.tenant = H_TENANT, .fhir_base = h->cfg->tenants[0].fhir_base,
+  fx_fhir_request req = {.tenant = H_TENANT, .scope = {.base = h->cfg->tenants[0].fhir_base},
                          .url = url};
   fx_err err = {0};
   assert_int_equal(fx_fhir_get(&h->lp, h->tokens, &req, on_read, out, &err), 0);

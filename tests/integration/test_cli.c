@@ -156,6 +156,9 @@ static void get_reads_and_explains(void **state) {
   fx_run_result_free(&r);
 }
 
+/* fhirx scopes prints what each tenant extracts: its resources (or the
+ * profile's default query set), plus the reference types only for a tenant
+ * that follows references; tenants[].scopes overrides. */
 static void scopes_for_code_console(void **state) {
   (void)state;
   char cfg[600];
@@ -163,23 +166,51 @@ static void scopes_for_code_console(void **state) {
   fx_test_write_file(cfg, "{\"tenants\":[{\"id\":\"a\",\"fhir_base\":\"https://x/r4/a\","
                           "\"client_id\":\"c\"},{\"id\":\"b\",\"fhir_base\":\"https://x/r4/b\","
                           "\"client_id\":\"c\",\"smart_version\":\"v2\",\"resources\":"
-                          "[\"Patient\"]}],\"keys\":[{\"path\":\"key.pem\"}]}");
+                          "[\"Patient\"]},{\"id\":\"f\",\"fhir_base\":\"https://x/r4/f\","
+                          "\"client_id\":\"c\",\"follow_references\":true},"
+                          "{\"id\":\"g\",\"fhir_base\":\"https://x/r4/g\",\"client_id\":\"c\","
+                          "\"profile\":\"generic\",\"resources\":[\"Patient\",\"Claim\","
+                          "\"ExplanationOfBenefit\",\"ImagingStudy\"]},"
+                          "{\"id\":\"s\",\"fhir_base\":\"https://x/r4/s\",\"client_id\":\"c\","
+                          "\"scopes\":[\"system/Patient.read\"]}],\"keys\":[{\"path\":\"key.pem\"}]}");
+  const char *query_set[] = {"AllergyIntolerance", "CarePlan", "CareTeam", "Condition",
+                             "Coverage", "Device", "DiagnosticReport", "DocumentReference",
+                             "Encounter", "Goal", "Immunization", "MedicationRequest",
+                             "Observation", "Patient", "Procedure", "RelatedPerson",
+                             "ServiceRequest"};
+  const char *followed[] = {"AllergyIntolerance", "Binary", "CarePlan", "CareTeam", "Condition",
+                            "Coverage", "Device", "DiagnosticReport", "DocumentReference",
+                            "Encounter", "Goal", "Immunization", "Location", "MedicationRequest",
+                            "Observation", "Organization", "Patient", "Practitioner", "Procedure",
+                            "RelatedPerson", "ServiceRequest"};
+  char expect[2048] = "";
+  for (size_t i = 0; i < sizeof query_set / sizeof query_set[0]; i++)
+    snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "system/%s.read\n",
+             query_set[i]);
   fx_run_result r = run("scopes", "--config", cfg, "--tenant", "a", NULL);
   assert_int_equal(r.exit_code, 0);
-  const char *want[] = {"AllergyIntolerance", "Binary", "CarePlan", "CareTeam", "Condition",
-                        "Coverage", "Device", "DiagnosticReport", "DocumentReference",
-                        "Encounter", "Goal", "Immunization", "Location", "MedicationRequest",
-                        "Observation", "Organization", "Patient", "Practitioner", "Procedure",
-                        "RelatedPerson", "ServiceRequest"};
-  char expect[2048] = "";
-  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-    snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "system/%s.read\n", want[i]);
+  assert_string_equal(r.out, expect); /* no Binary, Location, ...: no references followed */
+  fx_run_result_free(&r);
+  expect[0] = '\0';
+  for (size_t i = 0; i < sizeof followed / sizeof followed[0]; i++)
+    snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "system/%s.read\n",
+             followed[i]);
+  r = run("scopes", "--config", cfg, "--tenant", "f", NULL);
+  assert_int_equal(r.exit_code, 0);
   assert_string_equal(r.out, expect);
   fx_run_result_free(&r);
   r = run("scopes", "--config", cfg, "--tenant", "b", NULL);
   assert_int_equal(r.exit_code, 0);
-  assert_string_equal(r.out, "system/Binary.rs\nsystem/Location.rs\nsystem/Organization.rs\n"
-                             "system/Patient.rs\nsystem/Practitioner.rs\nsystem/RelatedPerson.rs\n");
+  assert_string_equal(r.out, "system/Patient.rs\n");
+  fx_run_result_free(&r);
+  r = run("scopes", "--config", cfg, "--tenant", "g", NULL);
+  assert_int_equal(r.exit_code, 0);
+  assert_string_equal(r.out, "system/Claim.read\nsystem/ExplanationOfBenefit.read\n"
+                             "system/ImagingStudy.read\nsystem/Patient.read\n");
+  fx_run_result_free(&r);
+  r = run("scopes", "--config", cfg, "--tenant", "s", NULL);
+  assert_int_equal(r.exit_code, 0);
+  assert_string_equal(r.out, "system/Patient.read\n");
   fx_run_result_free(&r);
 }
 

@@ -180,6 +180,61 @@ int fxm_cluster_create_topic(fxm_cluster *c, const char *name, int partitions, c
   return 0;
 }
 
+/* The partition count of an existing topic, from the cluster's metadata
+ * (a listing of all topics, which never auto-creates one); 0 if there is no
+ * such topic, -1 with a reason when the cluster cannot be asked. */
+static int partition_count(fxm_cluster *c, const char *topic, char *err, size_t errlen) {
+  rd_kafka_t *rk = new_handle("fhirx-kafka-mock-leader", c->bootstraps, NULL, &c->status_log,
+                              err, errlen);
+  if (!rk) return -1;
+  const rd_kafka_metadata_t *md = NULL;
+  int n = -1;
+  rd_kafka_resp_err_t rerr = rd_kafka_metadata(rk, 1, NULL, &md, STATUS_METADATA_TIMEOUT_MS);
+  if (rerr) {
+    snprintf(err, errlen, "metadata request failed: %s (are all brokers down?)",
+             rd_kafka_err2name(rerr));
+  } else {
+    n = 0;
+    for (int t = 0; t < md->topic_cnt; t++)
+      if (!md->topics[t].err && strcmp(md->topics[t].topic, topic) == 0)
+        n = md->topics[t].partition_cnt;
+  }
+  if (md) rd_kafka_metadata_destroy(md);
+  rd_kafka_destroy(rk);
+  return n;
+}
+
+int fxm_cluster_set_leader(fxm_cluster *c, const char *topic, int32_t partition, int32_t broker,
+                           char *err, size_t errlen) {
+  if (fxm_topic_name_check(topic, err, errlen)) return -1;
+  if (broker < 1 || broker > c->brokers) {
+    snprintf(err, errlen, "no broker %d: this cluster has brokers 1-%d", (int)broker, c->brokers);
+    return -1;
+  }
+  int n = partition_count(c, topic, err, errlen);
+  if (n < 0) return -1;
+  if (n == 0) {
+    snprintf(err, errlen, "no topic \"%s\" (create it first: POST /topics)", topic);
+    return -1;
+  }
+  if (partition >= n) {
+    snprintf(err, errlen, "topic \"%s\" has partitions 0-%d, not %d", topic, n - 1,
+             (int)partition);
+    return -1;
+  }
+  int changed = 0;
+  for (int32_t p = partition < 0 ? 0 : partition; p < (partition < 0 ? n : partition + 1); p++) {
+    rd_kafka_resp_err_t rerr = rd_kafka_mock_partition_set_leader(c->mock, topic, p, broker);
+    if (rerr) {
+      snprintf(err, errlen, "setting the leader of %s [%d] failed: %s", topic, (int)p,
+               rd_kafka_err2name(rerr));
+      return -1;
+    }
+    changed++;
+  }
+  return changed;
+}
+
 /* ---- brokers ---- */
 
 static int check_broker(const fxm_cluster *c, int32_t id, bool allow_all, char *err,

@@ -46,6 +46,15 @@ int fxm_topic_name_check(const char *name, char *err, size_t errlen);
 int fxm_cluster_create_topic(fxm_cluster *c, const char *name, int partitions, char *err,
                              size_t errlen);
 
+/* Makes broker `broker` the leader of `partition` of `topic`, or of every
+ * partition when partition is -1 (the partitions are read from the
+ * cluster's metadata, so the topic must exist: this never creates one).
+ * Clients learn about it at their next metadata refresh, e.g. after a
+ * NOT_LEADER_FOR_PARTITION answer or when they start. Returns the number of
+ * partitions changed, or -1 with a reason in err. */
+int fxm_cluster_set_leader(fxm_cluster *c, const char *topic, int32_t partition, int32_t broker,
+                           char *err, size_t errlen);
+
 /* Broker `id` (1..brokers), or every broker when id is -1, stops or starts
  * accepting connections; clients connected to it are disconnected. Leaders do
  * not move (the mock never elects new leaders). Returns 0 or -1 + reason. */

@@ -35,7 +35,7 @@ typedef struct request {
   const char *method;
   const char *path;
   json_t *body; /* the parsed JSON object, or NULL when the body was empty */
-  char seg[32]; /* what the route's '*' matched, e.g. the broker id */
+  char seg[256]; /* what the route's '*' matched: a broker id or a topic name */
 } request;
 
 typedef struct reply {
@@ -329,6 +329,33 @@ static void h_topics(fxm_cluster *c, const request *r, reply *out) {
              json_pack("{s:s, s:i}", "name", name, "partitions", (int)partitions));
 }
 
+/* POST /topics/{name}/leader {"broker": 3[, "partition": 0]}: every partition
+ * of the topic (or one) led by that broker, so per-broker errors (/errors
+ * with "broker") hit that topic and no other. */
+static void h_topic_leader(fxm_cluster *c, const request *r, reply *out) {
+  static const char *const keys[] = {"broker", "partition", NULL};
+  long broker = 0, partition = -1;
+  char err[512];
+  if (require_body(r, out) || check_keys(r, keys, out) ||
+      get_int(r, "broker", 1, fxm_cluster_broker_count(c), &broker, out) ||
+      get_int(r, "partition", 0, FXM_MAX_PARTITIONS - 1, &partition, out))
+    return;
+  if (!broker) {
+    reply_error(out, r, MHD_HTTP_BAD_REQUEST, "body needs \"broker\": the new leader's id (1-%d)",
+                fxm_cluster_broker_count(c));
+    return;
+  }
+  int n = fxm_cluster_set_leader(c, r->seg, (int32_t)partition, (int32_t)broker, err, sizeof err);
+  if (n < 0) {
+    reply_error(out, r, MHD_HTTP_BAD_REQUEST, "%s", err);
+    return;
+  }
+  fxm_log("info", "leader set", json_pack("{s:s, s:i, s:i, s:i}", "topic", r->seg, "partition",
+                                          (int)partition, "broker", (int)broker, "partitions", n));
+  reply_json(out, MHD_HTTP_OK, json_pack("{s:s, s:i, s:i}", "topic", r->seg, "broker",
+                                         (int)broker, "partitions", n));
+}
+
 /* ---- routing ---- */
 
 static const struct route {
@@ -346,6 +373,7 @@ static const struct route {
     {"POST", "/errors", h_errors},
     {"POST", "/errors/clear", h_errors_clear},
     {"POST", "/topics", h_topics},
+    {"POST", "/topics/*/leader", h_topic_leader},
 };
 
 /* Segment-by-segment match; a '*' segment must be non-empty and fit seg. */
@@ -381,7 +409,7 @@ static void dispatch(fxm_cluster *c, request *r, reply *out) {
   else
     reply_error(out, r, MHD_HTTP_NOT_FOUND,
                 "no route %s; see docs/embedded-kafka.md (GET /status, POST /brokers/ID/down|up|"
-                "rtt, /cluster/down|up|rtt, /errors, /errors/clear, /topics)",
+                "rtt, /cluster/down|up|rtt, /errors, /errors/clear, /topics, /topics/NAME/leader)",
                 r->path);
 }
 

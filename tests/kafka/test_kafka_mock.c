@@ -219,6 +219,44 @@ static void test_control_api(void **state) {
   assert_int_equal(fxk_control(&cluster, "GET", "/cluster/down", NULL), 405);
 }
 
+/* POST /topics/{name}/leader moves a topic's leadership to one broker (what
+ * per-broker error injection needs to hit one topic); /status shows it. */
+static void test_topic_leader(void **state) {
+  (void)state;
+  assert_int_equal(fxk_control(&cluster, "POST", "/topics", "{\"name\":\"leader.test\",\"partitions\":3}"),
+                   201);
+  char *body = NULL;
+  assert_int_equal(fxk_control_body(&cluster, "POST", "/topics/leader.test/leader",
+                                    "{\"broker\":2}", &body),
+                   200);
+  assert_non_null(strstr(body, "\"partitions\":3"));
+  free(body);
+  assert_int_equal(fxk_control(&cluster, "POST", "/topics/leader.test/leader",
+                               "{\"broker\":3,\"partition\":1}"),
+                   200);
+  json_t *st = get_status();
+  json_t *parts = json_object_get(topic_status(st, "leader.test"), "partitions");
+  assert_int_equal(json_array_size(parts), 3);
+  size_t i;
+  json_t *p;
+  json_array_foreach(parts, i, p) {
+    long id = (long)json_integer_value(json_object_get(p, "id"));
+    assert_int_equal(json_integer_value(json_object_get(p, "leader")), id == 1 ? 3 : 2);
+  }
+  json_decref(st);
+  assert_int_equal(fxk_control_body(&cluster, "POST", "/topics/no.such.topic/leader",
+                                    "{\"broker\":1}", &body),
+                   400);
+  assert_non_null(strstr(body, "no topic"));
+  free(body);
+  assert_int_equal(fxk_control(&cluster, "POST", "/topics/leader.test/leader", "{\"broker\":9}"),
+                   400);
+  assert_int_equal(fxk_control(&cluster, "POST", "/topics/leader.test/leader",
+                               "{\"broker\":1,\"partition\":3}"),
+                   400);
+  assert_int_equal(fxk_control(&cluster, "POST", "/topics/leader.test/leader", "{}"), 400);
+}
+
 /* 100 keyed messages with headers from this process, read back in full. */
 static void test_produce_consume(void **state) {
   (void)state;
@@ -689,6 +727,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_control_api),
+      cmocka_unit_test(test_topic_leader),
       cmocka_unit_test(test_produce_consume),
       cmocka_unit_test(test_broker_down_then_up),
       cmocka_unit_test(test_cluster_outage),

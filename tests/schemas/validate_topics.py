@@ -19,7 +19,8 @@ Per message it checks the key format, the value and the headers against the sche
 invalid job) and the invariants one message can show: a result's key is
 {fhirx-tenant}/{resourceType}/{id}; a failure's key is {tenant}/{job_id}; a dead letter's
 key is its fhirx-job-id (and a surrogate names its original position); a status's key is
-its job_id, its resources the sum of its counts; timestamps are real instants, in order; no
+its job_id, its resources the sum of its counts (a bulk status's patients, counts.Patient and
+bulk.patient_resources agree); timestamps are real instants, in order; no
 header appears twice, and a failure's or status's fhirx-job-id, fhirx-tenant and fhirx-attempt
 headers, which are optional, agree with its value.
 
@@ -54,7 +55,7 @@ DEFAULT_TOPICS = "results,failures,dlq,status"
 
 TENANT = r"[A-Za-z0-9._-]{1,64}"
 RESOURCE_TYPE = r"[A-Z][A-Za-z]{1,63}"
-FHIR_ID = r"[A-Za-z0-9\-\.]{1,64}"
+FHIR_ID = r"(?!\.\.?$)[A-Za-z0-9._~-]{1,256}"  # fhirx's id rule (worker/resources.h)
 JOB_ID = r"[A-Za-z0-9._:-]{1,128}"
 SURROGATE = r"offset:([A-Za-z0-9._-]{1,249})/(0|[1-9][0-9]{0,9})/(0|[1-9][0-9]{0,18})"
 RESULT_KEY = re.compile(rf"^({TENANT})/({RESOURCE_TYPE})/({FHIR_ID})$")
@@ -277,9 +278,16 @@ class MessageChecker:
         total = sum(v["counts"].values())
         if v["resources"] != total:
             problems.append(f"resources is {v['resources']} but counts add up to {total}")
+        pr = (v.get("bulk") or {}).get("patient_resources")
+        if pr is not None and not (pr == v["patients"] == v["counts"].get("Patient", 0)):
+            problems.append(f"bulk.patient_resources {pr}, patients {v['patients']} and counts.Patient "
+                            f"{v['counts'].get('Patient', 0)} differ (all are the Patient resources exported)")
         if v["tasks_failed"] > v["tasks"]:
             problems.append(f"tasks_failed {v['tasks_failed']} is more than tasks {v['tasks']}")
-        if v["failures"] < v["tasks_failed"]:
+        # A bulk export that failed counts all its tasks (files) failed and has one failure
+        # record for the export (schemas/README.md "Counts").
+        bulk_failed = v.get("bulk") is not None and v["tasks_failed"] == v["tasks"] and v["failures"] >= 1
+        if v["failures"] < v["tasks_failed"] and not bulk_failed:
             problems.append(f"failures {v['failures']} is fewer than tasks_failed {v['tasks_failed']} "
                             "(each failed task has a failure record)")
         started, finished = instant(v["started_at"]), instant(v["finished_at"])

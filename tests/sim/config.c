@@ -22,8 +22,11 @@ static const char *const tenant_keys[] = {
     "auth_methods", "signing_algs",      "clients",            "per_patient",
     "per_patient_scale", "per_patient_vary", "practitioners",  "organizations",
     "locations",    "foreign_references", "binary_min_bytes",  "binary_max_bytes",
-    "binary_large_bytes", "binary_large_every", "paging_repeats", "paging_short_pages",
-    "paging_outcomes", "groups", "export", NULL};
+    "binary_large_bytes", "binary_large_every", "binary_signed_urls", "paging_repeats",
+    "paging_short_pages",
+    "paging_outcomes", "groups", "export", "reference_server", NULL};
+static const char *const refserver_keys[] = {"extra_types", "rate_limit", "scopes", NULL};
+static const char *const rate_limit_keys[] = {"requests", "window_ms", "block_ms", NULL};
 static const char *const group_keys[] = {"id", "patients", "first", "count", NULL};
 static const char *const export_keys[] = {"duration_ms", "retry_after_s", "file_max_resources",
                                           "error_file", NULL};
@@ -149,6 +152,7 @@ static int parse_data_knobs(json_t *o, const char *where, sim_data_knobs *k, cha
                    where, err, n) ||
       get_unsigned(o, "binary_large_every", 0, 1000000, &k->binary_large_every, where, err,
                    n) ||
+      get_bool(o, "binary_signed_urls", &k->binary_signed_urls, where, err, n) ||
       get_bool(o, "paging_repeats", &k->paging_repeats, where, err, n) ||
       get_bool(o, "paging_short_pages", &k->paging_short_pages, where, err, n) ||
       get_bool(o, "paging_outcomes", &k->paging_outcomes, where, err, n))
@@ -205,7 +209,10 @@ static const char *opt_str(json_t *o, const char *key, const char *where, int *r
 
 static int check_client_id(const char *id, const char *where, char *err, size_t n) {
   if (!id) return fail(err, n, where, "client_id: required non-empty string");
-  if (strlen(id) > 256) return fail(err, n, where, "client_id: longer than 256 characters");
+  /* Real servers issue long ids: the SMART reference server's is a signed
+   * JWT carrying the JWKS (557-1,057+ characters). */
+  if (strlen(id) > SIM_CLIENT_ID_MAX)
+    return fail(err, n, where, "client_id: longer than 16384 characters");
   for (const unsigned char *p = (const unsigned char *)id; *p; p++)
     if (*p < 0x21 || *p == 0x7f) return fail(err, n, where, "client_id: contains whitespace");
   return 0;
@@ -376,6 +383,81 @@ int sim_export_settings_parse(json_t *o, const char *where, sim_export_settings 
   return 0;
 }
 
+/* ---- reference server mode ---- */
+
+const char *const sim_ref_extra_names[SIM_REF_EXTRA_COUNT] = {"Claim", "ExplanationOfBenefit",
+                                                               "ImagingStudy"};
+
+int sim_ref_extra_from_name(const char *name) {
+  for (int i = 0; name && i < SIM_REF_EXTRA_COUNT; i++)
+    if (strcmp(sim_ref_extra_names[i], name) == 0) return i;
+  return -1;
+}
+
+/* Scopes a registered client gets: system/<T>.read for every type the
+ * simulator serves or exports, and Group. */
+static int default_ref_scopes(sim_strv *out) {
+  char scope[96];
+  for (int t = 0; t < SIM_RT_COUNT; t++) {
+    snprintf(scope, sizeof scope, "system/%s.read", sim_rtype_name((sim_rtype)t));
+    if (sim_strv_push(out, scope)) return -1;
+  }
+  for (int k = 0; k < SIM_REF_EXTRA_COUNT; k++) {
+    snprintf(scope, sizeof scope, "system/%s.read", sim_ref_extra_names[k]);
+    if (sim_strv_push(out, scope)) return -1;
+  }
+  return sim_strv_push(out, "system/Group.read");
+}
+
+/* "reference_server": true, or an object with every key optional. The
+ * defaults are the real server's: 60 requests per minute per route, then a
+ * 5 minute block (lib.ts rateLimiter). */
+static int parse_refserver(json_t *o, const char *where, sim_refserver_cfg *r, char *err,
+                           size_t n) {
+  char rw[96];
+  snprintf(rw, sizeof rw, "%s.reference_server", where);
+  *r = (sim_refserver_cfg){.extra = {2, 2, 1}, .rl_requests = 60, .rl_window_ms = 60000,
+                           .rl_block_ms = 300000};
+  if (!o || json_is_false(o)) return 0;
+  r->enabled = true;
+  if (json_is_true(o)) return default_ref_scopes(&r->scopes) ? fail(err, n, rw, "out of memory") : 0;
+  if (!json_is_object(o)) return fail(err, n, rw, "expected true, false or an object");
+  if (check_keys(o, refserver_keys, rw, err, n)) return -1;
+  json_t *extra = json_object_get(o, "extra_types");
+  if (extra && !json_is_object(extra)) {
+    snprintf(err, n, "%s.extra_types: expected an object of type name -> count per patient", rw);
+    return -1;
+  }
+  const char *type;
+  json_t *v;
+  json_object_foreach(extra, type, v) {
+    int k = sim_ref_extra_from_name(type);
+    if (k < 0) {
+      snprintf(err, n, "%s.extra_types: \"%.64s\" is not one of Claim, ExplanationOfBenefit, "
+               "ImagingStudy", rw, type);
+      return -1;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000) {
+      snprintf(err, n, "%s.extra_types.%s: expected an integer from 0 to 1000", rw, type);
+      return -1;
+    }
+    r->extra[k] = (long)json_integer_value(v);
+  }
+  json_t *rl = json_object_get(o, "rate_limit");
+  if (rl) {
+    char lw[128];
+    snprintf(lw, sizeof lw, "%s.rate_limit", rw);
+    if (!json_is_object(rl)) return fail(err, n, lw, "expected an object");
+    if (check_keys(rl, rate_limit_keys, lw, err, n) ||
+        get_long(rl, "requests", 0, 1000000, r->rl_requests, lw, &r->rl_requests, err, n) ||
+        get_long(rl, "window_ms", 1, 86400000L, r->rl_window_ms, lw, &r->rl_window_ms, err, n) ||
+        get_long(rl, "block_ms", 1, 86400000L, r->rl_block_ms, lw, &r->rl_block_ms, err, n))
+      return -1;
+  }
+  if (json_object_get(o, "scopes")) return get_strv(o, "scopes", NULL, rw, &r->scopes, err, n);
+  return default_ref_scopes(&r->scopes) ? fail(err, n, rw, "out of memory") : 0;
+}
+
 /* A group member given by id must be a patient the tenant will have:
  * a synthetic id within `patients`, or a sandbox id on a sandbox tenant. */
 static bool member_exists(const sim_tenant_cfg *t, const char *id) {
@@ -492,7 +574,8 @@ static int parse_tenant(json_t *o, const char *where, sim_tenant_cfg *t, char *e
   unsigned set;
   snprintf(xw, sizeof xw, "%s.export", where);
   if ((xs && sim_export_settings_parse(xs, xw, &t->export_settings, NULL, &set, err, n)) ||
-      parse_groups(json_object_get(o, "groups"), where, t, err, n))
+      parse_groups(json_object_get(o, "groups"), where, t, err, n) ||
+      parse_refserver(json_object_get(o, "reference_server"), where, &t->ref, err, n))
     return -1;
   return parse_clients(json_object_get(o, "clients"), where, t, err, n);
 }
@@ -548,6 +631,7 @@ void sim_config_free(sim_config *c) {
       sim_strv_free(&t->groups[j].patients);
     }
     free(t->groups);
+    sim_strv_free(&t->ref.scopes);
   }
   free(c->tenants);
   *c = (sim_config){0};

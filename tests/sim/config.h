@@ -12,6 +12,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* Longest client id a tenant registers (fhirx accepts up to 8192). */
+#define SIM_CLIENT_ID_MAX 16384
+
 /* A registered client. Exactly one JWKS source is set. */
 typedef struct sim_client {
   char *client_id;
@@ -56,6 +59,26 @@ void sim_export_settings_default(sim_export_settings *s);
 int sim_export_settings_parse(json_t *o, const char *where, sim_export_settings *out,
                               bool *fail_next, unsigned *set, char *err, size_t errlen);
 
+/* Resource types the SMART reference server exports that Cerner's set has
+ * not (docs/simulator.md "Reference server mode"): written only by
+ * reference-server tenants' exports, never searchable. */
+enum { SIM_REF_CLAIM, SIM_REF_EOB, SIM_REF_IMAGING, SIM_REF_EXTRA_COUNT };
+extern const char *const sim_ref_extra_names[SIM_REF_EXTRA_COUNT];
+/* Index in sim_ref_extra_names, or -1. */
+int sim_ref_extra_from_name(const char *name);
+
+/* "reference_server": a tenant that behaves like the SMART reference Bulk
+ * Data server (smart-on-fhir/bulk-data-server) instead of Cerner where they
+ * differ. Immutable after start-up. */
+typedef struct sim_refserver_cfg {
+  bool enabled;
+  long extra[SIM_REF_EXTRA_COUNT]; /* resources per patient of each extra type */
+  long rl_requests;                /* rate limit per route: requests per window (0 = none) */
+  long rl_window_ms;
+  long rl_block_ms;                /* a client over the limit is refused this long */
+  sim_strv scopes;                 /* granted to clients registered through auth/register */
+} sim_refserver_cfg;
+
 /* Group ids appear in URL paths: [A-Za-z0-9.-]{1,64}. */
 bool sim_group_id_valid(const char *id);
 
@@ -72,6 +95,7 @@ typedef struct sim_tenant_cfg {
   sim_group_cfg *groups;
   size_t ngroups;
   sim_export_settings export_settings;
+  sim_refserver_cfg ref;
 } sim_tenant_cfg;
 
 typedef struct sim_config {

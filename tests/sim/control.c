@@ -15,6 +15,8 @@
  *   POST   /_sim/tenants/{t}/touch      bump meta.lastUpdated of some resources
  *   DELETE /_sim/tenants/{t}/touch      forget every touch
  *   GET    /_sim/tenants/{t}/reads      reads per "Type/id"
+ *   GET    /_sim/tenants/{t}/authorization  reference server mode: requests and
+ *                                       Authorization headers per path (refserver.c)
  *   GET    /_sim/tenants/{t}/export     Bulk Data settings and jobs (export_control.c)
  *   POST   /_sim/tenants/{t}/export     change them; {"fail_next": true}
  *   POST   /_sim/tenants/{t}/export/expire  every job of the tenant expires
@@ -25,6 +27,7 @@
 #include "tests/sim/config.h"
 #include "tests/sim/fhir.h"
 #include "tests/sim/http.h"
+#include "tests/sim/refserver.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -164,6 +167,8 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
     sim_control_expected(req, t, resp);
   else if (get && strcmp(what, "/reads") == 0)
     sim_control_reads(req, t, resp);
+  else if (get && strcmp(what, "/authorization") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_ref_authorization_json(req->st, t));
   else if (get && strcmp(what, "/export") == 0)
     sim_control_export_get(req, t, resp);
   else if (post && strcmp(what, "/export") == 0)
@@ -186,6 +191,15 @@ static void tenant_route(sim_req *req, const char *rest, sim_resp *resp) {
     sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_json(req->st, t));
   else if (del && strcmp(what, "/faults") == 0)
     delete_faults(req, t, resp);
+  else if (get && strcmp(what, "/load") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_load_json(req->st, t));
+  else if (del && strcmp(what, "/load") == 0) {
+    pthread_mutex_lock(&req->st->lock);
+    sim_load_reset_locked(t);
+    pthread_mutex_unlock(&req->st->lock);
+    reply(resp, 200, NULL);
+  } else if (get && strcmp(what, "/tokens") == 0)
+    sim_resp_json(resp, 200, SIM_CT_JSON, sim_state_tokens_json(req->st, t));
   else if (get && strcmp(what, "/retry_after_violations") == 0)
     sim_resp_json(resp, 200, SIM_CT_JSON, sim_faults_retry_json(req->st, t));
   else if (del && strcmp(what, "/retry_after_violations") == 0) {

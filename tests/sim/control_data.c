@@ -32,8 +32,11 @@ typedef struct collect {
   json_t *references;     /* set: "Type/id" -> true */
 } collect;
 
-static void add_reference(collect *c, const char *ref) {
-  if (ref[0] == '#') return; /* contained: nothing to fetch */
+static void add_reference(collect *c, const char *full) {
+  if (full[0] == '#') return; /* contained: nothing to fetch */
+  char copy[512]; /* "Type/id" without an attachment URL's query */
+  snprintf(copy, sizeof copy, "%.*s", (int)strcspn(full, "?#"), full);
+  const char *ref = copy;
   size_t blen = strlen(c->base);
   if (strstr(ref, "://")) {
     if (strncmp(ref, c->base, blen) != 0) return; /* another server: never fetched */
@@ -191,7 +194,7 @@ void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp) {
     return;
   }
   char base[512];
-  snprintf(base, sizeof base, "http://%s/r4/%s/", req->host, t->id);
+  snprintf(base, sizeof base, "%s://%s/r4/%s/", sim_scheme(), req->host, t->id);
   collect c = {.base = base, .ref_types = ref_types_q ? ref_types : NULL,
                .references = json_object()};
   json_t *resources = json_array();

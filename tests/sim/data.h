@@ -76,6 +76,7 @@ typedef struct sim_data_knobs {
   unsigned binary_min_bytes, binary_max_bytes;
   unsigned binary_large_bytes; /* size of the occasional large Binary */
   unsigned binary_large_every; /* about 1 in N Binaries is large; 0 = none */
+  bool binary_signed_urls;     /* attachment URLs carry ?sig=; a Binary read without it is 404 */
   bool paging_repeats;         /* pages 3, 6, 9, ... start with the previous page's last entry */
   bool paging_short_pages;     /* some pages after the first are shorter than _count */
   bool paging_outcomes;        /* pages 2, 6, 10, ... carry an OperationOutcome entry */
@@ -172,18 +173,34 @@ int sim_store_touch(const sim_store *s, sim_rtype t, uint64_t handle, int64_t no
 void sim_store_untouch_all(const sim_store *s);
 
 /* ---- Binary (data_binary.c): the documents behind DocumentReference and
- * DiagnosticReport attachment URLs ---- */
+ * DiagnosticReport attachment URLs, in Cerner's forms ---- */
+
+typedef enum {
+  SIM_BIN_PDF = 0, /* XR-<id>, application/pdf */
+  SIM_BIN_XML,     /* R-<id>, application/xml (DiagnosticReport) */
+  SIM_BIN_HTML,    /* TR-<id>, text/html (about half of the DiagnosticReports) */
+  SIM_BIN_FORMS
+} sim_bin_form;
 
 /* Parses a Binary id; false if no such Binary exists. */
 bool sim_binary_resolve(const sim_store *s, const char *id, uint64_t *handle);
 /* Size in bytes of the document. */
 size_t sim_binary_size(const sim_store *s, uint64_t handle);
-/* Fills out[0..size) with the document's (PDF-like) bytes. */
+/* Fills out[0..size) with the document's bytes (PDF-, XML- or HTML-like). */
 void sim_binary_fill(const sim_store *s, uint64_t handle, uint8_t *out, size_t size);
-/* The Binary id of the attachment of a DocumentReference or DiagnosticReport. */
-void sim_binary_id_for(sim_rtype source, uint64_t source_handle, char out[64]);
+/* The document's contentType ("application/pdf", ...). Static. */
+const char *sim_binary_content_type(uint64_t handle);
+/* The forms a DocumentReference (1) or DiagnosticReport (2 or 3) has, in
+ * attachment order; returns how many. */
+size_t sim_binary_forms(sim_rtype source, uint64_t source_handle, sim_bin_form out[SIM_BIN_FORMS]);
+/* The Binary id of one form of a DocumentReference or DiagnosticReport. */
+void sim_binary_id_for(sim_rtype source, uint64_t source_handle, sim_bin_form form,
+                       char out[64]);
+/* The sig= of the Binary's attachment URL (binary_signed_urls): 16 hex
+ * digits derived from the seed, the tenant and the handle. */
+void sim_binary_sig(const sim_store *s, uint64_t handle, char out[17]);
 /* The handle of that Binary (sizes and bytes derive from it). */
-uint64_t sim_binary_handle_for(sim_rtype source, uint64_t source_handle);
+uint64_t sim_binary_handle_for(sim_rtype source, uint64_t source_handle, sim_bin_form form);
 
 /* ---- search keys and indexes of stored types (set up once, before serving) ---- */
 

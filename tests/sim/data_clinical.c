@@ -5,9 +5,19 @@
  * index) and written on demand from its own random stream, so the ids of a
  * patient's resources are computable without generating them:
  *
- *   RelatedPerson: "<patient id>-<index + 1>"      (Cerner's shape, 12724066-1)
+ *   RelatedPerson: "<person id>-<patient id>", Cerner's shape
+ *                  (related-person.md: 12724066-12724068, the person first)
+ *   CareTeam:      "CARE_TEAM-<patient id>-<n>-<n>-<n>-0-<index>" or
+ *                  "LIFETIME_PROVIDER-<patient id>-0-<n>-0-0-<index>", Cerner's
+ *                  shapes with '_' (care-team.md: CARE_TEAM-119078440-34768489-
+ *                  17490349-4048128-0-22554767, LIFETIME_PROVIDER-4169494-0-
+ *                  3038500-0-0-0)
  *   the others:    code * 10^11 + ordinal * 10^4 + index, e.g. Observation
  *                  2300000010007 is index 7 of patient ordinal 1 (20000001).
+ *
+ * The numbers <n> and the person id derive from (ordinal, index) by a hash,
+ * so an id is computed without generating the resource; resolving one parses
+ * the patient and the index and compares with the id computed from them. 
  *
  * The first draws of every resource's stream are always lastUpdated, then
  * versionId, then the clinical time, so a search can filter on lastUpdated
@@ -69,10 +79,29 @@ size_t sim_pp_count(const sim_store *s, sim_rtype t, uint32_t ordinal) {
 
 /* ---- ids ---- */
 
+static uint64_t id_hash(uint64_t x) { /* splitmix64's finalizer */
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
 void sim_pp_id(const sim_store *s, sim_rtype t, uint64_t handle, char out[64]) {
-  if (t == SIM_RT_RELATED_PERSON) {
+  if (t == SIM_RT_RELATED_PERSON || t == SIM_RT_CARE_TEAM) {
     const sim_resource *pat = sim_store_patient(s, ordinal_of(handle));
-    snprintf(out, 64, "%s-%u", pat ? pat->id : "0", index_of(handle) + 1);
+    const char *pid = pat ? pat->id : "0";
+    uint64_t h = id_hash(handle ^ ((uint64_t)t << 56));
+    unsigned index = index_of(handle);
+    typedef unsigned long long ull;
+    if (t == SIM_RT_RELATED_PERSON)
+      snprintf(out, 64, "%llu-%s", (ull)(40000000 + (h % 5000) * SIM_PP_STRIDE + index), pid);
+    else if (h & 1)
+      snprintf(out, 64, "LIFETIME_PROVIDER-%s-0-%llu-0-0-%u", pid,
+               (ull)(3000000 + (h >> 1) % 1000000), index);
+    else
+      snprintf(out, 64, "CARE_TEAM-%s-%llu-%llu-%llu-0-%u", pid,
+               (ull)(30000000 + (h >> 1) % 10000000), (ull)(10000000 + (h >> 25) % 10000000),
+               (ull)(4000000 + (h >> 49) % 1000000), index);
     return;
   }
   snprintf(out, 64, "%llu",
@@ -95,17 +124,37 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out) {
 bool sim_pp_resolve(const sim_store *s, sim_rtype t, const char *id, uint64_t *handle) {
   uint32_t ordinal;
   uint64_t index;
-  if (t == SIM_RT_RELATED_PERSON) {
-    const char *dash = strrchr(id, '-');
+  if (t == SIM_RT_RELATED_PERSON || t == SIM_RT_CARE_TEAM) {
+    /* The patient and the index, then the id computed from them must match:
+     * every resource has exactly one id. */
     char patient[64];
-    if (!dash || (size_t)(dash - id) >= sizeof patient) return false;
-    memcpy(patient, id, (size_t)(dash - id));
-    patient[dash - id] = '\0';
-    /* No leading zeros: every resource has exactly one id. */
-    if (dash[1] == '0' || !parse_u64(dash + 1, strlen(dash + 1), &index) ||
-        !sim_store_patient_ordinal(s, patient, &ordinal))
+    const char *p = id, *end;
+    if (t == SIM_RT_RELATED_PERSON) {
+      const char *dash = strchr(id, '-');
+      if (!dash || !parse_u64(id, (size_t)(dash - id), &index)) return false;
+      index %= SIM_PP_STRIDE;
+      p = dash + 1;
+      end = p + strlen(p);
+    } else {
+      if (strncmp(id, "CARE_TEAM-", 10) == 0)
+        p = id + 10;
+      else if (strncmp(id, "LIFETIME_PROVIDER-", 18) == 0)
+        p = id + 18;
+      else
+        return false;
+      end = strchr(p, '-');
+      const char *last = strrchr(id, '-');
+      if (!end || !parse_u64(last + 1, strlen(last + 1), &index)) return false;
+    }
+    if ((size_t)(end - p) >= sizeof patient) return false;
+    memcpy(patient, p, (size_t)(end - p));
+    patient[end - p] = '\0';
+    if (index >= SIM_PP_STRIDE || !sim_store_patient_ordinal(s, patient, &ordinal) ||
+        index >= sim_pp_count(s, t, ordinal))
       return false;
-    index--;
+    char again[64];
+    sim_pp_id(s, t, (uint64_t)ordinal * SIM_PP_STRIDE + index, again);
+    if (strcmp(again, id) != 0) return false;
   } else {
     uint64_t v;
     if (!sim_rtype_per_patient(t) || !parse_u64(id, strlen(id), &v) || id[0] == '0' ||
@@ -337,16 +386,35 @@ void sim_gen_date(sim_jw *w, const char *key, int64_t epoch) {
   sim_jw_str(w, key, when);
 }
 
-void sim_gen_attachment(sim_gen *g, const char *key, const char *title) {
+/* One attachment: form of this resource's documents. */
+static void attachment(sim_gen *g, const char *key, const char *title, sim_bin_form form) {
   char bid[64], url[512];
-  uint64_t bh = sim_binary_handle_for(g->type, g->handle);
-  sim_binary_id_for(g->type, g->handle, bid);
-  snprintf(url, sizeof url, "http://%s/r4/%s/Binary/%s", g->host, g->p->tenant_id, bid);
+  uint64_t bh = sim_binary_handle_for(g->type, g->handle, form);
+  sim_binary_id_for(g->type, g->handle, form, bid);
+  int n = snprintf(url, sizeof url, "%s://%s/r4/%s/Binary/%s", sim_scheme(), g->host,
+                   g->p->tenant_id, bid);
+  if (g->p->knobs.binary_signed_urls && n > 0 && (size_t)n < sizeof url) {
+    char sig[17];
+    sim_binary_sig(g->s, bh, sig);
+    snprintf(url + n, sizeof url - (size_t)n, "?sig=%s", sig);
+  }
   sim_jw_obj(&g->w, key);
-  sim_jw_str(&g->w, "contentType", "application/pdf");
+  sim_jw_str(&g->w, "contentType", sim_binary_content_type(bh));
   sim_jw_str(&g->w, "url", url);
   sim_jw_int(&g->w, "size", (long long)sim_binary_size(g->s, bh));
   sim_jw_str(&g->w, "title", title);
   sim_gen_instant(&g->w, "creation", g->when);
   sim_jw_end(&g->w);
+}
+
+void sim_gen_attachment(sim_gen *g, const char *key, const char *title) {
+  attachment(g, key, title, SIM_BIN_PDF);
+}
+
+void sim_gen_presented_forms(sim_gen *g, const char *title) {
+  sim_bin_form forms[SIM_BIN_FORMS];
+  size_t n = sim_binary_forms(g->type, g->handle, forms);
+  sim_jw_arr(&g->w, "presentedForm");
+  for (size_t i = 0; i < n; i++) attachment(g, NULL, title, forms[i]);
+  sim_jw_end_arr(&g->w);
 }

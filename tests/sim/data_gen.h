@@ -79,6 +79,9 @@ void sim_gen_date(sim_jw *w, const char *key, int64_t epoch);
 /* The attachment of a DocumentReference/DiagnosticReport: contentType, url
  * (absolute, this server), size, title, creation. */
 void sim_gen_attachment(sim_gen *g, const char *key, const char *title);
+/* DiagnosticReport.presentedForm: every form of its documents (2-3, Cerner's
+ * XR- PDF, R- XML, TR- HTML). */
+void sim_gen_presented_forms(sim_gen *g, const char *title);
 
 #define SIM_DAY 86400LL
 

@@ -2,6 +2,8 @@
  * Goal, Immunization, Procedure. */
 #include "tests/sim/data_gen.h"
 
+#include <string.h>
+
 #include <stdio.h>
 
 #define SNOMED "http://snomed.info/sct"
@@ -91,13 +93,19 @@ static void participant(sim_gen *g, const char *role_code, const char *role_disp
 
 void sim_gen_care_team(sim_gen *g) {
   sim_jw *w = &g->w;
-  sim_gen_begin(g, "Longitudinal care team");
+  /* Cerner: CARE_TEAM-... ids are encounter teams, LIFETIME_PROVIDER-...
+   * longitudinal ones (care-team.md). */
+  bool encounter = strncmp(g->id, "CARE_TEAM-", 10) == 0;
+  sim_gen_begin(g, encounter ? "Encounter care team" : "Longitudinal care team");
   sim_jw_str(w, "status", "active");
   sim_jw_arr(w, "category");
-  sim_gen_cc(w, NULL, "http://loinc.org", "LA27976-2",
-             "Longitudinal care-coordination focused care team");
+  if (encounter)
+    sim_gen_cc(w, NULL, "http://loinc.org", "LA27975-4", "Encounter-focused care team");
+  else
+    sim_gen_cc(w, NULL, "http://loinc.org", "LA27976-2",
+               "Longitudinal care-coordination focused care team");
   sim_jw_end_arr(w);
-  sim_jw_str(w, "name", "Primary care team");
+  sim_jw_str(w, "name", encounter ? "Inpatient care team" : "Primary care team");
   sim_gen_patient_ref(g, "subject");
   sim_gen_encounter_ref(g, "encounter");
   sim_jw_arr(w, "participant");

@@ -164,9 +164,7 @@ void sim_gen_diagnostic_report(sim_gen *g) {
   sim_jw_arr(w, "resultsInterpreter");
   sim_gen_practitioner_ref(g, NULL);
   sim_jw_end_arr(w);
-  sim_jw_arr(w, "presentedForm");
-  sim_gen_attachment(g, NULL, kinds[k].display);
-  sim_jw_end_arr(w);
+  sim_gen_presented_forms(g, kinds[k].display);
   sim_jw_end(w);
 }
 

@@ -29,8 +29,8 @@ void sim_discovery_handle(sim_req *req, sim_resp *resp) {
     return;
   }
   char base[512], token[512], authorize[512], revoke[512];
-  snprintf(base, sizeof base, "http://%s/tenants/%s/protocols/oauth2/profiles/smart-v1",
-           req->host, req->tenant->id);
+  snprintf(base, sizeof base, "%s://%s/tenants/%s/protocols/oauth2/profiles/smart-v1",
+           sim_scheme(), req->host, req->tenant->id);
   snprintf(token, sizeof token, "%s/token", base);
   snprintf(authorize, sizeof authorize, "%s/personas/provider/authorize", base);
   snprintf(revoke, sizeof revoke, "%s/token/revoke", base);

@@ -13,10 +13,12 @@
  * running export per client and tenant (429 with Retry-After). */
 #include "tests/sim/fhir.h"
 #include "tests/sim/jsonw.h"
+#include "tests/sim/refserver.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,40 +138,7 @@ static void read_group(sim_req *req, sim_resp *resp, const sim_group *g) {
   sim_resp_json(resp, 200, SIM_CT_FHIR, doc);
 }
 
-/* ---- walking an export's resources ---- */
-
-static int64_t patient_updated_ms(const sim_resource *p) {
-  const char *when = json_string_value(json_object_get(json_object_get(p->doc, "meta"),
-                                                       "lastUpdated"));
-  int64_t lo, hi;
-  return when && sim_fhir_parse_instant(when, &lo, &hi) == 0 ? lo : 0;
-}
-
-bool sim_xnext(const sim_xscope *s, sim_rtype t, sim_xcursor *c, uint64_t *handle) {
-  const sim_group *g = s->group;
-  while (c->member < g->n) {
-    uint32_t ordinal = g->ordinals[c->member];
-    if (t == SIM_RT_PATIENT) {
-      bool first = c->index == 0;
-      c->member++;
-      c->index = 0;
-      const sim_resource *p = sim_store_patient(s->store, ordinal);
-      if (!first || !p || (s->has_since && patient_updated_ms(p) < s->since_ms)) continue;
-      if (sim_store_resolve(s->store, SIM_RT_PATIENT, p->id, handle)) return true;
-      continue;
-    }
-    size_t n = sim_pp_count(s->store, t, ordinal);
-    while (c->index < n) {
-      uint64_t h = (uint64_t)ordinal * SIM_PP_STRIDE + c->index++;
-      if (s->has_since && sim_pp_last_updated_ms(s->store, t, h) < s->since_ms) continue;
-      *handle = h;
-      return true;
-    }
-    c->member++;
-    c->index = 0;
-  }
-  return false;
-}
+/* ---- writing an export's files (what is in them: export_scope.c) ---- */
 
 /* The k-th line of the error file: an OperationOutcome about a patient that
  * is in no tenant, for one of the exported types. */
@@ -212,6 +181,22 @@ bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_
   while (*done < file->count && out->len < min_bytes && !out->oom) {
     if (file->type == SIM_XFILE_ERRORS) {
       write_error_line(x, *done, out);
+    } else if (file->type == SIM_XFILE_PROVENANCE) {
+      uint64_t h;
+      sim_rtype target;
+      if (!sim_xnext_provenance(&x->scope, c, &target, &h)) {
+        *done = file->count;
+        break;
+      }
+      sim_xwrite_provenance(&x->scope, target, h, out);
+    } else if (file->type >= SIM_XFILE_EXTRA) {
+      uint32_t ordinal, index;
+      if (!sim_ref_xnext(&x->scope, x->extra_pp, file->type - SIM_XFILE_EXTRA, c, &ordinal,
+                         &index)) {
+        *done = file->count;
+        break;
+      }
+      sim_ref_write_extra(&x->scope, file->type - SIM_XFILE_EXTRA, ordinal, index, out);
     } else {
       uint64_t h;
       /* Only a touch between planning and download can shorten a file. */
@@ -227,6 +212,14 @@ bool sim_export_write_lines(const sim_export *x, size_t f, sim_xcursor *c, size_
   return *done >= file->count;
 }
 
+const char *sim_export_file_type(const sim_export *x, size_t f) {
+  int t = x->files[f].type;
+  if (t == SIM_XFILE_ERRORS) return "OperationOutcome";
+  if (t == SIM_XFILE_PROVENANCE) return "Provenance";
+  if (t >= SIM_XFILE_EXTRA) return sim_ref_extra_names[t - SIM_XFILE_EXTRA];
+  return sim_rtype_name((sim_rtype)t);
+}
+
 /* ---- jobs ---- */
 
 void sim_export_ref(sim_export *x) { atomic_fetch_add(&x->refs, 1); }
@@ -234,6 +227,7 @@ void sim_export_ref(sim_export *x) { atomic_fetch_add(&x->refs, 1); }
 void sim_export_unref(void *p) {
   sim_export *x = p;
   if (!x || atomic_fetch_sub(&x->refs, 1) != 1) return;
+  sim_xscope_free(&x->scope);
   free(x->client_id);
   free(x->request);
   free(x->files);
@@ -272,6 +266,23 @@ static sim_export *find_locked(sim_state *st, const sim_tenant *t, const char *i
   return x;
 }
 
+/* group-export.md, Status and Delete requests: "the client in the token
+ * must match the client that requested the export" (also for file
+ * retrieval). Cerner gives no status for it; bulk-data.md's client errors
+ * answer 403 for "an instance where the application is not authorized". */
+static bool other_client(sim_req *req, sim_resp *resp, const sim_export *x,
+                         const char *client_id) {
+  if (client_id && strcmp(x->client_id, client_id) == 0) return false;
+  char diag[200];
+  snprintf(diag, sizeof diag,
+           "export %s was requested by another client; only that client may check, download or "
+           "delete it",
+           x->id);
+  sim_count_export(req->st, req->tenant, SIM_XCOUNT_OTHER_CLIENT);
+  sim_fhir_outcome(resp, 403, "forbidden", diag);
+  return true;
+}
+
 static void not_found(sim_resp *resp, const char *id) {
   char diag[200];
   snprintf(diag, sizeof diag, "export %s was not found; it may have expired or been deleted",
@@ -308,10 +319,24 @@ static const char *echo_name(const char *name) {
   return name;
 }
 
-/* Parses _type into out; returns NULL or the 400 message (in msg). */
-static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], char *msg,
-                                      size_t n) {
+/* group-export.md, Notes: the valid _type values, and the types exported
+ * only together with one of the others. */
+#define VALID_TYPES                                                                              \
+  "AllergyIntolerance, CarePlan, CareTeam, Condition, Device, DiagnosticReport, "                \
+  "DocumentReference, Encounter, Goal, Immunization, Location, MedicationRequest, Patient, "    \
+  "Procedure, Observation, Organization, Practitioner, Provenance"
+#define PATIENT_TYPES                                                                            \
+  "AllergyIntolerance, CarePlan, CareTeam, Condition, Device, DiagnosticReport, "                \
+  "DocumentReference, Encounter, Goal, Immunization, MedicationRequest, Observation, Patient, "  \
+  "Procedure"
+
+/* Parses _type into out and *provenance (and, for a reference-server export,
+ * its extra types into extra); returns NULL or the 400 message (in msg). */
+static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], bool *provenance,
+                                      bool extra[SIM_REF_EXTRA_COUNT], char *msg, size_t n) {
   memset(out, 0, SIM_RT_COUNT * sizeof *out);
+  *provenance = false;
+  bool patient_type = false;
   for (const char *p = list;;) {
     size_t len = strcspn(p, ",");
     char name[64];
@@ -321,27 +346,119 @@ static const char *parse_export_types(const char *list, bool out[SIM_RT_COUNT], 
       snprintf(msg, n, "_type: empty type name (send the types comma separated)");
       return msg;
     }
-    if (t == SIM_RT_BINARY) {
-      snprintf(msg, n, "Binary is not exported");
-      return msg;
+    int k = extra && len < sizeof name ? sim_ref_extra_from_name(name) : -1;
+    if (k >= 0) {
+      extra[k] = true;
+      if (!p[len]) return NULL;
+      p += len + 1;
+      continue;
     }
-    if (t < 0) {
+    if (len < sizeof name && strcmp(name, "Provenance") == 0) {
+      *provenance = true;
+    } else if (t == SIM_RT_BINARY) {
+      snprintf(msg, n, "Binary is not exported; _type valid values are " VALID_TYPES);
+      return msg;
+    } else if (t < 0) {
       snprintf(msg, n, "_type: unknown resource type \"%s\"", echo_name(name));
       return msg;
-    }
-    if (t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t)) {
+    } else if (extra ? t != SIM_RT_PATIENT && !sim_rtype_per_patient((sim_rtype)t)
+                     : !sim_xtype_exportable((sim_rtype)t)) {
       snprintf(msg, n,
-               "_type: %s is not exported by a Group export (Patient and the types of a "
-               "patient's compartment are)",
+               "_type: %s is not supported by the Group export; valid values are " VALID_TYPES,
                name);
       return msg;
+    } else {
+      out[t] = true;
+      patient_type |= !sim_xtype_pool((sim_rtype)t);
     }
-    out[t] = true;
-    if (!p[len]) return NULL;
+    if (!p[len]) break;
     p += len + 1;
   }
+  if (!patient_type) {
+    snprintf(msg, n,
+             "_type: Location, Organization, Practitioner and Provenance are exported only "
+             "together with at least one of " PATIENT_TYPES);
+    return msg;
+  }
+  return NULL;
 }
 
+/* Kick-off parameters (group-export.md, Parameters); any other is a 400
+ * unless the request carries Prefer: handling=lenient. */
+static const char *const kickoff_params[] = {"_type", "_typeFilter", "_since",
+                                             "includeAssociatedData", "_outputFormat"};
+
+/* True if the Prefer header has the preference handling=lenient. */
+static bool prefer_lenient(const char *h) {
+  for (const char *p = h; p && *p;) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    size_t len = strcspn(p, ",");
+    char pref[64];
+    size_t w = 0;
+    for (size_t i = 0; i < len && w + 1 < sizeof pref; i++)
+      if (p[i] != ' ' && p[i] != '\t') pref[w++] = p[i];
+    pref[w] = '\0';
+    if (strcasecmp(pref, "handling=lenient") == 0) return true;
+    p += len;
+  }
+  return false;
+}
+
+/* _typeFilter (group-export.md): needs _type, each query's type among
+ * _type (400), no query on Patient or the types only referenced (422), one
+ * query per type (400), no refused or unsupported search parameter (422).
+ * The queries parsed are stored in the scope; they narrow what is exported.
+ * Returns 0 or the status, with the message in msg. */
+static unsigned parse_type_filters(const sim_req *req, bool has_type, sim_export *x, char *msg,
+                                   size_t n) {
+  for (size_t i = 0; i < req->nquery; i++) {
+    if (strcmp(req->query[i].key, "_typeFilter") != 0) continue;
+    if (!has_type) {
+      snprintf(msg, n,
+               "_typeFilter requires _type: the resources provided in _typeFilter do not match "
+               "the resources supplied in _type");
+      return 400;
+    }
+    char *list = strdup(req->query[i].value), *save = NULL;
+    if (!list) {
+      snprintf(msg, n, "out of memory");
+      return 500;
+    }
+    unsigned status = 0;
+    for (char *q = strtok_r(list, ",", &save); q && !status; q = strtok_r(NULL, ",", &save)) {
+      char *mark = strchr(q, '?');
+      if (!mark || mark == q || !mark[1]) {
+        snprintf(msg, n, "_typeFilter: \"%.60s\" is not <Type>?<query>", echo_name(q));
+        status = 422;
+        break;
+      }
+      *mark = '\0';
+      bool prov = strcmp(q, "Provenance") == 0;
+      int t = sim_rtype_from_name(q);
+      if (!(prov ? x->provenance : t >= 0 && x->types[t])) {
+        snprintf(msg, n,
+                 "_typeFilter: the resources provided in _typeFilter do not match the resources "
+                 "supplied in _type (%s)",
+                 echo_name(q));
+        status = 400;
+      } else if (prov || t == SIM_RT_PATIENT || sim_xtype_pool((sim_rtype)t)) {
+        snprintf(msg, n,
+                 "_typeFilter does not support queries for the following resources: Location, "
+                 "Organization, Patient, Practitioner, Provenance (got %s)",
+                 q);
+        status = 422;
+      } else if (x->scope.filters[t]) {
+        snprintf(msg, n, "_typeFilter contains multiple queries for the same resource (%s)", q);
+        status = 400;
+      } else {
+        status = (unsigned)sim_xfilter_parse(mark + 1, &x->scope.filters[t], msg, n);
+      }
+    }
+    free(list);
+    if (status) return status;
+  }
+  return 0;
+}
 /* Appends a query component, escaping only what would change its meaning,
  * so the manifest's `request` reads like the URL the client sent. */
 static void put_query_part(sim_buf *b, const char *s) {
@@ -356,7 +473,7 @@ static void put_query_part(sim_buf *b, const char *s) {
 
 static char *kickoff_url(const sim_req *req) {
   sim_buf b = {0};
-  sim_buf_printf(&b, "http://%s", req->host);
+  sim_buf_printf(&b, "%s://%s", sim_scheme(), req->host);
   for (const unsigned char *p = (const unsigned char *)req->path; *p; p++) {
     if (*p > 0x20 && *p < 0x7f && *p != '%')
       sim_buf_append(&b, (const char *)p, 1);
@@ -410,9 +527,29 @@ static int push_file(sim_export *x, size_t *cap, int type, sim_xcursor start, si
 
 /* Decides which resources go into which file: a walk over every type,
  * cutting a file every file_max_resources resources. Returns 0 or -1 on OOM. */
+static int plan_provenance(sim_export *x, size_t *cap, size_t max) {
+  sim_xcursor c = {0}, start = {0};
+  size_t in_file = 0;
+  uint64_t h;
+  sim_rtype target;
+  for (;;) {
+    sim_xcursor before = c;
+    if (!sim_xnext_provenance(&x->scope, &c, &target, &h)) break;
+    if (in_file == 0) start = before;
+    if (++in_file == max) {
+      if (push_file(x, cap, SIM_XFILE_PROVENANCE, start, in_file)) return -1;
+      in_file = 0;
+    }
+  }
+  return in_file ? push_file(x, cap, SIM_XFILE_PROVENANCE, start, in_file) : 0;
+}
+
 static int plan(sim_export *x, const sim_export_settings *cfg) {
   size_t cap = 0, max = (size_t)cfg->file_max_resources;
+  if (sim_xscope_collect_pools(&x->scope, x->types) != 0) return -1;
   for (int t = 0; t < SIM_RT_COUNT; t++) {
+    /* Alphabetical, Provenance (no sim_rtype) in its place. */
+    if (x->provenance && t == SIM_RT_RELATED_PERSON && plan_provenance(x, &cap, max)) return -1;
     if (!x->types[t]) continue;
     sim_xcursor c = {0}, start = {0};
     size_t in_file = 0;
@@ -428,6 +565,23 @@ static int plan(sim_export *x, const sim_export_settings *cfg) {
     }
     if (in_file && push_file(x, &cap, t, start, in_file)) return -1;
   }
+  /* A reference-server export's extra types, after the others. */
+  for (int k = 0; x->refserver && k < SIM_REF_EXTRA_COUNT; k++) {
+    if (!x->extra[k] || x->extra_pp[k] == 0) continue;
+    sim_xcursor c = {0}, start = {0};
+    size_t in_file = 0;
+    uint32_t ordinal, index;
+    for (;;) {
+      sim_xcursor before = c;
+      if (!sim_ref_xnext(&x->scope, x->extra_pp, k, &c, &ordinal, &index)) break;
+      if (in_file == 0) start = before;
+      if (++in_file == max) {
+        if (push_file(x, &cap, SIM_XFILE_EXTRA + k, start, in_file)) return -1;
+        in_file = 0;
+      }
+    }
+    if (in_file && push_file(x, &cap, SIM_XFILE_EXTRA + k, start, in_file)) return -1;
+  }
   x->noutput = x->nfiles;
   if (cfg->error_file &&
       push_file(x, &cap, SIM_XFILE_ERRORS, (sim_xcursor){0}, SIM_XFILE_ERROR_LINES))
@@ -442,11 +596,19 @@ static void too_many(sim_resp *resp, long retry_after_s) {
   sim_resp_header(resp, "Retry-After", "%ld", retry_after_s);
 }
 
+/* A kick-off refused for its parameters: counted, so a test can assert that
+ * a client never sent one. */
+static bool invalid(sim_req *req, sim_resp *resp, unsigned status, const char *msg) {
+  sim_count_export(req->st, req->tenant, SIM_XCOUNT_INVALID);
+  sim_fhir_outcome(resp, status, "invalid", msg);
+  return false;
+}
+
 /* Validates the kick-off; returns false after filling resp with the error. */
 static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim_export *x) {
   const char *prefer = sim_req_header(req, "Prefer");
   const char *accept = sim_req_header(req, "Accept");
-  char msg[256];
+  char msg[512];
   if (!prefer || !header_lists(prefer, "respond-async")) {
     sim_fhir_outcome(resp, 400, "invalid",
                      "$export requires the header Prefer: respond-async (it runs asynchronously)");
@@ -456,54 +618,124 @@ static bool kickoff_checks(sim_req *req, sim_resp *resp, const char *scopes, sim
     sim_fhir_outcome(resp, 400, "invalid", "$export requires the header Accept: application/fhir+json");
     return false;
   }
-  if (query_count(req, "_type") > 1) {
-    sim_fhir_outcome(resp, 400, "invalid", "_type must be sent once, comma separated");
-    return false;
+  /* bulk-data.md, Lenient Workflow: unknown or unsupported parameters are a
+   * 400 unless Prefer: handling=lenient says to ignore them. */
+  if (!prefer_lenient(prefer)) {
+    for (size_t i = 0; i < req->nquery; i++) {
+      size_t k = 0, nk = sizeof kickoff_params / sizeof *kickoff_params;
+      while (k < nk && strcmp(req->query[i].key, kickoff_params[k]) != 0) k++;
+      if (k < nk) continue;
+      snprintf(msg, sizeof msg,
+               "Unsupported parameters are passed to the export request: %.64s (supported: "
+               "_type, _typeFilter, _since, includeAssociatedData, _outputFormat; send Prefer: "
+               "handling=lenient to have others ignored)",
+               echo_name(req->query[i].key));
+      return invalid(req, resp, 400, msg);
+    }
   }
-  static const char *const once[] = {"_since", "_outputFormat"};
+  if (query_count(req, "_type") > 1)
+    return invalid(req, resp, 400, "_type must be sent once, comma separated");
+  static const char *const once[] = {"_since", "_outputFormat", "includeAssociatedData"};
   for (size_t i = 0; i < sizeof once / sizeof *once; i++) {
     if (query_count(req, once[i]) > 1) {
       snprintf(msg, sizeof msg, "%s must be sent once", once[i]);
-      sim_fhir_outcome(resp, 400, "invalid", msg);
-      return false;
+      return invalid(req, resp, 400, msg);
     }
   }
   const char *types = sim_req_query(req, "_type");
-  if (types && parse_export_types(types, x->types, msg, sizeof msg)) {
-    sim_fhir_outcome(resp, 400, "invalid", msg);
-    return false;
+  if (types && parse_export_types(types, x->types, &x->provenance,
+                                      x->refserver ? x->extra : NULL, msg, sizeof msg))
+    return invalid(req, resp, 400, msg);
+  const char *assoc = sim_req_query(req, "includeAssociatedData");
+  if (assoc) {
+    char *copy = strdup(assoc), *save = NULL;
+    bool ok = copy != NULL;
+    for (char *v = copy ? strtok_r(copy, ",", &save) : NULL; ok && v;
+         v = strtok_r(NULL, ",", &save))
+      ok = strcmp(v, "LatestProvenanceResources") == 0 ||
+           strcmp(v, "RelevantProvenanceResources") == 0;
+    free(copy);
+    if (!ok)
+      return invalid(req, resp, 400,
+                     "includeAssociatedData: valid values are LatestProvenanceResources and "
+                     "RelevantProvenanceResources");
+    if (types && !x->provenance)
+      return invalid(req, resp, 400,
+                     "When both the includeAssociatedData parameter and the _type parameter are "
+                     "provided, the _type parameter MUST include Provenance");
   }
+  unsigned fs = parse_type_filters(req, types != NULL, x, msg, sizeof msg);
+  if (fs) return invalid(req, resp, fs, msg);
   const char *format = sim_req_query(req, "_outputFormat");
   if (format && strcmp(format, "application/fhir+ndjson") != 0 &&
-      strcmp(format, "application/ndjson") != 0 && strcmp(format, "ndjson") != 0) {
-    sim_fhir_outcome(resp, 400, "invalid",
-                     "_outputFormat: only application/fhir+ndjson (also application/ndjson, "
-                     "ndjson) is supported");
-    return false;
-  }
+      strcmp(format, "application/ndjson") != 0 && strcmp(format, "ndjson") != 0)
+    return invalid(req, resp, 400,
+                   "_outputFormat: only application/fhir+ndjson (also application/ndjson, "
+                   "ndjson) is supported");
   const char *since = sim_req_query(req, "_since");
   int64_t hi;
-  if (since && sim_fhir_parse_instant(since, &x->scope.since_ms, &hi) != 0) {
-    sim_fhir_outcome(resp, 400, "invalid",
-                     "_since: expected a FHIR instant such as 2024-06-01T00:00:00Z");
-    return false;
-  }
+  if (since && sim_fhir_parse_instant(since, &x->scope.since_ms, &hi) != 0)
+    return invalid(req, resp, 400, "_since: expected a FHIR instant such as 2024-06-01T00:00:00Z");
   x->scope.has_since = since != NULL;
-  /* Without _type: Patient and every per-patient type the token can read. */
-  for (int t = 0; !types && t < SIM_RT_COUNT; t++)
-    x->types[t] = (t == SIM_RT_PATIENT || sim_rtype_per_patient((sim_rtype)t)) &&
-                  sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));
+  /* Without _type: every type the token can read (group-export.md), the
+   * pool types and Provenance included; the reference server exports Patient
+   * and the patient-compartment types (and its other types, below). */
+  if (!types && x->refserver) {
+    for (int t = 0; t < SIM_RT_COUNT; t++)
+      x->types[t] = (t == SIM_RT_PATIENT || sim_rtype_per_patient((sim_rtype)t)) &&
+                    sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));
+  } else if (!types) {
+    for (int t = 0; t < SIM_RT_COUNT; t++)
+      x->types[t] = sim_xtype_exportable((sim_rtype)t) &&
+                    sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t));
+    x->provenance = sim_fhir_scope_allows_read(scopes, "Provenance");
+  }
+  /* The reference server exports its other types too (whatever the scopes:
+   * it checks scopes per resource type only where it knows them). */
+  for (int k = 0; !types && x->refserver && k < SIM_REF_EXTRA_COUNT; k++) x->extra[k] = true;
   for (int t = 0; t < SIM_RT_COUNT; t++) {
     if (x->types[t] && !sim_fhir_scope_allows_read(scopes, sim_rtype_name((sim_rtype)t))) {
       sim_fhir_forbidden(resp, sim_rtype_name((sim_rtype)t));
       return false;
     }
   }
+  if (x->provenance && !sim_fhir_scope_allows_read(scopes, "Provenance")) {
+    sim_fhir_forbidden(resp, "Provenance");
+    return false;
+  }
+  /* Provenance of Location, Organization and Practitioner is not exported. */
+  for (int t = 0; t < SIM_RT_COUNT; t++)
+    x->scope.provenance[t] = x->provenance && x->types[t] && !sim_xtype_pool((sim_rtype)t);
   return true;
 }
 
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id);
+
+/* Every kick-off that passed authentication is logged with its query exactly
+ * as received (still percent-encoded) and the status it got, so tests can
+ * check how a client encodes _type, _since and _typeFilter: the decoded
+ * arguments the checks use cannot show that, and accepted exports are gone
+ * from the export list once deleted. */
 static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
                     const char *client_id) {
+  kickoff_answer(req, resp, g, scopes, client_id);
+  char when[32];
+  sim_fhir_instant_ms(sim_now_ms(), when);
+  json_t *entry = json_pack("{s:s, s:s, s:s, s:s, s:i}", "time", when, "client_id", client_id,
+                            "group", g->id, "query_raw", req->raw_query, "status",
+                            (int)resp->status);
+  if (!entry) return;
+  sim_state *st = req->st;
+  pthread_mutex_lock(&st->lock);
+  json_t *log = req->tenant->counters.kickoffs;
+  if (json_array_size(log) >= SIM_KICKOFF_LOG) json_array_remove(log, 0);
+  json_array_append_new(log, entry);
+  pthread_mutex_unlock(&st->lock);
+}
+
+static void kickoff_answer(sim_req *req, sim_resp *resp, const sim_group *g, const char *scopes,
+                           const char *client_id) {
   sim_state *st = req->st;
   sim_tenant *t = req->tenant;
   sim_export *x = calloc(1, sizeof *x);
@@ -513,6 +745,8 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   for (size_t i = 0; i < sizeof raw; i++) snprintf(x->id + 2 * i, 3, "%02x", raw[i]);
   x->tenant = t->index;
   x->scope = (sim_xscope){.store = t->store, .group = g};
+  x->refserver = t->ref.enabled;
+  memcpy(x->extra_pp, t->ref.extra, sizeof x->extra_pp);
   if (!kickoff_checks(req, resp, scopes, x)) {
     sim_export_unref(x);
     return;
@@ -526,7 +760,8 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   int64_t now = sim_now_ms();
   pthread_mutex_lock(&st->lock);
   sim_export_settings cfg = t->export_settings;
-  bool busy = client_busy_locked(st, t, client_id, now);
+  /* One export per client and tenant is Cerner's rule, not the reference server's. */
+  bool busy = !x->refserver && client_busy_locked(st, t, client_id, now);
   if (busy) t->counters.export_refused++;
   pthread_mutex_unlock(&st->lock);
   if (busy) {
@@ -540,7 +775,7 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
 
   /* Check again: another kick-off of the client may have won meanwhile. */
   pthread_mutex_lock(&st->lock);
-  busy = client_busy_locked(st, t, client_id, sim_now_ms());
+  busy = !x->refserver && client_busy_locked(st, t, client_id, sim_now_ms());
   int rc = busy ? 0 : sim_map_put(&st->exports, x->id, x);
   if (busy) {
     t->counters.export_refused++;
@@ -558,8 +793,28 @@ static void kickoff(sim_req *req, sim_resp *resp, const sim_group *g, const char
   }
   if (rc != 0) goto oom;
   /* The map owns x now; x->id is immutable, so it may be read unlocked. */
+  if (x->refserver) {
+    /* {origin}/fhir/bulkstatus/{id}: outside the FHIR base's path, as the
+     * reference server builds it (ExportManager.ts), with an OperationOutcome. */
+    char *url = sim_ref_status_url(req->host, x->id);
+    if (!url) goto oom_mapped;
+    char diag[300];
+    snprintf(diag, sizeof diag,
+             "Your request has been accepted. You can check its status at \"%s\"", url);
+    json_t *oo = json_pack("{s:s, s:[{s:s, s:s, s:s}]}", "resourceType", "OperationOutcome",
+                           "issue", "severity", "information", "code", "informational",
+                           "diagnostics", diag);
+    sim_resp_json(resp, 202, SIM_CT_FHIR, oo);
+    sim_resp_header(resp, "Content-Location", "%s", url);
+    free(url);
+    return;
+  }
   sim_resp_body(resp, 202, NULL, NULL, 0);
-  sim_resp_header(resp, "Content-Location", "http://%s/r4/%s" JOBS "%s", req->host, t->id, x->id);
+  sim_resp_header(resp, "Content-Location", "%s://%s/r4/%s" JOBS "%s", sim_scheme(), req->host,
+                  t->id, x->id);
+  return;
+oom_mapped:
+  sim_fhir_outcome(resp, 500, "exception", "out of memory");
   return;
 oom:
   sim_export_unref(x);
@@ -580,13 +835,17 @@ static json_t *manifest(const sim_req *req, const sim_export *x) {
   sim_fhir_instant_ms(x->kickoff_ms, when);
   json_t *output = json_array(), *error = json_array();
   for (size_t f = 0; output && error && f < x->nfiles; f++) {
-    snprintf(url, sizeof url, "http://%s/r4/%s" JOBS "%s/files/%zu", req->host, req->tenant->id,
-             x->id, f + 1);
+    char *ref_url = x->refserver
+                        ? sim_ref_file_url(req->host, x->id, f + 1, sim_export_file_type(x, f))
+                        : NULL;
+    snprintf(url, sizeof url, "%s://%s/r4/%s" JOBS "%s/files/%zu", sim_scheme(), req->host,
+             req->tenant->id, x->id, f + 1);
     json_t *entry =
         f < x->noutput
-            ? json_pack("{s:s, s:s, s:I}", "type", sim_rtype_name((sim_rtype)x->files[f].type),
-                        "url", url, "count", (json_int_t)x->files[f].count)
-            : json_pack("{s:s, s:s}", "type", "OperationOutcome", "url", url);
+            ? json_pack("{s:s, s:s, s:I}", "type", sim_export_file_type(x, f), "url",
+                        ref_url ? ref_url : url, "count", (json_int_t)x->files[f].count)
+            : json_pack("{s:s, s:s}", "type", "OperationOutcome", "url", ref_url ? ref_url : url);
+    free(ref_url);
     if (json_array_append_new(f < x->noutput ? output : error, entry)) {
       json_decref(output);
       output = NULL;
@@ -601,7 +860,7 @@ static json_t *manifest(const sim_req *req, const sim_export *x) {
                    "requiresAccessToken", 1, "output", output, "error", error);
 }
 
-static void status(sim_req *req, sim_resp *resp, const char *id) {
+static void status(sim_req *req, sim_resp *resp, const char *id, const char *client_id) {
   sim_state *st = req->st;
   int64_t now = sim_now_ms();
   pthread_mutex_lock(&st->lock);
@@ -613,11 +872,16 @@ static void status(sim_req *req, sim_resp *resp, const char *id) {
     not_found(resp, id);
     return;
   }
-  if (now < x->done_ms) {
+  if (other_client(req, resp, x, client_id)) {
+  } else if (now < x->done_ms) {
     int64_t span = x->done_ms - x->kickoff_ms;
     long pct = span > 0 ? (long)((now - x->kickoff_ms) * 100 / span) : 99;
     sim_resp_body(resp, 202, NULL, NULL, 0);
-    sim_resp_header(resp, "X-Progress", "%ld%% complete", pct < 0 ? 0 : pct > 99 ? 99 : pct);
+    pct = pct < 0 ? 0 : pct > 99 ? 99 : pct;
+    if (x->refserver)
+      sim_resp_header(resp, "X-Progress", "%ld%% complete, generating files", pct);
+    else
+      sim_resp_header(resp, "X-Progress", "%ld%% complete", pct);
     sim_resp_header(resp, "Retry-After", "%ld", retry_after);
   } else if (x->fail) {
     sim_fhir_outcome(resp, 500, "exception",
@@ -632,20 +896,25 @@ static void status(sim_req *req, sim_resp *resp, const char *id) {
   sim_export_unref(x);
 }
 
-static void delete_job(sim_req *req, sim_resp *resp, const char *id) {
+static void delete_job(sim_req *req, sim_resp *resp, const char *id, const char *client_id) {
   sim_state *st = req->st;
   pthread_mutex_lock(&st->lock);
   sim_export *x = find_locked(st, req->tenant, id, sim_now_ms());
-  if (x) {
+  bool mine = x && client_id && strcmp(x->client_id, client_id) == 0;
+  if (mine) {
     sim_export_unref(x); /* ours; the map still holds one */
     sim_map_remove(&st->exports, id);
     req->tenant->counters.export_deletes++;
   }
   pthread_mutex_unlock(&st->lock);
-  if (x)
+  if (mine) {
     sim_resp_body(resp, 202, NULL, NULL, 0);
-  else
+  } else if (x) {
+    other_client(req, resp, x, client_id);
+    sim_export_unref(x);
+  } else {
     not_found(resp, id);
+  }
 }
 
 /* "http://host:port" of the storage server for this request: the address
@@ -666,7 +935,8 @@ static void storage_origin(const sim_req *req, char *out, size_t n) {
   snprintf(out, n, "http://%.*s:%u", (int)len, h, st->storage_port);
 }
 
-static void file_redirect(sim_req *req, sim_resp *resp, const char *id, const char *n_text) {
+static void file_redirect(sim_req *req, sim_resp *resp, const char *id, const char *n_text,
+                          const char *client_id) {
   sim_state *st = req->st;
   char *end;
   unsigned long n = strtoul(n_text, &end, 10);
@@ -680,6 +950,7 @@ static void file_redirect(sim_req *req, sim_resp *resp, const char *id, const ch
     snprintf(diag, sizeof diag, "file %s of export %s was not found", number ? n_text : "(invalid)",
              job_id_valid(id) ? id : "(invalid id)");
     sim_fhir_outcome(resp, 404, "not-found", diag);
+  } else if (other_client(req, resp, x, client_id)) {
   } else if (!header_lists(sim_req_header(req, "Accept"), CT_NDJSON)) {
     sim_fhir_outcome(resp, 406, "not-supported",
                      "export files are served as Accept: application/fhir+ndjson");
@@ -695,6 +966,61 @@ static void file_redirect(sim_req *req, sim_resp *resp, const char *id, const ch
                     origin, x->id, n, sig);
   }
   sim_export_unref(x);
+}
+
+/* ---- reference server mode: status and files outside the FHIR base ---- */
+
+static void method_not_allowed(sim_resp *resp, const char *allowed);
+
+/* GET {origin}/{settings}/fhir/bulkfiles/{n}.{Type}.ndjson: the file itself,
+ * 200 application/fhir+ndjson (the reference server streams it; no redirect,
+ * no gzip), built in memory so that faults can rewrite it. */
+static void ref_file(sim_req *req, sim_resp *resp, const char *id, unsigned long n) {
+  sim_state *st = req->st;
+  int64_t now = sim_now_ms();
+  pthread_mutex_lock(&st->lock);
+  sim_export *x = find_locked(st, req->tenant, id, now);
+  pthread_mutex_unlock(&st->lock);
+  if (!x || now < x->done_ms || x->fail || n == 0 || n > x->nfiles) {
+    sim_fhir_outcome(resp, 404, "not-found", "The requested file was not found");
+    sim_export_unref(x);
+    return;
+  }
+  sim_buf b = {0};
+  sim_xcursor c = x->files[n - 1].start;
+  size_t done = 0;
+  sim_export_write_lines(x, n - 1, &c, &done, SIZE_MAX, &b);
+  size_t len;
+  char *body = b.oom ? NULL : sim_buf_steal(&b, &len);
+  sim_buf_free(&b);
+  sim_export_unref(x);
+  if (!body) {
+    sim_fhir_outcome(resp, 500, "exception", "out of memory");
+    return;
+  }
+  sim_count_export(st, req->tenant, SIM_XCOUNT_FILE);
+  sim_resp_body(resp, 200, CT_NDJSON, body, len);
+}
+
+void sim_ref_export_handle(sim_req *req, sim_resp *resp, const char *client_id) {
+  char id[SIM_EXPORT_ID_LEN + 1];
+  unsigned long file = 0;
+  int kind = sim_ref_parse_path(req->path, id, &file);
+  bool get = strcmp(req->method, "GET") == 0, del = strcmp(req->method, "DELETE") == 0;
+  if (kind == SIM_REF_PATH_FILE) {
+    if (get)
+      ref_file(req, resp, id, file);
+    else
+      method_not_allowed(resp, "GET");
+  } else if (kind == SIM_REF_PATH_STATUS && get) {
+    status(req, resp, id, client_id);
+  } else if (kind == SIM_REF_PATH_STATUS && del) {
+    delete_job(req, resp, id, client_id);
+  } else if (kind == SIM_REF_PATH_STATUS) {
+    method_not_allowed(resp, "GET and DELETE");
+  } else {
+    sim_fhir_outcome(resp, 404, "not-found", "no such bulk export URL");
+  }
 }
 
 /* ---- routing ---- */
@@ -746,7 +1072,7 @@ static void group_route(sim_req *req, sim_resp *resp, const char *rest, const ch
   }
 }
 
-static void jobs_route(sim_req *req, sim_resp *resp, const char *rest) {
+static void jobs_route(sim_req *req, sim_resp *resp, const char *rest, const char *client_id) {
   bool get = strcmp(req->method, "GET") == 0, del = strcmp(req->method, "DELETE") == 0;
   char id[80];
   size_t len = strcspn(rest, "/");
@@ -760,13 +1086,13 @@ static void jobs_route(sim_req *req, sim_resp *resp, const char *rest) {
   id[len] = '\0';
   if (*after) {
     if (get)
-      file_redirect(req, resp, id, after + 7);
+      file_redirect(req, resp, id, after + 7, client_id);
     else
       method_not_allowed(resp, "GET");
   } else if (get) {
-    status(req, resp, id);
+    status(req, resp, id, client_id);
   } else if (del) {
-    delete_job(req, resp, id);
+    delete_job(req, resp, id, client_id);
   } else {
     method_not_allowed(resp, "GET and DELETE");
   }
@@ -777,7 +1103,7 @@ void sim_export_handle(sim_req *req, sim_resp *resp, const char *scopes, const c
   if (strncmp(sub, "/Group/", 7) == 0)
     group_route(req, resp, sub + 7, scopes, client_id);
   else if (strncmp(sub, JOBS, strlen(JOBS)) == 0)
-    jobs_route(req, resp, sub + strlen(JOBS));
+    jobs_route(req, resp, sub + strlen(JOBS), client_id);
   else if (strcmp(sub, "/Group") == 0)
     sim_fhir_outcome(resp, 404, "not-supported",
                      "Group supports read (Group/{id}) and $export (Group/{id}/$export) only");

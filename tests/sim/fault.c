@@ -58,7 +58,7 @@ static const char *const fault_keys[] = {
     "count",      "status",       "content_type", "body",           "headers",
     "delay_ms",   "delay_ms_min", "delay_ms_max", "retry_after",    "retry_after_date",
     "reset",      "truncate",     "malformed",    "drip_bytes_per_s", "nest_depth",
-    "huge_bytes", "foreign_next", "foreign_references", NULL};
+    "huge_bytes", "foreign_next", "foreign_references", "echo", NULL};
 
 /* The first key (in this order) whose effect replaces the normal answer,
  * or rewrites it: the two groups exclude each other and reset excludes
@@ -218,6 +218,7 @@ static int parse_effect(json_t *o, sim_target target, sim_fault_effect *fx, perr
       get_int(o, "drip_bytes_per_s", 1, 100000000, &drip, e) ||
       get_int(o, "nest_depth", 5, 10000000, &nest, e) ||
       get_int(o, "huge_bytes", 1024, 1000000000000LL, &huge, e) || parse_headers(o, fx, e) ||
+      get_bool(o, "echo", &fx->echo, e) ||
       parse_strings(o, fx, e) || get_origin(o, "foreign_next", &fx->foreign_next, e) ||
       get_origin(o, "foreign_references", &fx->foreign_references, e))
     return -1;
@@ -233,6 +234,9 @@ static int parse_effect(json_t *o, sim_target target, sim_fault_effect *fx, perr
                 fx->foreign_next ? "foreign_next" : "foreign_references");
   if (fx->malformed + (nest > 0) + (huge > 0) > 1)
     return fail(e, "malformed, nest_depth and huge_bytes exclude each other");
+  if (fx->echo && (!fx->body || !status))
+    return fail(e, "echo: needs status and a body with {authorization}, {request_body} or "
+                   "{client_assertion} in it");
   if ((nest > 0 || huge > 0) && fx->body)
     return fail(e, "body: not with %s (the body is generated)", nest ? "nest_depth" : "huge_bytes");
   const char *replace = replacing_key(fx), *rewrite = rewriting_key(fx);

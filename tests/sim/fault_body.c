@@ -73,6 +73,45 @@ void sim_fault_respond(const sim_fault_effect *e, sim_target target, sim_resp *r
   }
 }
 
+/* s as the inside of a JSON string (no quotes), into b. */
+static void json_inner(sim_buf *b, const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\')
+      sim_buf_printf(b, "\\%c", c);
+    else if (c < 0x20)
+      sim_buf_printf(b, "\\u%04x", c);
+    else
+      sim_buf_append(b, (const char *)&c, 1);
+  }
+}
+
+void sim_fault_echo(const sim_req *req, sim_resp *resp) {
+  if (!resp->body) return;
+  const char *auth = sim_req_header(req, "Authorization");
+  sim_buf b = {0};
+  for (const char *p = resp->body; *p;) {
+    if (strncmp(p, "{authorization}", 15) == 0) {
+      json_inner(&b, auth ? auth : "", auth ? strlen(auth) : 0);
+      p += 15;
+    } else if (strncmp(p, "{request_body}", 14) == 0) {
+      json_inner(&b, req->body.data ? req->body.data : "", req->body.len);
+      p += 14;
+    } else if (strncmp(p, "{client_assertion}", 18) == 0) {
+      /* The form field, still URL-encoded (a JWT needs no encoding). */
+      const char *body = req->body.data ? req->body.data : "", *v = strstr(body, "client_assertion=");
+      while (v && v != body && v[-1] != '&') v = strstr(v + 1, "client_assertion=");
+      if (v) json_inner(&b, v + 17, strcspn(v + 17, "&"));
+      p += 18;
+    } else {
+      sim_buf_append(&b, p++, 1);
+    }
+  }
+  size_t len;
+  char *body = sim_buf_steal(&b, &len);
+  if (body) sim_resp_body(resp, resp->status, resp->content_type, body, len);
+}
+
 bool sim_fault_add_headers(const sim_fault_effect *e, int64_t now_ms, sim_resp *resp,
                            int64_t *not_before_ms) {
   bool announced = false;
@@ -154,7 +193,7 @@ static void rewrite_next(sim_resp *resp, const char *origin) {
 static void rewrite_references(sim_resp *resp, const sim_req *req, const char *origin) {
   static const char ref[] = "\"reference\":\"", url[] = "\"url\":\"";
   char own[300];
-  snprintf(own, sizeof own, "http://%s/", req->host);
+  snprintf(own, sizeof own, "%s://%s/", sim_scheme(), req->host);
   const char *p = resp->body, *end = resp->body + resp->len;
   const char *entries = find(p, resp->len, ",\"entry\":[");
   if (strncmp(p, "{\"resourceType\":\"Bundle\"", 24) == 0) {

@@ -4,6 +4,7 @@
  * fhir_types.c. Group reads and Bulk Data $export (Group/{id}/$export and
  * the bulk-export/jobs/... URLs it hands out) are in export.c. */
 #include "tests/sim/fhir.h"
+#include "tests/sim/refserver.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,12 +112,28 @@ static bool binary_allowed(const char *scopes, sim_resp *resp) {
   return true;
 }
 
+/* What Express answers for a route it does not have: the reference server
+ * has Group read and $export under its FHIR base, but no read or search. */
+static void cannot_get(const sim_req *req, sim_resp *resp) {
+  sim_buf b = {0};
+  sim_buf_puts(&b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+                   "<title>Error</title>\n</head>\n<body>\n<pre>Cannot GET ");
+  for (const char *p = req->path; *p; p++) /* client bytes: only what needs no escaping */
+    sim_buf_append(&b, strchr("<>&\"'", *p) || (unsigned char)*p < 0x20 ? "?" : p, 1);
+  sim_buf_puts(&b, "</pre>\n</body>\n</html>\n");
+  size_t len;
+  char *body = sim_buf_steal(&b, &len);
+  sim_resp_body(resp, 404, "text/html; charset=utf-8", body, body ? len : 0);
+}
+
+/* Ids as Cerner's look: letters, digits, '-', '.' and '_' (CareTeam's
+ * CARE_TEAM-..., care-team.md). */
 static bool id_valid(const char *id) {
   size_t len = strlen(id);
   if (len == 0 || len > 64) return false;
   for (const char *p = id; *p; p++)
     if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-          *p == '-' || *p == '.'))
+          *p == '-' || *p == '.' || *p == '_'))
       return false;
   return true;
 }
@@ -159,18 +176,43 @@ static int parse_path(const char *subpath, char *type_name, size_t n, const char
   return sim_rtype_from_name(type_name);
 }
 
+/* Reference server mode: which rate-limited route a request is, or -1. */
+static int ref_route(const sim_req *req) {
+  if (strcmp(req->method, "GET") != 0) return -1;
+  char job[SIM_EXPORT_ID_LEN + 1];
+  unsigned long file;
+  if (sim_ref_parse_path(req->path, job, &file) == SIM_REF_PATH_STATUS)
+    return SIM_REF_ROUTE_STATUS;
+  const char *sub = req->subpath, *dollar = strstr(sub, "/$export");
+  if (strncmp(sub, "/Group/", 7) == 0 && dollar && strcmp(dollar, "/$export") == 0 &&
+      !memchr(sub + 7, '/', (size_t)(dollar - sub - 7)))
+    return SIM_REF_ROUTE_KICKOFF;
+  return -1;
+}
+
 void sim_fhir_handle(sim_req *req, sim_resp *resp) {
   char type_name[64];
   const char *id;
   int type = parse_path(req->subpath, type_name, sizeof type_name, &id);
+  bool ref = req->tenant->ref.enabled;
+  /* The reference server limits its kick-off and status routes before it
+   * looks at the token (bulk_data_handler.ts: rateLimiter() comes first). */
+  if (ref && sim_ref_rate_limited(req->st, req->tenant, ref_route(req), sim_now_ms(), resp))
+    return;
   /* Authentication comes first, as on Cerner: nothing is revealed without a token. */
   char *client = NULL;
   char *scopes = authenticate(req, resp, &client);
   if (!scopes) return;
-  if (sim_export_path(req->subpath))
+  char job[SIM_EXPORT_ID_LEN + 1];
+  unsigned long file;
+  if (ref && sim_ref_parse_path(req->path, job, &file) != SIM_REF_PATH_NONE)
+    sim_ref_export_handle(req, resp, client); /* status, DELETE and files outside the base */
+  else if (sim_export_path(req->subpath))
     sim_export_handle(req, resp, scopes, client); /* DELETE is allowed there */
   else if (strcmp(req->method, "GET") != 0)
     sim_fhir_outcome(resp, 405, "not-supported", "this simulator serves GET only");
+  else if (ref)
+    cannot_get(req, resp); /* the reference server has no read or search API */
   else if (type < 0)
     sim_fhir_outcome(resp, 404, "not-supported", "unknown resource type or path");
   else if (type == SIM_RT_BINARY && id) {

@@ -33,6 +33,20 @@ typedef struct sim_search_param {
 
 typedef int (*sim_index_fn)(sim_resource *r);
 
+/* _lastUpdated as each type's page of Cerner's R4 documentation allows it. */
+typedef enum {
+  /* up to 2 values, eq/ge/gt/le/lt (none = eq), time optional; two values
+   * are a ge/gt lower and an le/lt upper bound (allergy-intolerance.md,
+   * condition.md, diagnostic-report.md, document-reference.md, encounter.md,
+   * observation.md, procedure.md) */
+  SIM_LU_RANGE = 0,
+  /* up to 2 values, ge/le only, each with a time; two are one ge and one le
+   * (medication-request.md, service-request.md) */
+  SIM_LU_TIMED_GE_LE,
+  /* one value, gt or ge, time optional (immunization.md) */
+  SIM_LU_ONE_GT_GE,
+} sim_lu_rule;
+
 typedef struct sim_search_def {
   sim_rtype type;
   bool searchable;              /* false: read only (Binary) */
@@ -44,6 +58,9 @@ typedef struct sim_search_def {
   unsigned max_count;
   unsigned max_matches;         /* 0 = unlimited; more matches answer 422 (Patient: 1000) */
   bool last_updated;            /* honours _lastUpdated (per-patient types) */
+  sim_lu_rule lu_rule;          /* how Cerner's documentation restricts it */
+  bool lu_no_date;              /* date (and period) may not come with _lastUpdated */
+  bool relationship_level;      /* RelatedPerson: patient/identifier need -relationship-level=Patient */
   bool id_alone;                /* _id must be sent alone (_count aside) */
   bool quirks;                  /* Cerner's paging quirks apply (knobs paging_*) */
   const char *patient_requires; /* "name=value" a search by patient must carry, or NULL */
@@ -65,6 +82,10 @@ void sim_fhir_search(sim_req *req, sim_resp *resp, const sim_search_def *def);
  * _count or -pageContext. */
 bool sim_fhir_match(const sim_search_def *def, const sim_resource *r, const sim_kv *params,
                     size_t n);
+
+/* One search value q against one key, as a parameter of that kind compares
+ * (shared with the export's _typeFilter matching, export_scope.c). */
+bool sim_fhir_value_matches(sim_param_kind kind, const char *key, const char *q);
 
 /* Index functions. */
 int sim_index_patient(sim_resource *r);
@@ -103,6 +124,10 @@ bool sim_export_path(const char *subpath);
 /* Group read, $export kick-off, status, DELETE and file redirects, after
  * authentication: scopes and client_id are the token's. */
 void sim_export_handle(sim_req *req, sim_resp *resp, const char *scopes, const char *client_id);
+
+/* Reference server mode (refserver.h): status (GET, DELETE) and file URLs
+ * outside the FHIR base, after authentication. */
+void sim_ref_export_handle(sim_req *req, sim_resp *resp, const char *client_id);
 
 /* Control endpoints that need the FHIR rules (control_data.c). */
 void sim_control_expected(sim_req *req, sim_tenant *t, sim_resp *resp);

@@ -46,7 +46,7 @@ static void digits(const char *s, char *out, size_t n) {
   out[j] = '\0';
 }
 
-static bool value_matches(sim_param_kind kind, const char *key, const char *q) {
+bool sim_fhir_value_matches(sim_param_kind kind, const char *key, const char *q) {
   char a[64], b[64];
   switch (kind) {
   case SIM_P_STRING: return prefix_ci(key, q);
@@ -67,7 +67,7 @@ static bool value_matches(sim_param_kind kind, const char *key, const char *q) {
 /* One query value against every key of that parameter. */
 static bool any_key_matches(const sim_resource *r, const sim_search_param *p, const char *q) {
   for (size_t k = 0; k < r->nkeys; k++)
-    if (strcmp(r->keys[k].name, p->name) == 0 && value_matches(p->kind, r->keys[k].value, q))
+    if (strcmp(r->keys[k].name, p->name) == 0 && sim_fhir_value_matches(p->kind, r->keys[k].value, q))
       return true;
   return false;
 }

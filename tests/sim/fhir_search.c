@@ -284,6 +284,76 @@ static int last_updated_matches(const char *value, int64_t t, bool *match) {
 
 /* ---- parameter checks ---- */
 
+/* One _lastUpdated value's prefix (explicit or the implied "eq") and bounds. */
+typedef struct lu_value {
+  char op[3];
+  bool explicit_op, has_time;
+  int64_t lo, hi;
+} lu_value;
+
+static int lu_parse(const char *value, lu_value *v) {
+  snprintf(v->op, sizeof v->op, "eq");
+  v->explicit_op = isalpha((unsigned char)value[0]) && isalpha((unsigned char)value[1]);
+  if (v->explicit_op) {
+    memcpy(v->op, value, 2);
+    value += 2;
+  }
+  v->has_time = strchr(value, 'T') != NULL;
+  return sim_fhir_parse_instant(value, &v->lo, &v->hi);
+}
+
+static bool op_is(const lu_value *v, const char *a, const char *b) {
+  return strcmp(v->op, a) == 0 || (b && strcmp(v->op, b) == 0);
+}
+
+/* _lastUpdated as the type's page of Cerner's R4 documentation allows it
+ * (sim_lu_rule), or the 400 message. */
+static const char *last_updated_problem(const sim_search_def *def, const query *q) {
+  lu_value v[2];
+  size_t n = 0;
+  for (size_t i = 0; i < q->n; i++) {
+    if (strcmp(q->p[i].key, "_lastUpdated") != 0) continue;
+    if (n == 2 || (n == 1 && def->lu_rule == SIM_LU_ONE_GT_GE))
+      return def->lu_rule == SIM_LU_ONE_GT_GE
+                 ? "_lastUpdated can be provided only once, with the gt or ge prefix"
+                 : "_lastUpdated may be provided at most two times";
+    if (lu_parse(q->p[i].value, &v[n]) != 0)
+      return "_lastUpdated must be a prefix (eq, ge, gt, le, lt) followed by a FHIR date or "
+             "instant, e.g. _lastUpdated=ge2014-05-19T20:54:02.000Z";
+    n++;
+  }
+  if (n == 0) return NULL;
+  if (def->lu_no_date && (query_get(q, "date") || query_get(q, "period")))
+    return "The date and _lastUpdated parameters may not be provided together";
+  switch (def->lu_rule) {
+  case SIM_LU_ONE_GT_GE:
+    if (!op_is(&v[0], "gt", "ge")) return "_lastUpdated must use the gt or ge prefix";
+    return NULL;
+  case SIM_LU_TIMED_GE_LE:
+    for (size_t i = 0; i < n; i++)
+      if (!v[i].explicit_op || !op_is(&v[i], "ge", "le") || !v[i].has_time)
+        return "_lastUpdated must include a time and be prefixed by ge or le, e.g. "
+               "_lastUpdated=ge2014-05-19T20:54:02.000Z";
+    if (n == 2 && (strcmp(v[0].op, v[1].op) == 0 ||
+                   (op_is(&v[0], "ge", NULL) ? v[0].lo > v[1].hi : v[1].lo > v[0].hi)))
+      return "_lastUpdated provided twice must be a ge lower and an le upper bound";
+    return NULL;
+  case SIM_LU_RANGE:
+    for (size_t i = 0; i < n; i++)
+      if (!op_is(&v[i], "eq", "ge") && !op_is(&v[i], "gt", "le") && !op_is(&v[i], "lt", NULL))
+        return "_lastUpdated must use the eq, ge, gt, le, or lt prefixes";
+    if (n == 2) {
+      const lu_value *lower = op_is(&v[0], "ge", "gt") ? &v[0] : &v[1];
+      const lu_value *upper = lower == &v[0] ? &v[1] : &v[0];
+      if (!op_is(lower, "ge", "gt") || !op_is(upper, "le", "lt") || lower->lo > upper->hi)
+        return "When _lastUpdated is provided twice, the lower value must have a ge or gt prefix "
+               "and the higher value an le or lt prefix";
+    }
+    return NULL;
+  }
+  return NULL;
+}
+
 static bool has_required(const sim_search_def *def, const query *q, bool paged) {
   if (!def->required || paged) return true;
   for (size_t i = 0; def->required[i]; i++) {
@@ -337,15 +407,22 @@ static const char *rule_problem(const sim_search_def *def, const query *q) {
     if (!v || strcmp(v, eq + 1) != 0)
       return "a search by patient requires category=assess-plan";
   }
-  if (def->last_updated) {
-    for (size_t i = 0; i < q->n; i++) {
-      bool ignored;
-      if (strcmp(q->p[i].key, "_lastUpdated") == 0 &&
-          last_updated_matches(q->p[i].value, 0, &ignored) != 0)
-        return "_lastUpdated must be [eq|ne|gt|lt|ge|le|sa|eb] followed by a FHIR date or "
-               "instant";
-    }
+  if (def->relationship_level) {
+    /* related-person.md: "-relationship-level is required for patient and
+     * identifier searches", "can only be provided with patient or
+     * identifier", "can only be set to Patient". */
+    const char *level = query_get(q, "-relationship-level");
+    bool by_person = query_get(q, "patient") || query_get(q, "identifier");
+    if (by_person && !level)
+      return "-relationship-level is required for patient and identifier searches: add "
+             "-relationship-level=Patient";
+    if (level && !by_person)
+      return "-relationship-level can only be provided with patient or identifier";
+    if (level && strcmp(level, "Patient") != 0 &&
+        strcmp(level, "http://hl7.org/fhir/resource-types|Patient") != 0)
+      return "-relationship-level can only be set to Patient";
   }
+  if (def->last_updated) return last_updated_problem(def, q);
   return NULL;
 }
 
@@ -565,7 +642,7 @@ static void send_bundle(sim_req *req, sim_resp *resp, const sim_search_def *def,
                         const matches *m) {
   const sim_store *store = req->tenant->store;
   char base[512], uuid[37];
-  snprintf(base, sizeof base, "http://%s/r4/%s/%s", req->host, req->tenant->id,
+  snprintf(base, sizeof base, "%s://%s/r4/%s/%s", sim_scheme(), req->host, req->tenant->id,
            sim_rtype_name(def->type));
   uint64_t qhash = query_hash(q);
   page pg = cut_page(def, &sim_store_params(store)->knobs, q, qhash, m->n);

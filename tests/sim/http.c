@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "tests/sim/delay.h"
 #include "tests/sim/fhir.h"
+#include "tests/sim/refserver.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -40,6 +41,9 @@ typedef struct req_ctx {
   int64_t started_ms;
   unsigned status;
   bool oom; /* copying the request out of MHD failed */
+  bool started;   /* the access handler has copied the request out of MHD */
+  bool in_flight; /* counted in the tenant's in-flight FHIR requests (sim_load_*) */
+  char *raw_uri;  /* the request target exactly as received (on_uri) */
 } req_ctx;
 
 /* ---- responses ---- */
@@ -165,6 +169,14 @@ static void route(sim_req *r) {
       r->route = SIM_ROUTE_UNKNOWN_TENANT;
     else if (strcmp(rest, "/protocols/oauth2/profiles/smart-v1/token") == 0)
       r->route = SIM_ROUTE_TOKEN;
+    else if (strcmp(rest, "/auth/register") == 0 && r->tenant->ref.enabled)
+      r->route = SIM_ROUTE_REGISTER;
+  } else if ((r->tenant = sim_ref_tenant_of(r->st, r->path))) {
+    /* A reference-server export's status or file URL: outside /r4/{tenant},
+     * it belongs to the tenant whose export it names. Fault paths match it
+     * whole: "fhir/bulkstatus/{job}", "{settings}/fhir/bulkfiles/{file}". */
+    r->subpath = r->path;
+    r->route = SIM_ROUTE_FHIR;
   }
 }
 
@@ -208,10 +220,31 @@ static void pick_fault(req_ctx *c) {
                                    sim_now_ms(), &c->fault);
 }
 
-static req_ctx *ctx_new(sim_server *srv, struct MHD_Connection *conn, const char *url,
-                        const char *method) {
+/* MHD_OPTION_URI_LOG_CALLBACK: the first callback of a request, before its
+ * headers are parsed, and the only one that sees the request target as the
+ * client sent it (the access handler gets the path and the arguments
+ * decoded). The context created here is MHD's con_cls from now on and is
+ * freed by on_completed, which MHD calls for every request this callback saw. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  (void)cls;
+  (void)conn;
   req_ctx *c = calloc(1, sizeof *c);
-  if (!c) return NULL;
+  if (c) c->raw_uri = strdup(uri ? uri : "");
+  return c;
+}
+
+static void load_leave(req_ctx *c) {
+  if (!c->in_flight) return;
+  c->in_flight = false;
+  sim_load_leave(c->req.st, c->req.tenant);
+}
+
+/* Fills the context the first time the access handler runs (c from on_uri,
+ * or NULL if that could not allocate). */
+static req_ctx *ctx_new(sim_server *srv, req_ctx *c, struct MHD_Connection *conn, const char *url,
+                        const char *method) {
+  if (!c && !(c = calloc(1, sizeof *c))) return NULL;
+  c->started = true;
   c->srv = srv;
   c->started_ms = sim_mono_ms();
   c->req.conn = conn;
@@ -223,8 +256,14 @@ static req_ctx *ctx_new(sim_server *srv, struct MHD_Connection *conn, const char
     ctx_free(c);
     return NULL;
   }
+  const char *q = c->raw_uri ? strchr(c->raw_uri, '?') : NULL;
+  c->req.raw_query = q ? q + 1 : "";
   set_host(&c->req, srv->fallback_host);
   route(&c->req);
+  if (c->req.route == SIM_ROUTE_FHIR) {
+    sim_load_arrive(srv->st, c->req.tenant, sim_mono_us());
+    c->in_flight = true;
+  }
   pick_fault(c);
   return c;
 }
@@ -239,6 +278,7 @@ static void ctx_free(req_ctx *c) {
   sim_buf_free(&c->req.body);
   sim_fault_effect_clear(&c->fault);
   free(c->request_key);
+  free(c->raw_uri);
   free(c);
 }
 
@@ -269,6 +309,8 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
     sim_fhir_classify(r, type, &kind, read_key);
     sim_count_fhir_request(st, r->tenant, type, kind, read_key);
   }
+  if (r->tenant->ref.enabled)
+    sim_ref_count_path(st, r->tenant, r->path, sim_req_header(r, "Authorization") != NULL);
   if (f && fault_changes_answer(f)) sim_count_fault(st, r->tenant, target);
   if (f && f->reset) {
     c->reset = true;
@@ -277,6 +319,7 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
   }
   if (f && sim_fault_replaces(f)) {
     sim_fault_respond(f, target, resp);
+    if (f->echo) sim_fault_echo(r, resp);
   } else {
     if (r->route == SIM_ROUTE_TOKEN)
       sim_token_handle(r, resp);
@@ -286,9 +329,16 @@ static void dispatch_tenant(req_ctx *c, sim_resp *resp) {
       sim_fhir_handle(r, resp);
     if (f) sim_fault_rewrite(f, r, resp);
   }
-  int64_t now = f ? sim_now_ms() : 0, not_before;
+  int64_t now = f || resp->retry_not_before_ms ? sim_now_ms() : 0, not_before;
   if (f && sim_fault_add_headers(f, now, resp, &not_before) && c->request_key)
     sim_faults_note_retry(st, r->tenant, c->request_key, now, not_before);
+  else if (resp->retry_not_before_ms) {
+    /* The handler announced a Retry-After itself (the reference server's
+     * rate limiter): the next request for this target is checked alike. */
+    if (!c->request_key) c->request_key = request_key(r);
+    if (c->request_key)
+      sim_faults_note_retry(st, r->tenant, c->request_key, now, resp->retry_not_before_ms);
+  }
   if (r->route == SIM_ROUTE_FHIR) sim_count_fhir(st, r->tenant, resp->status);
 }
 
@@ -305,6 +355,10 @@ static void dispatch(req_ctx *c, sim_resp *resp) {
     break;
   case SIM_ROUTE_NOT_FOUND:
     sim_fhir_outcome(resp, 404, "not-found", "no such endpoint");
+    break;
+  case SIM_ROUTE_REGISTER:
+    sim_ref_count_path(r->st, r->tenant, r->path, sim_req_header(r, "Authorization") != NULL);
+    sim_ref_register(r, resp);
     break;
   default: dispatch_tenant(c, resp); break;
   }
@@ -345,6 +399,10 @@ static enum MHD_Result send_response(req_ctx *c, sim_resp *resp) {
   for (size_t i = 0; i < resp->nhdrs; i++)
     MHD_add_response_header(mr, resp->hdrs[i].name, resp->hdrs[i].value);
   c->status = resp->status;
+  /* No longer in flight for the load counters once the answer is queued:
+   * before the client can have it, so the simulator never counts more
+   * requests in flight than the client has open. */
+  load_leave(c);
   enum MHD_Result rc = MHD_queue_response(c->req.conn, resp->status, mr);
   MHD_destroy_response(mr);
   sim_resp_free(resp);
@@ -374,8 +432,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   (void)version;
   sim_server *srv = cls;
   req_ctx *c = *con_cls;
-  if (!c) {
-    c = ctx_new(srv, conn, url, method);
+  if (!c || !c->started) {
+    c = ctx_new(srv, c, conn, url, method);
     *con_cls = c;
     return c ? MHD_YES : MHD_NO;
   }
@@ -399,6 +457,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   dispatch(c, &resp);
   if (c->reset) {
     sim_resp_free(&resp);
+    load_leave(c);
     reset_connection(conn);
     return MHD_NO; /* MHD closes the connection without answering */
   }
@@ -414,7 +473,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   /* A resumed connection can be closed without the handler running again
    * (the client gave up meanwhile); shutdown must not wait for it. */
   if (c->delay_pending) sim_delay_resumed(&srv->delay);
-  if (srv->verbose) {
+  load_leave(c);
+  if (srv->verbose && c->started) {
     char status[8], ms[24];
     snprintf(status, sizeof status, "%u", c->status);
     snprintf(ms, sizeof ms, "%lld", (long long)(sim_mono_ms() - c->started_ms));
@@ -463,16 +523,35 @@ sim_server *sim_server_start(sim_state *st, const sim_server_opts *o, char *err,
   }
   srv->st = st;
   srv->verbose = o->verbose;
+  bool tls = o->tls_cert_pem && o->tls_key_pem;
+  if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    snprintf(err, errlen, "--tls-cert: this libmicrohttpd was built without TLS support");
+    sim_delay_stop(&srv->delay, 0);
+    sim_delay_destroy(&srv->delay);
+    free(srv);
+    return NULL;
+  }
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                   (v6 ? MHD_USE_IPv6 : 0) | (o->verbose ? MHD_USE_ERROR_LOG : 0);
+                   (v6 ? MHD_USE_IPv6 : 0) | (o->verbose ? MHD_USE_ERROR_LOG : 0) |
+                   (tls ? MHD_USE_TLS : 0);
+  /* Without TLS the key and certificate options are passed as no-ops, so
+   * there is one call either way (MHD_OPTION_ARRAY keeps it readable). */
+  struct MHD_OptionItem tls_opts[] = {
+      {tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, (void *)(uintptr_t)o->tls_key_pem},
+      {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)(uintptr_t)o->tls_cert_pem},
+      {MHD_OPTION_END, 0, NULL}};
   srv->daemon = MHD_start_daemon(
       flags, (uint16_t)o->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
       (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)o->threads,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
-      (unsigned int)60, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024,
-      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri, srv,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+      (unsigned int)1024, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4096, MHD_OPTION_ARRAY,
+      tls_opts, MHD_OPTION_END);
   if (!srv->daemon) {
-    snprintf(err, errlen, "cannot listen on %s port %u (in use, or not a local address?)",
+    snprintf(err, errlen,
+             tls ? "cannot listen on %s port %u with TLS (port in use, or the --tls-cert / "
+                   "--tls-key PEM files are not a matching certificate and key?)"
+                 : "cannot listen on %s port %u (in use, or not a local address?)",
              o->host, o->port);
     sim_delay_stop(&srv->delay, 0);
     sim_delay_destroy(&srv->delay);

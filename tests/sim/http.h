@@ -30,6 +30,7 @@ typedef enum {
   SIM_ROUTE_DISCOVERY,
   SIM_ROUTE_TOKEN,
   SIM_ROUTE_FHIR,
+  SIM_ROUTE_REGISTER, /* reference server mode: POST /tenants/{t}/auth/register */
 } sim_route;
 
 struct MHD_Connection;
@@ -41,6 +42,8 @@ typedef struct sim_req {
   sim_state *st;
   char method[16];
   char *path;      /* owned, URL path without the query */
+  const char *raw_query; /* the query exactly as received (percent-encoded, no '?'), or "";
+                            borrowed from the request context */
   char host[256];  /* sanitized Host header: what {host} means in URLs we build */
   sim_kv *query;   /* owned, decoded query arguments in request order */
   size_t nquery;
@@ -68,6 +71,10 @@ typedef struct sim_resp {
     char *value;      /* owned */
   } hdrs[SIM_RESP_MAX_HEADERS];
   size_t nhdrs;
+  /* A handler that answers with Retry-After sets the instant it announced
+   * (epoch ms); http.c then checks the next request for the same target
+   * against it like a fault's (docs/simulator.md "Retry-After"). 0 = none. */
+  int64_t retry_not_before_ms;
 } sim_resp;
 
 /* Sets status and body, taking ownership of body (malloc'd, may be NULL). */
@@ -84,6 +91,10 @@ typedef struct sim_server_opts {
   unsigned port;    /* 0 = any free port */
   unsigned threads;
   bool verbose;
+  /* PEM text of a certificate (chain) and its private key: serve HTTPS
+   * instead of HTTP (FHIR server only). Borrowed; must outlive the server. */
+  const char *tls_cert_pem;
+  const char *tls_key_pem;
 } sim_server_opts;
 
 typedef struct sim_server sim_server;
@@ -117,6 +128,9 @@ void sim_discovery_handle(sim_req *req, sim_resp *resp);
 void sim_token_handle(sim_req *req, sim_resp *resp);
 void sim_fhir_handle(sim_req *req, sim_resp *resp);
 void sim_control_handle(sim_req *req, sim_resp *resp);
+/* Reference server mode: issues a client id the way the SMART reference
+ * server does (a signed JWT carrying the JWKS) and registers it (token.c). */
+void sim_ref_register(sim_req *req, sim_resp *resp);
 
 /* The client a token request names (unverified iss of the assertion, else
  * the client_id form field): new string or NULL. */
@@ -131,6 +145,11 @@ void sim_fault_respond(const sim_fault_effect *e, sim_target target, sim_resp *r
 /* Rewrites a normal answer: foreign next link and references (200s only),
  * then truncation. */
 void sim_fault_rewrite(const sim_fault_effect *e, const sim_req *req, sim_resp *resp);
+/* A fault with `echo`: replaces {authorization}, {request_body} and
+ * {client_assertion} in resp's body with the request's Authorization header,
+ * body and client_assertion form field (JSON-escaped), as a server that
+ * reflects what it got in its error text would. */
+void sim_fault_echo(const sim_req *req, sim_resp *resp);
 /* Adds the fault's headers and Retry-After to resp. Returns true with the
  * announced wall-clock time in *not_before_ms when a Retry-After was sent. */
 bool sim_fault_add_headers(const sim_fault_effect *e, int64_t now_ms, sim_resp *resp,

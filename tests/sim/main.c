@@ -3,10 +3,13 @@
  *
  *   cerner-sim --config FILE [--host 127.0.0.1] [--port N] [--port-file PATH]
  *              [--storage-port N] [--storage-port-file PATH] [--threads N] [--verbose]
+ *              [--tls-cert PEM --tls-key PEM]
  *
  * Two servers listen on --host: the FHIR/token/control server on --port and
  * the storage server that Bulk Data downloads are redirected to on
- * --storage-port (storage.c).
+ * --storage-port (storage.c). With --tls-cert and --tls-key the FHIR server
+ * speaks HTTPS and every URL it builds for itself says https; the storage
+ * server stays plain HTTP (another host, as S3 is for Cerner).
  *
  * Exit status: 0 after SIGTERM/SIGINT, 2 for bad arguments or configuration,
  * 1 when the server cannot start. */
@@ -35,13 +38,15 @@ typedef struct options {
   unsigned storage_port;
   unsigned threads;
   bool verbose;
+  const char *tls_cert; /* paths */
+  const char *tls_key;
 } options;
 
 static int usage(const char *problem) {
   fprintf(stderr,
           "cerner-sim: %s\nusage: cerner-sim --config FILE [--host 127.0.0.1] [--port N] "
           "[--port-file PATH] [--storage-port N] [--storage-port-file PATH] [--threads N] "
-          "[--verbose]\n",
+          "[--verbose] [--tls-cert PEM --tls-key PEM]\n",
           problem);
   return 2;
 }
@@ -61,6 +66,7 @@ static int parse_args(int argc, char **argv, options *o) {
       {"threads", required_argument, NULL, 't'},   {"verbose", no_argument, NULL, 'v'},
       {"storage-port", required_argument, NULL, 's'},
       {"storage-port-file", required_argument, NULL, 'S'},
+      {"tls-cert", required_argument, NULL, 'C'},  {"tls-key", required_argument, NULL, 'K'},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
   *o = (options){.host = "127.0.0.1", .threads = 2};
   int c;
@@ -70,6 +76,8 @@ static int parse_args(int argc, char **argv, options *o) {
     case 'H': o->host = optarg; break;
     case 'f': o->port_file = optarg; break;
     case 'S': o->storage_port_file = optarg; break;
+    case 'C': o->tls_cert = optarg; break;
+    case 'K': o->tls_key = optarg; break;
     case 's':
       if (parse_uint(optarg, 0, 65535, &o->storage_port))
         return usage("--storage-port: expected 0-65535");
@@ -87,6 +95,7 @@ static int parse_args(int argc, char **argv, options *o) {
   }
   if (optind < argc) return usage("unexpected argument");
   if (!o->config) return usage("--config is required");
+  if (!o->tls_cert != !o->tls_key) return usage("--tls-cert and --tls-key go together");
   return 0;
 }
 
@@ -122,7 +131,47 @@ static void block_signals(sigset_t *set) {
   signal(SIGPIPE, SIG_IGN);
 }
 
+static int serve_with(const options *o, sim_state *st, const sigset_t *set, const char *tls_cert,
+                      const char *tls_key);
+
+/* The whole of a small PEM file as a string (caller frees), or NULL. */
+static char *read_pem(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *buf = malloc(1 << 20);
+  size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+  bool whole = buf && feof(f) && !ferror(f) && n > 0;
+  fclose(f);
+  if (!whole) {
+    free(buf);
+    return NULL;
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
 static int serve(const options *o, sim_state *st, const sigset_t *set) {
+  char *tls_cert = NULL, *tls_key = NULL;
+  if (o->tls_cert) {
+    tls_cert = read_pem(o->tls_cert);
+    tls_key = read_pem(o->tls_key);
+    if (!tls_cert || !tls_key) {
+      fprintf(stderr, "cerner-sim: cannot read %s (a PEM file of at most 1 MiB)\n",
+              !tls_cert ? o->tls_cert : o->tls_key);
+      free(tls_cert);
+      free(tls_key);
+      return 2;
+    }
+    sim_set_scheme("https");
+  }
+  int rc = serve_with(o, st, set, tls_cert, tls_key);
+  free(tls_cert);
+  free(tls_key);
+  return rc;
+}
+
+static int serve_with(const options *o, sim_state *st, const sigset_t *set, const char *tls_cert,
+                      const char *tls_key) {
   char err[512];
   /* Storage first: the FHIR server hands out its origin in redirects, and
    * its port file is written before the FHIR server's, so a test that saw
@@ -140,6 +189,8 @@ static int serve(const options *o, sim_state *st, const sigset_t *set) {
     return 1;
   }
   so.port = o->port;
+  so.tls_cert_pem = tls_cert;
+  so.tls_key_pem = tls_key;
   sim_server *srv = sim_server_start(st, &so, err, sizeof err);
   if (!srv) {
     fprintf(stderr, "cerner-sim: %s\n", err);

@@ -1,5 +1,6 @@
 #include "tests/sim/state.h"
 
+#include "tests/sim/refserver.h"
 #include "tests/sim/util.h"
 
 #include <openssl/rand.h>
@@ -34,9 +35,12 @@ static int counters_init(sim_counters *c) {
                       .fhir_by_type = json_object(),
                       .fhir_by_kind = json_object(),
                       .fhir_by_type_kind = json_object(),
-                      .reads = json_object()};
+                      .reads = json_object(),
+                      .kickoffs = json_array(),
+                      .auth_paths = json_object()};
   return c->token_rejections && c->by_client && c->fhir_by_status && c->faults_served &&
-                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads
+                 c->fhir_by_type && c->fhir_by_kind && c->fhir_by_type_kind && c->reads &&
+                 c->kickoffs && c->auth_paths
              ? 0
              : -1;
 }
@@ -50,6 +54,8 @@ static void counters_free(sim_counters *c) {
   json_decref(c->fhir_by_kind);
   json_decref(c->fhir_by_type_kind);
   json_decref(c->reads);
+  json_decref(c->kickoffs);
+  json_decref(c->auth_paths);
   *c = (sim_counters){0};
 }
 
@@ -60,11 +66,14 @@ static int tenant_init(sim_tenant *t, const sim_tenant_cfg *tc, uint64_t seed,
   t->id = strdup(tc->id);
   t->expires_in = tc->expires_in;
   t->export_settings = tc->export_settings;
+  t->ref = tc->ref;
+  t->ref.scopes = (sim_strv){0};
   t->store = sim_store_build(&dp, indexer, err, errlen);
   if (!t->store || sim_groups_init(t, tc, err, errlen) != 0) return -1;
   t->clients = calloc(tc->nclients + 1, sizeof *t->clients);
   if (!t->id || !t->clients || sim_strv_copy(&t->auth_methods, &tc->auth_methods) ||
-      sim_strv_copy(&t->signing_algs, &tc->signing_algs) || counters_init(&t->counters) ||
+      sim_strv_copy(&t->signing_algs, &tc->signing_algs) ||
+      sim_strv_copy(&t->ref.scopes, &tc->ref.scopes) || counters_init(&t->counters) ||
       sim_faults_tenant_init(t))
     goto oom;
   for (size_t i = 0; i < tc->nclients; i++) {
@@ -83,10 +92,13 @@ static void tenant_free(sim_tenant *t) {
   sim_store_free(t->store);
   sim_strv_free(&t->auth_methods);
   sim_strv_free(&t->signing_algs);
+  sim_strv_free(&t->ref.scopes);
+  sim_ref_rate_free(t);
   for (size_t i = 0; i < t->nclients; i++) sim_client_clear(&t->clients[i]);
   free(t->clients);
   sim_faults_tenant_free(t);
   counters_free(&t->counters);
+  sim_load_free(t);
 }
 
 int sim_state_init(sim_state *st, const sim_config *cfg, sim_store_indexer indexer, char *err,
@@ -286,6 +298,26 @@ int sim_state_token_scope(sim_state *st, sim_tenant *t, const char *token, char 
   return -1;
 }
 
+typedef struct token_scan {
+  size_t tenant;
+  json_t *list;
+} token_scan;
+
+static void visit_token(const char *key, void *value, void *arg) {
+  token_scan *ts = arg;
+  if (((issued_token *)value)->tenant == ts->tenant)
+    json_array_append_new(ts->list, json_string(key));
+}
+
+json_t *sim_state_tokens_json(sim_state *st, sim_tenant *t) {
+  token_scan ts = {.tenant = t->index, .list = json_array()};
+  if (!ts.list) return NULL;
+  pthread_mutex_lock(&st->lock);
+  sim_map_foreach(&st->tokens, visit_token, &ts);
+  pthread_mutex_unlock(&st->lock);
+  return json_pack("{s:o}", "tokens", ts.list);
+}
+
 static void bump(json_t *obj, const char *key) {
   json_t *v = json_object_get(obj, key);
   if (v)
@@ -356,7 +388,15 @@ void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what) {
   case SIM_XCOUNT_POLL: c->export_polls++; break;
   case SIM_XCOUNT_FILE: c->export_files++; break;
   case SIM_XCOUNT_DELETE: c->export_deletes++; break;
+  case SIM_XCOUNT_INVALID: c->export_invalid++; break;
+  case SIM_XCOUNT_OTHER_CLIENT: c->export_other_client++; break;
   }
+  pthread_mutex_unlock(&st->lock);
+}
+
+void sim_count_ref_registration(sim_state *st, sim_tenant *t) {
+  pthread_mutex_lock(&st->lock);
+  t->counters.ref_registrations++;
   pthread_mutex_unlock(&st->lock);
 }
 
@@ -389,7 +429,7 @@ json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type) {
 
 static json_t *tenant_counters(const sim_counters *c) {
   return json_pack("{s:I, s:I, s:O, s:O, s:I, s:I, s:O, s:O, s:O, s:O, s:O, s:{s:I, s:I, s:I, "
-                   "s:I, s:I}}",
+                   "s:I, s:I, s:I, s:I}, s:{s:I, s:I, s:I}}",
                    "token_requests",
                    (json_int_t)c->token_requests, "tokens_granted", (json_int_t)c->tokens_granted,
                    "token_rejections", c->token_rejections, "token_requests_by_client",
@@ -400,7 +440,12 @@ static json_t *tenant_counters(const sim_counters *c) {
                    c->fhir_by_type_kind, "export", "kickoffs", (json_int_t)c->export_kickoffs,
                    "kickoffs_refused", (json_int_t)c->export_refused, "status_polls",
                    (json_int_t)c->export_polls, "files_served", (json_int_t)c->export_files,
-                   "deletes", (json_int_t)c->export_deletes);
+                   "deletes", (json_int_t)c->export_deletes, "kickoffs_invalid",
+                   (json_int_t)c->export_invalid, "other_client",
+                   (json_int_t)c->export_other_client, "reference_server",
+                   "registrations", (json_int_t)c->ref_registrations, "rate_limited_epoch_ms",
+                   (json_int_t)c->ref_limited_ms, "rate_limited_epoch_s",
+                   (json_int_t)c->ref_limited_s);
 }
 
 json_t *sim_state_counters_json(sim_state *st) {
@@ -428,7 +473,10 @@ void sim_state_reset_counters(sim_state *st) {
     sim_counters *c = &st->tenants[i].counters;
     c->token_requests = c->tokens_granted = c->discovery_requests = c->fhir_requests = 0;
     c->export_kickoffs = c->export_refused = c->export_polls = c->export_files =
-        c->export_deletes = 0;
+        c->export_deletes = c->export_invalid = c->export_other_client = 0;
+    c->ref_registrations = c->ref_limited_ms = c->ref_limited_s = 0;
+    json_object_clear(c->auth_paths);
+    sim_ref_rate_reset_locked(&st->tenants[i]);
     json_object_clear(c->token_rejections);
     json_object_clear(c->by_client);
     json_object_clear(c->fhir_by_status);
@@ -437,7 +485,9 @@ void sim_state_reset_counters(sim_state *st) {
     json_object_clear(c->fhir_by_kind);
     json_object_clear(c->fhir_by_type_kind);
     json_object_clear(c->reads);
+    json_array_clear(c->kickoffs);
     sim_faults_retry_reset_locked(&st->tenants[i]);
+    sim_load_reset_locked(&st->tenants[i]);
   }
   st->storage_requests = st->storage_authorization = st->storage_bytes = 0;
   pthread_mutex_unlock(&st->lock);

@@ -42,7 +42,27 @@ typedef struct sim_counters {
   long export_polls;         /* status GETs */
   long export_files;         /* file GETs redirected (307) */
   long export_deletes;       /* DELETEs answered 202 */
+  json_t *kickoffs;          /* the last SIM_KICKOFF_LOG kick-offs: query as received, status */
+  long export_invalid;       /* kick-offs refused for their parameters (400/422) */
+  long export_other_client;  /* status, file or DELETE requests of another client (403) */
+  /* Reference server mode (refserver.c). */
+  long ref_registrations;    /* clients registered through auth/register */
+  long ref_limited_ms;       /* 429s whose Retry-After was an epoch in milliseconds */
+  long ref_limited_s;        /* 429s whose Retry-After was an epoch in seconds */
+  json_t *auth_paths;        /* path -> {"requests": n, "authorization": m} */
 } sim_counters;
+
+#define SIM_KICKOFF_LOG 100
+
+/* A reference-server route's rate limiter (refserver.c): the real server's
+ * sliding window per route (lib.ts rateLimiter). */
+typedef struct sim_ratelimit {
+  int64_t *times; /* arrivals still inside the window, oldest first */
+  size_t n, cap;
+  int64_t blocked_until; /* epoch ms; 0 = not blocked */
+} sim_ratelimit;
+
+enum { SIM_REF_ROUTE_KICKOFF, SIM_REF_ROUTE_STATUS, SIM_REF_ROUTE_COUNT };
 
 typedef enum {
   SIM_XCOUNT_KICKOFF,
@@ -50,7 +70,23 @@ typedef enum {
   SIM_XCOUNT_POLL,
   SIM_XCOUNT_FILE,
   SIM_XCOUNT_DELETE,
+  SIM_XCOUNT_INVALID,
+  SIM_XCOUNT_OTHER_CLIENT,
 } sim_export_count;
+
+/* What the FHIR requests of a tenant look like from the server's side
+ * (load.c): how many are in flight (from arrival until the answer is queued,
+ * delays included), the most there ever were, and when each arrived, for
+ * checking a client's concurrency and rate limits. Guarded by sim_state.lock. */
+typedef struct sim_load {
+  long in_flight;
+  long peak;
+  int64_t *arrivals_us; /* monotonic, in arrival order; the first SIM_LOAD_MAX kept */
+  size_t n, cap;
+  long dropped;         /* arrivals beyond SIM_LOAD_MAX, counted only */
+} sim_load;
+
+#define SIM_LOAD_MAX 200000
 
 typedef struct sim_tenant {
   /* Immutable after init. */
@@ -61,6 +97,7 @@ typedef struct sim_tenant {
   size_t index;
   sim_group *groups; /* Bulk Data groups (export.c) */
   size_t ngroups;
+  sim_refserver_cfg ref; /* reference server mode (refserver.c) */
   /* Guarded by sim_state.lock. */
   long expires_in;
   bool fhir_always_401;
@@ -69,6 +106,7 @@ typedef struct sim_tenant {
   size_t nclients;
   sim_export_settings export_settings;
   bool export_fail_next; /* the next accepted kick-off's export fails */
+  sim_ratelimit ratelimit[SIM_REF_ROUTE_COUNT]; /* reference server mode */
   sim_fault *faults; /* in posting order; first match wins (fault.c) */
   size_t nfaults;
   sim_map retry_pending;  /* request target -> Retry-After announced (fault.c) */
@@ -79,6 +117,7 @@ typedef struct sim_tenant {
    * read without it so that requests of an untouched tenant stay lock-free. */
   atomic_bool fault_armed;
   sim_counters counters;
+  sim_load load;
 } sim_tenant;
 
 typedef struct sim_state {
@@ -153,12 +192,30 @@ void sim_count_fault(sim_state *st, sim_tenant *t, sim_target target);
 void sim_count_fhir_request(sim_state *st, sim_tenant *t, const char *type, const char *kind,
                             const char *read_key);
 void sim_count_export(sim_state *st, sim_tenant *t, sim_export_count what);
+/* A client registered through a reference-server tenant's auth/register. */
+void sim_count_ref_registration(sim_state *st, sim_tenant *t);
 /* One storage request; bytes of bodies are added as they are produced. */
 void sim_count_storage_request(sim_state *st, bool authorization);
 void sim_count_storage_bytes(sim_state *st, size_t bytes);
 /* New reference: {"Type/id": reads} of the tenant, only `type`'s when type
  * is not NULL. */
 json_t *sim_state_reads_json(sim_state *st, sim_tenant *t, const char *type);
+
+/* Load (load.c): a FHIR request of tenant t arrives (at monotonic time
+ * now_us) or stops being in flight. t NULL is ignored. */
+void sim_load_arrive(sim_state *st, sim_tenant *t, int64_t now_us);
+void sim_load_leave(sim_state *st, sim_tenant *t);
+/* New reference: {"in_flight", "peak_in_flight", "requests", "dropped",
+ * "arrivals_us": [...]} (GET /_sim/tenants/{t}/load). */
+json_t *sim_load_json(sim_state *st, sim_tenant *t);
+/* Forgets arrivals and sets the peak to what is in flight now. Lock held. */
+void sim_load_reset_locked(sim_tenant *t);
+void sim_load_free(sim_tenant *t);
+
+/* New reference: {"tokens": ["...", ...]}: the access tokens issued for
+ * tenant t that have not been pruned (GET /_sim/tenants/{t}/tokens), so a
+ * test can look for them where they must never appear. */
+json_t *sim_state_tokens_json(sim_state *st, sim_tenant *t);
 
 /* New reference: {"tenants":{"<id>":{...}}, "storage":{...}}. */
 json_t *sim_state_counters_json(sim_state *st);

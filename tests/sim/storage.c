@@ -8,7 +8,7 @@
  *                                     mechanism allowed" (counted)
  *     signature wrong               -> 403 SignatureDoesNotMatch
  *     job deleted, file unknown     -> 404 NoSuchKey
- *     job expired                   -> 403 AccessDenied "Request has expired"
+ *     job expired, or its URLs      -> 403 AccessDenied "Request has expired"
  *     otherwise                     -> 200, Content-Type application/fhir+ndjson,
  *                                      Content-Encoding gzip (whatever Accept-Encoding
  *                                      says, like an object stored with that metadata)
@@ -182,7 +182,7 @@ static struct MHD_Response *answer(sim_storage *s, struct MHD_Connection *conn, 
   int64_t now = sim_now_ms();
   pthread_mutex_lock(&st->lock);
   sim_export *x = sim_map_get(&st->exports, id);
-  bool expired = x && sim_export_expired_locked(x, now);
+  bool expired = x && (sim_export_expired_locked(x, now) || x->urls_expired);
   if (x && !expired) sim_export_ref(x);
   pthread_mutex_unlock(&st->lock);
   if (expired) return xml_error(status, 403, "AccessDenied", "Request has expired");

@@ -736,6 +736,55 @@ static void test_counters(void **state) {
   assert_int_equal(fx_sim_counter(&f->sim, TENANT, "no_such_counter"), -1);
 }
 
+/* What tests read to check a client from the server's side: the tenant's
+ * load (requests, peak in flight, arrival times), the tokens it issued, and
+ * an `echo` fault that repeats the request's credential in its answer. */
+static void test_load_tokens_echo(void **state) {
+  fixture *f = *state;
+  assert_int_equal(fx_sim_post_json(&f->sim, "/_sim/counters/reset", NULL), 200);
+  char *token = get_token(f, &f->es, "system/Patient.read");
+  fxt_http_resp r;
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(fhir_get(&f->sim, "/Patient/" WILMA, token, &r), 200);
+    fxt_http_resp_free(&r);
+  }
+  json_t *load = fx_sim_get_json(&f->sim, "/_sim/tenants/" TENANT "/load");
+  assert_int_equal(json_integer_value(json_object_get(load, "requests")), 3);
+  assert_int_equal(json_integer_value(json_object_get(load, "in_flight")), 0);
+  assert_int_equal(json_integer_value(json_object_get(load, "peak_in_flight")), 1);
+  json_t *arr = json_object_get(load, "arrivals_us");
+  assert_int_equal(json_array_size(arr), 3);
+  assert_true(json_integer_value(json_array_get(arr, 0)) <= json_integer_value(json_array_get(arr, 2)));
+  json_decref(load);
+  assert_int_equal(fx_sim_delete(&f->sim, "/_sim/tenants/" TENANT "/load"), 200);
+  load = fx_sim_get_json(&f->sim, "/_sim/tenants/" TENANT "/load");
+  assert_int_equal(json_integer_value(json_object_get(load, "requests")), 0);
+  json_decref(load);
+
+  json_t *tokens = fx_sim_get_json(&f->sim, "/_sim/tenants/" TENANT "/tokens");
+  assert_true(array_has(json_object_get(tokens, "tokens"), token));
+  json_decref(tokens);
+  tokens = fx_sim_get_json(&f->sim, "/_sim/tenants/" TENANT_B "/tokens");
+  assert_false(array_has(json_object_get(tokens, "tokens"), token));
+  json_decref(tokens);
+
+  assert_int_equal(fx_sim_post_json(&f->sim, "/_sim/tenants/" TENANT "/faults",
+                                    "{\"target\":\"fhir\",\"status\":401,\"echo\":true}"),
+                   400); /* echo needs a body to echo into */
+  assert_int_equal(
+      fx_sim_post_json(&f->sim, "/_sim/tenants/" TENANT "/faults",
+                       "{\"target\":\"fhir\",\"path\":\"Patient\",\"status\":401,\"echo\":true,"
+                       "\"count\":1,\"body\":\"{\\\"seen\\\":\\\"{authorization}\\\"}\"}"),
+      200);
+  assert_int_equal(fhir_get(&f->sim, "/Patient/" WILMA, token, &r), 401);
+  char want[600];
+  snprintf(want, sizeof want, "{\"seen\":\"Bearer %s\"}", token);
+  assert_string_equal(r.body, want);
+  fxt_http_resp_free(&r);
+  assert_int_equal(fx_sim_delete(&f->sim, "/_sim/tenants/" TENANT "/faults"), 200);
+  free(token);
+}
+
 /* Same seed, same bytes: a second simulator serves identical resources. */
 static void test_deterministic_data(void **state) {
   fixture *f = *state;
@@ -811,6 +860,7 @@ int main(void) {
       cmocka_unit_test(test_jwks_file_rotation),
       cmocka_unit_test(test_faults),
       cmocka_unit_test(test_counters),
+      cmocka_unit_test(test_load_tokens_echo),
       cmocka_unit_test(test_deterministic_data),
       cmocka_unit_test(test_bad_config),
       cmocka_unit_test(test_clean_shutdown),

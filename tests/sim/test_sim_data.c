@@ -59,6 +59,13 @@ typedef struct fixture {
 
 /* ---- helpers ---- */
 
+/* What a search by patient must carry besides patient (Cerner's rules). */
+static const char *extra_params(const char *type) {
+  if (strcmp(type, "CarePlan") == 0) return "&category=assess-plan";
+  if (strcmp(type, "RelatedPerson") == 0) return "&-relationship-level=Patient";
+  return "";
+}
+
 static char *all_scopes(void) {
   static const char *const types[] = {
       "AllergyIntolerance", "Binary",       "CarePlan",      "CareTeam",     "Condition",
@@ -284,8 +291,7 @@ static void test_every_type_searchable(void **state) {
   for (size_t t = 0; t < NTYPES; t++) {
     const char *type = per_patient_types[t];
     char path[256];
-    snprintf(path, sizeof path, "/%s?patient=%s%s&_count=200", type, P1,
-             strcmp(type, "CarePlan") == 0 ? "&category=assess-plan" : "");
+    snprintf(path, sizeof path, "/%s?patient=%s%s&_count=200", type, P1, extra_params(type));
     json_t *ids = json_object();
     walk_stats st = {0};
     walk(f, path, 200, ids, &st);
@@ -370,7 +376,7 @@ static void test_paging_matches_expected(void **state) {
   for (size_t t = 0; t < NTYPES; t++) {
     char path[256];
     snprintf(path, sizeof path, "/%s?patient=%s&_count=2%s", per_patient_types[t], WILMA,
-             strcmp(per_patient_types[t], "CarePlan") == 0 ? "&category=assess-plan" : "");
+             extra_params(per_patient_types[t]));
     walk(f, path, 2, ids, &st);
   }
   walk(f, "/Observation?patient=" P2 "&_count=3", 3, ids, &st);
@@ -526,6 +532,9 @@ static void check_binary(const fx_sim *sim, const char *tenant, const char *toke
   fxt_http_resp_free(&r);
   free(data);
   assert_int_equal(get(sim, tenant, url, token, "Accept: text/html", &r), 406);
+  fxt_http_resp_free(&r);
+  /* binary.md: application/json only for JSON data. */
+  assert_int_equal(get(sim, tenant, url, token, "Accept: application/json", &r), 406);
   fxt_http_resp_free(&r);
 }
 
@@ -687,7 +696,8 @@ static void test_same_seed_same_bytes(void **state) {
   const char *paths[] = {"/Observation?patient=" P1 "&_count=5",
                          "/DocumentReference?patient=" WILMA,
                          "/Encounter/1900000030002",
-                         "/RelatedPerson/" P1 "-1",
+                         "/RelatedPerson?patient=" P1 "&-relationship-level=Patient",
+                         "/CareTeam?patient=" P1,
                          "/Practitioner/4000007",
                          "/Location/6000015",
                          "/Patient/" P1,

@@ -5,7 +5,16 @@
  * storage server, which refuses an Authorization header and serves gzip,
  * files whose lines are exactly the resources `expected` lists (and exactly
  * the bytes a read serves), _since, the error file, fail_next, expire,
- * DELETE, counters, faults on export paths, and a ~20 MB file.
+ * DELETE, counters, faults on export paths, and a ~20 MB file. Cerner's
+ * documented rules (group-export.md): the 18 _type values (Coverage,
+ * RelatedPerson, ServiceRequest refused; the reference types and Provenance
+ * exported, only with a patient type), _typeFilter's rules and filters
+ * applied to the data, unsupported parameters (Prefer: handling=lenient),
+ * and status, file and DELETE requests from the exporting client only. Reference
+ * server mode (docs/simulator.md "Reference server mode"): long client ids
+ * issued by auth/register, status and files outside the FHIR base served
+ * directly, Claim/ExplanationOfBenefit/ImagingStudy lines, no read API, and
+ * the per-route rate limit with epoch Retry-After values.
  *
  * The tests share one simulator and run in the order listed in main(); each
  * finishes or deletes the exports it started, so the one-export-per-client
@@ -17,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "common/b64.h"
 #include "fx_testsupport.h"
 #include "tests/sim/test_keys.h"
 
@@ -32,9 +42,17 @@
 
 #define TENANT "export-t"
 #define BIG "big-t"
+#define REF "ref-t"     /* reference server mode */
+#define REF_RL "ref-rl" /* reference server mode with a tight rate limit */
 #define CLIENT "export-client"
 #define OTHER "other-client"
 #define NARROW "narrow-client"
+#define WIDE "wide-client"
+#define WIDE_SCOPES                                                                              \
+  "system/Patient.read system/Observation.read system/Condition.read system/Encounter.read "    \
+  "system/Coverage.read "                                                                        \
+  "system/RelatedPerson.read system/ServiceRequest.read system/Practitioner.read "               \
+  "system/Organization.read system/Location.read system/Provenance.read"
 #define SMALL_GROUP "g-small"
 #define ALL_SCOPES                                                                               \
   "system/Group.read system/Patient.read system/Observation.read system/Condition.read "       \
@@ -63,7 +81,18 @@ static const char config_json[] =
     "  \"per_patient\": {\"Observation\": 40, \"Condition\": 0, \"Encounter\": 0, " ZERO_OTHERS "},"
     "  \"groups\": [{\"id\": \"all\", \"first\": 1, \"count\": 600}],"
     "  \"export\": {\"duration_ms\": 0, \"file_max_resources\": 100000},"
-    "  \"clients\": []}]}";
+    "  \"clients\": []},"
+    " {\"id\": \"" REF "\", \"patients\": 10,"
+    "  \"per_patient\": {\"Observation\": 4, \"Condition\": 2, \"Encounter\": 1, " ZERO_OTHERS "},"
+    "  \"groups\": [{\"id\": \"BMCHealthNet\", \"first\": 1, \"count\": 4}],"
+    "  \"export\": {\"duration_ms\": 300, \"file_max_resources\": 5},"
+    "  \"reference_server\": {\"extra_types\": {\"Claim\": 2, \"ExplanationOfBenefit\": 2,"
+    "                        \"ImagingStudy\": 1}}},"
+    " {\"id\": \"" REF_RL "\", \"patients\": 3,"
+    "  \"groups\": [{\"id\": \"g\", \"first\": 1, \"count\": 3}],"
+    "  \"export\": {\"duration_ms\": 0},"
+    "  \"reference_server\": {\"rate_limit\": {\"requests\": 1, \"window_ms\": 2000,"
+    "                                          \"block_ms\": 3000}}}]}";
 
 typedef struct fixture {
   fx_sim sim;
@@ -72,11 +101,16 @@ typedef struct fixture {
   char *token;        /* CLIENT, ALL_SCOPES */
   char *other_token;  /* OTHER, ALL_SCOPES */
   char *narrow_token; /* NARROW: Patient and Observation only */
+  char *wide_token;   /* WIDE: WIDE_SCOPES (the pool types and Provenance too) */
   char *big_token;    /* CLIENT on BIG */
+  char *ref_id;       /* the client id REF issued (a JWT) */
+  char *ref_token;    /* that client's token on REF */
   long storage_port;
 } fixture;
 
 /* ---- helpers ---- */
+
+static char *exchange(fixture *f, const char *tenant, const char *client, const char *scopes);
 
 static char *token_for(fixture *f, const char *tenant, const char *client, const char *scopes) {
   /* Register the client with this key and exactly these scopes. */
@@ -92,7 +126,12 @@ static char *token_for(fixture *f, const char *tenant, const char *client, const
   snprintf(path, sizeof path, "/_sim/tenants/%s/clients", tenant);
   assert_int_equal(fx_sim_post_json(&f->sim, path, text), 200);
   free(text);
+  return exchange(f, tenant, client, scopes);
+}
 
+/* A client assertion for client (iss = sub, however long) exchanged for a
+ * token with these scopes; expects 200. */
+static char *exchange(fixture *f, const char *tenant, const char *client, const char *scopes) {
   char aud[512], jti[64];
   snprintf(aud, sizeof aud, "%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token",
            f->sim.url, tenant);
@@ -219,17 +258,35 @@ static long storage_counter(const fixture *f, const char *name) {
   return out;
 }
 
-static json_t *group_expected(const fixture *f, const char *tenant, const char *group,
-                              const char *types, const char *since) {
-  char path[512];
-  snprintf(path, sizeof path, "/_sim/tenants/%s/groups/%s/expected?types=%s%s%s", tenant, group,
-           types, since ? "&since=" : "", since ? since : "");
+static json_t *group_expected_filtered(const fixture *f, const char *tenant, const char *group,
+                                       const char *types, const char *since,
+                                       const char *type_filter) {
+  char path[1024];
+  snprintf(path, sizeof path, "/_sim/tenants/%s/groups/%s/expected?types=%s%s%s%s%s", tenant,
+           group, types, since ? "&since=" : "", since ? since : "",
+           type_filter ? "&type_filter=" : "", type_filter ? type_filter : "");
   json_t *doc = fx_sim_get_json(&f->sim, path);
   assert_non_null(doc);
   json_t *list = json_incref(json_object_get(doc, "resources"));
   json_decref(doc);
   assert_true(json_is_array(list));
   return list;
+}
+
+static json_t *group_expected(const fixture *f, const char *tenant, const char *group,
+                              const char *types, const char *since) {
+  return group_expected_filtered(f, tenant, group, types, since, NULL);
+}
+
+/* How many entries of a Type/id list are of type. */
+static size_t count_type(const json_t *list, const char *type) {
+  size_t i, n = 0, tl = strlen(type);
+  const json_t *v;
+  json_array_foreach(list, i, v) {
+    const char *ref = json_string_value(v);
+    n += strncmp(ref, type, tl) == 0 && ref[tl] == '/';
+  }
+  return n;
 }
 
 /* The outcome's diagnostics, or "". */
@@ -378,6 +435,7 @@ static int group_setup(void **state) {
   f->token = token_for(f, TENANT, CLIENT, ALL_SCOPES);
   f->other_token = token_for(f, TENANT, OTHER, ALL_SCOPES);
   f->narrow_token = token_for(f, TENANT, NARROW, "system/Patient.read system/Observation.rs");
+  f->wide_token = token_for(f, TENANT, WIDE, WIDE_SCOPES);
   f->big_token = token_for(f, BIG, CLIENT, "system/Patient.read system/Observation.read");
   f->storage_port = storage_counter(f, "port");
   return f->storage_port > 0 && f->storage_port != f->sim.port ? 0 : -1;
@@ -391,7 +449,10 @@ static int group_teardown(void **state) {
     free(f->token);
     free(f->other_token);
     free(f->narrow_token);
+    free(f->wide_token);
     free(f->big_token);
+    free(f->ref_id);
+    free(f->ref_token);
     free(f);
   }
   curl_global_cleanup();
@@ -444,6 +505,14 @@ static void test_config_validation(void **state) {
                       "tenants[0].export.file_max_resources");
   expect_config_error("{\"tenants\":[{\"id\":\"t\",\"export\":{\"fail_next\":true}}]}",
                       "unknown key \"fail_next\""); /* control API only */
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"extra_types\":"
+                      "{\"Invoice\":1}}}]}",
+                      "tenants[0].reference_server.extra_types: \"Invoice\" is not one of");
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"rate_limit\":"
+                      "{\"window_ms\":0}}}]}",
+                      "tenants[0].reference_server.rate_limit.window_ms");
+  expect_config_error("{\"tenants\":[{\"id\":\"t\",\"reference_server\":{\"prefix\":1}}]}",
+                      "tenants[0].reference_server: unknown key \"prefix\"");
 }
 
 static void test_group_read(void **state) {
@@ -523,7 +592,7 @@ static void test_kickoff_validation(void **state) {
   expect_kickoff_error(f, f->token, SMALL_GROUP, "?_type=Observation,Foo", 400,
                        "unknown resource type \"Foo\"");
   expect_kickoff_error(f, f->token, SMALL_GROUP, "?_type=Practitioner", 400,
-                       "Practitioner is not exported");
+                       "exported only together with at least one of");
   expect_kickoff_error(f, f->token, SMALL_GROUP, "?_type=Observation,", 400, "empty type name");
   expect_kickoff_error(f, f->token, SMALL_GROUP, "?_outputFormat=text/csv", 400, "_outputFormat");
   expect_kickoff_error(f, f->token, SMALL_GROUP, "?_since=yesterday", 400, "_since");
@@ -668,7 +737,12 @@ static void test_manifest_and_download(void **state) {
   assert_int_equal(json_array_size(json_object_get(m, "error")), 0);
 
   /* Several files per type (file_max_resources 10), counts add up. 3
-   * patients: 3 Patients, 36 Observations, 9 Conditions. */
+   * patients: 3 Patients, 9 Conditions, and of their 36 Observations the
+   * laboratory ones (the filter is applied). */
+  json_t *expected = group_expected_filtered(f, TENANT, SMALL_GROUP, "Patient,Observation,Condition",
+                                             NULL, "Observation%3Fcategory%3Dlaboratory");
+  long labs = (long)count_type(expected, "Observation");
+  assert_true(labs > 10 && labs < 36);
   long patient = 0, observation = 0, condition = 0, obs_files = 0;
   size_t i;
   const json_t *o;
@@ -685,12 +759,10 @@ static void test_manifest_and_download(void **state) {
     if (strcmp(type, "Condition") == 0) condition += count;
   }
   assert_int_equal(patient, 3);
-  assert_int_equal(observation, 36);
-  assert_int_equal(obs_files, 4);
+  assert_int_equal(observation, labs);
+  assert_int_equal(obs_files, (labs + 9) / 10);
   assert_int_equal(condition, 9);
-
-  json_t *expected = group_expected(f, TENANT, SMALL_GROUP, "Patient,Observation,Condition", NULL);
-  assert_int_equal(json_array_size(expected), 48);
+  assert_int_equal(json_array_size(expected), (size_t)(3 + labs + 9));
   check_outputs(f, m, f->token, expected);
   json_decref(expected);
 
@@ -760,12 +832,16 @@ static void test_default_types(void **state) {
   const json_t *o;
   json_array_foreach(json_object_get(m, "output"), i, o)
       json_object_set_new(seen, json_string_value(json_object_get(o, "type")), json_true());
-  /* AllergyIntolerance is readable but has no resources: no file. */
-  assert_int_equal(json_object_size(seen), 4);
+  /* AllergyIntolerance is readable but has no resources: no file. The
+   * token reads Practitioner: the ones the others reference are exported
+   * (group-export.md: "the resources to be exported will be determined by
+   * the scopes provided in the authorization token"). */
+  assert_int_equal(json_object_size(seen), 5);
   assert_non_null(json_object_get(seen, "Patient"));
   assert_non_null(json_object_get(seen, "Observation"));
   assert_non_null(json_object_get(seen, "Condition"));
   assert_non_null(json_object_get(seen, "Encounter"));
+  assert_non_null(json_object_get(seen, "Practitioner"));
   json_decref(seen);
   json_decref(m);
   delete_export(loc, f->token);
@@ -990,6 +1066,234 @@ static void test_faults(void **state) {
   assert_int_equal(fx_sim_delete(&f->sim, "/_sim/tenants/" TENANT "/retry_after_violations"), 200);
 }
 
+/* group-export.md's _type rules: the 18 valid values, Coverage, RelatedPerson
+ * and ServiceRequest refused; the reference types and Provenance only with a
+ * patient type. */
+static void test_cerner_type_rules(void **state) {
+  fixture *f = *state;
+  static const char *const refused[] = {"Coverage", "RelatedPerson", "ServiceRequest"};
+  for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+    char q[128], words[128];
+    snprintf(q, sizeof q, "?_type=Patient,%s", refused[i]);
+    snprintf(words, sizeof words, "_type: %s is not supported by the Group export", refused[i]);
+    expect_kickoff_error(f, f->wide_token, SMALL_GROUP, q, 400, words);
+  }
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP, "?_type=Location,Organization,Provenance",
+                       400, "exported only together with at least one of AllergyIntolerance");
+  /* Asked with a patient type, they are exported: the pool entities the
+   * other exported resources reference, and a Provenance per exported
+   * resource (none for the pool types). */
+  const char *types =
+      "Patient,Observation,Encounter,Practitioner,Organization,Location,Provenance";
+  char query[256];
+  snprintf(query, sizeof query, "?_type=%s", types);
+  char *loc = start_export(f, TENANT, f->wide_token, SMALL_GROUP, query);
+  json_t *m = manifest_of(loc, f->wide_token);
+  json_t *expected = group_expected(f, TENANT, SMALL_GROUP, types, NULL);
+  size_t patients = count_type(expected, "Patient"), obs = count_type(expected, "Observation");
+  size_t enc = count_type(expected, "Encounter");
+  assert_int_equal(patients, 3);
+  assert_int_equal(obs, 36);
+  assert_int_equal(enc, 6);
+  assert_true(count_type(expected, "Practitioner") > 0);
+  assert_true(count_type(expected, "Organization") > 0);
+  assert_true(count_type(expected, "Location") > 0);
+  assert_int_equal(count_type(expected, "Provenance"), patients + obs + enc);
+  check_outputs(f, m, f->wide_token, expected);
+  /* Types in alphabetical order, Provenance in its place. */
+  const char *order[] = {"Encounter",    "Location",     "Observation",
+                         "Organization", "Patient",      "Practitioner", "Provenance"};
+  size_t i, k = 0;
+  const json_t *o;
+  json_array_foreach(json_object_get(m, "output"), i, o) {
+    const char *t = json_string_value(json_object_get(o, "type"));
+    while (k < 7 && strcmp(order[k], t) != 0) k++;
+    assert_true(k < 7);
+  }
+  /* The exported Practitioners are exactly those the Patients,
+   * Observations and Encounters reference. */
+  json_t *refs = json_object();
+  json_array_foreach(json_object_get(m, "output"), i, o) {
+    const char *t = json_string_value(json_object_get(o, "type"));
+    if (strcmp(t, "Patient") && strcmp(t, "Observation") && strcmp(t, "Encounter")) continue;
+    size_t len;
+    char *text = download(f, json_string_value(json_object_get(o, "url")), f->wide_token, &len);
+    for (const char *p = strstr(text, "\"Practitioner/"); p;
+         p = strstr(p + 1, "\"Practitioner/")) {
+      char ref[96];
+      snprintf(ref, sizeof ref, "%.*s", (int)strcspn(p + 1, "\""), p + 1);
+      json_object_set_new(refs, ref, json_true());
+    }
+    free(text);
+  }
+  assert_int_equal(json_object_size(refs), count_type(expected, "Practitioner"));
+  json_decref(refs);
+  json_decref(expected);
+  json_decref(m);
+  delete_export(loc, f->wide_token);
+  free(loc);
+  /* Without the scope, Provenance is a 403 like any type. */
+  expect_kickoff_error(f, f->token, SMALL_GROUP, "?_type=Patient,Provenance", 403,
+                       "system/Provenance.read");
+}
+
+/* group-export.md's _typeFilter rules: 400 for a filter without _type, on a
+ * type not in _type or twice for one type; 422 for a filter on Patient,
+ * Location, Organization, Practitioner or Provenance, or with a parameter it
+ * excludes (or one the simulator cannot match). */
+static void test_type_filter_rules(void **state) {
+  fixture *f = *state;
+  long invalid = export_counter(f, TENANT, "kickoffs_invalid");
+  long accepted = export_counter(f, TENANT, "kickoffs");
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_typeFilter=Observation%3Fcategory%3Dlaboratory", 400,
+                       "_typeFilter requires _type");
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Patient&_typeFilter=Observation%3Fcategory%3Dlaboratory", 400,
+                       "do not match the resources supplied in _type");
+  static const char *const unfiltered[] = {"Patient", "Practitioner", "Organization", "Location",
+                                           "Provenance"};
+  for (size_t i = 0; i < sizeof unfiltered / sizeof *unfiltered; i++) {
+    char q[256];
+    snprintf(q, sizeof q, "?_type=Patient,Observation,%s&_typeFilter=%s%%3Fname%%3Dx",
+             unfiltered[i], unfiltered[i]);
+    expect_kickoff_error(f, f->wide_token, SMALL_GROUP, q, 422,
+                         "_typeFilter does not support queries for the following resources");
+  }
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory,"
+                       "Observation%3Fcategory%3Dvital-signs",
+                       400, "multiple queries for the same resource");
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Observation&_typeFilter=Observation%3Fcategory%3Dlaboratory"
+                       "&_typeFilter=Observation%3Fstatus%3Dfinal",
+                       400, "multiple queries for the same resource");
+  static const char *const params[] = {"_lastUpdated=ge2024", "patient=20000001", "_count=5",
+                                       "_id=1", "subject=Patient%2F20000001", "encounter=1",
+                                       "identifier=x", "patient:missing=false"};
+  for (size_t i = 0; i < sizeof params / sizeof *params; i++) {
+    char q[256], words[128];
+    snprintf(q, sizeof q, "?_type=Observation&_typeFilter=Observation%%3Fcategory%%3Dlaboratory%%26%s",
+             params[i]);
+    snprintf(words, sizeof words, "_typeFilter does not support the search parameter %.*s",
+             (int)strcspn(params[i], "=:"), params[i]);
+    expect_kickoff_error(f, f->wide_token, SMALL_GROUP, q, 422, words);
+  }
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Observation&_typeFilter=Observation%3Fvalue-quantity%3D5", 422,
+                       "is not supported in a _typeFilter here");
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Observation&_typeFilter=Observation%3Fcategory", 422,
+                       "is not a search parameter with a value");
+  assert_int_equal(export_counter(f, TENANT, "kickoffs_invalid"), invalid + 19);
+  assert_int_equal(export_counter(f, TENANT, "kickoffs"), accepted); /* none was accepted */
+}
+
+/* A filter the server takes narrows what it exports: the test of an
+ * extractor that claims to honour filters. */
+static void test_type_filter_applied(void **state) {
+  fixture *f = *state;
+  const char *filters = "Observation%3Fcategory%3Dvital-signs,"
+                        "Condition%3Fclinical-status%3Dactive%252Crecurrence";
+  char query[512];
+  snprintf(query, sizeof query, "?_type=Observation,Condition&_typeFilter=%s", filters);
+  char *loc = start_export(f, TENANT, f->wide_token, "g-range", query);
+  json_t *m = manifest_of(loc, f->wide_token);
+  json_t *expected =
+      group_expected_filtered(f, TENANT, "g-range", "Observation,Condition", NULL, filters);
+  json_t *all = group_expected(f, TENANT, "g-range", "Observation,Condition", NULL);
+  size_t vitals = count_type(expected, "Observation"), conds = count_type(expected, "Condition");
+  assert_true(vitals > 0 && vitals < count_type(all, "Observation"));
+  assert_true(conds > 0 && conds <= count_type(all, "Condition"));
+  check_outputs(f, m, f->wide_token, expected);
+  /* Every exported Observation is a vital sign, and none of the others is. */
+  size_t i;
+  const json_t *o;
+  json_array_foreach(json_object_get(m, "output"), i, o) {
+    if (strcmp(json_string_value(json_object_get(o, "type")), "Observation")) continue;
+    size_t len;
+    char *text = download(f, json_string_value(json_object_get(o, "url")), f->wide_token, &len);
+    for (const char *p = text; p < text + len; p = strchr(p, '\n') + 1) {
+      size_t ll = strcspn(p, "\n");
+      char *line = strndup(p, ll);
+      assert_non_null(strstr(line, "\"vital-signs\""));
+      assert_null(strstr(line, "\"laboratory\""));
+      free(line);
+    }
+    free(text);
+  }
+  json_decref(all);
+  json_decref(expected);
+  json_decref(m);
+  delete_export(loc, f->wide_token);
+  free(loc);
+}
+
+/* bulk-data.md, Lenient Workflow: an unsupported parameter is a 400 unless
+ * Prefer: handling=lenient; includeAssociatedData's rules. */
+static void test_unsupported_parameters(void **state) {
+  fixture *f = *state;
+  static const char *const odd[] = {"?_type=Patient&foo=1", "?_type=Patient&patient=20000001",
+                                    "?_type=Patient&_elements=id", "?_count=10"};
+  for (size_t i = 0; i < sizeof odd / sizeof *odd; i++)
+    expect_kickoff_error(f, f->wide_token, SMALL_GROUP, odd[i], 400,
+                         "Unsupported parameters are passed to the export request");
+  char url[512];
+  fxt_http_resp r;
+  fhir_url(f, TENANT, "/Group/" SMALL_GROUP "/$export?_type=Patient&foo=1&_elements=id", url,
+           sizeof url);
+  assert_int_equal(request("GET", url, f->wide_token, "application/fhir+json",
+                           "respond-async, handling=lenient", &r),
+                   202);
+  char *loc = fxt_http_header(&r, "Content-Location");
+  fxt_http_resp_free(&r);
+  json_t *m = manifest_of(loc, f->wide_token);
+  json_t *expected = group_expected(f, TENANT, SMALL_GROUP, "Patient", NULL);
+  check_outputs(f, m, f->wide_token, expected); /* the parameters were ignored */
+  json_decref(expected);
+  json_decref(m);
+  delete_export(loc, f->wide_token);
+  free(loc);
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Patient&includeAssociatedData=LatestProvenanceResources", 400,
+                       "the _type parameter MUST include Provenance");
+  expect_kickoff_error(f, f->wide_token, SMALL_GROUP,
+                       "?_type=Patient,Provenance&includeAssociatedData=Everything", 400,
+                       "includeAssociatedData: valid values are");
+  loc = start_export(f, TENANT, f->wide_token, SMALL_GROUP,
+                     "?_type=Patient,Provenance&includeAssociatedData=LatestProvenanceResources");
+  delete_export(loc, f->wide_token);
+  free(loc);
+}
+
+/* group-export.md: status, file and DELETE requests must come from the
+ * client that started the export; another client's token gets a 403. */
+static void test_other_client(void **state) {
+  fixture *f = *state;
+  long before = export_counter(f, TENANT, "other_client");
+  char *loc = start_export(f, TENANT, f->token, SMALL_GROUP, "?_type=Patient");
+  fxt_http_resp r;
+  request("GET", loc, f->other_token, "application/json", NULL, &r);
+  expect_outcome(&r, 403, "was requested by another client");
+  fxt_http_resp_free(&r);
+  json_t *m = manifest_of(loc, f->token);
+  const char *file_url =
+      json_string_value(json_object_get(json_array_get(json_object_get(m, "output"), 0), "url"));
+  request("GET", file_url, f->other_token, "application/fhir+ndjson", NULL, &r);
+  expect_outcome(&r, 403, "was requested by another client");
+  fxt_http_resp_free(&r);
+  request("DELETE", loc, f->other_token, NULL, NULL, &r);
+  expect_outcome(&r, 403, "was requested by another client");
+  fxt_http_resp_free(&r);
+  /* The export is still there for its own client. */
+  json_t *again = manifest_of(loc, f->token);
+  json_decref(again);
+  delete_export(loc, f->token);
+  assert_int_equal(export_counter(f, TENANT, "other_client"), before + 3);
+  json_decref(m);
+  free(loc);
+}
+
 /* 600 patients x 40 Observations in one file: about 20 MB of NDJSON,
  * generated and gzipped while it is sent. */
 static void test_big_file(void **state) {
@@ -1048,6 +1352,247 @@ static void test_control_expected(void **state) {
   fxt_http_resp_free(&r);
 }
 
+/* ---- reference server mode ---- */
+
+/* POST {sim}/tenants/{tenant}/auth/register with the form `body`. */
+static long ref_register(const fixture *f, const char *tenant, const char *body,
+                         fxt_http_resp *r) {
+  char url[512];
+  snprintf(url, sizeof url, "%s/tenants/%s/auth/register", f->sim.url, tenant);
+  const char *headers[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+  assert_int_equal(fxt_http("POST", url, headers, body, r), 0);
+  return r->status;
+}
+
+/* The reference server issues client ids: a JWT carrying the JWKS, far longer
+ * than 256 characters; an assertion whose iss and sub are that id gets a
+ * token. */
+static void test_ref_register(void **state) {
+  fixture *f = *state;
+  json_t *jwks = json_pack("{s:[o]}", "keys", test_key_jwk(&f->key));
+  char *jtext = json_dumps(jwks, JSON_COMPACT);
+  json_decref(jwks);
+  char *esc = curl_easy_escape(NULL, jtext, 0);
+  size_t flen = strlen(esc) + 16;
+  char *form = malloc(flen);
+  snprintf(form, flen, "jwks=%s", esc);
+  fxt_http_resp r;
+  assert_int_equal(ref_register(f, REF, form, &r), 200);
+  char *ct = fxt_http_header(&r, "Content-Type");
+  assert_non_null(strstr(ct, "text/plain"));
+  free(ct);
+  f->ref_id = strdup(r.body);
+  fxt_http_resp_free(&r);
+  /* One P-384 public key makes about 500 characters, an RSA-2048 key about
+   * 800 (the reference server's ids are 557-1,057+): past the 256 bytes
+   * clients used to allow, within the 8192 fhirx accepts. */
+  size_t len = strlen(f->ref_id);
+  if (len <= 400 || len > 8192) fail_msg("client id of %zu characters", len);
+  /* header.claims.signature, claims carrying the key set. */
+  const char *d1 = strchr(f->ref_id, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+  assert_non_null(d2);
+  assert_null(strchr(d2 + 1, '.'));
+  size_t n;
+  uint8_t *claims = fx_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), &n);
+  json_t *c = json_loadb((const char *)claims, n, 0, NULL);
+  assert_non_null(json_object_get(json_object_get(c, "jwks"), "keys"));
+  json_decref(c);
+  free(claims);
+  f->ref_token = exchange(f, REF, f->ref_id,
+                          "system/Group.read system/Patient.read system/Observation.read "
+                          "system/Condition.read system/Encounter.read system/Practitioner.read");
+  assert_int_equal(fx_sim_counter(&f->sim, REF, "reference_server.registrations"), 1);
+  /* Neither jwks nor jwks_url: 400; not POST: 400. */
+  assert_int_equal(ref_register(f, REF, "dur=5", &r), 400);
+  assert_non_null(strstr(r.body, "Either 'jwks' or 'jwks_url' is required"));
+  fxt_http_resp_free(&r);
+  char url[512];
+  snprintf(url, sizeof url, "%s/tenants/" REF "/auth/register", f->sim.url);
+  assert_int_equal(fxt_http("GET", url, NULL, NULL, &r), 0);
+  assert_int_equal(r.status, 400);
+  fxt_http_resp_free(&r);
+  /* Only reference-server tenants register clients this way. */
+  assert_int_equal(ref_register(f, TENANT, form, &r), 404);
+  fxt_http_resp_free(&r);
+  free(form);
+  curl_free(esc);
+  free(jtext);
+}
+
+/* An export: the status URL and the files are outside /r4/{tenant} (on its
+ * origin), files are served directly with the token (no 307), and hold the
+ * extra types; DELETE on the status URL; Authorization counted per path. */
+static void test_ref_export(void **state) {
+  fixture *f = *state;
+  char *loc = start_export(f, REF, f->ref_token, "BMCHealthNet", NULL);
+  char want[256];
+  snprintf(want, sizeof want, "%s/fhir/bulkstatus/", f->sim.url);
+  assert_true(strncmp(loc, want, strlen(want)) == 0);
+  assert_int_equal(strlen(loc), strlen(want) + 32);
+  json_t *m = manifest_of(loc, f->ref_token);
+  assert_true(json_is_true(json_object_get(m, "requiresAccessToken")));
+  json_t *set = json_object();
+  json_t *types = json_object();
+  size_t i;
+  const json_t *o;
+  json_array_foreach(json_object_get(m, "output"), i, o) {
+    const char *url = json_string_value(json_object_get(o, "url"));
+    const char *type = json_string_value(json_object_get(o, "type"));
+    char tail[128];
+    snprintf(tail, sizeof tail, "/fhir/bulkfiles/%zu.%s.ndjson", i + 1, type);
+    assert_true(strncmp(url, f->sim.url, strlen(f->sim.url)) == 0);
+    assert_null(strstr(url, "/r4/"));
+    assert_non_null(strstr(url, tail));
+    json_object_set_new(types, type, json_true());
+    fxt_http_resp r;
+    /* The token is required; the file itself is the answer. */
+    assert_int_equal(request("GET", url, NULL, "application/fhir+ndjson", NULL, &r), 401);
+    fxt_http_resp_free(&r);
+    assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 200);
+    char *ct = fxt_http_header(&r, "Content-Type");
+    assert_string_equal(ct, "application/fhir+ndjson");
+    free(ct);
+    size_t lines = collect_lines(r.body, r.body_len, type, set);
+    assert_int_equal(lines, (size_t)json_integer_value(json_object_get(o, "count")));
+    fxt_http_resp_free(&r);
+  }
+  assert_non_null(json_object_get(types, "Claim"));
+  assert_non_null(json_object_get(types, "ExplanationOfBenefit"));
+  assert_non_null(json_object_get(types, "ImagingStudy"));
+  /* What `expected` lists, no more: 4 patients x (1 + 4 + 2 + 1 + 2 + 2 + 1). */
+  json_t *expected = group_expected(f, REF, "BMCHealthNet", "", NULL);
+  assert_int_equal(json_array_size(expected), 4 * 13);
+  assert_int_equal(json_object_size(set), json_array_size(expected));
+  const json_t *ref;
+  json_array_foreach(expected, i, ref) assert_non_null(json_object_get(set, json_string_value(ref)));
+  json_decref(expected);
+  json_t *claims = group_expected(f, REF, "BMCHealthNet", "Claim", NULL);
+  assert_int_equal(json_array_size(claims), 8);
+  json_decref(claims);
+
+  /* Authorization headers per path: the status URL's path saw them. */
+  json_t *auth = fx_sim_get_json(&f->sim, "/_sim/tenants/" REF "/authorization");
+  const char *path = loc + strlen(f->sim.url);
+  const json_t *st = json_object_get(json_object_get(auth, "paths"), path);
+  assert_true(json_integer_value(json_object_get(st, "authorization")) >= 1);
+  assert_int_equal(json_integer_value(json_object_get(st, "authorization")),
+                   json_integer_value(json_object_get(st, "requests")));
+  json_decref(auth);
+
+  delete_export(loc, f->ref_token);
+  fxt_http_resp r;
+  assert_int_equal(request("GET", loc, f->ref_token, "application/json", NULL, &r), 404);
+  fxt_http_resp_free(&r);
+  const char *first =
+      json_string_value(json_object_get(json_array_get(json_object_get(m, "output"), 0), "url"));
+  assert_int_equal(request("GET", first, f->ref_token, "application/fhir+ndjson", NULL, &r), 404);
+  fxt_http_resp_free(&r);
+  assert_int_equal(export_counter(f, REF, "deletes"), 1);
+  json_decref(types);
+  json_decref(set);
+  json_decref(m);
+  free(loc);
+}
+
+/* No read or search API: Express's "Cannot GET"; Group read and $export only. */
+static void test_ref_no_read_api(void **state) {
+  fixture *f = *state;
+  char url[512];
+  fxt_http_resp r;
+  static const char *const paths[] = {"/Patient/20000001", "/Practitioner/4000001",
+                                      "/Observation?patient=20000001"};
+  for (size_t i = 0; i < 3; i++) {
+    fhir_url(f, REF, paths[i], url, sizeof url);
+    assert_int_equal(request("GET", url, f->ref_token, "application/fhir+json", NULL, &r), 404);
+    assert_non_null(strstr(r.body, "Cannot GET /r4/" REF));
+    fxt_http_resp_free(&r);
+  }
+  fhir_url(f, REF, "/Group/BMCHealthNet", url, sizeof url);
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+json", NULL, &r), 200);
+  fxt_http_resp_free(&r);
+}
+
+/* A rate limit per route: over `requests` per window, the first 429 says
+ * Retry-After: <epoch ms>, later ones while blocked <epoch s>; both are
+ * remembered by the Retry-After ledger; routes are limited separately. */
+static void test_ref_rate_limit(void **state) {
+  fixture *f = *state;
+  char *token = token_for(f, REF_RL, "rl-client", "system/Patient.read");
+  char *loc = start_export(f, REF_RL, token, "g", "?_type=Patient");
+  fxt_http_resp r;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_REALTIME, &t0);
+  assert_int_equal(kickoff(f, REF_RL, token, "g", "?_type=Patient", &r), 429);
+  clock_gettime(CLOCK_REALTIME, &t1);
+  char *ra = fxt_http_header(&r, "Retry-After");
+  fxt_http_resp_free(&r);
+  /* The end of the block, in epoch milliseconds: the request's arrival + 3000. */
+  long long v = strtoll(ra, NULL, 10);
+  long long lo = (long long)t0.tv_sec * 1000 + t0.tv_nsec / 1000000 + 3000;
+  long long hi = (long long)t1.tv_sec * 1000 + t1.tv_nsec / 1000000 + 3000;
+  assert_int_equal(strlen(ra), 13);
+  assert_true(v >= lo - 1 && v <= hi + 1);
+  free(ra);
+  /* Again while blocked: the same instant in epoch seconds, rounded up. */
+  assert_int_equal(kickoff(f, REF_RL, token, "g", "?_type=Patient", &r), 429);
+  ra = fxt_http_header(&r, "Retry-After");
+  assert_non_null(strstr(r.body, "Too Many Requests"));
+  fxt_http_resp_free(&r);
+  assert_int_equal(strlen(ra), 10);
+  assert_int_equal(strtoll(ra, NULL, 10), (v + 999) / 1000);
+  free(ra);
+  assert_int_equal(fx_sim_counter(&f->sim, REF_RL, "reference_server.rate_limited_epoch_ms"), 1);
+  assert_int_equal(fx_sim_counter(&f->sim, REF_RL, "reference_server.rate_limited_epoch_s"), 1);
+  /* That retry came before the announced instant: the ledger saw it. */
+  json_t *ledger = fx_sim_get_json(&f->sim, "/_sim/tenants/" REF_RL "/retry_after_violations");
+  assert_int_equal(json_integer_value(json_object_get(ledger, "violations")), 1);
+  json_decref(ledger);
+  /* The status route has its own limiter. */
+  json_t *m = manifest_of(loc, token);
+  json_decref(m);
+  /* Once the block is over (and the window has passed), kick-offs work again. */
+  long status = 0;
+  for (int i = 0; i < 200 && status != 202; i++) {
+    status = kickoff(f, REF_RL, token, "g", "?_type=Patient", &r);
+    char *next = status == 202 ? fxt_http_header(&r, "Content-Location") : NULL;
+    fxt_http_resp_free(&r);
+    if (next) {
+      delete_export(next, token);
+      free(next);
+    } else {
+      fx_test_sleep_ms(50);
+    }
+  }
+  assert_int_equal(status, 202);
+  delete_export(loc, token);
+  assert_int_equal(fx_sim_delete(&f->sim, "/_sim/tenants/" REF_RL "/retry_after_violations"), 200);
+  free(loc);
+  free(token);
+}
+
+/* Faults reach the paths outside the base by their whole path. */
+static void test_ref_faults(void **state) {
+  fixture *f = *state;
+  const char *faults = "/_sim/tenants/" REF "/faults";
+  assert_int_equal(fx_sim_post_json(&f->sim, faults,
+                                    "{\"target\":\"fhir\",\"path\":\"*/fhir/bulkfiles/*\","
+                                    "\"status\":503,\"count\":1}"),
+                   200);
+  char *loc = start_export(f, REF, f->ref_token, "BMCHealthNet", "?_type=Patient");
+  json_t *m = manifest_of(loc, f->ref_token);
+  const char *url =
+      json_string_value(json_object_get(json_array_get(json_object_get(m, "output"), 0), "url"));
+  fxt_http_resp r;
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 503);
+  fxt_http_resp_free(&r);
+  assert_int_equal(request("GET", url, f->ref_token, "application/fhir+ndjson", NULL, &r), 200);
+  fxt_http_resp_free(&r);
+  delete_export(loc, f->ref_token);
+  json_decref(m);
+  free(loc);
+  assert_int_equal(fx_sim_delete(&f->sim, faults), 200);
+}
+
 static void test_clean_shutdown(void **state) {
   fixture *f = *state;
   /* An export left running and one completed but never deleted must be
@@ -1076,8 +1621,18 @@ int main(void) {
       cmocka_unit_test(test_expire),
       cmocka_unit_test(test_delete),
       cmocka_unit_test(test_faults),
+      cmocka_unit_test(test_cerner_type_rules),
+      cmocka_unit_test(test_type_filter_rules),
+      cmocka_unit_test(test_type_filter_applied),
+      cmocka_unit_test(test_unsupported_parameters),
+      cmocka_unit_test(test_other_client),
       cmocka_unit_test(test_big_file),
       cmocka_unit_test(test_control_expected),
+      cmocka_unit_test(test_ref_register),
+      cmocka_unit_test(test_ref_export),
+      cmocka_unit_test(test_ref_no_read_api),
+      cmocka_unit_test(test_ref_rate_limit),
+      cmocka_unit_test(test_ref_faults),
       cmocka_unit_test(test_clean_shutdown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

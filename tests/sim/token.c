@@ -8,6 +8,10 @@
 #include "tests/sim/http.h"
 #include "tests/sim/jwt.h"
 
+#include "common/b64.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,8 +205,8 @@ static bool check_signature(const sim_jwt *jwt, const char *assertion, verdict *
 static bool check_audience(const sim_req *req, const sim_jwt *jwt, verdict *v) {
   char expected[512];
   snprintf(expected, sizeof expected,
-           "http://%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token", req->host,
-           req->tenant->id);
+           "%s://%s/tenants/%s/protocols/oauth2/profiles/smart-v1/token", sim_scheme(),
+           req->host, req->tenant->id);
   const json_t *aud = json_object_get(jwt->claims, "aud");
   if (json_is_string(aud) && strcmp(json_string_value(aud), expected) == 0) return true;
   size_t i;
@@ -343,5 +347,110 @@ void sim_token_handle(sim_req *req, sim_resp *resp) {
   else
     grant(req, resp, &v, form_get(&f, "scope"));
   verdict_free(&v);
+  form_free(&f);
+}
+
+/* ---- reference server mode: registration (POST /tenants/{t}/auth/register) ---- */
+
+/* HS256 over header.payload with the process's secret: the reference server
+ * signs its client ids with its own secret (registration_handler.ts). New
+ * string or NULL. */
+static char *sign_hs256(const sim_state *st, const char *input) {
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  if (!HMAC(EVP_sha256(), st->storage_secret, (int)sizeof st->storage_secret,
+            (const unsigned char *)input, strlen(input), mac, &len))
+    return NULL;
+  return fx_b64url_encode_alloc(mac, len);
+}
+
+static char *b64_json(json_t *doc) {
+  char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  char *out = text ? fx_b64url_encode_alloc((const uint8_t *)text, strlen(text)) : NULL;
+  free(text);
+  return out;
+}
+
+/* Registration errors are the server's OAuth-style errors; they are not
+ * token requests, so they are not counted as token rejections. */
+static void reg_error(sim_resp *resp, unsigned status, char *desc) {
+  sim_utf8_trim(desc);
+  sim_resp_json(resp, status, SIM_CT_JSON,
+                json_pack("{s:s, s:s}", "error", status == 400 ? "invalid_request" : "server_error",
+                          "error_description", desc));
+}
+
+/* Like the reference server: a form with `jwks` (the key set as JSON text)
+ * or `jwks_url` answers text/plain, a JWT (HS256, kid "registration-token")
+ * whose claims carry that key set: the client id, 557-1,057+ characters.
+ * The client is registered with the tenant's reference_server.scopes. */
+void sim_ref_register(sim_req *req, sim_resp *resp) {
+  if (strcmp(req->method, "POST") != 0) {
+    static const char text[] = "This endpoint can only be used with POST requests";
+    sim_resp_body(resp, 400, "text/plain; charset=utf-8", strdup(text), sizeof text - 1);
+    return;
+  }
+  form f;
+  if (form_parse(&req->body, &f) != 0) {
+    form_free(&f);
+    reg_error(resp, 500, "out of memory");
+    return;
+  }
+  const char *jwks_text = form_get(&f, "jwks"), *jwks_url = form_get(&f, "jwks_url");
+  json_t *jwks = jwks_text ? json_loads(jwks_text, JSON_REJECT_DUPLICATES, NULL) : NULL;
+  char err[256] = "";
+  if (!is_form_content_type(sim_req_header(req, "Content-Type")) || f.malformed || f.duplicate)
+    snprintf(err, sizeof err, "Invalid request content-type header (must be "
+                              "'application/x-www-form-urlencoded')");
+  else if (!jwks_text == !jwks_url)
+    snprintf(err, sizeof err, "Either 'jwks' or 'jwks_url' is required");
+  else if (jwks_text && !json_is_object(jwks))
+    snprintf(err, sizeof err, "jwks: not a JSON object");
+  char *id = NULL;
+  if (!err[0]) {
+    json_t *header = json_pack("{s:s, s:s, s:s}", "alg", "HS256", "typ", "JWT", "kid",
+                               "registration-token");
+    json_t *claims = jwks ? json_pack("{s:O, s:i}", "jwks", jwks, "accessTokensExpireIn", 15)
+                          : json_pack("{s:s, s:i}", "jwks_url", jwks_url,
+                                      "accessTokensExpireIn", 15);
+    char *h = b64_json(header), *c = b64_json(claims);
+    json_decref(header);
+    json_decref(claims);
+    sim_buf b = {0};
+    if (h && c) sim_buf_printf(&b, "%s.%s", h, c);
+    char *input = sim_buf_steal(&b, NULL), *sig = input ? sign_hs256(req->st, input) : NULL;
+    if (sig) {
+      sim_buf_printf(&b, "%s.%s", input, sig);
+      id = sim_buf_steal(&b, NULL);
+    }
+    free(h), free(c), free(input), free(sig);
+    if (!id) snprintf(err, sizeof err, "out of memory");
+  }
+  sim_client client = {0};
+  if (!err[0]) {
+    json_t *scopes = json_array();
+    for (size_t i = 0; scopes && i < req->tenant->ref.scopes.n; i++)
+      json_array_append_new(scopes, json_string(req->tenant->ref.scopes.v[i]));
+    json_t *spec = jwks ? json_pack("{s:s, s:O, s:o}", "client_id", id, "jwks", jwks, "scopes",
+                                    scopes)
+                        : json_pack("{s:s, s:s, s:o}", "client_id", id, "jwks_url", jwks_url,
+                                    "scopes", scopes);
+    if (!spec || sim_client_parse(spec, "registration", &client, err, sizeof err) != 0 ||
+        sim_state_put_client(req->st, req->tenant, &client) != 0) {
+      if (!err[0]) snprintf(err, sizeof err, "out of memory");
+    } else {
+      sim_count_ref_registration(req->st, req->tenant);
+    }
+    json_decref(spec);
+    sim_client_clear(&client);
+  }
+  if (err[0]) {
+    reg_error(resp, 400, err);
+    free(id);
+  } else {
+    size_t len = strlen(id);
+    sim_resp_body(resp, 200, "text/plain; charset=utf-8", id, len);
+  }
+  json_decref(jwks);
   form_free(&f);
 }

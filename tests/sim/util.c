@@ -192,6 +192,18 @@ int64_t sim_mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t sim_mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static const char *url_scheme = "http";
+
+void sim_set_scheme(const char *scheme) { url_scheme = scheme; }
+
+const char *sim_scheme(void) { return url_scheme; }
+
 char *sim_strdup(const char *s) { return s ? strdup(s) : NULL; }
 
 void sim_utf8_trim(char *s) {

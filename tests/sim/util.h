@@ -57,6 +57,15 @@ int64_t sim_now(void);
 int64_t sim_now_ms(void);
 /* Monotonic milliseconds, for delays and request timing. */
 int64_t sim_mono_ms(void);
+/* Monotonic microseconds (request arrival times, GET /_sim/tenants/{t}/load). */
+int64_t sim_mono_us(void);
+
+/* The scheme of the URLs the simulator builds for itself ("http", or
+ * "https" with --tls-cert): discovery, token audience, next links, Binary
+ * URLs, export URLs. Set once by main before any server starts; immutable
+ * afterwards, so it is read without a lock. */
+void sim_set_scheme(const char *scheme);
+const char *sim_scheme(void);
 
 char *sim_strdup(const char *s); /* NULL-safe strdup */
 

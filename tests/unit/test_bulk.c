@@ -83,7 +83,7 @@ static void ranges_parse_ignores_what_does_not_fit(void **state) {
 static void references_parse(void **state) {
   (void)state;
   const char *base = "https://fhir.example.org/r4/t1";
-  char key[160];
+  char key[FX_REF_KEY_SIZE];
   int idx = -1;
   assert_int_equal(fx_ref_parse("Practitioner/4000001", base, key, sizeof key, &idx), FX_REF_LOCAL);
   assert_string_equal(key, "Practitioner/4000001");
@@ -100,7 +100,14 @@ static void references_parse(void **state) {
                    FX_REF_FOREIGN); /* another tenant's base on the same host */
   assert_int_equal(fx_ref_parse("#contained", base, key, sizeof key, &idx), FX_REF_NONE);
   assert_int_equal(fx_ref_parse("Spaceship/1", base, key, sizeof key, &idx), FX_REF_NONE);
-  assert_int_equal(fx_ref_parse("Patient/a_b", base, key, sizeof key, &idx), FX_REF_NONE);
+  /* One id rule (resources.h): Cerner's '_' passes; '%', "..", empty do not. */
+  assert_int_equal(fx_ref_parse("CareTeam/CARE_TEAM-1-2", base, key, sizeof key, &idx),
+                   FX_REF_LOCAL);
+  assert_string_equal(key, "CareTeam/CARE_TEAM-1-2");
+  assert_int_equal(fx_ref_parse("Patient/a%2Fb", base, key, sizeof key, &idx), FX_REF_INVALID);
+  assert_int_equal(idx, fx_resource_index("Patient"));
+  assert_int_equal(fx_ref_parse("Binary/..", base, key, sizeof key, &idx), FX_REF_INVALID);
+  assert_int_equal(fx_ref_parse("Binary/", base, key, sizeof key, &idx), FX_REF_INVALID);
   assert_int_equal(fx_ref_parse("Patient", base, key, sizeof key, &idx), FX_REF_NONE);
   assert_int_equal(fx_ref_parse("", base, key, sizeof key, &idx), FX_REF_NONE);
   assert_true(fx_fhir_id_ok("L-197392513.2", 13));

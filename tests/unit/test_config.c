@@ -135,17 +135,20 @@ static void scopes_follow_the_query_set(void **state) {
   char *s1 = fx_tenant_scope(&cfg->tenants[0], ps.by_tenant[0]);
   char *s2 = fx_tenant_scope(&cfg->tenants[1], ps.by_tenant[1]);
   char *s3 = fx_tenant_scope(&cfg->tenants[2], ps.by_tenant[2]);
-  /* Default: every Cerner type, v1 syntax. */
+  /* Default: the 17 types Cerner is searched for per patient, v1 syntax; not
+   * the reference types (Binary, Location, ...): the tenant does not follow
+   * references (tenants[].follow_references). */
   size_t words = 1;
   for (const char *p = s1; *p; p++) words += *p == ' ';
-  assert_int_equal(words, 21);
+  assert_int_equal(words, 17);
   assert_non_null(strstr(s1, "system/Patient.read"));
   assert_non_null(strstr(s1, "system/CarePlan.read"));
+  assert_non_null(strstr(s1, "system/RelatedPerson.read"));
   assert_null(strstr(s1, "MedicationDispense"));
-  /* A subset, in v2 syntax, plus the types references lead to. */
-  assert_string_equal(s2, "system/Binary.rs system/Location.rs system/Observation.rs "
-                          "system/Organization.rs system/Patient.rs system/Practitioner.rs "
-                          "system/RelatedPerson.rs");
+  assert_null(strstr(s1, "Binary"));
+  assert_null(strstr(s1, "Location"));
+  /* A subset, in v2 syntax: tenants[].resources narrows the scopes too. */
+  assert_string_equal(s2, "system/Observation.rs system/Patient.rs");
   assert_string_equal(s3, "system/Patient.read");
   free(s1), free(s2), free(s3);
   fx_profile_set_free(&ps);
@@ -168,10 +171,74 @@ static void reference_lists_every_option(void **state) {
   free(buf);
 }
 
+/* Client ids: any printable ASCII up to FX_CLIENT_ID_MAX bytes (the SMART
+ * reference server's are JWTs of 557-1,057+ characters); the field is named
+ * when one is too long or holds a control character. */
+static void client_ids(void **state) {
+  (void)state;
+  size_t cap = FX_CLIENT_ID_MAX + 512;
+  char *text = malloc(cap), *id = malloc(FX_CLIENT_ID_MAX + 2);
+  for (size_t i = 0; i < FX_CLIENT_ID_MAX + 1; i++) id[i] = "eyJhbGciOiJIUzI1NiJ9.e30-_ "[i % 27];
+  const size_t lens[] = {1057, FX_CLIENT_ID_MAX};
+  for (size_t k = 0; k < 2; k++) {
+    snprintf(text, cap,
+             "{\"tenants\":[{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":"
+             "\"http://h/r4/t1\",\"client_id\":\"%.*s\"}]," KEYS "}",
+             (int)lens[k], id);
+    fx_config *cfg = NULL;
+    fx_err err = {0};
+    if (fx_config_parse(text, "/etc/fhirx", &cfg, &err) != 0) fail_msg("%s", err.msg);
+    assert_int_equal(strlen(cfg->tenants[0].client_id), lens[k]);
+    assert_memory_equal(cfg->tenants[0].client_id, id, lens[k]);
+    fx_config_free(cfg);
+  }
+  snprintf(text, cap,
+           "{\"tenants\":[{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":"
+           "\"http://h/r4/t1\",\"client_id\":\"%.*s\"}]," KEYS "}",
+           FX_CLIENT_ID_MAX + 1, id);
+  expect_error(text, "tenants[0].client_id", "out of range 1..8192");
+  expect_error("{\"tenants\":[{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":"
+               "\"http://h/r4/t1\",\"client_id\":\"eyJhbGci\\nOiJI\"}]," KEYS "}",
+               "tenants[0].client_id: character 9 is not printable ASCII", "line breaks");
+  free(text);
+  free(id);
+}
+
+/* tenants[].token_url_prefixes: absolute http(s) URLs without query, https
+ * for production tenants, normalized like fhir_base; each error names the entry. */
+static void token_url_prefixes(void **state) {
+  (void)state;
+  fx_config *cfg = NULL;
+  fx_err err = {0};
+  const char *text =
+      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://h/r4/t1\",\"client_id\":\"c\","
+      "\"token_url_prefixes\":[\"https://files.h/exports/\",\"https://cdn.h/\"]},"
+      "{\"id\":\"t2\",\"fhir_base\":\"https://h/r4/t2\",\"client_id\":\"c\"}]," KEYS "}";
+  if (fx_config_parse(text, "/etc/fhirx", &cfg, &err) != 0) fail_msg("%s", err.msg);
+  assert_int_equal(cfg->tenants[0].token_url_prefixes.n, 2);
+  assert_string_equal(cfg->tenants[0].token_url_prefixes.v[0], "https://files.h/exports");
+  assert_string_equal(cfg->tenants[0].token_url_prefixes.v[1], "https://cdn.h");
+  assert_int_equal(cfg->tenants[1].token_url_prefixes.n, 0); /* the safe default: none */
+  fx_config_free(cfg);
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":[\"/relative\"]") "]," KEYS "}",
+               "tenants[0].token_url_prefixes[0]", "not an absolute URL");
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":[\"ftp://h/x\"]") "]," KEYS "}",
+               "tenants[0].token_url_prefixes[0]", "scheme");
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":[\"https://h/x?y=1\"]") "],"
+               KEYS "}",
+               "tenants[0].token_url_prefixes[0]", "query");
+  expect_error("{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://h/r4/t1\",\"client_id\":"
+               "\"c\",\"token_url_prefixes\":[\"https://ok/x\",\"http://files.h/x\"]}]," KEYS "}",
+               "tenants[0].token_url_prefixes[1]", "only over https");
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":\"https://h\"") "]," KEYS "}",
+               "tenants[0].token_url_prefixes", "array of strings");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(errors_name_the_field), cmocka_unit_test(defaults_and_paths),
       cmocka_unit_test(load_names_the_file), cmocka_unit_test(scopes_follow_the_query_set),
-      cmocka_unit_test(reference_lists_every_option)};
+      cmocka_unit_test(reference_lists_every_option),
+      cmocka_unit_test(client_ids), cmocka_unit_test(token_url_prefixes)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

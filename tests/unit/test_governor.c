@@ -70,6 +70,25 @@ static void retry_after_per_path(void **state) {
   fx_governor_free(g);
 }
 
+/* Two requests in flight on one path: the first answer asks for 10 s, the
+ * second, later, for 1 s. The later, shorter wait does not cut the longer one short. */
+static void retry_after_never_shortened(void **state) {
+  (void)state;
+  fx_governor *g = fx_governor_new();
+  fx_gov_conf c = conf(10, 0, 1);
+  fx_governor_set_tenant(g, "t", &c);
+  const char *why;
+  assert_int_equal(fx_governor_acquire(g, "t", "Observation", 1000, &why), 0);
+  assert_int_equal(fx_governor_acquire(g, "t", "Observation", 1000, &why), 0);
+  fx_governor_done(g, "t", "Observation", FX_GOV_THROTTLED, 10000, 1100);
+  assert_int_equal(fx_governor_acquire(g, "t", "Observation", 1200, &why), 9900);
+  fx_governor_done(g, "t", "Observation", FX_GOV_THROTTLED, 1000, 1300);
+  assert_int_equal(fx_governor_acquire(g, "t", "Observation", 2500, &why), 8600);
+  assert_string_equal(why, "retry-after");
+  assert_int_equal(fx_governor_acquire(g, "t", "Observation", 11100, &why), 0);
+  fx_governor_free(g);
+}
+
 static void adaptive_concurrency(void **state) {
   (void)state;
   fx_governor *g = fx_governor_new();
@@ -134,6 +153,7 @@ static void breaker(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(concurrency_cap), cmocka_unit_test(rate_limit),
                                      cmocka_unit_test(retry_after_per_path),
+                                     cmocka_unit_test(retry_after_never_shortened),
                                      cmocka_unit_test(adaptive_concurrency), cmocka_unit_test(breaker)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,11 +4,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <curl/curl.h>
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/http.h"
@@ -26,6 +28,19 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
   MHD_add_response_header(r, "Content-Type", type);
   MHD_add_response_header(r, "Retry-After", "7");
   enum MHD_Result ret = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+/* A 503 whose Retry-After headers are the request's "first" and "second"
+ * query values, in that order (none when absent). */
+static enum MHD_Result reply_retry(struct MHD_Connection *c) {
+  struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+  const char *first = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "first");
+  const char *second = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "second");
+  if (first) MHD_add_response_header(r, "Retry-After", first);
+  if (second) MHD_add_response_header(r, "Retry-After", second);
+  enum MHD_Result ret = MHD_queue_response(c, 503, r);
   MHD_destroy_response(r);
   return ret;
 }
@@ -80,6 +95,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     return reply(c, 200, "text/plain", a ? a : "", a ? strlen(a) : 0);
   }
+  if (strcmp(url, "/retry") == 0) return reply_retry(c);
   return reply(c, 404, "text/plain", "nope", 4);
 }
 
@@ -168,6 +184,69 @@ static void get_ok(void **state) {
   assert_string_equal(r.type, "application/json");
   assert_int_equal(fx_http_inflight(h), 0);
   finish(&loop, h);
+}
+
+/* GET path and collect the answer. */
+static void get_once(const char *path, result *r) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  memset(r, 0, sizeof *r);
+  fx_http_request req = {.url = url(path)};
+  assert_int_equal(fx_http_send(h, &req, collect, r, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(r->done, 1);
+  assert_int_equal(r->rc, 0);
+  finish(&loop, h);
+}
+
+/* An HTTP-date (IMF-fixdate) at t, query-escaped: "Tue%2C%2008%20Dec%202026%20...". */
+static void http_date(time_t t, char *out, size_t size) {
+  char date[64];
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  char *e = curl_easy_escape(NULL, date, 0);
+  snprintf(out, size, "%s", e);
+  curl_free(e);
+}
+
+static void retry_after_forms(void **state) {
+  (void)state;
+  result r;
+  char path[128], date[96];
+  /* Repeated headers: the last one counts (a proxy may add its own first). */
+  get_once("/retry?first=1&second=9", &r);
+  assert_int_equal(r.status, 503);
+  assert_string_equal(r.retry_after, "9");
+  assert_int_equal(r.retry_after_ms, 9000);
+  get_once("/retry?first=120", &r);
+  assert_int_equal(r.retry_after_ms, 120000);
+  /* An HTTP-date two minutes ahead: about 120 s from now. The window allows
+   * for the seconds a loaded machine takes between writing and reading it. */
+  http_date(time(NULL) + 120, date, sizeof date);
+  snprintf(path, sizeof path, "/retry?first=%s", date);
+  get_once(path, &r);
+  if (r.retry_after_ms < 100000 || r.retry_after_ms > 120000)
+    fail_msg("Retry-After %s read as %ld ms", r.retry_after, r.retry_after_ms);
+  /* A date is also the last of two. */
+  snprintf(path, sizeof path, "/retry?first=1&second=%s", date);
+  get_once(path, &r);
+  assert_true(r.retry_after_ms >= 100000 && r.retry_after_ms <= 120000);
+  /* A date in the past: go now. */
+  http_date(1000000000, date, sizeof date); /* 2001 */
+  snprintf(path, sizeof path, "/retry?first=%s", date);
+  get_once(path, &r);
+  assert_int_equal(r.retry_after_ms, 0);
+  /* Absent, unreadable or negative: none. */
+  get_once("/retry", &r);
+  assert_int_equal(r.retry_after_ms, -1);
+  get_once("/retry?first=soon", &r);
+  assert_int_equal(r.retry_after_ms, -1);
+  get_once("/retry?first=-5", &r);
+  assert_int_equal(r.retry_after_ms, -1);
 }
 
 static void post_with_bearer(void **state) {
@@ -373,8 +452,53 @@ static void stream_refused_by_sink_is_canceled(void **state) {
   assert_true(s.bytes < (1 << 20));
 }
 
+/* Retry-After as RFC 9110 says (delay-seconds, HTTP-date) and as the SMART
+ * reference Bulk Data server sends it (epoch seconds, epoch milliseconds).
+ * "now" is fixed, so nothing depends on the clock. */
+static void retry_after_values(void **state) {
+  (void)state;
+  const long long now_s = 1796680191LL, now = now_s * 1000 + 250; /* 2026-12-07T21:49:51Z */
+  /* delay-seconds */
+  assert_int_equal(fx_http_retry_after_value_ms("0", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("7", now), 7000);
+  assert_int_equal(fx_http_retry_after_value_ms(" 120 ", now), 120000);
+  assert_int_equal(fx_http_retry_after_value_ms("86400", now), 86400000L);
+  /* Not a value: negative, trailing junk, empty, nothing. */
+  assert_int_equal(fx_http_retry_after_value_ms("-5", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms("5s", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms("", now), -1);
+  assert_int_equal(fx_http_retry_after_value_ms(NULL, now), -1);
+  /* The reference server's 429 while blocked: epoch seconds, 300 s ahead.
+   * Read as seconds it would be 57 years. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680491", now), 300000 - 250);
+  /* Its first 429: epoch milliseconds, 300 s ahead. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680491250", now), 300000);
+  /* A point in time that has passed (clock skew): no wait. */
+  assert_int_equal(fx_http_retry_after_value_ms("1796680000", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("1796680000000", now), 0);
+  /* The window edge: 7 days ahead is still a point in time... */
+  char v[32];
+  snprintf(v, sizeof v, "%lld", now_s + FX_RETRY_AFTER_EPOCH_WINDOW_S);
+  assert_int_equal(fx_http_retry_after_value_ms(v, now), FX_RETRY_AFTER_MAX_MS - 250);
+  /* ...8 days in the past is not: it is seconds again (decades), clamped. */
+  snprintf(v, sizeof v, "%lld", now_s - 8 * 86400);
+  assert_int_equal(fx_http_retry_after_value_ms(v, now), FX_RETRY_AFTER_MAX_MS);
+  /* Just under the epoch threshold: a (long) delay in seconds, clamped. */
+  assert_int_equal(fx_http_retry_after_value_ms("999999999", now), FX_RETRY_AFTER_MAX_MS);
+  /* Huge numbers saturate instead of overflowing (UBSan checks this). */
+  assert_int_equal(fx_http_retry_after_value_ms("99999999999999999999999999999999999999", now),
+                   FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("9223372036854775808", now), FX_RETRY_AFTER_MAX_MS);
+  /* HTTP-date: 30 s ahead, in the past, and far ahead (clamped). */
+  assert_int_equal(fx_http_retry_after_value_ms("Mon, 07 Dec 2026 21:50:21 GMT", now), 29750);
+  assert_int_equal(fx_http_retry_after_value_ms("Wed, 21 Oct 2015 07:28:00 GMT", now), 0);
+  assert_int_equal(fx_http_retry_after_value_ms("Fri, 01 Jan 2100 00:00:00 GMT", now),
+                   FX_RETRY_AFTER_MAX_MS);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
+                                     cmocka_unit_test(retry_after_forms),
                                      cmocka_unit_test(post_with_bearer),
                                      cmocka_unit_test(many_in_parallel_reuse_connections),
                                      cmocka_unit_test(too_large_timeout_refused),
@@ -382,6 +506,7 @@ int main(void) {
                                      cmocka_unit_test(close_inside_callback),
                                      cmocka_unit_test(stream_pauses_and_resumes),
                                      cmocka_unit_test(stream_error_is_buffered_not_streamed),
-                                     cmocka_unit_test(stream_refused_by_sink_is_canceled)};
+                                     cmocka_unit_test(stream_refused_by_sink_is_canceled),
+                                     cmocka_unit_test(retry_after_values)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -17,9 +17,12 @@ static int setup(void **state) {
   (void)state;
   fx_err err = {0};
   int rc = fx_config_parse(
-      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\"},"
+      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\","
+      "\"follow_references\":true},"
       "{\"id\":\"t2\",\"fhir_base\":\"https://x/r4/t2\",\"client_id\":\"c\","
-      "\"resources\":[\"Patient\",\"Condition\",\"Practitioner\"]}],"
+      "\"resources\":[\"Patient\",\"Condition\",\"Practitioner\"]},"
+      "{\"id\":\"t3\",\"fhir_base\":\"https://x/r4/t3\",\"client_id\":\"c\","
+      "\"profile\":\"generic\"}],"
       "\"keys\":[{\"path\":\"k.pem\"}]}",
       "/", &cfg, &err);
   return rc ? rc : fx_profile_set_load(cfg, &profiles, &err);
@@ -32,7 +35,26 @@ static int teardown(void **state) {
   return 0;
 }
 
-static uint32_t bit(const char *type) { return FX_TYPE_BIT(fx_resource_index(type)); }
+/* The set of the NULL-terminated type names. */
+static fx_types set_of(const char *first, ...) {
+  fx_types s = FX_TYPES_NONE;
+  va_list ap;
+  va_start(ap, first);
+  for (const char *t = first; t; t = va_arg(ap, const char *)) {
+    if (fx_resource_index(t) < 0) fail_msg("not a type: %s", t);
+    fx_types_add(&s, fx_resource_index(t));
+  }
+  va_end(ap);
+  return s;
+}
+
+static void joined(fx_types s, const char *want) {
+  char got[4096];
+  assert_true(fx_types_join(s, ",", got, sizeof got) >= 0);
+  assert_string_equal(got, want);
+}
+
+static int has(fx_types s, const char *type) { return fx_types_has(s, fx_resource_index(type)); }
 
 static void expect_bad(const char *text, fx_errclass cls, const char *needle) {
   fx_job *job = NULL;
@@ -41,6 +63,23 @@ static void expect_bad(const char *text, fx_errclass cls, const char *needle) {
   assert_null(job);
   if (e.cls != cls) fail_msg("class %s, want %s: %s", fx_errclass_name(e.cls), fx_errclass_name(cls), e.msg);
   if (!strstr(e.msg, needle)) fail_msg("'%s' not in '%s'", needle, e.msg);
+}
+
+/* One helper turns a job's since into what both kinds of job send: a date
+ * becomes its midnight UTC (MedicationRequest and ServiceRequest refuse a
+ * _lastUpdated without time), an instant stays as written. */
+static void since_instant(void **state) {
+  (void)state;
+  char out[64];
+  assert_int_equal(fx_job_since_instant("2026-11-01", out, sizeof out), 20);
+  assert_string_equal(out, "2026-11-01T00:00:00Z");
+  assert_int_equal(fx_job_since_instant("2026-11-01T06:30:00+02:00", out, sizeof out), 25);
+  assert_string_equal(out, "2026-11-01T06:30:00+02:00");
+  assert_int_equal(fx_job_since_instant("2026-11-01T06:30:00.123Z", out, sizeof out), 24);
+  assert_string_equal(out, "2026-11-01T06:30:00.123Z");
+  char small[12];
+  assert_int_equal(fx_job_since_instant("2026-11-01", small, sizeof small), -1);
+  assert_string_equal(small, "");
 }
 
 static void valid_jobs(void **state) {
@@ -54,7 +93,7 @@ static void valid_jobs(void **state) {
   assert_string_equal(job->job_id, "j-1");
   assert_int_equal(job->n_tasks, 2); /* the repeated patient folds into one task */
   assert_string_equal(job->tasks[1].patient, "12724066");
-  assert_int_equal(job->tasks[0].types, bit("Patient") | bit("Observation"));
+  assert_true(fx_types_eq(job->tasks[0].types, set_of("Patient", "Observation", NULL)));
   assert_string_equal(job->since, "2026-11-01T00:00:00Z");
   assert_int_equal(job->follow_references, 1);
   assert_int_equal(job->attempt, 1);
@@ -64,14 +103,25 @@ static void valid_jobs(void **state) {
   /* Without resources: the tenant's query set, per-patient types only. */
   const char *t2 = "{\"job_id\":\"j2\",\"tenant\":\"t2\",\"patients\":[\"1\"],\"attempt\":3}";
   assert_int_equal(fx_job_parse(t2, strlen(t2), &profiles, &lim, &job, &e), 0);
-  assert_int_equal(job->tasks[0].types, bit("Patient") | bit("Condition"));
+  joined(job->tasks[0].types, "Condition,Patient");
   assert_int_equal(job->attempt, 3);
   fx_job_free(job);
   const char *t1 = "{\"job_id\":\"j3\",\"tenant\":\"t1\",\"patients\":[\"1\"]}";
   assert_int_equal(fx_job_parse(t1, strlen(t1), &profiles, &lim, &job, &e), 0);
-  assert_int_equal(job->tasks[0].types, fx_profile_patient_types(profiles.by_tenant[0]));
-  assert_false(job->tasks[0].types & bit("Practitioner"));
-  assert_true(job->tasks[0].types & bit("RelatedPerson"));
+  assert_true(fx_types_eq(job->tasks[0].types, fx_profile_default_types(profiles.by_tenant[0])));
+  assert_false(has(job->tasks[0].types, "Practitioner"));
+  assert_true(has(job->tasks[0].types, "RelatedPerson"));
+  fx_job_free(job);
+
+  /* A generic tenant: a type outside Cerner's 21 when named, US Core by default. */
+  const char *t3 = "{\"job_id\":\"j4\",\"tenant\":\"t3\",\"patients\":[\"1\"],"
+                   "\"resources\":[\"Claim\",\"ExplanationOfBenefit\",\"ImagingStudy\"]}";
+  assert_int_equal(fx_job_parse(t3, strlen(t3), &profiles, &lim, &job, &e), 0);
+  joined(job->tasks[0].types, "Claim,ExplanationOfBenefit,ImagingStudy");
+  fx_job_free(job);
+  t3 = "{\"job_id\":\"j5\",\"tenant\":\"t3\",\"patients\":[\"1\"]}";
+  assert_int_equal(fx_job_parse(t3, strlen(t3), &profiles, &lim, &job, &e), 0);
+  assert_true(has(job->tasks[0].types, "Observation") && !has(job->tasks[0].types, "Claim"));
   fx_job_free(job);
 }
 
@@ -90,7 +140,7 @@ static void tasks_round_trip(void **state) {
                              "[\"Condition\",\"Patient\"]}],\"attempt\":2}");
   fx_job *job2;
   assert_int_equal(fx_job_parse(again, strlen(again), &profiles, &lim, &job2, &e), 0);
-  assert_int_equal(job2->tasks[1].types, job->tasks[1].types);
+  assert_true(fx_types_eq(job2->tasks[1].types, job->tasks[1].types));
   free(again);
   json_decref(j);
   fx_job_free(job);
@@ -115,8 +165,21 @@ static void rejects(void **state) {
   expect_bad("{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\",\"2\",\"3\",\"4\"]}",
              FX_EC_INVALID_JOB, "limit of 3");
   expect_bad("{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"resources\":"
-             "[\"Medication\"]}",
-             FX_EC_INVALID_JOB, "resources[0]: 'Medication'");
+             "[\"Pet\"]}",
+             FX_EC_INVALID_JOB, "resources[0]: 'Pet' is not an R4 resource type");
+  expect_bad("{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"resources\":"
+             "[\"Claim\"]}",
+             FX_EC_INVALID_JOB, "the tenant's profile (cerner) does not fetch Claim per patient");
+  expect_bad("{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"resources\":"
+             "[\"Provenance\"]}",
+             FX_EC_INVALID_JOB, "only a bulk job (a Group $export) gets it");
+  /* Following references needs a tenant that does (its token has their scopes). */
+  expect_bad("{\"job_id\":\"j\",\"tenant\":\"t2\",\"patients\":[\"1\"],"
+             "\"follow_references\":true}",
+             FX_EC_INVALID_JOB,
+             "follow_references: tenant t2 does not follow references (tenants[].follow_references "
+             "is false, so its token has no scopes for Binary, Location, Organization, "
+             "Practitioner, RelatedPerson)");
   expect_bad("{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\"],\"resources\":"
              "[\"Practitioner\"]}",
              FX_EC_INVALID_JOB, "references");
@@ -173,12 +236,16 @@ static fx_job *parse_ok(const char *text) {
 
 static void bulk_jobs(void **state) {
   (void)state;
-  /* The least a bulk job says: no _type, no tasks. */
+  /* The least a bulk job says: the tenant's types, split into what Cerner's
+   * $export exports (_type) and what it does not (fetched per patient). */
   fx_job *job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-1\",\"tenant\":\"t1\","
                          "\"group\":\"11ec-d16a-c763b73e-98e8-a31715e6a2bf\"}");
   assert_int_equal(job->kind, FX_JOB_BULK);
   assert_string_equal(job->group, "11ec-d16a-c763b73e-98e8-a31715e6a2bf");
-  assert_int_equal(job->bulk_types, 0);
+  joined(job->bulk_types, "AllergyIntolerance,CarePlan,CareTeam,Condition,Device,DiagnosticReport,"
+                          "DocumentReference,Encounter,Goal,Immunization,MedicationRequest,"
+                          "Observation,Patient,Procedure");
+  joined(job->per_patient_types, "Coverage,RelatedPerson,ServiceRequest");
   assert_null(job->tasks);
   assert_int_equal(job->n_tasks, 0);
   assert_int_equal(fx_job_task_count(job), 0);
@@ -188,8 +255,10 @@ static void bulk_jobs(void **state) {
   assert_int_equal(job->follow_references, 0);
   assert_int_equal(job->attempt, 1);
   char types[FX_BULK_TYPE_STRING_SIZE];
-  assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types), 0);
-  assert_string_equal(types, "");
+  assert_true(fx_job_bulk_type_string(job, types, sizeof types) > 0);
+  assert_string_equal(types, "AllergyIntolerance,CarePlan,CareTeam,Condition,Device,DiagnosticReport,"
+                             "DocumentReference,Encounter,Goal,Immunization,MedicationRequest,"
+                             "Observation,Patient,Procedure"); /* never Coverage: a 400 on Cerner */
   char *filters = fx_job_bulk_type_filter_string(job);
   assert_string_equal(filters, "");
   free(filters);
@@ -201,7 +270,8 @@ static void bulk_jobs(void **state) {
                  "\"since\":\"2026-11-01T00:00:00Z\",\"type_filter\":["
                  "\"Observation?category=laboratory\",\"Condition?clinical-status=active%2Crecurrence\"],"
                  "\"follow_references\":true,\"attempt\":4}");
-  assert_int_equal(job->bulk_types, bit("Patient") | bit("Observation") | bit("Condition"));
+  assert_true(fx_types_eq(job->bulk_types, set_of("Patient", "Observation", "Condition", NULL)));
+  assert_true(fx_types_empty(job->per_patient_types));
   assert_string_equal(job->since, "2026-11-01T00:00:00Z");
   assert_int_equal(job->n_type_filters, 2);
   assert_string_equal(job->type_filters[1], "Condition?clinical-status=active%2Crecurrence");
@@ -209,7 +279,7 @@ static void bulk_jobs(void **state) {
   assert_int_equal(job->attempt, 4);
   assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types),
                    (int)strlen("Condition,Observation,Patient"));
-  assert_string_equal(types, "Condition,Observation,Patient"); /* fx_cerner_types order */
+  assert_string_equal(types, "Condition,Observation,Patient"); /* fx_type_names order */
   filters = fx_job_bulk_type_filter_string(job);
   assert_string_equal(filters, "Observation?category=laboratory,"
                                "Condition?clinical-status=active%2Crecurrence");
@@ -222,21 +292,73 @@ static void bulk_jobs(void **state) {
   assert_int_equal(fx_job_bulk_type_string(job, exact, sizeof exact), (int)sizeof exact - 1);
   fx_job_free(job);
 
-  /* Every exportable type fits FX_BULK_TYPE_STRING_SIZE. */
+  /* Every type Cerner exports, the reference types and Provenance included
+   * (group-export.md lists 18), plus the three it does not: fetched per patient. */
   job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-3\",\"tenant\":\"t1\",\"group\":\"g\","
                  "\"resources\":[\"AllergyIntolerance\",\"CarePlan\",\"CareTeam\",\"Condition\","
                  "\"Coverage\",\"Device\",\"DiagnosticReport\",\"DocumentReference\",\"Encounter\","
-                 "\"Goal\",\"Immunization\",\"MedicationRequest\",\"Observation\",\"Patient\","
-                 "\"Procedure\",\"RelatedPerson\",\"ServiceRequest\"]}");
-  assert_int_equal(job->bulk_types, fx_patient_compartment_types());
+                 "\"Goal\",\"Immunization\",\"Location\",\"MedicationRequest\",\"Observation\","
+                 "\"Organization\",\"Patient\",\"Practitioner\",\"Procedure\",\"Provenance\","
+                 "\"RelatedPerson\",\"ServiceRequest\"]}");
+  assert_true(fx_types_eq(job->bulk_types, profiles.by_tenant[0]->bulk_types));
+  joined(job->per_patient_types, "Coverage,RelatedPerson,ServiceRequest");
   assert_true(fx_job_bulk_type_string(job, types, sizeof types) > 0);
-  assert_non_null(strstr(types, "AllergyIntolerance,CarePlan,"));
+  assert_non_null(strstr(types, "Goal,Immunization,Location,MedicationRequest,"));
+  assert_non_null(strstr(types, ",Procedure,Provenance"));
+  assert_null(strstr(types, "Coverage"));
+  fx_job_free(job);
+  /* Only what Cerner exports: nothing per patient, so since is fine. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-3b\",\"tenant\":\"t1\",\"group\":\"g\","
+                 "\"resources\":[\"Observation\",\"Practitioner\",\"Provenance\"],"
+                 "\"since\":\"2026-11-01\"}");
+  joined(job->bulk_types, "Observation,Practitioner,Provenance");
+  assert_true(fx_types_empty(job->per_patient_types));
   fx_job_free(job);
 
-  /* A tenant whose config narrows its types: the export asks for those
-   * (Practitioner, configured for references, is not exported). */
+  /* A tenant whose config narrows its types: the export asks for those,
+   * Practitioner (which Cerner exports) included. */
   job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-4\",\"tenant\":\"t2\",\"group\":\"g\"}");
-  assert_int_equal(job->bulk_types, bit("Patient") | bit("Condition"));
+  joined(job->bulk_types, "Condition,Patient,Practitioner");
+  assert_true(fx_types_empty(job->per_patient_types));
+  fx_job_free(job);
+
+  /* An incremental export that names no types: what the tenant extracts and
+   * Cerner exports, and the other three are not fetched (the status says so):
+   * an export with since lists only changed patients, so fetching them per
+   * patient would miss the rest. Refusing the job would make every
+   * incremental bulk extract of a default tenant fail. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-4b\",\"tenant\":\"t1\",\"group\":\"g\","
+                 "\"since\":\"2026-11-01\"}");
+  assert_true(fx_types_empty(job->per_patient_types));
+  joined(job->per_patient_skipped, "Coverage,RelatedPerson,ServiceRequest");
+  assert_true(fx_job_bulk_type_string(job, types, sizeof types) > 0);
+  assert_null(strstr(types, "Coverage"));
+  assert_non_null(strstr(types, "Patient"));
+  json_t *back = fx_job_to_json(job);
+  char *dumped = json_dumps(back, JSON_COMPACT);
+  assert_null(strstr(dumped, "Coverage")); /* a replay asks for what was exported */
+  free(dumped);
+  json_decref(back);
+  fx_job_free(job);
+
+  /* A generic tenant that names no types: the export has whatever the server
+   * has (no _type), and a replay of it does the same. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-4c\",\"tenant\":\"t3\",\"group\":\"g\"}");
+  assert_int_equal(job->bulk_all, 1);
+  assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types), 0);
+  assert_string_equal(types, "");
+  back = fx_job_to_json(job);
+  assert_null(json_object_get(back, "resources"));
+  json_decref(back);
+  fx_job_free(job);
+
+  /* A generic server exports what it has: any R4 type. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"b-5\",\"tenant\":\"t3\",\"group\":\"g\","
+                 "\"resources\":[\"Claim\",\"ExplanationOfBenefit\",\"ImagingStudy\",\"Coverage\"],"
+                 "\"since\":\"2026-11-01\",\"type_filter\":[\"Claim?use=claim\",\"Claim?use=preauthorization\"]}");
+  joined(job->bulk_types, "Claim,Coverage,ExplanationOfBenefit,ImagingStudy");
+  assert_true(fx_types_empty(job->per_patient_types));
+  assert_int_equal(job->n_type_filters, 2); /* several per type: the IG ORs them */
   fx_job_free(job);
 
   /* "kind": "patients" is the default written out. */
@@ -247,10 +369,12 @@ static void bulk_jobs(void **state) {
   assert_int_equal(fx_job_bulk_type_string(job, types, sizeof types), 0);
   fx_job_free(job);
 
-  /* The limits: 32 filters of up to 1024 characters. */
+  /* The limits: 32 filters of up to 1024 characters (on a generic tenant:
+   * Cerner takes one filter per type). */
   char text[4096];
   int n = snprintf(text, sizeof text,
-                   "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"type_filter\":[");
+                   "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t3\",\"group\":\"g\","
+                   "\"resources\":[\"Goal\"],\"type_filter\":[");
   for (int i = 0; i < FX_BULK_MAX_TYPE_FILTERS; i++)
     n += snprintf(text + n, sizeof text - (size_t)n, "%s\"Goal?x=%d\"", i ? "," : "", i);
   snprintf(text + n, sizeof text - (size_t)n, "]}");
@@ -289,7 +413,7 @@ static void bulk_round_trip(void **state) {
   assert_string_equal(job2->job_id, job->job_id);
   assert_string_equal(job2->tenant, job->tenant);
   assert_string_equal(job2->group, job->group);
-  assert_int_equal(job2->bulk_types, job->bulk_types);
+  assert_true(fx_types_eq(job2->bulk_types, job->bulk_types));
   assert_string_equal(job2->since, job->since);
   assert_int_equal(job2->n_type_filters, 1);
   assert_string_equal(job2->type_filters[0], job->type_filters[0]);
@@ -301,12 +425,23 @@ static void bulk_round_trip(void **state) {
   fx_job_free(job2);
   fx_job_free(job);
 
-  /* The least bulk job writes only what it has. */
-  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t1\",\"group\":\"g\"}");
+  /* The least bulk job writes the types it resolved (the tenant's), so its
+   * dead letter replays the same export, the per-patient types included. */
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t2\",\"group\":\"g\"}");
+  j = fx_job_to_json(job);
+  again = json_dumps(j, JSON_COMPACT);
+  assert_string_equal(again, "{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t2\",\"group\":\"g\","
+                             "\"resources\":[\"Condition\",\"Patient\",\"Practitioner\"],"
+                             "\"attempt\":1}");
+  free(again);
+  json_decref(j);
+  fx_job_free(job);
+  job = parse_ok("{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t1\",\"group\":\"g\","
+                 "\"resources\":[\"Patient\",\"Coverage\"]}");
   j = fx_job_to_json(job);
   again = json_dumps(j, JSON_COMPACT);
   assert_string_equal(again, "{\"kind\":\"bulk\",\"job_id\":\"c\",\"tenant\":\"t1\",\"group\":\"g\","
-                             "\"attempt\":1}");
+                             "\"resources\":[\"Coverage\",\"Patient\"],\"attempt\":1}");
   free(again);
   json_decref(j);
   fx_job_free(job);
@@ -361,15 +496,35 @@ static void bulk_rejects(void **state) {
   /* resources */
   expect_bad(BULK "\"resources\":[]}", FX_EC_INVALID_JOB, "resources: expected a non-empty array");
   expect_bad(BULK "\"resources\":\"Patient\"}", FX_EC_INVALID_JOB, "resources: expected");
-  expect_bad(BULK "\"resources\":[\"Medication\"]}", FX_EC_INVALID_JOB,
-             "resources[0]: 'Medication' is not a resource type fhirx extracts");
+  expect_bad(BULK "\"resources\":[\"Pet\"]}", FX_EC_INVALID_JOB,
+             "resources[0]: 'Pet' is not an R4 resource type fhirx extracts");
   expect_bad(BULK "\"resources\":[\"Patient\",\"Binary\"]}", FX_EC_INVALID_JOB,
-             "resources[1]: Cerner's $export does not export Binary");
+             "resources[1]: the Group $export of profile cerner does not export Binary");
+  expect_bad(BULK "\"resources\":[\"Patient\",\"Claim\"]}", FX_EC_INVALID_JOB,
+             "resources[1]: the Group $export of profile cerner does not export Claim, and the "
+             "profile does not fetch it per patient either");
+  /* group-export.md: the reference types and Provenance only with a patient type. */
   expect_bad(BULK "\"resources\":[\"Practitioner\"]}", FX_EC_INVALID_JOB,
-             "resources[0]: Cerner's Group $export covers Patient and the patient-compartment "
-             "types, not Practitioner");
-  expect_bad(BULK "\"resources\":[\"Location\"]}", FX_EC_INVALID_JOB, "not Location");
-  expect_bad(BULK "\"resources\":[\"Organization\"]}", FX_EC_INVALID_JOB, "not Organization");
+             "resources: the Group $export of profile cerner exports Practitioner only together "
+             "with a patient type (any type but Location, Organization, Practitioner, "
+             "Provenance); add one, e.g. Patient");
+  expect_bad(BULK "\"resources\":[\"Location\",\"Provenance\"]}", FX_EC_INVALID_JOB,
+             "exports Location, Provenance only together with a patient type");
+  /* What Cerner does not export is fetched per patient, for the exported
+   * Patients: so Patient must be exported, and since cannot apply. */
+  expect_bad(BULK "\"resources\":[\"Observation\",\"Coverage\"]}", FX_EC_INVALID_JOB,
+             "resources: resources names Coverage, which the Group $export of profile cerner does "
+             "not export: fhirx fetches them per patient for the exported Patient resources, so "
+             "add Patient");
+  expect_bad(BULK "\"resources\":[\"Patient\",\"ServiceRequest\",\"RelatedPerson\"],"
+             "\"since\":\"2026-11-01\"}",
+             FX_EC_INVALID_JOB,
+             "since: resources names RelatedPerson, ServiceRequest, which the Group $export of "
+             "profile cerner does not export");
+  /* A tenant without follow_references may not follow them in bulk either. */
+  expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t2\",\"group\":\"g\","
+             "\"follow_references\":true}",
+             FX_EC_INVALID_JOB, "follow_references: tenant t2 does not follow references");
   /* type_filter */
   expect_bad(BULK "\"type_filter\":[]}", FX_EC_INVALID_JOB, "type_filter: expected a non-empty array");
   expect_bad(BULK "\"type_filter\":\"Goal?x=1\"}", FX_EC_INVALID_JOB, "type_filter: expected");
@@ -380,15 +535,14 @@ static void bulk_rejects(void **state) {
   expect_bad(BULK "\"type_filter\":[\"Observation?\"]}", FX_EC_INVALID_JOB,
              "type_filter[0]: expected \"<Type>?<query>\"");
   expect_bad(BULK "\"type_filter\":[\"?x=1\"]}", FX_EC_INVALID_JOB, "type_filter[0]: expected");
-  expect_bad(BULK "\"type_filter\":[\"Medication?x=1\"]}", FX_EC_INVALID_JOB,
-             "type_filter[0]: 'Medication' is not a resource type");
+  expect_bad(BULK "\"type_filter\":[\"Pet?x=1\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: 'Pet' is not an R4 resource type");
   expect_bad(BULK "\"type_filter\":[\"Binary?x=1\"]}", FX_EC_INVALID_JOB,
-             "type_filter[0]: Cerner's $export does not export Binary");
-  expect_bad(BULK "\"type_filter\":[\"Practitioner?name=x\"]}", FX_EC_INVALID_JOB,
-             "type_filter[0]: Cerner's Group $export covers Patient");
+             "type_filter[0]: tenant t1 does not extract Binary");
   expect_bad(BULK "\"resources\":[\"Patient\"],\"type_filter\":[\"Observation?category=laboratory\"]}",
              FX_EC_INVALID_JOB,
-             "type_filter[0]: Observation is not among the job's resources; add it to resources");
+             "type_filter[0]: Observation is not among the job's resources; a _typeFilter narrows "
+             "one of the exported types (_type): add it to resources");
   expect_bad(BULK "\"type_filter\":[\"Observation?category=laboratory,vital-signs\"]}",
              FX_EC_INVALID_JOB, "type_filter[0]: a literal ',' would split the comma-joined "
                                 "_typeFilter parameter; percent-encode it as %2C");
@@ -396,6 +550,49 @@ static void bulk_rejects(void **state) {
              "type_filter[0]: a space, control or non-ASCII character at position 18");
   expect_bad(BULK "\"type_filter\":[\"Observation?code=\\u00e9\"]}", FX_EC_INVALID_JOB,
              "non-ASCII");
+  expect_bad(BULK "\"type_filter\":[\"Observation?category\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: 'category' is not name=value");
+  expect_bad(BULK "\"type_filter\":[\"Observation?category=laboratory&=x\"]}", FX_EC_INVALID_JOB,
+             "type_filter[0]: '=x' is not name=value");
+  /* Cerner's rules (group-export.md): no filter on Patient, Location,
+   * Organization, Practitioner or Provenance ... */
+  static const char *const unfiltered[] = {"Patient", "Location", "Organization", "Practitioner",
+                                           "Provenance"};
+  for (size_t i = 0; i < sizeof unfiltered / sizeof unfiltered[0]; i++) {
+    char t[512], want[200];
+    snprintf(t, sizeof t, BULK "\"resources\":[\"Patient\",\"%s\"],\"type_filter\":[\"%s?name=x\"]}",
+             unfiltered[i], unfiltered[i]);
+    snprintf(want, sizeof want,
+             "type_filter[0]: profile cerner: the server takes no _typeFilter on %s (nor on any "
+             "of Location, Organization, Patient, Practitioner, Provenance); drop the filter",
+             unfiltered[i]);
+    expect_bad(t, FX_EC_INVALID_JOB, want);
+  }
+  /* ... none on a type fetched per patient (it is not exported) ... */
+  expect_bad(BULK "\"resources\":[\"Patient\",\"Coverage\"],\"type_filter\":[\"Coverage?status=active\"]}",
+             FX_EC_INVALID_JOB,
+             "type_filter[0]: the Group $export of profile cerner does not export Coverage (it is "
+             "fetched per patient instead), so a _typeFilter cannot narrow it");
+  /* ... none of these search parameters (a modifier does not hide one) ... */
+  static const char *const params[] = {"_lastUpdated=ge2024-01-01", "patient=1", "_count=5",
+                                       "_id=1",          "subject=Patient/1", "encounter=2",
+                                       "identifier=x",   "patient:missing=false", "_sort=date",
+                                       "_include=Observation:subject"};
+  for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
+    char t[512], want[200];
+    snprintf(t, sizeof t, BULK "\"type_filter\":[\"Observation?category=laboratory&%s\"]}",
+             params[i]);
+    snprintf(want, sizeof want, "type_filter[0]: parameter '%.*s' is refused in a _typeFilter by "
+             "profile cerner's server (refused: _count, _contained,",
+             (int)strcspn(params[i], "="), params[i]);
+    expect_bad(t, FX_EC_INVALID_JOB, want);
+  }
+  /* ... and one filter per type. */
+  expect_bad(BULK "\"type_filter\":[\"Observation?category=laboratory\",\"Condition?category=x\","
+             "\"Observation?category=vital-signs\"]}",
+             FX_EC_INVALID_JOB,
+             "type_filter[2]: a second filter for Observation; profile cerner's server takes one "
+             "_typeFilter per type");
   /* The tenant's configured types bound the filters when resources are not given. */
   expect_bad("{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t2\",\"group\":\"g\","
              "\"type_filter\":[\"Observation?category=laboratory\"]}",
@@ -421,9 +618,40 @@ static void bulk_rejects(void **state) {
   assert_string_equal(e.tenant, "t1");
 }
 
+/* The follow-up patient jobs of a bulk job get ids derived from its own: the
+ * same every time (a file downloaded again enqueues the same jobs), valid job
+ * ids however long the bulk job's id is. */
+static void per_patient_ids(void **state) {
+  (void)state;
+  char id[160];
+  assert_int_equal(fx_job_per_patient_id("cohort-1", 15, 2, id, sizeof id), 0);
+  assert_string_equal(id, "cohort-1.per-patient.15.2");
+  assert_true(fx_job_id_valid(id));
+  char longid[129], other[129], a[160], b[160], again[160];
+  memset(longid, 'x', 128);
+  longid[128] = '\0';
+  memcpy(other, longid, sizeof other);
+  other[127] = 'y'; /* the same first 127 characters */
+  assert_int_equal(fx_job_per_patient_id(longid, 1234, 7, a, sizeof a), 0);
+  assert_int_equal(fx_job_per_patient_id(other, 1234, 7, b, sizeof b), 0);
+  assert_int_equal(fx_job_per_patient_id(longid, 1234, 7, again, sizeof again), 0);
+  assert_true(strlen(a) <= 128 && fx_job_id_valid(a) && fx_job_id_valid(b));
+  assert_string_equal(a, again);
+  assert_string_not_equal(a, b);
+  assert_non_null(strstr(a, ".per-patient.1234.7"));
+  char small[20];
+  assert_int_equal(fx_job_per_patient_id("cohort-1", 1, 1, small, sizeof small), -1);
+  /* Patient ids the follow-up jobs may name: those a patient job takes. */
+  assert_true(fx_job_patient_valid("12724065") && fx_job_patient_valid("a.b-c"));
+  assert_false(fx_job_patient_valid("a/b") || fx_job_patient_valid("") ||
+               fx_job_patient_valid(NULL));
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
+  const struct CMUnitTest tests[] = {cmocka_unit_test(since_instant),
+                                     cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
                                      cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
-                                     cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects)};
+                                     cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects),
+                                     cmocka_unit_test(per_patient_ids)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -21,7 +21,8 @@ static int setup(void **state) {
   fx_err err = {0};
   int rc = fx_config_parse(
       "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\"},"
-      "{\"id\":\"t2\",\"fhir_base\":\"https://x/r4/t2\",\"client_id\":\"c\"}],"
+      "{\"id\":\"t2\",\"fhir_base\":\"https://x/r4/t2\",\"client_id\":\"c\","
+      "\"follow_references\":true}],"
       "\"keys\":[{\"path\":\"k.pem\"}]}",
       "/", &cfg, &err);
   return rc ? rc : fx_profile_set_load(cfg, &profiles, &err);
@@ -132,7 +133,7 @@ static void bad_lines(void **state) {
             "{\"patient\": \"1\"}\n"                                   /* no tenant */
             "{\"patient\": \"1\", \"tenant\": \"t9\"}\n"
             "{\"patient\": \"a b\", \"tenant\": \"t1\"}\n"
-            "{\"patient\": \"1\", \"tenant\": \"t1\", \"resources\": [\"Medication\"]}\n"
+            "{\"patient\": \"1\", \"tenant\": \"t1\", \"resources\": [\"Pet\"]}\n"
             "{\"patient\": \"1\", \"tenant\": \"t1\", \"resources\": [\"Practitioner\"]}\n"
             "not json\n"
             "{\"patient\": \"1\", \"tenant\": \"t1\", \"colour\": 1}\n"
@@ -145,7 +146,7 @@ static void bad_lines(void **state) {
       "1: no tenant: give --tenant, or a tenant for the line\n",
       "2: tenant 't9' is not configured (add it under tenants[] in the config)\n",
       "3: patient: a patient id must be a string of 1..64 letters, digits, '-' or '.'\n",
-      "4: resources: 'Medication' is not a resource type fhirx extracts",
+      "4: resources: 'Pet' is not an R4 resource type fhirx extracts",
       "5: resources[0]: the tenant's profile (cerner) does not fetch Practitioner per patient",
       "6: not valid JSON (column 3)\n",
       "7: unknown field 'colour'",
@@ -352,7 +353,8 @@ static void bulk_job(void **state) {
   fx_jobin_free(in);
   in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .resources = "Patient,Binary"});
   assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), FX_EINVAL);
-  assert_non_null(strstr(err.msg, "--resources: Cerner's $export does not export Binary"));
+  assert_non_null(
+      strstr(err.msg, "--resources: the Group $export of profile cerner does not export Binary"));
   assert_int_equal(fx_jobin_bulk(in, "no/such", NULL, 0, &err), FX_EINVAL);
   assert_non_null(strstr(err.msg, "--group: a Group id must be"));
   fx_jobin_free(in);
@@ -361,6 +363,21 @@ static void bulk_job(void **state) {
   assert_int_equal(fx_jobin_bulk(in, "g", comma, 2, &err), FX_EINVAL);
   assert_non_null(strstr(err.msg, "--type-filter 'Observation?code=a,b': a literal ','"));
   assert_non_null(strstr(err.msg, "%2C"));
+  fx_jobin_free(in);
+  /* Cerner's _typeFilter rules (group-export.md), named by the filter. */
+  const char *on_patient[] = {"Patient?gender=male"};
+  in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .resources = "Patient,Observation"});
+  assert_int_equal(fx_jobin_bulk(in, "g", on_patient, 1, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--type-filter 'Patient?gender=male': profile cerner: the "
+                                  "server takes no _typeFilter on Patient"));
+  const char *by_patient[] = {"Observation?patient=12724065"};
+  assert_int_equal(fx_jobin_bulk(in, "g", by_patient, 1, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--type-filter 'Observation?patient=12724065': parameter "
+                                  "'patient' is refused in a _typeFilter"));
+  const char *twice[] = {"Observation?category=laboratory", "Observation?category=vital-signs"};
+  assert_int_equal(fx_jobin_bulk(in, "g", twice, 2, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "--type-filter 'Observation?category=vital-signs': a second "
+                                  "filter for Observation"));
   fx_jobin_free(in);
   in = open_in((fx_jobin_opts){.tenant = "t1", .batch = 1, .since = "soon"});
   assert_int_equal(fx_jobin_bulk(in, "g", NULL, 0, &err), FX_EINVAL);
@@ -395,7 +412,7 @@ static void ndjson_bulk(void **state) {
                                    "exports a Group"));
   assert_non_null(strstr(reported, "5: the job would be rejected (invalid_job): group: only a bulk job"));
   assert_non_null(strstr(reported, "6: the job would be rejected (invalid_job): resources[0]: "
-                                   "Cerner's $export does not export Binary"));
+                                   "the Group $export of profile cerner does not export Binary"));
   fx_jobin_stats st;
   fx_jobin_get_stats(in, &st);
   assert_int_equal(st.jobs, 3);

@@ -7,6 +7,7 @@
 #include <openssl/ecdsa.h>
 
 #include "common/b64.h"
+#include "common/config.h"
 #include "common/jwt.h"
 #include "unit_util.h"
 
@@ -175,9 +176,38 @@ static void jti_never_repeats(void **state) {
   ut_rmdir(dir);
 }
 
+/* A client id as long as the configuration allows (the SMART reference
+ * server's are signed JWTs of 1,000+ characters) is carried whole. */
+static void long_client_id(void **state) {
+  (void)state;
+  char *dir = ut_tmpdir();
+  char *path = ut_path(dir, "k.pem");
+  fx_err err = {0};
+  fx_key key;
+  assert_int_equal(fx_key_generate(FX_ALG_ES384, 0, path, &err), 0);
+  assert_int_equal(fx_key_load(path, FX_ALG_NONE, NULL, &key, &err), 0);
+  char *id = malloc(FX_CLIENT_ID_MAX + 1);
+  for (size_t i = 0; i < FX_CLIENT_ID_MAX; i++) id[i] = "eyJ0eXAiOiJKV1Qi.x-_"[i % 20];
+  id[FX_CLIENT_ID_MAX] = '\0';
+  char *jwt = NULL;
+  assert_int_equal(fx_jwt_client_assertion(&key, id, "https://a/token", 0, 1000, &jwt, &err), 0);
+  parsed p;
+  parse_jwt(jwt, &p);
+  assert_string_equal(json_string_value(json_object_get(p.claims, "iss")), id);
+  assert_string_equal(json_string_value(json_object_get(p.claims, "sub")), id);
+  assert_true(verify(key.pkey, FX_ALG_ES384, &p));
+  parsed_free(&p);
+  free(jwt);
+  free(id);
+  fx_key_free(&key);
+  free(path);
+  ut_rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(rs384_assertion), cmocka_unit_test(es384_assertion),
-      cmocka_unit_test(lifetime_limits), cmocka_unit_test(jti_never_repeats)};
+      cmocka_unit_test(lifetime_limits), cmocka_unit_test(jti_never_repeats),
+      cmocka_unit_test(long_client_id)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,7 +18,7 @@ static int setup(void **state) {
   (void)state;
   fx_err err = {0};
   int rc = fx_config_parse(
-      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\"}],"
+      "{\"tenants\":[{\"id\":\"t1\",\"fhir_base\":\"https://x/r4/t1\",\"client_id\":\"c\",\"follow_references\":true}],"
       "\"keys\":[{\"path\":\"k.pem\"}]}",
       "/", &cfg, &err);
   return rc ? rc : fx_profile_set_load(cfg, &profiles, &err);
@@ -97,6 +97,24 @@ static void filters(void **state) {
   assert_int_equal(fx_rp_filter_set(&g, FX_RP_TENANT, "b,a,b", now, &err), 0);
   fx_rp_filter_describe(&g, desc, sizeof desc);
   assert_string_equal(desc, "tenant=a,b");
+  fx_rp_filter_free(&g);
+
+  /* since is inclusive, to the millisecond: a letter that failed at exactly the
+   * given instant is selected, one a millisecond earlier is not. */
+  assert_int_equal(fx_rp_filter_set(&g, FX_RP_SINCE, "2026-11-30T06:00:00Z", now, &err), 0);
+  assert_true(fx_rp_match(&g, &a)); /* failed at 06:00:00.000Z */
+  fx_rp_letter earlier = letter("t1", "scope", "j-3", "2026-11-30T05:59:59.999Z");
+  assert_false(fx_rp_match(&g, &earlier));
+  fx_rp_letter later = letter("t1", "scope", "j-4", "2026-11-30T06:00:00.001Z");
+  assert_true(fx_rp_match(&g, &later));
+  fx_rp_filter_free(&g);
+  /* The same without fhirx-last-failure: the message timestamp counts. */
+  assert_int_equal(fx_rp_filter_set(&g, FX_RP_SINCE, "2026-11-30T06:00:00Z", now, &err), 0);
+  fx_rp_letter stamped = letter("t1", "scope", "j-5", NULL);
+  stamped.timestamp_ms = g.since_ms;
+  assert_true(fx_rp_match(&g, &stamped));
+  stamped.timestamp_ms = g.since_ms - 1;
+  assert_false(fx_rp_match(&g, &stamped));
   fx_rp_filter_free(&g);
 
   /* until is exclusive; without fhirx-last-failure the message time counts. */
@@ -309,7 +327,7 @@ static void bulk_decisions(void **state) {
   assert_int_equal(fx_job_parse(job, len, &profiles, &r.lim, &again, &jerr), 0);
   assert_int_equal(again->kind, FX_JOB_BULK);
   assert_string_equal(again->group, parsed->group);
-  assert_int_equal(again->bulk_types, parsed->bulk_types);
+  assert_true(fx_types_eq(again->bulk_types, parsed->bulk_types));
   assert_string_equal(again->since, parsed->since);
   assert_int_equal(again->n_type_filters, 1);
   assert_string_equal(again->type_filters[0], parsed->type_filters[0]);
@@ -331,7 +349,8 @@ static void bulk_decisions(void **state) {
   l.value = "{\"kind\":\"bulk\",\"job_id\":\"b\",\"tenant\":\"t1\",\"group\":\"g\",\"resources\":[\"Binary\"]}";
   l.len = strlen(l.value);
   assert_int_equal(fx_rp_decide(&r, &l, &job, &len, reason, sizeof reason), FX_RP_PARK_INVALID);
-  assert_non_null(strstr(reason, "(invalid_job): resources[0]: Cerner's $export does not export Binary"));
+  assert_non_null(strstr(reason, "(invalid_job): resources[0]: the Group $export of profile cerner does not "
+                                 "export Binary"));
   assert_null(job);
 }
 

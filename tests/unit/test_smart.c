@@ -83,6 +83,59 @@ static void invalid_scope_lists_what_we_asked(void **state) {
   assert_non_null(strstr(e.err.msg, "Code Console"));
 }
 
+/* Every R4 type's scope (a generic tenant that extracts many): the message
+ * stays within fx_err, ends with the whole hint, and the list is cut between
+ * two scopes with the number left out, never in the middle of one. */
+static void invalid_scope_never_cut_mid_sentence(void **state) {
+  (void)state;
+  char scope[8192] = "";
+  for (int i = 0; i < 60; i++)
+    snprintf(scope + strlen(scope), sizeof scope - strlen(scope), "%ssystem/Type%02dResource.read",
+             i ? " " : "", i);
+  fx_smart_client big = client;
+  big.scope = scope;
+  fx_token_grant g;
+  fx_auth_error e;
+  assert_int_equal(fx_smart_parse_token_response(
+                       &big, 400, "application/json",
+                       "{\"error\":\"invalid_scope\",\"error_description\":\"scope not allowed\"}",
+                       &g, &e),
+                   FX_EAUTH);
+  size_t n = strlen(e.err.msg);
+  assert_true(n < sizeof e.err.msg - 1 || e.err.msg[n - 1] == ')');
+  const char *end = "(a SMART v2 registration drops v1 scopes)";
+  assert_string_equal(e.err.msg + n - strlen(end), end);
+  assert_non_null(strstr(e.err.msg, "system/Type00Resource.read system/Type01Resource.read"));
+  const char *more = strstr(e.err.msg, " ... (");
+  assert_non_null(more);
+  /* What comes before " ... (" is a whole scope; the count is right. */
+  assert_memory_equal(more - 5, ".read", 5);
+  size_t shown = 0;
+  for (const char *p = strstr(e.err.msg, "system/Type"); p && p < more; p = strstr(p + 1, "system/Type"))
+    shown++;
+  char want[64];
+  snprintf(want, sizeof want, " ... (%zu more scopes); granted: nothing.", 60 - shown);
+  assert_non_null(strstr(e.err.msg, want));
+  assert_true(shown > 10);
+
+  /* The helper: whole, cut with a count, and the singular. */
+  char out[128];
+  fx_smart_scope_list("a b c", 10, out, sizeof out);
+  assert_string_equal(out, "a b c");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 40, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+  fx_smart_scope_list("system/A.read system/B.read", 26, out, sizeof out);
+  assert_string_equal(out, "... (2 more scopes)");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 38, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+  fx_smart_scope_list("aa bb cc", 7, out, sizeof out);
+  assert_string_equal(out, "... (3 more scopes)"); /* room smaller than any note: the note wins */
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 41, out, sizeof out);
+  assert_string_equal(out, "system/A.read system/B.read system/C.read");
+  fx_smart_scope_list("system/A.read system/B.read system/C.read", 39, out, sizeof out);
+  assert_string_equal(out, "system/A.read ... (2 more scopes)");
+}
+
 static void outages_are_transient(void **state) {
   (void)state;
   fx_token_grant g;
@@ -170,14 +223,47 @@ static void discovery_checks(void **state) {
                    FX_ETRANSIENT);
 }
 
+/* A client id of a thousand characters (the SMART reference server issues
+ * signed JWTs) is shown by its start and length: the message keeps its hint,
+ * and never holds something that looks like a JWT. */
+static void long_client_id_keeps_the_message(void **state) {
+  (void)state;
+  char id[1100];
+  snprintf(id, sizeof id, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJqd2tzIjp7ImtleXMiOlt7Imt0eSI6");
+  size_t n = strlen(id);
+  while (n < 1057) id[n++] = 'Q';
+  id[n] = '\0';
+  char shown[96];
+  fx_smart_client_id_shown(id, shown, sizeof shown);
+  assert_string_equal(shown, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpX... (1057 characters)");
+  fx_smart_client_id_shown("client-1", shown, sizeof shown);
+  assert_string_equal(shown, "client-1");
+  fx_smart_client_id_shown("eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln-and-more-than-forty-eight-characters",
+                           shown, sizeof shown);
+  assert_string_equal(shown, "eyJhbGciOi... (68 characters)");
+  fx_smart_client c = client;
+  c.client_id = id;
+  fx_token_grant g;
+  fx_auth_error e;
+  int rc = fx_smart_parse_token_response(
+      &c, 400, "application/json",
+      "{\"error\":\"invalid_client\",\"error_uri\":\"" CERNER_URI("unknown-client") "\"}", &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "as client 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpX... (1057 characters)'"));
+  assert_non_null(strstr(e.err.msg, "Hint: the client_id is not registered"));
+  assert_null(strstr(e.err.msg, ".eyJ"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(success),
                                      cmocka_unit_test(invalid_client_names_kid_and_reason),
                                      cmocka_unit_test(invalid_scope_lists_what_we_asked),
+                                     cmocka_unit_test(invalid_scope_never_cut_mid_sentence),
                                      cmocka_unit_test(outages_are_transient),
                                      cmocka_unit_test(refuses_non_bearer),
                                      cmocka_unit_test(cerner_reason),
                                      cmocka_unit_test(scope_missing),
-                                     cmocka_unit_test(discovery_checks)};
+                                     cmocka_unit_test(discovery_checks),
+                                     cmocka_unit_test(long_client_id_keeps_the_message)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

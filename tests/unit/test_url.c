@@ -18,6 +18,12 @@ static void within(void **state) {
   assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t2/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/../t2/Patient/1", base));
   assert_false(fx_url_within("http://fhir-ehr.cerner.com/r4/t1/Patient/1", base));
+  /* The scheme is compared on its own, not through its default port: plain
+   * http to port 443 would carry the token in clear text. */
+  assert_false(fx_url_within("http://fhir-ehr.cerner.com:443/r4/t1/Patient/1", base));
+  assert_false(fx_url_within("https://fhir-ehr.cerner.com:80/r4/t1/Patient/1",
+                             "http://fhir-ehr.cerner.com/r4/t1"));
+  assert_true(fx_url_within("HTTPS://fhir-ehr.cerner.com/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com:8443/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://evil.example/r4/t1/Patient/1", base));
   assert_false(fx_url_within("https://fhir-ehr.cerner.com.evil.example/r4/t1/Patient/1", base));
@@ -39,7 +45,96 @@ static void redact(void **state) {
   assert_int_equal(strlen(out), 11); /* truncated, still terminated */
 }
 
+/* A redirect is named (without query values) and said not to be followed;
+ * any other status gives nothing. */
+static void redirect_note(void **state) {
+  (void)state;
+  char out[400];
+  fx_url_redirect_note(302, "https://elsewhere.example/r4/Patient?patient=123&_count=5", out,
+                       sizeof out);
+  assert_non_null(strstr(out, "a redirect to https://elsewhere.example/r4/Patient?patient=&_count=,"));
+  assert_non_null(strstr(out, "not followed"));
+  assert_null(strstr(out, "123"));
+  fx_url_redirect_note(307, NULL, out, sizeof out);
+  assert_int_equal(strncmp(out, "a redirect, not followed", 24), 0);
+  fx_url_redirect_note(299, "https://x.example/", out, sizeof out);
+  assert_string_equal(out, "");
+  fx_url_redirect_note(400, "https://x.example/", out, sizeof out);
+  assert_string_equal(out, "");
+  fx_url_redirect_note(399, "https://x.example/", out, sizeof out);
+  assert_non_null(strstr(out, "https://x.example/"));
+}
+
+/* Where a tenant's token may go (docs/architecture.md "Where a token may
+ * go"): under the base; under a configured prefix; and, for URLs of an export
+ * the tenant started, anywhere on the base's origin. Nothing else. */
+static void may_carry_token(void **state) {
+  (void)state;
+  /* The SMART reference server: base {origin}/{settings}/fhir, status URL
+   * {origin}/fhir/bulkstatus/{id}, files {origin}/{other}/fhir/bulkfiles/... */
+  fx_token_scope s = {.base = "https://bulk-data.smarthealthit.org/eyJlcnIiOiIifQ/fhir"};
+  const char *status = "https://bulk-data.smarthealthit.org/fhir/bulkstatus/92a7e9b2";
+  const char *file = "https://bulk-data.smarthealthit.org/eyJpZCI6IjkyYSJ9/fhir/bulkfiles/"
+                     "1.Patient.ndjson";
+  assert_true(fx_url_may_carry_token("https://bulk-data.smarthealthit.org/eyJlcnIiOiIifQ/fhir/"
+                                     "Group/g1/$export", &s));
+  /* Default: export URLs outside the base's path are refused... */
+  assert_false(fx_url_may_carry_token(status, &s));
+  assert_false(fx_url_may_carry_token(file, &s));
+  /* ...unless they belong to the tenant's own export, on the base's origin. */
+  s.own_export = 1;
+  assert_true(fx_url_may_carry_token(status, &s));
+  assert_true(fx_url_may_carry_token(file, &s));
+  assert_true(fx_url_may_carry_token("https://BULK-DATA.smarthealthit.org:443/fhir/x", &s));
+  /* Even then: never another origin (host, scheme or port), never a look-alike host. */
+  assert_false(fx_url_may_carry_token("https://evil.example/fhir/bulkstatus/92a7e9b2", &s));
+  assert_false(fx_url_may_carry_token("http://bulk-data.smarthealthit.org/fhir/bulkstatus/1", &s));
+  assert_false(
+      fx_url_may_carry_token("https://bulk-data.smarthealthit.org:8443/fhir/bulkstatus/1", &s));
+  assert_false(fx_url_may_carry_token(
+      "https://bulk-data.smarthealthit.org.evil.example/fhir/bulkstatus/1", &s));
+  assert_false(fx_url_may_carry_token("https://user@evil.example/fhir/bulkstatus/1", &s));
+  assert_false(fx_url_may_carry_token("/fhir/bulkstatus/1", &s));
+  assert_false(fx_url_may_carry_token("", &s));
+  assert_false(fx_url_may_carry_token(NULL, &s));
+
+  /* Cerner: tenants share a host; another tenant's path never gets the token
+   * from a next link or a reference (own_export is never set for those). */
+  fx_token_scope c = {.base = "https://fhir-ehr.cerner.com/r4/t1"};
+  assert_true(fx_url_may_carry_token("https://fhir-ehr.cerner.com/r4/t1/Patient?x=1", &c));
+  assert_false(fx_url_may_carry_token("https://fhir-ehr.cerner.com/r4/t2/Patient/1", &c));
+  assert_false(fx_url_may_carry_token("https://fhir-ehr.cerner.com/r4/t10/Patient/1", &c));
+  assert_false(fx_url_may_carry_token("https://fhir-ehr.cerner.com/r4/t1/../t2/Patient/1", &c));
+
+  /* Configured prefixes: a path prefix covers that path and below (segment-wise),
+   * an origin ("https://h" after normalization) everything on it. */
+  char *prefixes[] = {"https://files.example.org/exports", "https://cdn.example.net"};
+  c.prefixes = prefixes;
+  c.n_prefixes = 2;
+  assert_true(fx_url_may_carry_token("https://files.example.org/exports/j1/1.ndjson", &c));
+  assert_true(fx_url_may_carry_token("https://files.example.org/exports", &c));
+  assert_false(fx_url_may_carry_token("https://files.example.org/exports2/j1", &c));
+  assert_false(fx_url_may_carry_token("https://files.example.org/other", &c));
+  assert_true(fx_url_may_carry_token("https://cdn.example.net/any/path", &c));
+  assert_false(fx_url_may_carry_token("http://cdn.example.net/any/path", &c));
+  assert_false(fx_url_may_carry_token("https://fhir-ehr.cerner.com/r4/t2/Patient/1", &c));
+  assert_false(fx_url_may_carry_token("https://x", &(fx_token_scope){0}));
+}
+
+static void same_origin(void **state) {
+  (void)state;
+  assert_true(fx_url_same_origin("https://h/a", "https://H:443/b?c"));
+  assert_true(fx_url_same_origin("http://h:8080/a", "http://h:8080"));
+  assert_false(fx_url_same_origin("http://h:8080/a", "http://h:8081/a"));
+  assert_false(fx_url_same_origin("http://h/a", "https://h/a"));
+  assert_false(fx_url_same_origin("https://h/a", "https://h.evil/a"));
+  assert_false(fx_url_same_origin("/a", "https://h/a"));
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(within), cmocka_unit_test(redact)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(within), cmocka_unit_test(redact),
+                                     cmocka_unit_test(redirect_note),
+                                     cmocka_unit_test(may_carry_token),
+                                     cmocka_unit_test(same_origin)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
