@@ -14,7 +14,7 @@ int fx_url_same_origin(const char *a, const char *b);
 
 /* Where a tenant's access token may be sent; docs/architecture.md ("Where a
  * token may go") gives the reasons. Built by fx_tenant_token_scope
- * (worker/resources.h) from the tenant's configuration. */
+ * (worker/model/resources.h) from the tenant's configuration. */
 typedef struct fx_token_scope {
   const char *base;      /* tenants[].fhir_base: URLs under it (fx_url_within) */
   char *const *prefixes; /* tenants[].token_url_prefixes: URLs under any of these */

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "worker/cli.h"
+#include "worker/cli/cli.h"
 
 static const struct {
   const char *name;

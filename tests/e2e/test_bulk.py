@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Group bulk $export jobs end to end (worker/bulk.h says how they run).
+"""Group bulk $export jobs end to end (worker/bulk/bulk.h says how they run).
 
   test_bulk.py SCENARIO    (export | resume | resume_download | expire | refused | removed)
 

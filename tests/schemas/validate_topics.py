@@ -55,7 +55,7 @@ DEFAULT_TOPICS = "results,failures,dlq,status"
 
 TENANT = r"[A-Za-z0-9._-]{1,64}"
 RESOURCE_TYPE = r"[A-Z][A-Za-z]{1,63}"
-FHIR_ID = r"(?!\.\.?$)[A-Za-z0-9._~-]{1,256}"  # fhirx's id rule (worker/resources.h)
+FHIR_ID = r"(?!\.\.?$)[A-Za-z0-9._~-]{1,256}"  # fhirx's id rule (worker/model/resources.h)
 JOB_ID = r"[A-Za-z0-9._:-]{1,128}"
 SURROGATE = r"offset:([A-Za-z0-9._-]{1,249})/(0|[1-9][0-9]{0,9})/(0|[1-9][0-9]{0,18})"
 RESULT_KEY = re.compile(rf"^({TENANT})/({RESOURCE_TYPE})/({FHIR_ID})$")

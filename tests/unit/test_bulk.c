@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/bulk.h"
-#include "worker/errclass.h"
-#include "worker/resources.h"
+#include "worker/bulk/bulk.h"
+#include "worker/model/errclass.h"
+#include "worker/model/resources.h"
 
 #define FLOOR 1000u
 #define CEIL 600000u

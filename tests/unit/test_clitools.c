@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/progress.h"
-#include "worker/ratelimit.h"
+#include "worker/cli/progress.h"
+#include "worker/cli/ratelimit.h"
 
 static void token_bucket(void **state) {
   (void)state;

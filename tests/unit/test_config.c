@@ -7,8 +7,8 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "unit_util.h"
-#include "worker/app.h"
-#include "worker/resources.h"
+#include "worker/model/app.h"
+#include "worker/model/resources.h"
 
 #define TENANT(extra)                                                                        \
   "{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":\"http://127.0.0.1:9/r4/t1\"," \

@@ -8,7 +8,7 @@
 #include <cmocka.h>
 #include <stdio.h>
 
-#include "worker/errclass.h"
+#include "worker/model/errclass.h"
 
 typedef struct status_case {
   long status;

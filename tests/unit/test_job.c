@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/job.h"
-#include "worker/resources.h"
+#include "worker/model/job.h"
+#include "worker/model/resources.h"
 
 static fx_config *cfg;
 static fx_profile_set profiles;

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/csv.h"
-#include "worker/jobinput.h"
+#include "worker/cli/csv.h"
+#include "worker/cli/jobinput.h"
 
 static fx_config *cfg;
 static fx_profile_set profiles;

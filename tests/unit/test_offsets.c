@@ -5,7 +5,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 
-#include "worker/offsets.h"
+#include "worker/pool/offsets.h"
 
 static void in_order(void **state) {
   (void)state;

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/profile.h"
-#include "worker/resources.h"
+#include "worker/model/profile.h"
+#include "worker/model/resources.h"
 
 static int idx(const char *t) { return fx_resource_index(t); }
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/replay.h"
+#include "worker/replay/replay.h"
 
 static fx_config *cfg;
 static fx_profile_set profiles;

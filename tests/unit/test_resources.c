@@ -1,4 +1,4 @@
-/* The one resource-id rule (worker/resources.h) and the keys built on it:
+/* The one resource-id rule (worker/model/resources.h) and the keys built on it:
  * real servers' ids pass (Cerner's '_', UUIDs, ids longer than FHIR's 64),
  * what would make a key ambiguous or a URL path mean something else does
  * not, reasons never quote the id, and keys are built from lengths (two long
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/resources.h"
+#include "worker/model/resources.h"
 
 static int ok(const char *s) { return fx_fhir_id_ok(s, strlen(s)); }
 

@@ -1,0 +1,72 @@
+/* Group bulk $export jobs.
+ *
+ * A bulk job consumed from the jobs topic is not run on the worker thread
+ * that consumed it: run.c hands it over by publishing a "pending" progress
+ * record to the bulk topic (key job_id), and the job's offset moves on as
+ * soon as that record is acknowledged. Nothing holds a jobs partition while
+ * an export runs for hours.
+ *
+ * The bulk topic is the exports' durable state. Each worker process has one
+ * bulk thread (a libuv loop with its own curl multi) whose consumer, in the
+ * group "<worker.group_id>.bulk", owns some of the bulk topic's partitions.
+ * On assignment it reads them from the beginning (the topic is compacted:
+ * the latest record per job), and once at their end resumes every export
+ * still running: kick-off, status polls (Retry-After and X-Progress, within
+ * bulk.poll_min_ms..poll_max_ms, up to bulk.deadline_hours), manifest,
+ * downloads (307 to storage followed without the token, NDJSON streamed line
+ * by line to the results topic), then the status record and DELETE. Every
+ * step is recorded in a new progress record (status URL, files done, counts),
+ * so when a worker dies another one takes over its partitions and continues
+ * the same export instead of starting another.
+ *
+ * Delivery: a file counts as done only once every result it produced is
+ * acknowledged, so a resumed export re-downloads at most the files that were
+ * in flight (at-least-once, results keyed tenant/Type/id). */
+#ifndef FX_BULK_H
+#define FX_BULK_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/url.h"
+#include "worker/model/job.h"
+
+struct fx_pool;
+typedef struct fx_bulk fx_bulk;
+
+/* Starts the bulk thread (pool start-up). */
+int fx_bulk_start(struct fx_pool *p, fx_err *err);
+/* Posted to the bulk thread's mailbox by the supervisor: stop taking
+ * exports, leave the group once nothing is in flight. */
+void fx_bulk_stop(void *b);
+/* The bulk thread's loop, to post fx_bulk_stop to. */
+struct fx_loop *fx_bulk_loop(fx_bulk *b);
+/* After the bulk thread exited (threads_running reached 0): joins and frees it. */
+void fx_bulk_join(struct fx_pool *p);
+
+/* producer.c, on the main thread: one output produced with a bulk opaque
+ * (fx_produce_bulk) was acknowledged or failed. */
+void fx_bulk_delivered(void *obj, int failed);
+
+/* The handover record a worker thread publishes for a consumed bulk job
+ * (state "pending", seq 0). source: where the job was read; timestamp: the
+ * job message's; replayed_from: "" or the job's fhirx-replayed-from. New
+ * reference, NULL on OOM. */
+json_t *fx_bulk_pending_record(const fx_job *job, const char *topic, int32_t partition,
+                               int64_t offset, int64_t timestamp, const char *replayed_from);
+
+/* The wait before the next status poll (pure, for tests): Retry-After when
+ * the server sent one (retry_after_ms >= 0), else double the previous wait
+ * (prev_ms 0: the floor), always within [floor_ms, ceiling_ms] and never past
+ * the deadline (returns 0 when now_ms is already past it). */
+uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floor_ms,
+                            uint64_t ceiling_ms, uint64_t now_ms, uint64_t deadline_ms);
+
+/* files_done ranges ([[0,3],[5,5]]) <-> a flag per file. Parsing ignores
+ * indexes >= n. */
+json_t *fx_bulk_ranges(const unsigned char *done, size_t n);
+void fx_bulk_ranges_parse(const json_t *ranges, unsigned char *done, size_t n);
+
+#endif
