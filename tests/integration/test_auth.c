@@ -348,7 +348,37 @@ static void thousand_waiters_one_request(void **state) {
 
 /* ---- refresh ahead ------------------------------------------------------- */
 
-static void on_watchdog_fired(uv_timer_t *t) { *(int *)t->data = 1; }
+/* Watches the cache while the loop runs: stops the loop once the cached token
+ * is no longer `first` (the background refresh landed), or at the watchdog. */
+typedef struct refresh_watch {
+  harness *h;
+  const fx_token *first;
+  int fresh, fired, open;
+} refresh_watch;
+
+static void on_token_unused(fx_token *tok, const fx_auth_error *e, void *arg) {
+  (void)tok, (void)e, (void)arg;
+}
+
+/* Runs before each poll, so a refresh completed by a timer is seen before the
+ * loop would block again. */
+static void on_prepare_look(uv_prepare_t *p) {
+  refresh_watch *w = p->data;
+  fx_token *t = NULL;
+  fx_auth_error e;
+  if (fx_token_get(w->h->tokens, &w->h->lp, H_TENANT, on_token_unused, NULL, &t, &e) != 0) return;
+  w->fresh = t != w->first;
+  fx_token_release(t);
+  if (w->fresh) uv_stop(p->loop);
+}
+
+static void on_watch_dog(uv_timer_t *t) {
+  refresh_watch *w = t->data;
+  w->fired = 1;
+  uv_stop(t->loop);
+}
+
+static void on_watch_closed(uv_handle_t *h) { ((refresh_watch *)h->data)->open--; }
 
 /* Back to the real clock, also when the test failed halfway. */
 static int real_clock(void **state) {
@@ -393,23 +423,20 @@ static void refresh_before_expiry(void **state) {
   assert_int_equal(fx_token_cache_stats(h.tokens, H_TENANT, &st), 0);
   assert_int_equal(st.requests, 2);
 
-  /* Run the loop until the refresh lands: each turn waits for its I/O. */
+  /* Run the loop until the refresh lands (no caller waits for it: watch the cache). */
+  refresh_watch w = {.h = &h, .first = first, .open = 2};
+  uv_prepare_t look;
   uv_timer_t dog;
-  int fired = 0;
+  uv_prepare_init(&h.uv, &look);
   uv_timer_init(&h.uv, &dog);
-  dog.data = &fired;
-  uv_timer_start(&dog, on_watchdog_fired, 20000, 0);
-  for (;;) {
-    assert_int_equal(h_token(&h, &t, &e, &waited), 0);
-    assert_false(waited); /* steady state never waits for a token */
-    int fresh = t != first;
-    fx_token_release(t);
-    if (fresh || fired) break;
-    uv_run(&h.uv, UV_RUN_ONCE);
-  }
-  assert_false(fired);
-  uv_close((uv_handle_t *)&dog, NULL);
-  uv_run(&h.uv, UV_RUN_NOWAIT);
+  look.data = dog.data = &w;
+  uv_prepare_start(&look, on_prepare_look);
+  uv_timer_start(&dog, on_watch_dog, 20000, 0);
+  while (!w.fresh && !w.fired) uv_run(&h.uv, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&look, on_watch_closed);
+  uv_close((uv_handle_t *)&dog, on_watch_closed);
+  while (w.open) uv_run(&h.uv, UV_RUN_NOWAIT); /* both live on this stack frame */
+  assert_false(w.fired);
   assert_int_equal(h_counter(&h, "token_requests"), 2);
 
   /* Past the first token's usable time (its last 10 s are not handed out), the new one
