@@ -11,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
-from confluent_kafka import Consumer, TopicPartition, Producer
+from confluent_kafka import Consumer, KafkaError, TopicPartition, Producer
 
 BUILD = os.environ.get("FHIRX_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 FHIRX = os.path.join(BUILD, "worker/fhirx")
@@ -129,6 +130,74 @@ class Env:
             time.sleep(0.1)
         raise RuntimeError("%s never reported its admin port" % worker.name)
 
+    def readyz(self, worker):
+        """The worker's /readyz document (also when it answers 503)."""
+        try:
+            with urllib.request.urlopen(self.admin_url(worker) + "/readyz", timeout=10) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
+
+    def assigned(self, worker):
+        """Partitions of the jobs topic the worker's consumers own now."""
+        return sum(c["assigned_partitions"] for c in self.readyz(worker)["consumers"])
+
+    def wait_assigned(self, workers, timeout=90):
+        """Until the consumer group has settled on exactly these workers: each owns
+        partitions of the jobs topic and together they own all of them (from each
+        worker's /readyz), so a job enqueued now is consumed by one of them."""
+        end = time.time() + timeout
+        while True:
+            got = [self.assigned(w) for w in workers]
+            if all(got) and sum(got) == self.partitions:
+                return got
+            if time.time() > end:
+                dump_worker_logs()
+                raise AssertionError("the group did not settle on %s within %ds: %s" % (
+                    [w.name for w in workers], timeout, got))
+            time.sleep(0.2)
+
+    def metric(self, worker, name, **labels):
+        """One sample of the worker's /metrics (0 when absent), through the
+        Prometheus text parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(self.admin_url(worker) + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        return 0
+
+    def wait_log(self, worker, msg, count=1, timeout=60):
+        """Until the worker has logged msg (a JSON log line's "msg") count times;
+        returns those lines, parsed."""
+        end = time.time() + timeout
+        while True:
+            lines = [json.loads(l) for l in self.logs(worker.name).splitlines()
+                     if l.startswith("{") and '"msg":%s' % json.dumps(msg) in l]
+            if len(lines) >= count:
+                return lines
+            if time.time() > end:
+                dump_worker_logs()
+                raise AssertionError("%s did not log %r %d times within %ds (%d)" % (
+                    worker.name, msg, count, timeout, len(lines)))
+            time.sleep(0.1)
+
+    def wait_statuses(self, job_ids, timeout=120):
+        """Until each of job_ids has a status record; returns every status record."""
+        want = set(job_ids)
+        end = time.time() + timeout
+        while True:
+            msgs = read_topic(self.bootstrap, "fhirx.status")
+            if want <= {m.key for m in msgs}:
+                return msgs
+            if time.time() > end:
+                dump_worker_logs()
+                raise AssertionError("no status record for %s after %ds" % (
+                    sorted(want - {m.key for m in msgs})[:10], timeout))
+            time.sleep(0.3)
+
     def stop(self, p, sig=signal.SIGTERM, timeout=60):
         p.send_signal(sig)
         return p.wait(timeout)
@@ -148,6 +217,11 @@ class Env:
         req = urllib.request.Request(self.sim_url + path, method="POST",
                                      data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            return r.status
+
+    def sim_delete(self, path):
+        req = urllib.request.Request(self.sim_url + path, method="DELETE")
         with urllib.request.urlopen(req) as r:
             return r.status
 
@@ -171,12 +245,18 @@ class Env:
         assert p.flush(30) == 0 and not errors, errors
 
     def read(self, topic, min_count=0, timeout=60):
-        """Every message of topic from the beginning (no group); waits for min_count."""
+        """Every message of topic from the beginning up to its end (no group); waits
+        until there are at least min_count, and fails loudly when there are not
+        within timeout (a partial list would let a check pass on what was not read)."""
         end = time.time() + timeout
         while True:
             msgs = read_topic(self.bootstrap, topic)
-            if len(msgs) >= min_count or time.time() > end:
+            if len(msgs) >= min_count:
                 return msgs
+            if time.time() > end:
+                dump_worker_logs()
+                raise AssertionError("%s: %d messages after %ds, expected at least %d" %
+                                     (topic, len(msgs), timeout, min_count))
             time.sleep(0.5)
 
     def wait_status(self, n, timeout=120):
@@ -258,36 +338,70 @@ class Msg:
         return json.loads(self.value)
 
 
-def read_topic(bootstrap, topic, timeout=20):
+def read_topic(bootstrap, topic, stall_timeout=30):
+    """Every message of topic, from the beginning of each partition up to its end
+    (the high watermark when the read starts). A read that stops making progress
+    for stall_timeout seconds before reaching every end raises: a partial list
+    would let a check like "no dead letters" pass because nothing was read."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader",
                   "enable.auto.commit": False, "fetch.wait.max.ms": 100,
                   "enable.partition.eof": False})
-    md = c.list_topics(topic, timeout=10)
-    if topic not in md.topics or md.topics[topic].error is not None:
+    try:
+        md = c.list_topics(topic, timeout=10)
+        if topic not in md.topics:
+            return []  # never produced to: nothing to read
+        if md.topics[topic].error is not None:
+            # The mock creates a topic on first use; one that does not exist yet is
+            # reported as unknown, which also means nothing was produced to it.
+            if md.topics[topic].error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                 KafkaError._UNKNOWN_TOPIC):
+                return []
+            raise AssertionError("cannot read %s: %s" % (topic, md.topics[topic].error))
+        parts, remaining = [], {}
+        for pid in md.topics[topic].partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
+            if hi > lo:
+                parts.append(TopicPartition(topic, pid, lo))
+                remaining[pid] = hi
+        out, errors = [], []
+        if parts:
+            c.assign(parts)
+            last_progress = time.time()
+            while remaining:
+                if time.time() - last_progress > stall_timeout:
+                    raise AssertionError(
+                        "reading %s stalled: %d messages read, partitions %s not read to their "
+                        "ends %s; errors: %s" % (topic, len(out), sorted(remaining),
+                                                 remaining, errors[-3:]))
+                m = c.poll(0.2)
+                if m is None:
+                    continue
+                if m.error():
+                    errors.append(str(m.error()))
+                    continue
+                last_progress = time.time()
+                out.append(Msg(m))
+                if m.offset() + 1 >= remaining.get(m.partition(), 0):
+                    remaining.pop(m.partition(), None)
+        return out
+    finally:
         c.close()
-        return []
-    parts, remaining = [], {}
-    for pid in md.topics[topic].partitions:
-        lo, hi = c.get_watermark_offsets(TopicPartition(topic, pid), timeout=10)
-        if hi > lo:
-            parts.append(TopicPartition(topic, pid, lo))
-            remaining[pid] = hi
-    out = []
-    if parts:
-        c.assign(parts)
-        end = time.time() + timeout
-        while remaining and time.time() < end:
-            m = c.poll(0.2)
-            if m is None or m.error():
-                continue
-            out.append(Msg(m))
-            if m.offset() + 1 >= remaining.get(m.partition(), 0):
-                remaining.pop(m.partition(), None)
-    c.close()
-    return out
 
 
 LIVE_ENVS = []
+
+
+def wait_until(what, pred, timeout=120, step=0.2):
+    """Polls pred until it returns something true (returned), or fails loudly."""
+    end = time.time() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.time() > end:
+            dump_worker_logs()
+            raise AssertionError("timed out after %ds waiting for %s" % (timeout, what))
+        time.sleep(step)
 
 
 def dump_worker_logs():

@@ -8,8 +8,11 @@ metrics: /metrics scraped during and after a run, parsed with the Prometheus
          the run did (status records, outputs, the simulator's counters).
 health:  /healthz, /readyz flipping as the embedded Kafka goes down and up,
          and /.well-known/jwks.json equal to `fhirx keys jwks`.
-reload:  SIGHUP adds a tenant whose jobs then succeed (and whose dead letter
-         replays); a broken file is refused without disturbing running jobs."""
+reload:  a job for a tenant the worker does not have is dead-lettered
+         (unknown_tenant); while a slow job runs, a broken file is refused (the
+         reason logged) and the fixed one adds the tenant; the slow job completes,
+         a job for the added tenant completes, and the dead letter replayed with
+         `fhirx replay` completes on attempt 2."""
 import collections
 import json
 import os
@@ -22,7 +25,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e import FHIRX, SANDBOX, Check, Env, log
+from e2e import FHIRX, SANDBOX, Check, Env, log, wait_until
 
 TYPES = ["Patient", "Observation", "Condition", "Encounter"]
 
@@ -68,8 +71,11 @@ def scenario_metrics(check):
         env.enqueue(jobs + [b"not a job"])
         during = scrape(admin)  # mid-run: parses, and counters only grow
         statuses = {m.key: m.json() for m in env.wait_status(len(jobs) + 1)}
-        time.sleep(1)
-        after = scrape(admin)
+        # A job leaves jobs_in_flight once its status record is acknowledged, just after
+        # the record is readable: scrape once nothing is in flight.
+        after = wait_until("nothing in flight", lambda: (lambda m: m if value(
+            m, "fhirx_jobs_in_flight") == 0 and value(m, "fhirx_requests_in_flight") == 0
+            else None)(scrape(admin)))
         check(all(after.get(k, 0) >= v for k, v in during.items()
                   if k[0].endswith("_total")), "counters never go down between scrapes")
         states = collections.Counter(s["state"] for s in statuses.values())
@@ -102,15 +108,15 @@ def scenario_metrics(check):
         env.close()
 
 
-def wait_status_code(url, want, timeout):
+def wait_status_code(url, want, timeout, step=0.5):
     end = time.time() + timeout
     while time.time() < end:
         status, body, _ = get(url)
         if status == want:
             return body
-        time.sleep(0.5)
-    raise AssertionError("%s did not answer %d within %ds (last: %d %s)" % (url, want, timeout,
-                                                                           status, body))
+        time.sleep(step)
+    raise AssertionError("%s did not answer %d within %ds (last: %s %s)" % (
+        url, want, timeout, status if status is not None else "nobody listening", body))
 
 
 def scenario_health(check):
@@ -136,11 +142,21 @@ def scenario_health(check):
         check(status == 200 and json.loads(body) == json.loads(cli) and
               "max-age" in headers.get("Cache-Control", ""),
               "/.well-known/jwks.json serves what `fhirx keys jwks` prints, cacheable")
+        # A job in flight keeps the worker draining (its request is held 4 s): /readyz
+        # must say no meanwhile, and the job still finishes.
+        env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                     {"target": "fhir", "path": "Patient", "delay_ms": 4000, "count": 1})
+        env.enqueue([{"job_id": "draining", "tenant": SANDBOX, "patients": ["20000001"],
+                      "resources": ["Patient"]}])
+        wait_until("the job's request to be held", lambda: env.sim_get(
+            "/_sim/tenants/%s/faults" % SANDBOX)["faults"][0]["fired"] == 1)
         w.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        status, _, _ = get(admin + "/readyz")
-        check(status in (503, None), "/readyz says no while draining (or the worker is gone)")
+        body = json.loads(wait_status_code(admin + "/readyz", 503, 30, step=0.05))
+        check(body["draining"] and not body["ready"], "/readyz says no while draining")
         check(w.wait(60) == 0, "worker exits 0")
+        s = env.wait_status(1)[0].json()
+        check(s["job_id"] == "draining" and s["state"] == "completed",
+              "the job in flight at SIGTERM finished before the worker exited")
     finally:
         env.close()
 
@@ -160,23 +176,27 @@ def scenario_reload(check):
         s = env.wait_status(1)[0].json()
         check(s["state"] == "failed" and s["error_class"] == "unknown_tenant",
               "a job for an unconfigured tenant is dead-lettered (unknown_tenant)")
-        # A slow job is running while the file changes under it.
+        # A slow job is running while the file changes under it: each of its 8 requests
+        # is held 8 s, far longer than the two reloads take.
         env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
-                     {"target": "fhir", "status": 0, "delay_ms": 1500, "count": 8})
+                     {"target": "fhir", "status": 0, "delay_ms": 8000, "count": 8})
         env.enqueue([{"job_id": "long", "tenant": SANDBOX, "patients": ["20000002", "20000003"],
                       "resources": TYPES}])
-        time.sleep(1)
+        wait_until("the long job's requests to be held", lambda: env.sim_get(
+            "/_sim/tenants/%s/faults" % SANDBOX)["faults"][0]["fired"] >= 1)
         with open(env.config, "w") as f:
             f.write('{"tenants": [ broken')
         w.send_signal(signal.SIGHUP)
-        time.sleep(1)
-        check("configuration reload refused" in env.logs("worker"),
-              "a broken file is refused, with the reason logged")
+        refused = env.wait_log(w, "configuration reload refused; the running configuration stays")
+        check(refused[0].get("reason"), "a broken file is refused, with the reason logged: %s" %
+              refused[0].get("reason"))
         with open(env.config, "w") as f:
             json.dump(full, f)
         w.send_signal(signal.SIGHUP)
-        time.sleep(1)
-        check("configuration reloaded" in env.logs("worker"), "SIGHUP applies the new tenants")
+        applied = env.wait_log(w, "configuration reloaded: tenants applied to jobs from now on")
+        check(applied[0].get("added") == "1", "SIGHUP applies the new tenant (%s)" % applied[0])
+        check("long" not in {m.key for m in env.read("fhirx.status")},
+              "the slow job was still running across both reloads")
         env.enqueue([{"job_id": "after", "tenant": "newcomer", "patients": ["20000004"],
                       "resources": TYPES}])
         statuses = {m.key: m.json() for m in env.wait_status(3)}
@@ -187,13 +207,10 @@ def scenario_reload(check):
         r = subprocess.run([FHIRX, "replay", "--config", env.config, "--error-class",
                             "unknown_tenant"], capture_output=True, text=True, timeout=120)
         check(r.returncode == 0, "the early job's dead letter replays: " + r.stdout.strip()[-200:])
-        final = [m.json() for m in env.wait_status(3) if m.key == "early"]
-        deadline = time.time() + 60
-        while not any(s["attempt"] == 2 for s in final) and time.time() < deadline:
-            time.sleep(0.5)
-            final = [m.json() for m in env.read("fhirx.status") if m.key == "early"]
-        check(any(s["attempt"] == 2 and s["state"] == "completed" for s in final),
-              "and completes on attempt 2")
+        final = wait_until("a status of the early job's attempt 2", lambda: [
+            m.json() for m in env.read("fhirx.status")
+            if m.key == "early" and m.json()["attempt"] == 2])
+        check(len(final) == 1 and final[0]["state"] == "completed", "and completes on attempt 2")
         check(env.stop(w) == 0, "worker exits 0")
     finally:
         env.close()

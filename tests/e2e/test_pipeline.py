@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The worker pool end to end, on the embedded Kafka and the Cerner simulator.
 
-  test_pipeline.py SCENARIO     (many | malformed | kill | outage)
+  test_pipeline.py SCENARIO     (many | malformed | kill | overtaken | outage | references |
+                                 since | foreign_and_large)
 
 Every scenario checks that each job ends with a status record, and that what
 was published for a job is exactly what the simulator holds for it."""
@@ -11,7 +12,7 @@ import signal
 import sys
 import time
 
-from e2e import SANDBOX, Check, Env, log
+from e2e import SANDBOX, Check, Env, log, wait_until
 
 TYPES = ["Patient", "Observation", "Condition", "Encounter"]
 
@@ -65,6 +66,18 @@ def check_jobs_complete(check, env, jobs, allow_duplicates=False):
     return last
 
 
+def after_jobs(env, prefix):
+    """One job on each partition of the jobs topic, waited for: once each has a status,
+    whoever consumes the topic has read past everything enqueued before them."""
+    jobs = [{"job_id": "%s-p%d" % (prefix, p), "tenant": env.tenants[0]["id"],
+             "patients": ["%d" % (20000001 + p)], "resources": TYPES}
+            for p in range(env.partitions)]
+    for p, j in enumerate(jobs):
+        env.enqueue([j], partition=p)
+    env.wait_statuses([j["job_id"] for j in jobs])
+    return jobs
+
+
 def make_jobs(env, n, per_job=3, types=TYPES, prefix="job"):
     jobs, tenants = [], env.tenants
     for i in range(n):
@@ -88,10 +101,15 @@ def scenario_many(check):
         check(env.stop(w) == 0, "SIGTERM: the worker drains and exits 0")
         committed, ends = env.committed()
         check(committed == ends, "offsets committed up to the end: %s vs %s" % (committed, ends))
-        # A restart has nothing left to do: no job is processed twice.
+        # A restart has nothing left to do: no job is processed twice. One more job per
+        # partition shows when the restarted worker has read past the old ones.
         w2 = env.start_worker("worker2")
-        time.sleep(8)
-        check(len(env.read("fhirx.status")) == len(jobs), "a restart re-processes nothing")
+        env.wait_assigned([w2])
+        markers = after_jobs(env, "restart")
+        check(env.metric(w2, "fhirx_jobs_consumed_total") == len(markers) and
+              len(env.read("fhirx.status")) == len(jobs) + len(markers),
+              "a restart re-processes nothing: it consumed only the %d jobs enqueued after it "
+              "started" % len(markers))
         check(env.stop(w2) == 0, "second worker exits 0")
         log_text = env.logs("worker") + env.logs("worker2")
         check("Bearer" not in log_text and "access_token" not in log_text,
@@ -160,7 +178,7 @@ def scenario_kill(check):
         a = env.start_worker("worker-a")
         b = env.start_worker("worker-b")
         jobs = make_jobs(env, 60, per_job=2, prefix="k")
-        time.sleep(4)  # let both join the group
+        env.wait_assigned([a, b])  # both own partitions: both take jobs
         env.enqueue(jobs)
         done = len(env.read("fhirx.status", 5, timeout=60))
         a.kill()  # SIGKILL mid-run: no drain, no commit
@@ -197,6 +215,83 @@ def scenario_kill(check):
         env.close()
 
 
+def scenario_overtaken(check):
+    """At-least-once when jobs finish out of order. A slow job at the head of a
+    partition is overtaken by fast jobs behind it; the partition's offset must stay
+    at the slow job (the lowest unfinished one), not move past the fast ones. The
+    worker is killed while the slow job still runs: the next worker runs it again,
+    and the fast jobs behind it too."""
+    # One worker thread owns both partitions, so one consumer commits for both: once
+    # the marker job's offset on partition 1 is committed, whatever the overtaking jobs
+    # stored for partition 0 before it was committed too.
+    env = Env(partitions=2, worker_extra={
+        "worker": {"threads": 1},
+        # The slow job's held request must neither time out nor trip the low-speed abort.
+        "http": {"timeout_ms": 900000, "low_speed_bytes": 0}})
+    try:
+        # Only the slow job asks for Condition; the simulator holds that one answer.
+        env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                     {"target": "fhir", "path": "Condition", "delay_ms": 600000, "count": 1})
+        slow = {"job_id": "slow", "tenant": SANDBOX, "patients": ["20000001"],
+                "resources": ["Patient", "Observation", "Condition"]}
+        fast = [{"job_id": "fast-%d" % i, "tenant": SANDBOX, "patients": ["%d" % (20000002 + i)],
+                 "resources": ["Patient", "Observation"]} for i in range(5)]
+        fast_ids = [j["job_id"] for j in fast]
+        w1 = env.start_worker("worker-1")
+        env.enqueue([slow] + fast, partition=0)
+        offsets = {m.key: m.offset for m in env.read("fhirx.jobs", 1 + len(fast))}
+        first = {m.key: m.json() for m in env.wait_statuses(fast_ids)}
+        check("slow" not in first and all(offsets[k] > offsets["slow"] for k in fast_ids),
+              "the %d jobs behind the slow one (offsets %s) finished while it (offset %d) had not" %
+              (len(fast), [offsets[k] for k in fast_ids], offsets["slow"]))
+        held = env.sim_get("/_sim/tenants/%s/faults" % SANDBOX)["faults"][0]
+        check(held["fired"] == 1, "the slow job's Condition search is held by the simulator")
+        # The slow job's other types are published: its first run did real work.
+        first_part = expected_keys(env, SANDBOX, slow["patients"], ["Patient", "Observation"])
+        wait_until("the slow job's Patient and Observation results", lambda: first_part <= {
+            m.key.split("/", 1)[1] for m in env.read("fhirx.results")
+            if m.headers.get("fhirx-job-id") == "slow"})
+        # A commit after the fast jobs finished: the marker's offset on partition 1.
+        env.enqueue([{"job_id": "marker", "tenant": SANDBOX, "patients": ["20000010"],
+                      "resources": ["Patient"]}], partition=1)
+        env.wait_statuses(["marker"])
+        committed = wait_until("the marker's offset to be committed", lambda: (
+            lambda c: c[0] if c[0][1] == c[1][1] else None)(env.committed()))
+        check(committed[0] <= offsets["slow"],
+              "partition 0's committed offset (%d) has not passed the unfinished slow job (%d)" %
+              (committed[0], offsets["slow"]))
+        w1.kill()  # SIGKILL while the slow job runs: no drain, no final commit
+        w1.wait()
+        w2 = env.start_worker("worker-2")
+        env.wait_statuses(["slow"])
+        statuses = wait_until("a second status record for every fast job", lambda: (
+            lambda ms: ms if all(sum(m.key == k for m in ms) == 2 for k in fast_ids) else None)(
+                env.read("fhirx.status")))
+        by_job = collections.defaultdict(list)
+        for m in statuses:
+            by_job[m.key].append(m.json())
+        w1_id, w2_id = ":%d" % w1.pid, ":%d" % w2.pid
+        check(len(by_job["slow"]) == 1 and by_job["slow"][0]["worker"].endswith(w2_id) and
+              by_job["slow"][0]["state"] == "completed",
+              "the slow job ran again on the next worker and completed")
+        check(all(by_job[k][0]["worker"].endswith(w1_id) and by_job[k][1]["worker"].endswith(w2_id)
+                  for k in fast_ids),
+              "the fast jobs behind it ran again too (first on the killed worker, then on the next)")
+        check(len(by_job["marker"]) == 1, "the committed marker job did not run again")
+        results = collections.Counter(m.key.split("/", 1)[1] for m in env.read("fhirx.results")
+                                      if m.headers.get("fhirx-job-id") == "slow")
+        conditions = expected_keys(env, SANDBOX, slow["patients"], ["Condition"])
+        check(set(results) == first_part | conditions and
+              all(results[k] == 2 for k in first_part) and all(results[k] == 1 for k in conditions),
+              "the slow job's results: Patient and Observation published by both runs (%d), "
+              "Condition once, by the second (%d)" % (len(first_part), len(conditions)))
+        check(env.stop(w2) == 0, "the next worker exits 0")
+        committed, ends = env.committed()
+        check(committed == ends, "offsets committed up to the end: %s vs %s" % (committed, ends))
+    finally:
+        env.close()
+
+
 def scenario_outage(check):
     env = Env()
     try:
@@ -210,19 +305,27 @@ def scenario_outage(check):
         check(env.control_post("/cluster/down") == 200,
               "all brokers down mid-run, with %d of %d jobs done" % (done_before, len(jobs)))
         check(len(jobs) - done_before >= 10, "the outage hits the middle of the run")
-        time.sleep(6)
-        check(env.control_post("/cluster/up") == 200, "brokers back")
+        wait_until("the worker to see the outage (/readyz)", lambda: not env.readyz(w)["ready"])
+        check(env.control_post("/cluster/up") == 200, "brokers back, after the worker saw them gone")
         check_jobs_complete(check, env, jobs, allow_duplicates=True)
         check(env.stop(w) == 0, "worker exits 0 after the outage")
         # Commits may lag after an outage (librdkafka waits for the coordinator);
         # whatever was not committed is redelivered, never lost: a second worker
-        # finishes with every job still complete.
+        # reads past every job (one more per partition shows when) and finishes with
+        # every job still complete and every offset committed.
+        env.sim_delete("/_sim/tenants/%s/faults" % SANDBOX)
         w2 = env.start_worker("worker2")
-        time.sleep(8)
+        env.wait_assigned([w2])
+        markers = after_jobs(env, "after-outage")
+        # Its auto-commit covers everything; waited for before SIGTERM, because a final
+        # commit can still be lost when one thread leaves the group while another commits.
+        committed, ends = wait_until("the restarted worker to commit up to the end", lambda: (
+            lambda c: c if c[0] == c[1] else None)(env.committed()))
+        log("the restarted worker committed up to the end: %s" % committed)
         rc = env.stop(w2)
         check(rc == 0, "a restarted worker exits 0 (got %s; log tail: %s)" % (
             rc, env.logs("worker2")[-600:] if rc else ""))
-        check_jobs_complete(check, env, jobs, allow_duplicates=True)
+        check_jobs_complete(check, env, jobs + markers, allow_duplicates=True)
     finally:
         env.close()
 
@@ -360,7 +463,7 @@ def urlopen_post(env, path, body):
 
 SCENARIOS = {"references": scenario_references, "since": scenario_since,
              "foreign_and_large": scenario_foreign_and_large,"many": scenario_many, "malformed": scenario_malformed, "kill": scenario_kill,
-             "outage": scenario_outage}
+             "outage": scenario_outage, "overtaken": scenario_overtaken}
 
 if __name__ == "__main__":
     name = sys.argv[1]

@@ -356,11 +356,18 @@ def scenario_replay_kill(check):
         p.send_signal(signal.SIGKILL)
         p.communicate()
         killed_at = jobs_count()
-        check(killed_at < 400, "killed halfway, with %d of 400 jobs produced" % killed_at)
+        # Dead letters the killed run committed (its last commit is the marker of the batch
+        # it was producing: that batch's first offsets).
+        done_at_kill = sum(max(o, 0) for o in committed(env, "fhirx-replay", "fhirx.dlq").values())
+        check(killed_at < 400, "killed halfway, with %d of 400 jobs produced, %d dead letters "
+                               "committed" % (killed_at, done_at_kill))
         r = fhirx("replay", "--config", env.config, "--rate", "100")
         n = summary_numbers(r.stdout)
-        check(r.returncode == 0 and n["replayed"] + n["already"] + killed_at >= 400,
-              "run again, it finishes: %s" % n)
+        check(r.returncode == 0 and n["read"] == 400 - done_at_kill and
+              n["replayed"] == 400 - killed_at and n["already"] == killed_at - done_at_kill and
+              n["skipped"] == n["parked"] == 0,
+              "run again, it reads the %d uncommitted dead letters and replays exactly the %d "
+              "the killed run had not produced: %s" % (400 - done_at_kill, 400 - killed_at, n))
         check(n["already"] > 0, "it found the %d jobs the killed run had produced but not committed, "
                                 "and did not produce them again" % n["already"])
         jobs = [m for m in env.read("fhirx.jobs", 400)]

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,18 @@
 #include "harness.h"
 
 #define TOKEN_PATH "/tenants/" H_TENANT "/protocols/oauth2/profiles/smart-v1/token"
+
+/* The token cache's clock, set by refresh_before_expiry. common/token.c reads
+ * fx_now_ms(); this test is linked with -Wl,--wrap=fx_now_ms
+ * (tests/integration/CMakeLists.txt), so those calls land here and get the
+ * test's time while one is set (0: the real clock, for every other test). */
+uint64_t __real_fx_now_ms(void);
+uint64_t __wrap_fx_now_ms(void);
+static _Atomic uint64_t fake_now;
+uint64_t __wrap_fx_now_ms(void) {
+  uint64_t now = atomic_load(&fake_now);
+  return now ? now : __real_fx_now_ms();
+}
 
 static void token_and_read(fx_alg alg) {
   harness h;
@@ -335,47 +348,113 @@ static void thousand_waiters_one_request(void **state) {
 
 /* ---- refresh ahead ------------------------------------------------------- */
 
+/* Watches the cache while the loop runs: stops the loop once the cached token
+ * is no longer `first` (the background refresh landed), or at the watchdog. */
+typedef struct refresh_watch {
+  harness *h;
+  const fx_token *first;
+  int fresh, fired, open;
+} refresh_watch;
+
+static void on_token_unused(fx_token *tok, const fx_auth_error *e, void *arg) {
+  (void)tok, (void)e, (void)arg;
+}
+
+/* Runs before each poll, so a refresh completed by a timer is seen before the
+ * loop would block again. */
+static void on_prepare_look(uv_prepare_t *p) {
+  refresh_watch *w = p->data;
+  fx_token *t = NULL;
+  fx_auth_error e;
+  if (fx_token_get(w->h->tokens, &w->h->lp, H_TENANT, on_token_unused, NULL, &t, &e) != 0) return;
+  w->fresh = t != w->first;
+  fx_token_release(t);
+  if (w->fresh) uv_stop(p->loop);
+}
+
+static void on_watch_dog(uv_timer_t *t) {
+  refresh_watch *w = t->data;
+  w->fired = 1;
+  uv_stop(t->loop);
+}
+
+static void on_watch_closed(uv_handle_t *h) { ((refresh_watch *)h->data)->open--; }
+
+/* Back to the real clock, also when the test failed halfway. */
+static int real_clock(void **state) {
+  (void)state;
+  atomic_store(&fake_now, 0);
+  return 0;
+}
+
 static void refresh_before_expiry(void **state) {
   (void)state;
   harness h;
-  /* 4 s tokens: refresh after 80% (3.2 s), never handed out in the last 0.4 s. */
-  harness_opts o = {.sim_tenant_json = "\"expires_in\":4"};
+  harness_opts o = {0}; /* the simulator's tokens: expires_in 570 */
   h_open(&h, &o);
+  /* The cache runs on the test's clock; the simulator checks tokens on its own
+   * (real) clock, so every token stays valid there while the test moves time. */
+  const uint64_t t0 = 1000000;
+  atomic_store(&fake_now, t0);
   fx_token *first = NULL, *t = NULL;
   fx_auth_error e;
   int waited;
   assert_int_equal(h_token(&h, &first, &e, &waited), 0);
   assert_true(waited);
-  /* Keep asking, as a busy worker would, until the refresh has happened. */
-  int rounds = 0;
-  while (h_counter(&h, "token_requests") < 2) {
-    assert_int_equal(h_token(&h, &t, &e, &waited), 0);
-    assert_false(waited); /* steady state never waits for a token */
-    fx_token_release(t);
-    uv_run(&h.uv, UV_RUN_NOWAIT);
-    fx_test_sleep_ms(50);
-    assert_true(++rounds < 400);
-  }
-  /* Let the background refresh land, then the next request gets the new token at once. */
-  for (int i = 0; i < 100; i++) {
-    assert_int_equal(h_token(&h, &t, &e, &waited), 0);
-    assert_false(waited);
-    int fresh = strcmp(t->access_token, first->access_token) != 0;
-    fx_token_release(t);
-    if (fresh) break;
-    uv_run(&h.uv, UV_RUN_NOWAIT);
-    fx_test_sleep_ms(20);
-  }
+  assert_int_equal(first->expires_in, 570);
+  const uint64_t life = 570000, refresh_at = t0 + life * 80 / 100, usable_until = t0 + life - 10000;
+  fx_token_stats st;
+
+  /* Until 80% of the lifetime: the cached token, no refresh. */
+  atomic_store(&fake_now, refresh_at - 1);
+  assert_int_equal(h_token(&h, &t, &e, &waited), 0);
+  assert_false(waited);
+  assert_ptr_equal(t, first);
+  fx_token_release(t);
+  assert_int_equal(fx_token_cache_stats(h.tokens, H_TENANT, &st), 0);
+  assert_int_equal(st.requests, 1);
+
+  /* At 80%: the caller still gets the current token at once, and a refresh starts. */
+  atomic_store(&fake_now, refresh_at);
+  assert_int_equal(h_token(&h, &t, &e, &waited), 0);
+  assert_false(waited);
+  assert_ptr_equal(t, first);
+  fx_token_release(t);
+  assert_int_equal(fx_token_cache_stats(h.tokens, H_TENANT, &st), 0);
+  assert_int_equal(st.requests, 2);
+
+  /* Run the loop until the refresh lands (no caller waits for it: watch the cache). */
+  refresh_watch w = {.h = &h, .first = first, .open = 2};
+  uv_prepare_t look;
+  uv_timer_t dog;
+  uv_prepare_init(&h.uv, &look);
+  uv_timer_init(&h.uv, &dog);
+  look.data = dog.data = &w;
+  uv_prepare_start(&look, on_prepare_look);
+  uv_timer_start(&dog, on_watch_dog, 20000, 0);
+  while (!w.fresh && !w.fired) uv_run(&h.uv, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&look, on_watch_closed);
+  uv_close((uv_handle_t *)&dog, on_watch_closed);
+  while (w.open) uv_run(&h.uv, UV_RUN_NOWAIT); /* both live on this stack frame */
+  assert_false(w.fired);
   assert_int_equal(h_counter(&h, "token_requests"), 2);
-  /* The refresh came before expiry: the first token is still accepted. */
+
+  /* Past the first token's usable time (its last 10 s are not handed out), the new one
+   * is handed out at once, and the server accepts it. */
+  atomic_store(&fake_now, usable_until);
+  assert_int_equal(h_token(&h, &t, &e, &waited), 0);
+  assert_false(waited);
+  assert_ptr_not_equal(t, first);
+  assert_int_equal(h_counter(&h, "token_requests"), 2);
   char url[512], auth[256];
   snprintf(url, sizeof url, "%s/r4/" H_TENANT "/Patient/12724065", h.sim.url);
-  snprintf(auth, sizeof auth, "Authorization: Bearer %s", first->access_token);
+  snprintf(auth, sizeof auth, "Authorization: Bearer %s", t->access_token);
   const char *hdrs[] = {auth, NULL};
   fxt_http_resp resp;
   assert_int_equal(fxt_http("GET", url, hdrs, NULL, &resp), 0);
   assert_int_equal(resp.status, 200);
   fxt_http_resp_free(&resp);
+  fx_token_release(t);
   fx_token_release(first);
   h_close(&h);
 }
@@ -462,7 +541,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(es384_token_and_read),   cmocka_unit_test(rs384_token_and_read),
       cmocka_unit_test(every_rejection_reason), cmocka_unit_test(operator_mistakes),
-      cmocka_unit_test(thousand_waiters_one_request), cmocka_unit_test(refresh_before_expiry),
+      cmocka_unit_test(thousand_waiters_one_request),
+      cmocka_unit_test_teardown(refresh_before_expiry, real_clock),
       cmocka_unit_test(retry_once_after_401),   cmocka_unit_test(outages_back_off)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

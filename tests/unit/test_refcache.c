@@ -3,11 +3,23 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "common/loop.h"
 #include "common/refcache.h"
+
+/* The cache's clock: common/refcache.c reads fx_now_ms(); this test is linked
+ * with -Wl,--wrap=fx_now_ms (tests/unit/CMakeLists.txt), so those calls land
+ * here and get the test's time while one is set (0: the real clock). */
+uint64_t __real_fx_now_ms(void);
+uint64_t __wrap_fx_now_ms(void);
+static _Atomic uint64_t fake_now;
+uint64_t __wrap_fx_now_ms(void) {
+  uint64_t now = atomic_load(&fake_now);
+  return now ? now : __real_fx_now_ms();
+}
 
 static void miss_fill_hit(void **state) {
   (void)state;
@@ -110,20 +122,31 @@ static void bounded_and_expiring(void **state) {
   fx_refcache_fail(c, "t", "Binary/1");
   fx_refcache_free(c);
 
-  c = fx_refcache_new(100, 1 << 20, 50); /* 50 ms TTL */
+  /* The TTL on the test's clock: an entry is served until exactly ttl after it was put. */
+  const uint64_t t0 = 1000000;
+  atomic_store(&fake_now, t0);
+  c = fx_refcache_new(100, 1 << 20, 60000); /* 60 s TTL */
   assert_int_equal(fx_refcache_get(c, "t", "Location/1", NULL, NULL, NULL, &out, &len), FX_REF_MISS);
   fx_refcache_put(c, "t", "Location/1", "{}", 2);
+  atomic_store(&fake_now, t0 + 60000 - 1);
   assert_int_equal(fx_refcache_get(c, "t", "Location/1", NULL, NULL, NULL, &out, &len), FX_REF_HIT);
   free(out);
-  usleep(120 * 1000);
+  atomic_store(&fake_now, t0 + 60000);
   assert_int_equal(fx_refcache_get(c, "t", "Location/1", NULL, NULL, NULL, &out, &len), FX_REF_MISS);
   fx_refcache_fail(c, "t", "Location/1");
   fx_refcache_free(c);
 }
 
+/* Back to the real clock, also when the test failed halfway. */
+static int real_clock(void **state) {
+  (void)state;
+  atomic_store(&fake_now, 0);
+  return 0;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(miss_fill_hit),
                                      cmocka_unit_test(waiters_are_woken_on_their_loop),
-                                     cmocka_unit_test(bounded_and_expiring)};
+                                     cmocka_unit_test_teardown(bounded_and_expiring, real_clock)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
