@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 
-uint64_t fx_now_ms(void) { return uv_hrtime() / 1000000u; }
 
 static void drain(fx_loop *lp) {
   /* Take the whole queue under the lock, run it without the lock, so a call

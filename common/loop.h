@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <uv.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/http.h"
@@ -54,7 +55,5 @@ int fx_loop_post_chain(fx_loop *lp, fx_post *first, fx_post *last);
  * mailbox. Keep running the uv loop until it returns to finish closing. */
 void fx_loop_close(fx_loop *lp);
 
-/* Monotonic milliseconds, comparable across threads. */
-uint64_t fx_now_ms(void);
 
 #endif

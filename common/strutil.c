@@ -118,3 +118,40 @@ int fx_json_depth_ok(const char *p, size_t n, int max) {
   }
   return 1;
 }
+
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs,
+ * no surrogates, at most U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *p) {
+  unsigned char c = p[0];
+  if (c < 0x80) return 1;
+  size_t n;
+  unsigned lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c == 0xE0) n = 3, lo = 0xA0;
+  else if (c >= 0xE1 && c <= 0xEC) n = 3;
+  else if (c == 0xED) n = 3, hi = 0x9F;
+  else if (c >= 0xEE && c <= 0xEF) n = 3;
+  else if (c == 0xF0) n = 4, lo = 0x90;
+  else if (c >= 0xF1 && c <= 0xF3) n = 4;
+  else if (c == 0xF4) n = 4, hi = 0x8F;
+  else return 0;
+  if (p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < n; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return n;
+}
+
+size_t fx_utf8_fix(char *s) {
+  size_t fixed = 0;
+  unsigned char *p = (unsigned char *)s;
+  while (*p) {
+    size_t n = utf8_seq(p);
+    if (n) {
+      p += n;
+    } else {
+      *p++ = '?';
+      fixed++;
+    }
+  }
+  return fixed;
+}

@@ -30,4 +30,11 @@ void fx_redact_secrets(const char *in, char *out, size_t size);
  * carried, which a server may echo without any recognizable shape. */
 size_t fx_scrub_secret(char *buf, size_t len, size_t cap, const char *secret);
 
+/* Makes s valid UTF-8 in place: every byte that does not start or continue a
+ * well-formed sequence (a character cut in half by a fixed-size copy, or
+ * bytes that were never UTF-8) becomes '?'. Returns the number of bytes
+ * replaced. JSON strings must be UTF-8: jansson refuses anything else, and a
+ * record built from such text would otherwise not be built at all. */
+size_t fx_utf8_fix(char *s);
+
 #endif

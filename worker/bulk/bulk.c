@@ -221,11 +221,6 @@ static long long counts_sum(json_t *counts) {
  * broken server reaches this; its lines beyond are failures, not counts. */
 #define MAX_COUNTED_TYPES 256
 
-static uint64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floor_ms,
                             uint64_t ceiling_ms, uint64_t now_ms, uint64_t deadline_ms) {
@@ -746,7 +741,7 @@ static int retry_step(bx_export *e, long after_ms, long status, const char *what
   fx_bulk *b = e->b;
   const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
   e->tries++;
-  uint64_t now = wall_ms();
+  uint64_t now = fx_wall_ms();
   if (e->tries > bc->retries || now >= e->deadline_ms) {
     char msg[400];
     snprintf(msg, sizeof msg, "%s failed %d times in a row (last: %s)", state_names[e->state],
@@ -861,14 +856,14 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
     fx_log(FX_LOG_INFO, "bulk export started", "job_id", e->job_id, "tenant", e->tenant->id, NULL);
     const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
     wait_then_step(e, fx_bulk_poll_delay(fx_http_retry_after_ms(res), 0, (uint64_t)bc->poll_min_ms,
-                                         (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms));
+                                         (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms));
     goto out;
   }
   if (res->status == 429) {
     /* Cerner runs one export per client and tenant: wait the other one out
      * (until the deadline), do not fail. */
     const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
-    uint64_t now = wall_ms();
+    uint64_t now = fx_wall_ms();
     if (now >= e->deadline_ms) {
       export_fail(e, FX_EC_DEADLINE, 429,
                   "another export of this client kept the tenant busy until the deadline");
@@ -1045,7 +1040,7 @@ static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg)
     goto out;
   }
   char msg[512];
-  uint64_t now = wall_ms();
+  uint64_t now = fx_wall_ms();
   if (res->status == 202) {
     e->tries = 0;
     const char *progress = fx_http_header(res, "X-Progress");
@@ -1858,13 +1853,13 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
   f->len = f->off = 0;
   f->skipping = 0;
   /* References found so far stay queued: the export will not find them again. */
-  if (cls == FX_EC_TRANSIENT && ++f->tries <= bc->retries && wall_ms() < e->deadline_ms) {
+  if (cls == FX_EC_TRANSIENT && ++f->tries <= bc->retries && fx_wall_ms() < e->deadline_ms) {
     json_object_clear(f->counts);
     pp_clear(f);
     f->error_lines = f->bad_lines = f->line_no = 0;
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
-                                    (uint64_t)bc->poll_max_ms, wall_ms(), e->deadline_ms);
+                                    (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms);
     char attempt[16];
     snprintf(attempt, sizeof attempt, "%d", f->tries);
     fx_log(FX_LOG_WARN, "bulk file download failed; trying again", "job_id", e->job_id,
@@ -1877,7 +1872,7 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
     uv_timer_start(&f->timer, on_file_retry, d, 0);
     return;
   }
-  if (cls == FX_EC_TRANSIENT && wall_ms() >= e->deadline_ms) cls = FX_EC_DEADLINE;
+  if (cls == FX_EC_TRANSIENT && fx_wall_ms() >= e->deadline_ms) cls = FX_EC_DEADLINE;
   export_fail(e, cls, status, msg);
   file_release(f);
 }
@@ -2049,7 +2044,7 @@ static void pump_files(bx_export *e) {
 
 static void export_step(bx_export *e) {
   if (e->removed || e->abandoned) return;
-  if (wall_ms() >= e->deadline_ms) {
+  if (fx_wall_ms() >= e->deadline_ms) {
     char msg[200];
     snprintf(msg, sizeof msg, "the export did not finish within %lld hours (bulk.deadline_hours)",
              e->b->pool->app.cfg->bulk.deadline_hours);
@@ -2095,7 +2090,7 @@ static void export_start(bx_export *e) {
   }
   json_int_t dl = json_integer_value(json_object_get(e->rec, "deadline_ms"));
   e->deadline_ms = dl > 0 ? (uint64_t)dl
-                          : wall_ms() + (uint64_t)b->pool->app.cfg->bulk.deadline_hours * b->hour_ms;
+                          : fx_wall_ms() + (uint64_t)b->pool->app.cfg->bulk.deadline_hours * b->hour_ms;
   const char *su = json_string_value(json_object_get(e->rec, "status_url"));
   if (su && !(e->status_url = strdup(su))) {
     export_fail(e, FX_EC_INVALID_JOB, 0, "out of memory");

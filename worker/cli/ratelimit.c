@@ -2,12 +2,6 @@
 
 #include <time.h>
 
-int64_t fx_mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 void fx_rate_init(fx_rate *r, double per_s) {
   r->per_s = per_s > 0 ? per_s : 0;
   r->burst = r->per_s / 10 < 1 ? 1 : r->per_s / 10;

@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+#include "common/clock.h"
+
 typedef struct fx_rate {
   double per_s;   /* tokens added per second; 0 = unlimited */
   double burst;   /* the bucket's size: at most this many at once after a pause */
@@ -26,7 +28,6 @@ int64_t fx_rate_take(fx_rate *r, int64_t now_us);
 /* Sleeps until a token is available, then takes it. */
 void fx_rate_wait(fx_rate *r);
 
-/* CLOCK_MONOTONIC in microseconds. */
-int64_t fx_mono_us(void);
+
 
 #endif

@@ -32,14 +32,6 @@ typedef struct fx_deferred {
   rd_kafka_headers_t *hdrs;
 } fx_deferred;
 
-void fx_iso_now(char out[32]) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + n, 32 - n, ".%03dZ", (int)(ts.tv_nsec / 1000000L));
-}
 
 /* A job's identity for outputs: its job_id, else what could be read of it,
  * else the message key when it looks like a job id (enqueue keys by job_id),

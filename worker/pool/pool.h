@@ -224,7 +224,5 @@ fx_tenant_metrics *fx_pool_tenant_metrics(fx_pool *p, const char *tenant);
 int fx_admin_start(fx_pool *p, fx_err *err);
 void fx_admin_stop(fx_pool *p);
 
-/* "2026-11-30T06:10:00.123Z" */
-void fx_iso_now(char out[32]);
 
 #endif
