@@ -10,7 +10,11 @@
 #include "common/fhir.h"
 #include "common/log.h"
 #include "common/strutil.h"
-#include "worker/pool/pool.h"
+#include "worker/out/out.h"
+#include "worker/pool/kthread.h"
+#include "worker/pool/services.h"
+#include "worker/model/resources.h"
+#include "worker/model/tenants.h"
 #include "worker/model/strset.h"
 
 #define POLL_BUDGET 500
@@ -27,53 +31,29 @@ static const char *const state_names[] = {"pending", "exporting", "downloading",
 typedef struct bx_export bx_export;
 typedef struct bx_file bx_file;
 
-/* What waits for Kafka's acknowledgements: a file (its results and failure
- * records) or an ending export (its failure record and dead letter, before
- * its status). First member of both, so a delivery report's opaque can be
- * either. */
-enum { SINK_FILE = 1, SINK_EXPORT = 2 };
-typedef struct bx_sink {
-  int kind;
-  atomic_int outputs; /* in flight, plus one guard while more may come */
-  atomic_int failed;  /* an output was not delivered */
-} bx_sink;
-
-/* An output the producer's queue had no room for (control records only:
- * result lines wait in their file, whose download is paused meanwhile). */
-typedef struct bx_deferred {
-  struct bx_deferred *next;
-  bx_sink *sink; /* counted already; NULL for records nothing waits for */
-  char *topic, *key, *value;
-  size_t len;
-  rd_kafka_headers_t *hdrs;
-} bx_deferred;
-
 typedef struct bx_part {
   int32_t partition;
   int caught_up; /* read to the end once: its exports may run */
 } bx_part;
 
 struct fx_bulk {
-  fx_pool *pool;
-  uv_thread_t tid;
-  uv_loop_t uv;
-  fx_loop lp;
-  rd_kafka_t *consumer;
-  rd_kafka_queue_t *cq;
-  fx_kqueue *ckq;
-  uv_timer_t heartbeat, def_timer, drain_timer;
+  const fx_services *sv;
+  fx_kthread *kt;   /* the thread: its loop, its consumer in <group>.bulk */
+  fx_loop *lp;      /* the thread's loop (fx_kthread_loop) */
+  uv_loop_t *uv;
+  fx_out *out;      /* this thread's way out to Kafka */
+  fx_sink loose;    /* progress records: always open, nobody waits for them */
   bx_part *parts;
   size_t n_parts, cap_parts;
   bx_export *exports; /* every export known from the assigned partitions */
   json_t *finished;   /* job_id -> [attempt, seq] of exports that ended */
-  bx_deferred *def_head, *def_tail;
   size_t live_files, live_exports; /* not yet freed (shutdown waits for them) */
-  int stopping, left, closed;
+  int stopping;
   uint64_t hour_ms; /* what an hour of bulk.deadline_hours lasts (deadline_hour_ms) */
 };
 
 struct bx_export {
-  bx_sink sink; /* first: the failure and dead letter of an export that failed */
+  fx_sink sink; /* first: the failure and dead letter of an export that failed */
   bx_export *next;
   fx_bulk *b;
   int32_t partition;
@@ -149,7 +129,7 @@ static int seen_once(fx_strset *set, const char *prefix, const char *s) {
 }
 
 struct bx_file {
-  bx_sink sink;  /* first: results and failure records of this file */
+  fx_sink sink;  /* first: results and failure records of this file */
   bx_file *next; /* in its export's list */
   bx_export *e;
   size_t index; /* in the manifest: outputs first, then error files */
@@ -288,64 +268,18 @@ static rd_kafka_headers_t *headers_for(const bx_export *e) {
   return h;
 }
 
-static void on_def_timer(uv_timer_t *t);
-
-/* Produces a control record (progress, status, failure, dead letter); when
- * the producer's queue is full it waits here, in order. Takes value and hdrs. */
-static void sink_done(bx_sink *s, int failed);
-
-static void emit(fx_bulk *b, bx_sink *sink, const char *topic, const char *key, char *value,
+/* Produces a control record (progress, status, failure, dead letter) for
+ * sink (NULL: nobody waits for it); when the producer's queue is full it
+ * waits in the thread's out queue, in order. Takes value and hdrs. */
+static void emit(fx_bulk *b, fx_sink *sink, const char *topic, const char *key, char *value,
                  size_t len, rd_kafka_headers_t *hdrs) {
-  if (sink) atomic_fetch_add(&sink->outputs, 1);
-  int err = b->def_head ? RD_KAFKA_RESP_ERR__QUEUE_FULL
-                        : fx_produce_bulk(b->pool, sink, topic, key, value, len, hdrs);
-  if (!err) return;
-  if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-    bx_deferred *d = calloc(1, sizeof *d);
-    if (d && (d->topic = strdup(topic)) && (d->key = strdup(key))) {
-      d->sink = sink;
-      d->value = value;
-      d->len = len;
-      d->hdrs = hdrs;
-      if (b->def_tail)
-        b->def_tail->next = d;
-      else
-        b->def_head = d;
-      b->def_tail = d;
-      if (!uv_is_active((uv_handle_t *)&b->def_timer))
-        uv_timer_start(&b->def_timer, on_def_timer, DEFER_MS, 0);
-      return;
-    }
-    if (d) free(d->topic), free(d);
-  }
-  fx_log(FX_LOG_ERROR, "cannot produce a bulk export record", "topic", topic, "job_id", key,
-         "error", rd_kafka_err2str((rd_kafka_resp_err_t)err), NULL);
-  free(value);
-  if (hdrs) rd_kafka_headers_destroy(hdrs);
-  if (sink) sink_done(sink, 1);
+  fx_out_emit(b->out, sink ? sink : &b->loose, topic, key, value, len, hdrs);
 }
 
-static void on_def_timer(uv_timer_t *t) {
-  fx_bulk *b = t->data;
-  while (b->def_head) {
-    bx_deferred *d = b->def_head;
-    int err = fx_produce_bulk(b->pool, d->sink, d->topic, d->key, d->value, d->len, d->hdrs);
-    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-      uv_timer_start(&b->def_timer, on_def_timer, DEFER_MS, 0);
-      return;
-    }
-    if (err) {
-      free(d->value);
-      if (d->hdrs) rd_kafka_headers_destroy(d->hdrs);
-      if (d->sink) sink_done(d->sink, 1);
-    }
-    b->def_head = d->next;
-    if (!b->def_head) b->def_tail = NULL;
-    free(d->topic);
-    free(d->key);
-    free(d);
-  }
-  maybe_leave(b);
+/* Drops a hold on s (failed: an output of it will not be delivered). */
+static void sink_done(fx_sink *s, int failed) {
+  if (failed) fx_sink_fail(s);
+  fx_sink_close(s);
 }
 
 /* Publishes the export's state as a new progress record. */
@@ -358,7 +292,7 @@ static void publish_progress(bx_export *e) {
   json_object_set_new(e->rec, "seq", json_integer(e->seq));
   json_object_set_new(e->rec, "state", json_string(state_names[e->state]));
   json_object_set_new(e->rec, "updated_at", json_string(now));
-  json_object_set_new(e->rec, "worker", json_string(b->pool->identity));
+  json_object_set_new(e->rec, "worker", json_string(b->sv->identity));
   if (e->status_url) json_object_set_new(e->rec, "status_url", json_string(e->status_url));
   json_object_set_new(e->rec, "deadline_ms", json_integer((json_int_t)e->deadline_ms));
   if (e->n_files) {
@@ -375,7 +309,7 @@ static void publish_progress(bx_export *e) {
   json_object_set_new(e->rec, "references_fetched", json_integer(e->refs_fetched));
   size_t len;
   char *value = dump(e->rec, &len);
-  if (value) emit(b, NULL, b->pool->app.cfg->topics.bulk, e->job_id, value, len, NULL);
+  if (value) emit(b, NULL, b->sv->app->cfg->topics.bulk, e->job_id, value, len, NULL);
 }
 
 /* Files finish fast and an export may have tens of thousands: their
@@ -406,10 +340,10 @@ static json_t *source_of(const bx_export *e) {
  * referenced entity's failure names it (reference "Type/id", type its Type);
  * attempts 0 means the export's current step's. The first failure's class
  * becomes the status's error_class (finish). */
-static void publish_failure_ref(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+static void publish_failure_ref(bx_export *e, fx_sink *sink, fx_errclass cls, long status,
                                 const char *outcome, const char *url, const char *type,
                                 const char *reference, int attempts, const char *msg) {
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   if (e->first_cls == FX_EC_NONE) e->first_cls = cls;
   char now[32], shown[1024] = "";
   fx_iso_now(now);
@@ -432,18 +366,18 @@ static void publish_failure_ref(bx_export *e, bx_sink *sink, fx_errclass cls, lo
   json_decref(o);
   char key[256];
   snprintf(key, sizeof key, "%s/%s", tenant ? tenant : "", e->job_id);
-  if (value) emit(e->b, sink, p->app.cfg->topics.failures, key, value, len, headers_for(e));
-  atomic_fetch_add(&p->stats.failures, 1);
+  if (value) emit(e->b, sink, p->app->cfg->topics.failures, key, value, len, headers_for(e));
+  atomic_fetch_add(&p->metrics->failures, 1);
 }
 
-static void publish_failure(bx_export *e, bx_sink *sink, fx_errclass cls, long status,
+static void publish_failure(bx_export *e, fx_sink *sink, fx_errclass cls, long status,
                             const char *outcome, const char *url, const char *type,
                             const char *msg) {
   publish_failure_ref(e, sink, cls, status, outcome, url, type, NULL, 0, msg);
 }
 
 static void publish_status(bx_export *e, int state, fx_errclass cls) {
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   int failed = e->end_state == BX_FAILED; /* the export itself failed: dead-lettered */
   char now[32];
   fx_iso_now(now);
@@ -514,11 +448,11 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
   size_t len;
   char *value = dump(o, &len);
   json_decref(o);
-  if (value) emit(e->b, &e->sink, p->app.cfg->topics.status, e->job_id, value, len, headers_for(e));
-  atomic_fetch_add(&p->stats.statuses, 1);
-  atomic_fetch_add(state == 0   ? &p->stats.jobs_completed
-                   : state == 1 ? &p->stats.jobs_partial
-                                : &p->stats.jobs_failed,
+  if (value) emit(e->b, &e->sink, p->app->cfg->topics.status, e->job_id, value, len, headers_for(e));
+  atomic_fetch_add(&p->metrics->statuses, 1);
+  atomic_fetch_add(state == 0   ? &p->metrics->jobs_completed
+                   : state == 1 ? &p->metrics->jobs_partial
+                                : &p->metrics->jobs_failed,
                    1);
   fx_log(FX_LOG_INFO, "bulk job finished", "job_id", e->job_id, "tenant", tenant, "state",
          states[state], NULL);
@@ -527,7 +461,7 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
 /* The dead letter: the job as it was (replay re-runs a new export), the
  * cause in the same headers a patient job's dead letter has. */
 static void publish_dead_letter(bx_export *e, fx_errclass cls, long status, const char *msg) {
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   json_t *job = json_object_get(e->rec, "job");
   size_t len = 0;
   char *value = job ? dump(job, &len) : NULL;
@@ -543,7 +477,7 @@ static void publish_dead_letter(bx_export *e, fx_errclass cls, long status, cons
   rd_kafka_header_add(h, "fhirx-reason", -1, msg, (ssize_t)strnlen(msg, 512));
   json_t *src = json_object_get(e->rec, "source");
   const char *topic = json_string_value(json_object_get(src, "topic"));
-  rd_kafka_header_add(h, "fhirx-original-topic", -1, topic ? topic : p->app.cfg->topics.jobs, -1);
+  rd_kafka_header_add(h, "fhirx-original-topic", -1, topic ? topic : p->app->cfg->topics.jobs, -1);
   snprintf(buf, sizeof buf, "%d", (int)json_integer_value(json_object_get(src, "partition")));
   rd_kafka_header_add(h, "fhirx-original-partition", -1, buf, -1);
   snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(json_object_get(src, "offset")));
@@ -557,8 +491,8 @@ static void publish_dead_letter(bx_export *e, fx_errclass cls, long status, cons
   (void)first;
   const char *rf = json_string_value(json_object_get(e->rec, "replayed_from"));
   if (rf) rd_kafka_header_add(h, "fhirx-replayed-from", -1, rf, -1);
-  emit(e->b, &e->sink, p->app.cfg->topics.dlq, e->job_id, value, len, h);
-  atomic_fetch_add(&p->stats.dead_letters, 1);
+  emit(e->b, &e->sink, p->app->cfg->topics.dlq, e->job_id, value, len, h);
+  atomic_fetch_add(&p->metrics->dead_letters, 1);
 }
 
 /* ---- export lifecycle ----------------------------------------------------------- */
@@ -588,7 +522,7 @@ static void on_export_closed(uv_handle_t *h) {
 
 static void export_unref(bx_export *e) {
   if (--e->refs > 0) return;
-  if (e->started && !e->abandoned) atomic_fetch_sub(&e->b->pool->stats.bulk_active, 1);
+  if (e->started && !e->abandoned) atomic_fetch_sub(&e->b->sv->metrics->bulk_active, 1);
   uv_close((uv_handle_t *)&e->timer, on_export_closed);
 }
 
@@ -624,8 +558,8 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
   e->state = state;
   publish_progress(e);
   remember_finished(e->b, e->job_id, e->attempt, e->seq);
-  atomic_fetch_add(state == BX_COMPLETED ? &e->b->pool->stats.bulk_completed
-                                         : &e->b->pool->stats.bulk_failed,
+  atomic_fetch_add(state == BX_COMPLETED ? &e->b->sv->metrics->bulk_completed
+                                         : &e->b->sv->metrics->bulk_failed,
                    1);
   if (delete_on_server && e->status_url && e->tenant) {
     /* The status URL came from this export's kick-off: wherever on the
@@ -637,7 +571,7 @@ static void export_end(bx_export *e, int state, int delete_on_server) {
                           .method = "DELETE"};
     fx_err err = {0};
     e->refs++;
-    if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_deleted, e, &err) != 0) e->refs--;
+    if (fx_fhir_get(e->b->lp, e->b->sv->app->tokens, &rq, on_deleted, e, &err) != 0) e->refs--;
   }
   export_remove(e);
 }
@@ -651,16 +585,7 @@ static void export_acked(void *arg);
 
 static long long published(const bx_export *e) { return counts_sum(e->counts); }
 
-static void sink_arm(bx_sink *s) { atomic_store(&s->outputs, 1); }
-
-static void sink_done(bx_sink *s, int failed) {
-  if (failed) atomic_store(&s->failed, 1);
-  if (atomic_fetch_sub(&s->outputs, 1) != 1) return;
-  if (s->kind == SINK_FILE)
-    file_acked(s);
-  else
-    export_acked(s);
-}
+static void sink_arm(fx_sink *s) { fx_sink_open(s); }
 
 static void begin_ending(bx_export *e, int status_state, fx_errclass cls, int end_state,
                          int delete_on_server) {
@@ -739,7 +664,7 @@ static void wait_then_step(bx_export *e, uint64_t ms) {
  * the export fails. */
 static int retry_step(bx_export *e, long after_ms, long status, const char *what) {
   fx_bulk *b = e->b;
-  const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
+  const fx_bulk_conf *bc = &b->sv->app->cfg->bulk;
   e->tries++;
   uint64_t now = fx_wall_ms();
   if (e->tries > bc->retries || now >= e->deadline_ms) {
@@ -771,7 +696,7 @@ static void describe(const fx_http_response *res, const char *what, char *out, s
 
 static void auth_failed(bx_export *e, const fx_auth_error *ae) {
   /* A reload removed the tenant while its export ran: its tokens are gone. */
-  fx_tenant_set *now = fx_tenant_slot_get(&e->b->pool->tenants);
+  fx_tenant_set *now = fx_tenant_slot_get(e->b->sv->tenants);
   int configured = fx_tenant_set_find(now, e->tenant->id) != NULL;
   fx_tenant_set_release(now);
   if (!configured) {
@@ -852,9 +777,9 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
     fx_iso_now(now);
     json_object_set_new(e->rec, "kicked_off_at", json_string(now));
     publish_progress(e);
-    atomic_fetch_add(&b->pool->stats.bulk_kickoffs, 1);
+    atomic_fetch_add(&b->sv->metrics->bulk_kickoffs, 1);
     fx_log(FX_LOG_INFO, "bulk export started", "job_id", e->job_id, "tenant", e->tenant->id, NULL);
-    const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
+    const fx_bulk_conf *bc = &b->sv->app->cfg->bulk;
     wait_then_step(e, fx_bulk_poll_delay(fx_http_retry_after_ms(res), 0, (uint64_t)bc->poll_min_ms,
                                          (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms));
     goto out;
@@ -862,7 +787,7 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
   if (res->status == 429) {
     /* Cerner runs one export per client and tenant: wait the other one out
      * (until the deadline), do not fail. */
-    const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
+    const fx_bulk_conf *bc = &b->sv->app->cfg->bulk;
     uint64_t now = fx_wall_ms();
     if (now >= e->deadline_ms) {
       export_fail(e, FX_EC_DEADLINE, 429,
@@ -949,7 +874,7 @@ static void kickoff(bx_export *e) {
                         .headers = prefer};
   fx_err err = {0};
   e->refs++;
-  if (fx_fhir_get(&b->lp, b->pool->app.tokens, &rq, on_kickoff, e, &err) != 0) {
+  if (fx_fhir_get(b->lp, b->sv->app->tokens, &rq, on_kickoff, e, &err) != 0) {
     e->refs--;
     free(url);
     export_fail(e, FX_EC_FOREIGN_REFERENCE, 0, err.msg);
@@ -1028,9 +953,9 @@ static void finish(bx_export *e) {
 static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   bx_export *e = arg;
   fx_bulk *b = e->b;
-  const fx_bulk_conf *bc = &b->pool->app.cfg->bulk;
+  const fx_bulk_conf *bc = &b->sv->app->cfg->bulk;
   if (e->abandoned || e->removed) goto out;
-  atomic_fetch_add(&b->pool->stats.bulk_polls, 1);
+  atomic_fetch_add(&b->sv->metrics->bulk_polls, 1);
   if (ae) {
     auth_failed(e, ae);
     goto out;
@@ -1105,7 +1030,7 @@ static void poll_status(bx_export *e) {
                         .accept = "application/json"};
   fx_err err = {0};
   e->refs++;
-  if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_status, e, &err) != 0) {
+  if (fx_fhir_get(e->b->lp, e->b->sv->app->tokens, &rq, on_status, e, &err) != 0) {
     e->refs--;
     export_fail(e, FX_EC_FOREIGN_REFERENCE, 0, err.msg);
   }
@@ -1187,7 +1112,7 @@ static void file_acked(void *arg) {
       e->error_lines += f->error_lines;
       e->bad_lines += f->bad_lines;
       e->refs_fetched += f->refs_fetched;
-      atomic_fetch_add(&e->b->pool->stats.bulk_files, 1);
+      atomic_fetch_add(&e->b->sv->metrics->bulk_files, 1);
       progress_soon(e);
     } else {
       /* A result was not delivered: that file is downloaded again, whole. */
@@ -1205,14 +1130,14 @@ static void file_release(bx_file *f) {
   sink_done(&f->sink, 0);
 }
 
-void fx_bulk_delivered(void *obj, int failed) {
-  bx_sink *s = obj;
-  if (!s) return; /* a progress record: nothing waits for it */
-  if (failed) atomic_store(&s->failed, 1);
-  if (atomic_fetch_sub(&s->outputs, 1) != 1) return;
-  int rc = s->kind == SINK_FILE ? fx_loop_post(&((bx_file *)s)->e->b->lp, file_acked, s)
-                                : fx_loop_post(&((bx_export *)s)->b->lp, export_acked, s);
-  if (rc != 0) fx_log(FX_LOG_ERROR, "cannot hand a bulk export back to its thread", NULL);
+static void on_file_settled(fx_sink *s, int failed) {
+  (void)failed; /* file_acked reads it from the sink */
+  file_acked(s);
+}
+
+static void on_export_settled(fx_sink *s, int failed) {
+  (void)failed;
+  export_acked(s);
 }
 
 /* The patient a resource belongs to, for the fhirx-patient header. */
@@ -1275,7 +1200,7 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, 
   }
   if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
   if (fx_strset_add(e->refs_seen, key) != 1) return;
-  long long max = e->b->pool->app.cfg->worker.max_references_per_job;
+  long long max = e->b->sv->app->cfg->worker.max_references_per_job;
   if (++e->refs_queued > max) {
     if (!e->refs_capped) {
       e->refs_capped = 1;
@@ -1361,7 +1286,7 @@ static void ref_call_free(ref_call *c) {
  * a file downloaded again enqueues the same jobs (same ids) again. */
 static void enqueue_per_patient(bx_file *f) {
   bx_export *e = f->e;
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   if (!f->n_pp) return;
   size_t per_job = p->limits.max_patients;
   /* Within the job size limit too: an id takes at most 64 + 3 bytes. */
@@ -1390,7 +1315,7 @@ static void enqueue_per_patient(bx_file *f) {
       atomic_store(&f->sink.failed, 1); /* downloaded again later */
       break;
     }
-    emit(e->b, &f->sink, p->app.cfg->topics.jobs, id, value, len, NULL);
+    emit(e->b, &f->sink, p->app->cfg->topics.jobs, id, value, len, NULL);
     if (!f->pp_jobs) f->pp_jobs = json_array();
     json_array_append_new(f->pp_jobs, json_string(id));
   }
@@ -1409,7 +1334,7 @@ static void on_ref_retry(uv_timer_t *t) { refs_pump(t->data); }
 
 static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res) {
   bx_export *e = f->e;
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   char msg[512];
   json_error_t je;
   json_t *doc = json_loadb(res->body, res->body_len, 0, &je);
@@ -1454,21 +1379,18 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   rd_kafka_header_add(h, "fhirx-fetched-at", -1, now, -1);
   rd_kafka_header_add(h, "fhirx-via", -1, "reference", -1);
   char *value = key ? fx_memstr(res->body, res->body_len) : NULL;
-  atomic_fetch_add(&f->sink.outputs, 1);
-  int err = value ? fx_produce_bulk(p, f, p->app.cfg->topics.results, key, value, res->body_len, h)
-                  : RD_KAFKA_RESP_ERR__FAIL;
-  free(key);
-  if (err) {
-    /* Queue full or out of memory: the file is downloaded again later. */
-    atomic_fetch_sub(&f->sink.outputs, 1);
-    free(value);
+  if (!value) {
+    /* Out of memory: the file is downloaded again later. */
+    free(key);
     rd_kafka_headers_destroy(h);
-    atomic_store(&f->sink.failed, 1);
+    fx_sink_fail(&f->sink);
   } else {
+    fx_out_emit(e->b->out, &f->sink, p->app->cfg->topics.results, key, value, res->body_len, h);
+    free(key);
     count_add(f->counts, type, 1);
     f->refs_fetched++;
-    atomic_fetch_add(&p->stats.results, 1);
-    atomic_fetch_add(&p->stats.refs_fetched, 1);
+    atomic_fetch_add(&p->metrics->results, 1);
+    atomic_fetch_add(&p->metrics->refs_fetched, 1);
   }
   collect_refs(f, doc, r->depth + 1);
   json_decref(doc);
@@ -1485,7 +1407,7 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     if (f->refs_inflight == 0) file_release(f);
     return;
   }
-  const fx_bulk_conf *bc = &f->e->b->pool->app.cfg->bulk;
+  const fx_bulk_conf *bc = &f->e->b->sv->app->cfg->bulk;
   int transient = ae ? (ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED)
                      : (res->result != 0 || transient_status(res->status) || res->status >= 500);
   if (!ae && res->result == 0 && res->status == 200) {
@@ -1588,7 +1510,7 @@ static void refs_pump(bx_file *f) {
                           .accept = ref_accept(prof, r->key)};
     fx_err err = {0};
     f->refs_inflight++;
-    if (fx_fhir_get(&e->b->lp, e->b->pool->app.tokens, &rq, on_ref, c, &err) != 0) {
+    if (fx_fhir_get(e->b->lp, e->b->sv->app->tokens, &rq, on_ref, c, &err) != 0) {
       f->refs_inflight--;
       char msg[600];
       snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key, err.msg);
@@ -1641,7 +1563,7 @@ static void per_patient_add(bx_file *f, const char *id) {
  * same line again later. */
 static int publish_line(bx_file *f, const char *line, size_t n) {
   bx_export *e = f->e;
-  fx_pool *p = e->b->pool;
+  const fx_services *p = e->b->sv;
   json_error_t je;
   json_t *res = json_loadb(line, n, 0, &je);
   const char *type = json_string_value(json_object_get(res, "resourceType"));
@@ -1725,33 +1647,31 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     rd_kafka_headers_destroy(h);
     return RD_KAFKA_RESP_ERR__QUEUE_FULL; /* out of memory: offer it again shortly */
   }
-  atomic_fetch_add(&f->sink.outputs, 1);
-  int err = fx_produce_bulk(p, f, p->app.cfg->topics.results, key, value, n, h);
-  free(key);
-  if (err) {
-    atomic_fetch_sub(&f->sink.outputs, 1);
+  /* Offered, not queued: when the producer is full the line stays in the
+   * file's buffer and the download pauses (memory stays bounded). */
+  if (fx_out_offer(e->b->out, &f->sink, p->app->cfg->topics.results, key, value, n, h) ==
+      FX_EAGAIN) {
+    free(key);
     free(value);
     rd_kafka_headers_destroy(h);
-    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-      json_decref(res);
-      return err;
-    }
-    atomic_store(&f->sink.failed, 1);
+    json_decref(res);
+    return RD_KAFKA_RESP_ERR__QUEUE_FULL;
   }
+  free(key);
   count_add(f->counts, type, 1); /* before res, which owns type, is released */
   collect_refs(f, res, 1);
   if (strcmp(type, "Patient") == 0 && !fx_types_empty(e->job->per_patient_types))
     per_patient_add(f, id);
   json_decref(res);
   f->line_no++;
-  atomic_fetch_add(&p->stats.results, 1);
+  atomic_fetch_add(&p->metrics->results, 1);
   return 0;
 }
 
 /* Publishes the complete lines in the buffer (and the last, unterminated
  * one when final). Returns 1 when the producer's queue is full. */
 static int process_lines(bx_file *f, int final) {
-  size_t max_line = f->e->b->pool->max_message + 65536;
+  size_t max_line = f->e->b->sv->max_message + 65536;
   while (f->off < f->len) {
     char *start = f->buf + f->off;
     size_t avail = f->len - f->off;
@@ -1849,7 +1769,7 @@ static void on_file_retry(uv_timer_t *t) {
 /* A download failed: try the file again, or fail the export. */
 static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms, const char *msg) {
   bx_export *e = f->e;
-  const fx_bulk_conf *bc = &e->b->pool->app.cfg->bulk;
+  const fx_bulk_conf *bc = &e->b->sv->app->cfg->bulk;
   f->len = f->off = 0;
   f->skipping = 0;
   /* References found so far stay queued: the export will not find them again. */
@@ -1914,14 +1834,14 @@ static void file_send(bx_file *f, const char *url) {
                           .sink = on_chunk,
                           .sink_arg = f,
                           .max_body = (size_t)1 << 40};
-    rc = fx_fhir_get(&b->lp, b->pool->app.tokens, &rq, on_file_fhir, f, &err);
+    rc = fx_fhir_get(b->lp, b->sv->app->tokens, &rq, on_file_fhir, f, &err);
   } else {
     fx_http_request rq = {.url = url,
                           .accept = "application/fhir+ndjson",
                           .sink = on_chunk,
                           .sink_arg = f,
                           .max_body = (size_t)1 << 40};
-    rc = b->lp.http ? fx_http_send(b->lp.http, &rq, on_file_response, f, &err) : FX_ECANCELED;
+    rc = b->lp->http ? fx_http_send(b->lp->http, &rq, on_file_response, f, &err) : FX_ECANCELED;
   }
   if (rc) file_failed(f, FX_EC_TRANSIENT, 0, -1, err.msg[0] ? err.msg : "cannot send");
 }
@@ -2000,7 +1920,7 @@ static void on_file_response(fx_http_response *res, void *arg) {
 static void pump_files(bx_export *e) {
   if (e->abandoned || e->removed || e->state != BX_DOWNLOADING) return;
   fx_bulk *b = e->b;
-  size_t max = (size_t)b->pool->app.cfg->bulk.parallel_downloads;
+  size_t max = (size_t)b->sv->app->cfg->bulk.parallel_downloads;
   if (e->n_done == e->n_files && e->running == 0) {
     finish(e);
     return;
@@ -2025,10 +1945,9 @@ static void pump_files(bx_export *e) {
     f->index = i;
     fx_url_redact(f->url, f->shown, sizeof f->shown);
     f->is_error = i >= e->n_out;
-    f->sink.kind = SINK_FILE;
-    atomic_init(&f->sink.outputs, 1);
-    atomic_init(&f->sink.failed, 0);
-    uv_timer_init(&b->uv, &f->timer);
+    fx_sink_init(&f->sink, b->lp, on_file_settled);
+    fx_sink_open(&f->sink);
+    uv_timer_init(b->uv, &f->timer);
     f->timer.data = f;
     f->next = e->files;
     e->files = f;
@@ -2047,7 +1966,7 @@ static void export_step(bx_export *e) {
   if (fx_wall_ms() >= e->deadline_ms) {
     char msg[200];
     snprintf(msg, sizeof msg, "the export did not finish within %lld hours (bulk.deadline_hours)",
-             e->b->pool->app.cfg->bulk.deadline_hours);
+             e->b->sv->app->cfg->bulk.deadline_hours);
     export_fail(e, FX_EC_DEADLINE, 0, msg);
     return;
   }
@@ -2064,15 +1983,15 @@ static void export_start(bx_export *e) {
   if (e->started || e->removed) return;
   e->started = 1;
   fx_bulk *b = e->b;
-  atomic_fetch_add(&b->pool->stats.bulk_active, 1);
+  atomic_fetch_add(&b->sv->metrics->bulk_active, 1);
   e->started_ms = fx_now_ms();
-  e->ts = fx_tenant_slot_get(&b->pool->tenants);
+  e->ts = fx_tenant_slot_get(b->sv->tenants);
   json_t *job = json_object_get(e->rec, "job");
   size_t len = 0;
   char *text = job ? dump(job, &len) : NULL;
   fx_job_error jerr;
   memset(&jerr, 0, sizeof jerr);
-  if (!text || fx_job_parse(text, len, &e->ts->profiles, &b->pool->limits, &e->job, &jerr) != 0 ||
+  if (!text || fx_job_parse(text, len, &e->ts->profiles, &b->sv->limits, &e->job, &jerr) != 0 ||
       e->job->kind != FX_JOB_BULK) {
     free(text);
     export_fail(e, text ? jerr.cls : FX_EC_INVALID_JOB, 0,
@@ -2090,14 +2009,14 @@ static void export_start(bx_export *e) {
   }
   json_int_t dl = json_integer_value(json_object_get(e->rec, "deadline_ms"));
   e->deadline_ms = dl > 0 ? (uint64_t)dl
-                          : fx_wall_ms() + (uint64_t)b->pool->app.cfg->bulk.deadline_hours * b->hour_ms;
+                          : fx_wall_ms() + (uint64_t)b->sv->app->cfg->bulk.deadline_hours * b->hour_ms;
   const char *su = json_string_value(json_object_get(e->rec, "status_url"));
   if (su && !(e->status_url = strdup(su))) {
     export_fail(e, FX_EC_INVALID_JOB, 0, "out of memory");
     return;
   }
   if (e->state != BX_PENDING) {
-    atomic_fetch_add(&b->pool->stats.bulk_resumed, 1);
+    atomic_fetch_add(&b->sv->metrics->bulk_resumed, 1);
     fx_log(FX_LOG_INFO, "resuming a bulk export", "job_id", e->job_id, "tenant", e->job->tenant,
            "state", state_names[e->state], NULL);
   }
@@ -2123,7 +2042,7 @@ static void export_abandon(bx_export *e) {
       refs_pump(f); /* drops the queue and releases the file */
     }
   }
-  if (e->started) atomic_fetch_sub(&e->b->pool->stats.bulk_active, 1);
+  if (e->started) atomic_fetch_sub(&e->b->sv->metrics->bulk_active, 1);
   export_remove(e);
 }
 
@@ -2196,10 +2115,8 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
     e->b = b;
     e->rec = rec;
     e->refs = 1;
-    e->sink.kind = SINK_EXPORT;
-    atomic_init(&e->sink.outputs, 0);
-    atomic_init(&e->sink.failed, 0);
-    uv_timer_init(&b->uv, &e->timer);
+    fx_sink_init(&e->sink, b->lp, on_export_settled);
+    uv_timer_init(b->uv, &e->timer);
     e->timer.data = e;
     e->next = b->exports;
     b->exports = e;
@@ -2238,156 +2155,100 @@ static void caught_up(fx_bulk *b, int32_t partition) {
   }
 }
 
-static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-  fx_bulk *b = opaque;
-  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    for (int i = 0; i < parts->cnt; i++) {
-      /* The whole partition, every time: it is the state of its exports. */
-      parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
-      if (find_part(b, parts->elems[i].partition)) continue;
-      if (b->n_parts == b->cap_parts) {
-        size_t cap = b->cap_parts ? b->cap_parts * 2 : 8;
-        bx_part *grown = realloc(b->parts, cap * sizeof *grown);
-        if (!grown) continue;
-        b->parts = grown;
-        b->cap_parts = cap;
-      }
-      b->parts[b->n_parts++] = (bx_part){.partition = parts->elems[i].partition};
+/* ---- the thread's role ------------------------------------------------------------ */
+
+static void on_message(void *ctx, const rd_kafka_message_t *m) {
+  fx_bulk *b = ctx;
+  if (!b->stopping) apply_record(b, m);
+}
+
+static void on_eof(void *ctx, const char *topic, int32_t partition) {
+  (void)topic;
+  caught_up(ctx, partition);
+}
+
+static void on_assign(void *ctx, rd_kafka_topic_partition_list_t *parts) {
+  fx_bulk *b = ctx;
+  for (int i = 0; i < parts->cnt; i++) {
+    /* The whole partition, every time: it is the state of its exports. */
+    parts->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+    if (find_part(b, parts->elems[i].partition)) continue;
+    if (b->n_parts == b->cap_parts) {
+      size_t cap = b->cap_parts ? b->cap_parts * 2 : 8;
+      bx_part *grown = realloc(b->parts, cap * sizeof *grown);
+      if (!grown) continue;
+      b->parts = grown;
+      b->cap_parts = cap;
     }
-    rd_kafka_assign(rk, parts);
-    char n[16];
-    snprintf(n, sizeof n, "%d", parts->cnt);
-    fx_log(FX_LOG_INFO, "bulk partitions assigned", "count", n, NULL);
-  } else {
-    /* Eager protocol: everything is revoked; exports resume wherever their
-     * partition goes (maybe here again, from its records). */
-    for (bx_export *e = b->exports, *next; e; e = next) {
-      next = e->next;
-      export_abandon(e);
-    }
-    json_object_clear(b->finished);
-    b->n_parts = 0;
-    rd_kafka_assign(rk, NULL);
+    b->parts[b->n_parts++] = (bx_part){.partition = parts->elems[i].partition};
   }
 }
 
-static void finish_close(fx_bulk *b);
-
-static void on_consumer_events(void *arg) {
-  fx_bulk *b = arg;
-  if (b->closed) return;
-  for (int i = 0; i < POLL_BUDGET; i++) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(b->consumer, 0);
-    if (!m) {
-      if (b->left && rd_kafka_consumer_closed(b->consumer)) finish_close(b);
-      return;
-    }
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-      caught_up(b, m->partition);
-    else if (m->err)
-      fx_log(FX_LOG_WARN, "bulk consumer error", "error", rd_kafka_message_errstr(m), NULL);
-    else if (!b->stopping)
-      apply_record(b, m);
-    rd_kafka_message_destroy(m);
+/* Eager protocol: everything is revoked; exports resume wherever their
+ * partition goes (maybe here again, from its records). */
+static void on_revoke(void *ctx, const rd_kafka_topic_partition_list_t *parts) {
+  (void)parts;
+  fx_bulk *b = ctx;
+  for (bx_export *e = b->exports, *next; e; e = next) {
+    next = e->next;
+    export_abandon(e);
   }
-  fx_kqueue_kick(b->ckq);
+  json_object_clear(b->finished);
+  b->n_parts = 0;
 }
-
-static void on_heartbeat(uv_timer_t *t) {
-  fx_bulk *b = t->data;
-  on_consumer_events(b); /* consumer_poll keeps the member alive in the group */
-}
-
-/* ---- start and stop ------------------------------------------------------------------ */
-
-static void on_thread_exit_posted(void *arg) {
-  fx_pool *p = arg;
-  atomic_fetch_sub(&p->threads_running, 1);
-}
-
-static void finish_close(fx_bulk *b) {
-  if (b->closed) return;
-  b->closed = 1;
-  fx_kqueue_close(b->ckq);
-  b->ckq = NULL;
-  uv_close((uv_handle_t *)&b->def_timer, NULL);
-  uv_close((uv_handle_t *)&b->drain_timer, NULL);
-  uv_timer_stop(&b->heartbeat);
-  uv_close((uv_handle_t *)&b->heartbeat, NULL);
-  fx_loop_close(&b->lp);
-}
-
-static void on_close_tick(uv_timer_t *t) { on_consumer_events(t->data); }
 
 /* Leaves the group once every export and file is gone and every control
  * record is handed to the producer. */
+static int idle(void *ctx) {
+  fx_bulk *b = ctx;
+  return !b->live_exports && !b->live_files && fx_out_waiting(b->out) == 0;
+}
+
 static void maybe_leave(fx_bulk *b) {
-  if (!b->stopping || b->left || b->live_exports || b->live_files || b->def_head) return;
-  rd_kafka_error_t *e = rd_kafka_consumer_close_queue(b->consumer, b->cq);
-  if (e) {
-    fx_log(FX_LOG_WARN, "bulk consumer close", "error", rd_kafka_error_string(e), NULL);
-    rd_kafka_error_destroy(e);
-  }
-  b->left = 1;
-  uv_timer_stop(&b->drain_timer);
-  uv_timer_start(&b->drain_timer, on_close_tick, 0, 100);
+  if (b->stopping && b->kt) fx_kthread_check(b->kt);
 }
 
-static void on_drain_deadline(uv_timer_t *t) {
-  fx_bulk *b = t->data;
-  fx_log(FX_LOG_WARN, "bulk drain deadline passed; canceling downloads (they resume elsewhere)",
-         NULL);
-  /* Requests in flight are canceled; their callbacks release what they hold. */
-  fx_http_close(b->lp.http);
-  b->lp.http = NULL;
-  /* Controls still waiting for the producer are dropped: progress records
-   * are only an optimisation of a resume, the rest is redone. */
-  while (b->def_head) {
-    bx_deferred *d = b->def_head;
-    b->def_head = d->next;
-    free(d->value);
-    if (d->hdrs) rd_kafka_headers_destroy(d->hdrs);
-    if (d->sink) sink_done(d->sink, 1);
-    free(d->topic);
-    free(d->key);
-    free(d);
-  }
-  b->def_tail = NULL;
-  maybe_leave(b);
-}
-
-void fx_bulk_stop(void *arg) {
-  fx_bulk *b = arg;
-  if (b->stopping) return;
+static void on_stop(void *ctx) {
+  fx_bulk *b = ctx;
   b->stopping = 1;
   for (bx_export *e = b->exports, *next; e; e = next) {
     next = e->next;
     export_abandon(e);
   }
-  uv_timer_start(&b->drain_timer, on_drain_deadline,
-                 (uint64_t)b->pool->app.cfg->worker.drain_timeout_ms, 0);
-  maybe_leave(b);
 }
 
-static void thread_main(void *arg) {
-  fx_bulk *b = arg;
-  uv_run(&b->uv, UV_RUN_DEFAULT);
-  rd_kafka_queue_destroy(b->cq);
-  rd_kafka_destroy(b->consumer);
-  b->consumer = NULL;
-  free(b->parts);
-  json_decref(b->finished);
-  if (uv_loop_close(&b->uv)) fx_log(FX_LOG_ERROR, "bulk loop closed with open handles", NULL);
-  if (fx_loop_post(&b->pool->main_lp, on_thread_exit_posted, b->pool) != 0)
-    atomic_fetch_sub(&b->pool->threads_running, 1);
+/* Downloads in flight are canceled (the thread closes its HTTP client);
+ * controls still waiting for the producer are dropped: progress records are
+ * only an optimisation of a resume, the rest is redone. */
+static void on_deadline(void *ctx) {
+  fx_bulk *b = ctx;
+  fx_log(FX_LOG_WARN, "bulk drain deadline passed; canceling downloads (they resume elsewhere)",
+         NULL);
+  fx_out_drop(b->out);
 }
 
-static void on_consumer_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-  (void)rk;
-  fx_log(level <= 3 ? FX_LOG_ERROR : (level <= 4 ? FX_LOG_WARN : FX_LOG_DEBUG), buf, "facility",
-         fac, "client", "bulk-consumer", NULL);
+static void on_close(void *ctx) {
+  fx_bulk *b = ctx;
+  fx_out_close(b->out);
+  b->out = NULL;
 }
+
+static void on_out_empty(void *ctx) { maybe_leave(ctx); }
+
+static void on_loose_settled(fx_sink *s, int failed) { (void)s, (void)failed; }
+
+static const fx_kthread_role bulk_role = {
+    .name = "bulk",
+    .on_message = on_message,
+    .on_eof = on_eof,
+    .on_assign = on_assign,
+    .on_revoke = on_revoke,
+    .on_stop = on_stop,
+    .idle = idle,
+    .on_deadline = on_deadline,
+    .on_close = on_close,
+    .commit_on_close = 0,
+};
 
 /* An hour of bulk.deadline_hours in ms: 3,600,000, unless the test hook
  * FHIRX_TEST_DEADLINE_HOUR_MS (1-3600000) shortens it, so that a test can see
@@ -2412,76 +2273,64 @@ static uint64_t deadline_hour_ms(void) {
   return (uint64_t)v;
 }
 
-int fx_bulk_start(fx_pool *p, fx_err *err) {
+int fx_bulk_new(const fx_services *sv, void (*on_exit)(void *arg), void *exit_arg,
+                fx_bulk **out, fx_err *err) {
   fx_bulk *b = calloc(1, sizeof *b);
   if (!b || !(b->finished = json_object())) {
     free(b);
     return fx_err_set(err, FX_ENOMEM, "out of memory");
   }
-  b->pool = p;
+  b->sv = sv;
   b->hour_ms = deadline_hour_ms();
   char group[300];
-  snprintf(group, sizeof group, "%s.bulk", p->app.cfg->worker.group_id);
-  rd_kafka_conf_t *conf = NULL;
-  int rc = fx_kafka_conf(&p->app.cfg->kafka, FX_KAFKA_CONSUMER, &conf, err);
-  if (!rc) rc = fx_kafka_set(conf, "group.id", group, err);
-  if (!rc) rc = fx_kafka_set(conf, "enable.partition.eof", "true", err);
-  if (!rc) rc = fx_kafka_set(conf, "enable.auto.commit", "false", err);
+  snprintf(group, sizeof group, "%s.bulk", sv->app->cfg->worker.group_id);
   /* Eager assignment: a revoked partition's exports stop at once, and the
    * cooperative protocol's shutdown bug in librdkafka 2.0.2 (#4312) cannot
    * hit a consumer that is stopped before its first assignment. */
-  if (!rc) rc = fx_kafka_set(conf, "partition.assignment.strategy", "roundrobin", err);
+  static const char *const props[] = {"enable.partition.eof", "true", "enable.auto.commit",
+                                      "false", "partition.assignment.strategy", "roundrobin",
+                                      NULL};
+  fx_kthread_conf kc = {.cfg = sv->app->cfg,
+                        .group_id = group,
+                        .topic = sv->app->cfg->topics.bulk,
+                        .props = props,
+                        .log_client = "bulk-consumer",
+                        .supervisor = sv->supervisor,
+                        .on_exit = on_exit,
+                        .exit_arg = exit_arg};
+  int rc = fx_kthread_new(&kc, &bulk_role, b, &b->kt, err);
+  if (!rc) {
+    b->lp = fx_kthread_loop(b->kt);
+    b->uv = b->lp->uv;
+    rc = fx_out_new(b->uv, sv->producer, on_out_empty, b, &b->out, err);
+  }
   if (rc) {
-    if (conf) rd_kafka_conf_destroy(conf);
-    json_decref(b->finished);
-    free(b);
+    fx_bulk_free(b);
     return rc;
   }
-  rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-  rd_kafka_conf_set_log_cb(conf, on_consumer_log);
-  rd_kafka_conf_set_opaque(conf, b);
-  char why[512];
-  b->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
-  if (!b->consumer) {
-    rd_kafka_conf_destroy(conf);
-    json_decref(b->finished);
-    free(b);
-    return fx_err_set(err, FX_EINVAL, "cannot create the bulk Kafka consumer: %s", why);
-  }
-  rd_kafka_poll_set_consumer(b->consumer);
-  b->cq = rd_kafka_queue_get_consumer(b->consumer);
-  uv_loop_init(&b->uv);
-  rc = fx_loop_init(&b->lp, &b->uv, &p->app.cfg->http, err);
-  if (!rc) rc = fx_kqueue_open(&b->uv, b->cq, on_consumer_events, b, &b->ckq, err);
-  if (rc) return rc; /* start-up failure: the process exits */
-  uv_timer_init(&b->uv, &b->heartbeat);
-  b->heartbeat.data = b;
-  uv_timer_init(&b->uv, &b->def_timer);
-  b->def_timer.data = b;
-  uv_timer_init(&b->uv, &b->drain_timer);
-  b->drain_timer.data = b;
-  uv_timer_start(&b->heartbeat, on_heartbeat, 500, 500);
-  rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(topics, p->app.cfg->topics.bulk, RD_KAFKA_PARTITION_UA);
-  rd_kafka_resp_err_t kerr = rd_kafka_subscribe(b->consumer, topics);
-  rd_kafka_topic_partition_list_destroy(topics);
-  if (kerr)
-    return fx_err_set(err, FX_EINVAL, "cannot subscribe to %s: %s", p->app.cfg->topics.bulk,
-                      rd_kafka_err2str(kerr));
-  p->bulk = b;
-  atomic_fetch_add(&p->threads_running, 1);
-  if (uv_thread_create(&b->tid, thread_main, b) != 0)
-    return fx_err_set(err, FX_EIO, "cannot start the bulk thread");
+  fx_sink_init(&b->loose, b->lp, on_loose_settled);
+  fx_sink_open(&b->loose);
+  *out = b;
   return 0;
 }
 
-void fx_bulk_join(fx_pool *p) {
-  if (!p->bulk) return;
-  uv_thread_join(&p->bulk->tid);
-  free(p->bulk);
-  p->bulk = NULL;
+int fx_bulk_start(fx_bulk *b, fx_err *err) { return fx_kthread_start(b->kt, err); }
+
+void fx_bulk_stop(fx_bulk *b) { fx_kthread_stop(b->kt); }
+
+void fx_bulk_join(fx_bulk *b) {
+  if (!b) return;
+  fx_kthread_join(b->kt);
+  free(b->parts);
+  json_decref(b->finished);
+  free(b);
 }
 
-struct fx_loop *fx_bulk_loop(fx_bulk *b) {
-  return &b->lp;
+void fx_bulk_free(fx_bulk *b) {
+  if (!b) return;
+  if (b->out) fx_out_close(b->out);
+  fx_kthread_free(b->kt);
+  free(b->parts);
+  json_decref(b->finished);
+  free(b);
 }

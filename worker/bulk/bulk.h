@@ -32,23 +32,23 @@
 #include "common/err.h"
 #include "common/url.h"
 #include "worker/model/job.h"
+#include "worker/pool/services.h"
 
-struct fx_pool;
 typedef struct fx_bulk fx_bulk;
 
-/* Starts the bulk thread (pool start-up). */
-int fx_bulk_start(struct fx_pool *p, fx_err *err);
-/* Posted to the bulk thread's mailbox by the supervisor: stop taking
- * exports, leave the group once nothing is in flight. */
-void fx_bulk_stop(void *b);
-/* The bulk thread's loop, to post fx_bulk_stop to. */
-struct fx_loop *fx_bulk_loop(fx_bulk *b);
-/* After the bulk thread exited (threads_running reached 0): joins and frees it. */
-void fx_bulk_join(struct fx_pool *p);
-
-/* producer.c, on the main thread: one output produced with a bulk opaque
- * (fx_produce_bulk) was acknowledged or failed. */
-void fx_bulk_delivered(void *obj, int failed);
+/* Creates the bulk thread: a Kafka thread (pool/kthread.h) in the group
+ * "<worker.group_id>.bulk" whose role is the exports of its partitions of
+ * the bulk topic. Nothing joins the group yet. on_exit is posted to the
+ * supervisor's loop once the thread's loop ended. */
+int fx_bulk_new(const struct fx_services *sv, void (*on_exit)(void *arg), void *exit_arg,
+                fx_bulk **out, fx_err *err);
+int fx_bulk_start(fx_bulk *b, fx_err *err);
+/* Any thread: stop taking exports, leave the group once nothing is in flight. */
+void fx_bulk_stop(fx_bulk *b);
+/* After on_exit: joins the thread and frees b. */
+void fx_bulk_join(fx_bulk *b);
+/* A bulk thread never started. */
+void fx_bulk_free(fx_bulk *b);
 
 /* The handover record a worker thread publishes for a consumed bulk job
  * (state "pending", seq 0). source: where the job was read; timestamp: the

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "common/smart.h"
+
 static const struct {
   const char *name;
   int transient;
@@ -49,4 +51,10 @@ fx_errclass fx_errclass_of_status(long status) {
   case 429: return FX_EC_THROTTLED;
   default: return status >= 500 ? FX_EC_TRANSIENT : FX_EC_SERVER;
   }
+}
+
+fx_errclass fx_errclass_of_auth(const fx_auth_error *ae, int *transient) {
+  if (transient) *transient = ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED;
+  if (ae->err.code == FX_EPERM) return FX_EC_FOREIGN_REFERENCE;
+  return strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH;
 }

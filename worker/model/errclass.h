@@ -32,6 +32,15 @@ fx_errclass fx_errclass_parse(const char *name);
  * status server. */
 fx_errclass fx_errclass_of_status(long status);
 
+/* The class of a failure to get a token, so that no request was sent:
+ * invalid_scope is scope; a URL the token may not go to (FX_EPERM) is
+ * foreign_reference; anything else is auth. *transient (may be NULL) is 1
+ * when trying again later can work without a change (the token endpoint was
+ * unreachable, or the wait for a token was canceled). The one place this is
+ * decided, for patient jobs and bulk exports alike. */
+struct fx_auth_error;
+fx_errclass fx_errclass_of_auth(const struct fx_auth_error *ae, int *transient);
+
 /* 1 if retrying later without a change can succeed. */
 int fx_errclass_transient(fx_errclass c);
 

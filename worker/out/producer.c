@@ -81,8 +81,9 @@ static void on_dr(fx_producer *p, rd_kafka_event_t *ev, fx_sink_batch *batch) {
         t = NULL;
       }
       fx_log(FX_LOG_ERROR,
-             "an output was not delivered; its job is not committed and runs again", "topic",
-             rd_kafka_topic_name(m->rkt), "error", rd_kafka_err2str(m->err), NULL);
+             "an output was not delivered; its job will not be committed and is consumed again "
+             "after a restart",
+             "topic", rd_kafka_topic_name(m->rkt), "error", rd_kafka_err2str(m->err), NULL);
       failed = 1;
     }
     free(t);

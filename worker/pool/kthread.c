@@ -1,5 +1,6 @@
 #include "worker/pool/kthread.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,14 @@
 #define COMMIT_TRIES 10
 #define COMMIT_RETRY_MS 300
 #define CLOSE_TICK_MS 100
+#define GROUP_MAX 256
+
+struct fx_kthread_group {
+  pthread_mutex_t mu;
+  fx_kthread *members[GROUP_MAX];
+  size_t n;
+  size_t committed;
+};
 
 struct fx_kthread {
   const fx_kthread_role *role;
@@ -32,7 +41,8 @@ struct fx_kthread {
   rd_kafka_queue_t *cq;
   fx_kqueue *ckq;
   uv_timer_t heartbeat, timer; /* timer: drain deadline, commit retry, close ticks */
-  fx_post stop_item;
+  fx_kthread_group *group;
+  int counted;          /* this thread's final commit counted in its group */
 
   fx_kthread_state state;
   int cooperative_unassigned; /* cooperative and never assigned: see kthread.h on #4312 */
@@ -47,12 +57,13 @@ struct fx_kthread {
   atomic_int assigned;
 };
 
-static const char *const state_names[] = {"starting", "running",  "draining",
-                                          "committing", "leaving", "closed"};
+static const char *const state_names[] = {"starting",  "running", "draining", "committing",
+                                          "committed", "leaving", "closed"};
 
 const char *fx_kthread_state_name(fx_kthread_state s) { return state_names[s]; }
 
 static void step(fx_kthread *kt);
+static void check_left(fx_kthread *kt);
 
 /* ---- partitions ----------------------------------------------------------- */
 
@@ -125,7 +136,7 @@ static void on_consumer_events(void *arg) {
   for (int i = 0; i < POLL_BUDGET; i++) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(kt->consumer, 0);
     if (!m) {
-      if (kt->state == FX_KT_LEAVING) step(kt);
+      if (kt->state == FX_KT_LEAVING) check_left(kt);
       return;
     }
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
@@ -186,6 +197,47 @@ static void leave(fx_kthread *kt) {
   uv_timer_start(&kt->timer, on_timer_step, 0, CLOSE_TICK_MS);
 }
 
+fx_kthread_group *fx_kthread_group_new(void) {
+  fx_kthread_group *g = calloc(1, sizeof *g);
+  if (g) pthread_mutex_init(&g->mu, NULL);
+  return g;
+}
+
+void fx_kthread_group_free(fx_kthread_group *g) {
+  if (!g) return;
+  pthread_mutex_destroy(&g->mu);
+  free(g);
+}
+
+static void on_group_done(void *arg) {
+  fx_kthread *kt = arg;
+  if (kt->state == FX_KT_COMMITTED) leave(kt);
+}
+
+/* This thread committed (or has nothing to commit): it leaves once every
+ * member of its group has committed. The last one to get here lets them all
+ * go, each on its own loop. */
+static void committed(fx_kthread *kt) {
+  if (!kt->group) {
+    leave(kt);
+    return;
+  }
+  kt->state = FX_KT_COMMITTED;
+  uv_timer_start(&kt->timer, on_timer_step, (uint64_t)kt->cfg->worker.drain_timeout_ms, 0);
+  fx_kthread_group *g = kt->group;
+  pthread_mutex_lock(&g->mu);
+  if (!kt->counted) {
+    kt->counted = 1;
+    g->committed++;
+  }
+  int all = g->committed == g->n;
+  pthread_mutex_unlock(&g->mu);
+  if (!all) return;
+  for (size_t i = 0; i < g->n; i++)
+    if (fx_loop_post(&g->members[i]->lp, on_group_done, g->members[i]) != 0 && g->members[i] == kt)
+      leave(kt);
+}
+
 static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *offsets, void *opaque) {
   (void)rk;
@@ -203,7 +255,7 @@ static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   else
     fx_log(FX_LOG_INFO, err ? "no new offsets to commit" : "final offsets committed", "client",
            kt->log_client, "partitions", offsets && offsets->cnt ? "some" : "none", NULL);
-  leave(kt);
+  committed(kt);
 }
 
 static void commit(fx_kthread *kt) {
@@ -213,6 +265,7 @@ static void commit(fx_kthread *kt) {
 
 static void close_handles(fx_kthread *kt) {
   kt->state = FX_KT_CLOSED;
+  if (kt->role->on_close) kt->role->on_close(kt->ctx);
   fx_kqueue_close(kt->ckq);
   kt->ckq = NULL;
   uv_timer_stop(&kt->heartbeat);
@@ -235,6 +288,17 @@ static void on_deadline(uv_timer_t *t) {
   step(kt);
 }
 
+/* LEAVING: the consumer's queue is served; has librdkafka closed it? */
+static void check_left(fx_kthread *kt) {
+  if (rd_kafka_consumer_closed(kt->consumer)) {
+    close_handles(kt);
+  } else if (fx_now_ms() > kt->leave_by_ms) {
+    fx_log(FX_LOG_WARN, "the consumer did not finish leaving its group in time; closing anyway",
+           "client", kt->log_client, NULL);
+    close_handles(kt);
+  }
+}
+
 /* The one place the state moves on. */
 static void step(fx_kthread *kt) {
   switch (kt->state) {
@@ -248,22 +312,19 @@ static void step(fx_kthread *kt) {
       kt->state = FX_KT_COMMITTING;
       commit(kt);
     } else {
-      leave(kt); /* nothing stored (never assigned, or a role that stores nothing) */
+      committed(kt); /* nothing stored (never assigned, or a role that stores nothing) */
     }
     return;
   case FX_KT_COMMITTING: /* a retry of the final commit is due */
     commit(kt);
     return;
+  case FX_KT_COMMITTED: /* the others did not commit in time: leave anyway */
+    fx_log(FX_LOG_WARN, "other threads did not finish their final commit in time; leaving",
+           "client", kt->log_client, NULL);
+    leave(kt);
+    return;
   case FX_KT_LEAVING:
-    on_consumer_events(kt); /* serve what the close put on the queue */
-    if (kt->state != FX_KT_LEAVING) return;
-    if (rd_kafka_consumer_closed(kt->consumer)) {
-      close_handles(kt);
-    } else if (fx_now_ms() > kt->leave_by_ms) {
-      fx_log(FX_LOG_WARN, "the consumer did not finish leaving its group in time; closing anyway",
-             "client", kt->log_client, NULL);
-      close_handles(kt);
-    }
+    on_consumer_events(kt); /* serve what the close put on the queue; then check_left */
     return;
   }
 }
@@ -325,6 +386,13 @@ int fx_kthread_new(const fx_kthread_conf *conf, const fx_kthread_role *role, voi
   kt->ctx = ctx;
   kt->cfg = conf->cfg;
   kt->supervisor = conf->supervisor;
+  kt->group = conf->group;
+  if (kt->group) {
+    pthread_mutex_lock(&kt->group->mu);
+    if (kt->group->n < GROUP_MAX) kt->group->members[kt->group->n++] = kt;
+    else kt->group = NULL;
+    pthread_mutex_unlock(&kt->group->mu);
+  }
   kt->on_exit = conf->on_exit;
   kt->exit_arg = conf->exit_arg;
   rd_kafka_conf_t *kc = NULL;

@@ -14,6 +14,10 @@
  *               role is then told to abandon what is left)
  *   COMMITTING  the final commit of stored offsets is in flight (roles that
  *               store offsets; retried a few times)
+ *   COMMITTED   committed; waiting for the other threads of its group (a
+ *               fx_kthread_group) to commit too, so that no thread's leaving
+ *               starts a rebalance that fails another one's final commit
+ *               (bounded by worker.drain_timeout_ms)
  *   LEAVING     rd_kafka_consumer_close_queue called; polling until
  *               librdkafka says the consumer is closed
  *   CLOSED      every handle is closing; the loop ends and the thread exits
@@ -44,6 +48,7 @@ typedef enum fx_kthread_state {
   FX_KT_RUNNING,
   FX_KT_DRAINING,
   FX_KT_COMMITTING,
+  FX_KT_COMMITTED,
   FX_KT_LEAVING,
   FX_KT_CLOSED
 } fx_kthread_state;
@@ -70,9 +75,18 @@ typedef struct fx_kthread_role {
   int (*idle)(void *ctx);
   /* The drain deadline passed: abandon what is left (it runs again elsewhere). */
   void (*on_deadline)(void *ctx);
+  /* The thread is closing its handles: the role closes its own (timers,
+   * HTTP users) on this loop now. */
+  void (*on_close)(void *ctx);
   /* 1: commit the stored offsets before leaving (auto-commit groups). */
   int commit_on_close;
 } fx_kthread_role;
+
+/* The threads of one process in one consumer group: they leave the group
+ * together, once each has made its final commit. */
+typedef struct fx_kthread_group fx_kthread_group;
+fx_kthread_group *fx_kthread_group_new(void);
+void fx_kthread_group_free(fx_kthread_group *g);
 
 typedef struct fx_kthread_conf {
   const fx_config *cfg;   /* kafka section, http section, worker.drain_timeout_ms */
@@ -80,6 +94,7 @@ typedef struct fx_kthread_conf {
   const char *topic;      /* subscribed */
   const char *const *props; /* extra consumer properties, name/value pairs, NULL-terminated */
   const char *log_client; /* "consumer", "bulk-consumer": the client field of librdkafka's logs */
+  fx_kthread_group *group; /* NULL: leaves on its own */
   fx_loop *supervisor;    /* where on_exit is posted */
   void (*on_exit)(void *arg); /* posted to supervisor once the thread's loop ended */
   void *exit_arg;
