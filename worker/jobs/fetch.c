@@ -35,6 +35,7 @@ struct fx_fetcher {
   uint64_t source_wake_ms; /* the source said work may go then; 0 = none */
   size_t inflight;
   int draining, closing, pumping;
+  int handles_open; /* closing: handles whose close callback has not run */
 };
 
 static void on_timer(uv_timer_t *t);
@@ -407,7 +408,7 @@ size_t fx_fetcher_inflight(const fx_fetcher *fr) { return fr->inflight; }
 
 static void on_closed(uv_handle_t *h) {
   fx_fetcher *fr = h->data;
-  if (h == (uv_handle_t *)&fr->timer) return; /* the second handle frees */
+  if (--fr->handles_open > 0) return; /* the last of the two frees */
   for (size_t i = 0; i < fr->n_held; i++) {
     free(fr->held[i].tenant);
     free(fr->held[i].path);
@@ -454,6 +455,7 @@ void fx_fetcher_close(fx_fetcher *fr) {
   }
   uv_timer_stop(&fr->timer);
   uv_timer_stop(&fr->soon);
+  fr->handles_open = 2;
   uv_close((uv_handle_t *)&fr->timer, on_closed);
   uv_close((uv_handle_t *)&fr->soon, on_closed);
 }

@@ -75,6 +75,8 @@ typedef struct fx_kthread_role {
   int (*idle)(void *ctx);
   /* The drain deadline passed: abandon what is left (it runs again elsewhere). */
   void (*on_deadline)(void *ctx);
+  /* The lifecycle moved (optional; on the thread). */
+  void (*on_state)(void *ctx, fx_kthread_state from, fx_kthread_state to);
   /* The thread is closing its handles: the role closes its own (timers,
    * HTTP users) on this loop now. */
   void (*on_close)(void *ctx);
@@ -115,6 +117,7 @@ void fx_kthread_free(fx_kthread *kt);
 /* On the thread. */
 fx_loop *fx_kthread_loop(fx_kthread *kt);
 rd_kafka_t *fx_kthread_consumer(fx_kthread *kt);
+/* Any thread. */
 fx_kthread_state fx_kthread_get_state(const fx_kthread *kt);
 /* The role finished something: move the drain on if it can. */
 void fx_kthread_check(fx_kthread *kt);
