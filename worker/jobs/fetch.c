@@ -1,6 +1,7 @@
 #include "worker/jobs/fetch.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -394,6 +395,12 @@ void fx_fetcher_drop(fx_fetcher *fr, int (*match)(const fx_fetch *f, void *arg),
     else i++;
   }
   arm(fr, fx_now_ms());
+}
+
+static int owned_by(const fx_fetch *f, void *owner) { return f->owner == owner; }
+
+void fx_fetcher_drop_owner(fx_fetcher *fr, const void *owner) {
+  fx_fetcher_drop(fr, owned_by, (void *)(uintptr_t)owner);
 }
 
 void fx_fetcher_draining(fx_fetcher *fr) {

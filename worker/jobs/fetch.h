@@ -68,6 +68,7 @@ struct fx_fetch {
   uint64_t deadline_ms;     /* monotonic: no wait and no retry past it */
   fx_tenant_metrics *tm;    /* request metrics, may be NULL */
   fx_fetch_done_fn done;
+  void *owner;              /* whose fetch this is (fx_fetcher_drop_owner) */
   /* The fetcher's. */
   fx_fetch *next;
   uint64_t due_ms;          /* a retry's time */
@@ -96,6 +97,9 @@ void fx_fetcher_pump(fx_fetcher *fr);
 /* Every fetch not in flight for which match(f, arg) is true ends CANCELED
  * (soon, from the loop, never inside this call). */
 void fx_fetcher_drop(fx_fetcher *fr, int (*match)(const fx_fetch *f, void *arg), void *arg);
+
+/* fx_fetcher_drop of every fetch whose owner is owner. */
+void fx_fetcher_drop_owner(fx_fetcher *fr, const void *owner);
 
 /* The thread drains: a transient failure ends GAVE_UP (draining) at once
  * instead of waiting for a retry. */

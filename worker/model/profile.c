@@ -438,3 +438,39 @@ const fx_profile *fx_profile_for(const fx_profile_set *set, const char *tenant) 
     if (strcmp(set->cfg->tenants[i].id, tenant) == 0) return set->by_tenant[i];
   return NULL;
 }
+
+/* ---- what a tenant extracts under its profile ---- */
+
+fx_types fx_tenant_types(const fx_tenant_conf *t, const fx_profile *p) {
+  if (!t->resources.n) return fx_profile_default_types(p);
+  return fx_types_and(fx_tenant_extract_types(t, p), fx_profile_patient_types(p));
+}
+
+fx_types fx_tenant_extract_types(const fx_tenant_conf *t, const fx_profile *p) {
+  if (!t->resources.n) return fx_profile_default_types(p);
+  fx_types set = FX_TYPES_NONE;
+  for (size_t i = 0; i < t->resources.n; i++) fx_types_add(&set, fx_resource_index(t->resources.v[i]));
+  return set;
+}
+
+char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p) {
+  size_t cap = 64;
+  for (size_t i = 0; i < t->scopes.n; i++) cap += strlen(t->scopes.v[i]) + 1;
+  fx_types want = fx_tenant_extract_types(t, p);
+  if (t->follow_references && p->depth > 0) want = fx_types_or(want, p->follow);
+  cap += (size_t)fx_types_count(want) * 48;
+  char *out = calloc(1, cap);
+  if (!out) return NULL;
+  size_t used = 0;
+  if (t->scopes.n) {
+    for (size_t i = 0; i < t->scopes.n; i++)
+      used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? " " : "", t->scopes.v[i]);
+    return out;
+  }
+  for (int i = fx_types_next(want, 0); i >= 0; i = fx_types_next(want, i + 1)) {
+    char scope[96];
+    fx_scope_for(fx_type_names[i], t->smart_version, scope, sizeof scope);
+    used += (size_t)snprintf(out + used, cap - used, "%s%s", used ? " " : "", scope);
+  }
+  return out;
+}

@@ -98,4 +98,21 @@ void fx_profile_set_free(fx_profile_set *set);
 /* NULL when tenant is not configured. */
 const fx_profile *fx_profile_for(const fx_profile_set *set, const char *tenant);
 
+/* The types a patient job without "resources" fetches for tenant t under
+ * profile p: its configured resources that the profile fetches per patient,
+ * or the profile's default query set. */
+fx_types fx_tenant_types(const fx_tenant_conf *t, const fx_profile *p);
+
+/* Every type tenant t extracts under p, by any route: its configured
+ * resources (per-patient and bulk-only types alike), or the profile's default
+ * query set. A bulk job without "resources" asks for these. */
+fx_types fx_tenant_extract_types(const fx_tenant_conf *t, const fx_profile *p);
+
+/* The tenant's scope set: tenants[].scopes if configured, else one scope per
+ * type it extracts (fx_tenant_extract_types), plus the reference types the
+ * profile follows when the tenant follows references
+ * (tenants[].follow_references), in fx_type_names order. Returns a new
+ * space-separated string (caller frees), NULL on OOM. */
+char *fx_tenant_scope(const fx_tenant_conf *t, const fx_profile *p);
+
 #endif

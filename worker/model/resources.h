@@ -166,23 +166,4 @@ typedef enum { FX_REF_NONE = 0, FX_REF_LOCAL, FX_REF_FOREIGN, FX_REF_INVALID } f
 fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t size,
                          int *type_index);
 
-struct fx_profile;
-
-/* The types a patient job without "resources" fetches for tenant t under
- * profile p: its configured resources that the profile fetches per patient,
- * or the profile's default query set. */
-fx_types fx_tenant_types(const fx_tenant_conf *t, const struct fx_profile *p);
-
-/* Every type tenant t extracts under p, by any route: its configured
- * resources (per-patient and bulk-only types alike), or the profile's default
- * query set. A bulk job without "resources" asks for these. */
-fx_types fx_tenant_extract_types(const fx_tenant_conf *t, const struct fx_profile *p);
-
-/* The tenant's scope set: tenants[].scopes if configured, else one scope per
- * type it extracts (fx_tenant_extract_types), plus the reference types the
- * profile follows when the tenant follows references
- * (tenants[].follow_references), in fx_type_names order. Returns a new
- * space-separated string (caller frees), NULL on OOM. */
-char *fx_tenant_scope(const fx_tenant_conf *t, const struct fx_profile *p);
-
 #endif
