@@ -647,11 +647,58 @@ static void per_patient_ids(void **state) {
                fx_job_patient_valid(NULL));
 }
 
+/* A job built as JSON is checked without printing and parsing it: the same
+ * verdict as its text gets, the same limits (the size of its compact form),
+ * and errors that say which field (fx_job_error.field) apart from what is
+ * wrong with it (fx_job_error_text), so a tool names the field its own way
+ * without rewriting the message. */
+static void from_json_and_field_paths(void **state) {
+  (void)state;
+  const char *text = "{\"job_id\":\"j\",\"tenant\":\"t1\",\"patients\":[\"1\",\"a b\"]}";
+  json_t *doc = json_loads(text, 0, NULL);
+  fx_job *job = NULL;
+  fx_job_error e1, e2;
+  assert_int_not_equal(fx_job_from_json(doc, &profiles, &lim, &job, &e1), 0);
+  assert_null(job);
+  assert_int_not_equal(fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e2), 0);
+  assert_string_equal(e1.msg, e2.msg);
+  assert_string_equal(e1.field, "patients[1]");
+  assert_int_equal(strncmp(e1.msg, "patients[1]: ", 13), 0);
+  assert_string_equal(fx_job_error_text(&e1), e1.msg + 13);
+  json_decref(doc);
+  /* The job as a whole: no field. */
+  doc = json_loads("[1]", 0, NULL);
+  assert_int_not_equal(fx_job_from_json(doc, &profiles, &lim, &job, &e1), 0);
+  assert_string_equal(e1.field, "");
+  assert_string_equal(fx_job_error_text(&e1), e1.msg);
+  json_decref(doc);
+  /* A good one, and the size limit on its compact form (lim: 4096 bytes). */
+  doc = json_pack("{s:s, s:s, s:[s]}", "job_id", "ok", "tenant", "t1", "patients", "12724065");
+  assert_int_equal(fx_job_from_json(doc, &profiles, &lim, &job, &e1), 0);
+  assert_string_equal(job->job_id, "ok");
+  fx_job_free(job);
+  char big[4200];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  json_object_set_new(doc, "note_that_is_not_a_field", json_string(big));
+  assert_int_not_equal(fx_job_from_json(doc, &profiles, &lim, &job, &e1), 0);
+  assert_non_null(strstr(e1.msg, "more than the 4096 bytes a job may have"));
+  json_decref(doc);
+  /* An unknown tenant: the parser says what to change; what to do next is
+   * the caller's (the worker adds "then replay the dead letter"). */
+  doc = json_pack("{s:s, s:s, s:[s]}", "job_id", "j", "tenant", "nope", "patients", "1");
+  assert_int_not_equal(fx_job_from_json(doc, &profiles, &lim, &job, &e1), 0);
+  assert_int_equal(e1.cls, FX_EC_UNKNOWN_TENANT);
+  assert_null(strstr(e1.msg, "replay"));
+  json_decref(doc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(since_instant),
                                      cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
                                      cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
                                      cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects),
-                                     cmocka_unit_test(per_patient_ids)};
+                                     cmocka_unit_test(per_patient_ids),
+                                     cmocka_unit_test(from_json_and_field_paths)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

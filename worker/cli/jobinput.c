@@ -122,10 +122,10 @@ static void derive_id(const json_t *content, char out[32]) {
 }
 
 /* Validates a job we built with the workers' rules, with the real limits. */
-static int check_job(fx_jobin *in, const char *text, size_t *patients, int *bulk) {
+static int check_job(fx_jobin *in, const json_t *doc, size_t *patients, int *bulk) {
   fx_job *job = NULL;
   fx_job_error jerr;
-  if (fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) != 0) {
+  if (fx_job_from_json(doc, in->ps, in->lim, &job, &jerr) != 0) {
     if (!in->failed[0])
       snprintf(in->failed, sizeof in->failed, "job %s would be rejected by the workers (%s): %s",
                jerr.job_id[0] ? jerr.job_id : "(no id)", fx_errclass_name(jerr.cls), jerr.msg);
@@ -162,7 +162,7 @@ static void add_job(fx_jobin *in, json_t *content) {
   const char *tenant = json_string_value(json_object_get(job, "tenant"));
   size_t patients = 0;
   int bulk = 0;
-  if (!text || check_job(in, text, &patients, &bulk) != 0) {
+  if (!text || check_job(in, job, &patients, &bulk) != 0) {
     free(text);
     json_decref(job);
     return;
@@ -256,22 +256,19 @@ static void add_patient(fx_jobin *in, unsigned long line, const char *patient, c
   if (!fx_types_empty(types)) json_object_set_new(probe, "resources", types_json(types));
   if (since) json_object_set_new(probe, "since", json_string(since));
   if (follow) json_object_set_new(probe, "follow_references", json_true());
-  char *text = probe ? dump(probe) : NULL;
-  json_decref(probe);
   fx_job *job = NULL;
-  fx_job_error jerr = {.cls = FX_EC_INVALID_JOB, .msg = "out of memory"};
-  int rc = text ? fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) : -1;
-  free(text);
+  fx_job_error jerr;
+  int rc = fx_job_from_json(probe, in->ps, in->lim, &job, &jerr);
+  json_decref(probe);
   fx_job_free(job);
   if (rc != 0) {
-    const char *msg = jerr.msg;
     if (jerr.cls == FX_EC_UNKNOWN_TENANT)
       bad(in, line, "tenant '%.64s' is not configured (add it under tenants[] in the config)",
           tenant);
-    else if (strncmp(msg, "patients[0]: ", 13) == 0)
-      bad(in, line, "patient: %s", msg + 13);
+    else if (strcmp(jerr.field, "patients[0]") == 0) /* the line's one patient */
+      bad(in, line, "patient: %s", fx_job_error_text(&jerr));
     else
-      bad(in, line, "%s", msg);
+      bad(in, line, "%s", jerr.msg);
     return;
   }
   group *g = group_for(in, tenant, types, since, follow);
@@ -295,30 +292,21 @@ static void add_patient(fx_jobin *in, unsigned long line, const char *patient, c
 
 /* The parser names JSON fields ("resources[1]: ...", "type_filter[0]: ...");
  * the operator gave options: name those instead. */
-static void option_error(char *out, size_t size, const char *msg,
+static void option_error(char *out, size_t size, const fx_job_error *e,
                          const char *const *type_filters, size_t n_type_filters) {
   static const char *const fields[] = {"resources", "type_filter", "group", "since"};
   static const char *const options[] = {"--resources", "--type-filter", "--group", "--since"};
   for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) {
     size_t n = strlen(fields[f]);
-    if (strncmp(msg, fields[f], n) != 0) continue;
-    const char *rest = msg + n;
-    size_t idx = 0;
-    int indexed = *rest == '[';
-    if (indexed) {
-      char *end;
-      idx = strtoul(rest + 1, &end, 10);
-      if (*end != ']') break;
-      rest = end + 1;
-    }
-    if (strncmp(rest, ": ", 2) != 0) break;
-    if (f == 1 && indexed && idx < n_type_filters)
-      snprintf(out, size, "--type-filter '%.80s': %s", type_filters[idx], rest + 2);
+    if (strncmp(e->field, fields[f], n) != 0 || (e->field[n] && e->field[n] != '[')) continue;
+    size_t idx = e->field[n] == '[' ? strtoul(e->field + n + 1, NULL, 10) : (size_t)-1;
+    if (f == 1 && idx < n_type_filters)
+      snprintf(out, size, "--type-filter '%.80s': %s", type_filters[idx], fx_job_error_text(e));
     else
-      snprintf(out, size, "%s: %s", options[f], rest + 2);
+      snprintf(out, size, "%s: %s", options[f], fx_job_error_text(e));
     return;
   }
-  snprintf(out, size, "%s", msg);
+  snprintf(out, size, "%s", e->msg);
 }
 
 int fx_jobin_bulk(fx_jobin *in, const char *group_id, const char *const *type_filters,
@@ -346,17 +334,15 @@ int fx_jobin_bulk(fx_jobin *in, const char *group_id, const char *const *type_fi
    * the option rather than as a job the workers would reject. */
   json_t *probe = json_deep_copy(o);
   if (probe) json_object_set_new(probe, "job_id", json_string("probe"));
-  char *text = probe ? dump(probe) : NULL;
-  json_decref(probe);
   fx_job *job = NULL;
-  fx_job_error jerr = {.cls = FX_EC_INVALID_JOB, .msg = "out of memory"};
-  int rc = text ? fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) : -1;
-  free(text);
+  fx_job_error jerr;
+  int rc = fx_job_from_json(probe, in->ps, in->lim, &job, &jerr);
+  json_decref(probe);
   fx_job_free(job);
   if (rc != 0) {
     json_decref(o);
     char msg[700];
-    option_error(msg, sizeof msg, jerr.msg, type_filters, n_type_filters);
+    option_error(msg, sizeof msg, &jerr, type_filters, n_type_filters);
     return fx_err_set(err, FX_EINVAL, "%s", msg);
   }
   size_t before = in->n_jobs;
@@ -427,12 +413,10 @@ static void ndjson_job(fx_jobin *in, unsigned long line, json_t *doc) {
     json_object_set_new(doc, "tenant", json_string(in->o.tenant));
   json_t *probe = json_deep_copy(doc);
   if (!json_object_get(probe, "job_id")) json_object_set_new(probe, "job_id", json_string("probe"));
-  char *text = dump(probe);
-  json_decref(probe);
   fx_job *job = NULL;
-  fx_job_error jerr = {.cls = FX_EC_INVALID_JOB, .msg = "out of memory"};
-  int rc = text ? fx_job_parse(text, strlen(text), in->ps, in->lim, &job, &jerr) : -1;
-  free(text);
+  fx_job_error jerr;
+  int rc = fx_job_from_json(probe, in->ps, in->lim, &job, &jerr);
+  json_decref(probe);
   fx_job_free(job);
   if (rc != 0)
     REJECT(in, line, "the job would be rejected (%s): %s", fx_errclass_name(jerr.cls), jerr.msg);

@@ -138,7 +138,10 @@ fx_run *fx_run_new(const fx_run_env *env, fx_partition *part, const rd_kafka_mes
 
 void fx_run_start(fx_run *run) {
   if (!run->job) {
-    failure fl = {.cls = run->jerr.cls, .message = run->jerr.msg};
+    char msg[sizeof run->jerr.msg + 40];
+    snprintf(msg, sizeof msg, "%s%s", run->jerr.msg,
+             run->jerr.cls == FX_EC_UNKNOWN_TENANT ? " (then replay the dead letter)" : "");
+    failure fl = {.cls = run->jerr.cls, .message = msg};
     run_record_failure(run, NULL, &fl);
   } else if (run->bulk) {
     hand_over_bulk(run);

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,13 +14,42 @@
 static int fail(fx_job_error *e, fx_errclass cls, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The field path a message starts with ("patients[0]: ...",
+ * "type_filter[2]: ...", "kind: ..."): lower-case names with optional
+ * indexes, joined by dots, then ": ". Its length, or 0 when there is none. */
+static size_t field_prefix(const char *m) {
+  const char *p = m;
+  for (;;) {
+    if (!(*p >= 'a' && *p <= 'z') && *p != '_') return 0;
+    while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_') p++;
+    if (*p == '[') {
+      const char *q = ++p;
+      while (*p >= '0' && *p <= '9') p++;
+      if (p == q || *p != ']') return 0;
+      p++;
+    }
+    if (*p == '.') {
+      p++;
+      continue;
+    }
+    return p[0] == ':' && p[1] == ' ' ? (size_t)(p - m) : 0;
+  }
+}
+
 static int fail(fx_job_error *e, fx_errclass cls, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(e->msg, sizeof e->msg, fmt, ap);
   va_end(ap);
   e->cls = cls;
+  size_t n = field_prefix(e->msg);
+  snprintf(e->field, sizeof e->field, "%.*s", (int)n, e->msg);
   return -1;
+}
+
+const char *fx_job_error_text(const fx_job_error *e) {
+  size_t n = strlen(e->field);
+  return n && strncmp(e->msg, e->field, n) == 0 && e->msg[n] == ':' ? e->msg + n + 2 : e->msg;
 }
 
 /* Ids travel in URLs, message keys and headers: keep them to a safe alphabet. */
@@ -447,8 +477,7 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
   const fx_tenant_conf *t = fx_config_tenant(cfg, tenant);
   if (!t)
     return fail(e, FX_EC_UNKNOWN_TENANT,
-                "tenant '%.64s' is not configured on this worker; add it under tenants[] (then "
-                "replay the dead letter)",
+                "tenant '%.64s' is not configured on this worker; add it under tenants[]",
                 tenant);
   if (!(job->job_id = strdup(id)) || !(job->tenant = strdup(tenant)))
     return fail(e, FX_EC_INVALID_JOB, "out of memory");
@@ -533,32 +562,48 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
   return 0;
 }
 
-int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
-                 const fx_job_limits *lim, fx_job **out, fx_job_error *e) {
-  *out = NULL;
-  memset(e, 0, sizeof *e);
+/* doc is an object; len its size as a message. */
+static int parse_doc(const json_t *doc, size_t len, const fx_profile_set *ps,
+                     const fx_job_limits *lim, fx_job **out, fx_job_error *e) {
   if (len > lim->max_bytes)
     return fail(e, FX_EC_INVALID_JOB,
                 "the job is %zu bytes, more than the %zu bytes a job may have; split it", len,
                 lim->max_bytes);
-  json_error_t jerr;
-  json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-  if (!doc)
-    return fail(e, FX_EC_INVALID_JOB, "not JSON: %s at line %d, column %d", jerr.text, jerr.line,
-                jerr.column);
-  if (!json_is_object(doc)) {
-    json_decref(doc);
-    return fail(e, FX_EC_INVALID_JOB, "a job must be a JSON object");
-  }
+  if (!json_is_object(doc)) return fail(e, FX_EC_INVALID_JOB, "a job must be a JSON object");
   fx_job *job = calloc(1, sizeof *job);
-  int rc = job ? parse_fields(doc, ps, lim, job, e) : fail(e, FX_EC_INVALID_JOB, "out of memory");
-  json_decref(doc);
+  int rc = job ? parse_fields((json_t *)(uintptr_t)doc, ps, lim, job, e)
+               : fail(e, FX_EC_INVALID_JOB, "out of memory");
   if (rc) {
     fx_job_free(job);
     return -1;
   }
   *out = job;
   return 0;
+}
+
+int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
+                 const fx_job_limits *lim, fx_job **out, fx_job_error *e) {
+  *out = NULL;
+  memset(e, 0, sizeof *e);
+  if (len > lim->max_bytes) return parse_doc(NULL, len, ps, lim, out, e);
+  json_error_t jerr;
+  json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!doc)
+    return fail(e, FX_EC_INVALID_JOB, "not JSON: %s at line %d, column %d", jerr.text, jerr.line,
+                jerr.column);
+  int rc = parse_doc(doc, len, ps, lim, out, e);
+  json_decref(doc);
+  return rc;
+}
+
+int fx_job_from_json(const json_t *doc, const fx_profile_set *ps, const fx_job_limits *lim,
+                     fx_job **out, fx_job_error *e) {
+  *out = NULL;
+  memset(e, 0, sizeof *e);
+  /* The size it would have as a message (json_dumpb with no buffer only measures). */
+  size_t len = doc ? json_dumpb(doc, NULL, 0, JSON_COMPACT) : 0;
+  if (!doc) return fail(e, FX_EC_INVALID_JOB, "out of memory");
+  return parse_doc(doc, len, ps, lim, out, e);
 }
 
 int fx_job_id_valid(const char *s) { return s && safe_id(s, MAX_ID, "-._:"); }

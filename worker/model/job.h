@@ -94,8 +94,21 @@ typedef struct fx_job_error {
   fx_errclass cls;
   char job_id[129]; /* what could be read of the id, for the status record; "" if none */
   char tenant[65];
-  char msg[512];
+  char msg[512];    /* "patients[0]: ..." : the field it is about, then what is wrong */
+  char field[96];   /* that field's path ("patients[0]", "type_filter[2]"), "" for the
+                       job as a whole */
 } fx_job_error;
+
+/* The message without its field path ("expected ..." for "patients[0]:
+ * expected ..."), for callers that name the field their own way. */
+const char *fx_job_error_text(const fx_job_error *e);
+
+/* Validates a job built as JSON (doc is borrowed), with the same rules and
+ * limits as a message (the size limit applies to its compact form): for
+ * tools that build jobs (enqueue, replay) and check them without printing
+ * and parsing them again. */
+int fx_job_from_json(const json_t *doc, const fx_profile_set *profiles, const fx_job_limits *lim,
+                     fx_job **out, fx_job_error *err);
 
 /* Parses and validates a job. profiles supplies the tenants (profiles->cfg)
  * and how each fetches. Returns 0 and a new job in *out (fx_job_free), or -1

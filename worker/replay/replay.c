@@ -338,21 +338,19 @@ fx_rp_action fx_rp_decide(const fx_rp_rules *r, const fx_rp_letter *l, char **jo
   }
   int attempt = fx_rp_attempt(l);
   json_object_set_new(doc, "attempt", json_integer(attempt < 1000 ? attempt + 1 : 1000));
+  fx_job *parsed = NULL;
+  fx_job_error jerr;
+  if (fx_job_from_json(doc, r->profiles, &r->lim, &parsed, &jerr) != 0) {
+    json_decref(doc);
+    snprintf(reason, reason_size, "not replayable as is (%s): %.300s" AFTER_FIX,
+             fx_errclass_name(jerr.cls), jerr.msg);
+    return FX_RP_PARK_INVALID;
+  }
   char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
   json_decref(doc);
   if (!text) {
+    fx_job_free(parsed);
     snprintf(reason, reason_size, "not replayable: out of memory");
-    return FX_RP_PARK_INVALID;
-  }
-  fx_job *parsed = NULL;
-  fx_job_error jerr;
-  if (fx_job_parse(text, strlen(text), r->profiles, &r->lim, &parsed, &jerr) != 0) {
-    free(text);
-    /* The parser's advice ends with "(then replay the dead letter)"; ours follows. */
-    char *then = strstr(jerr.msg, " (then replay the dead letter)");
-    if (then) *then = '\0';
-    snprintf(reason, reason_size, "not replayable as is (%s): %.300s" AFTER_FIX,
-             fx_errclass_name(jerr.cls), jerr.msg);
     return FX_RP_PARK_INVALID;
   }
   fx_job_free(parsed);
