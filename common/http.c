@@ -357,7 +357,6 @@ static const char *tls_hint(CURLcode c, const char *curl_text) {
 }
 
 static void complete(xfer *x, CURLcode code) {
-  fx_http *h = x->h;
   fx_http_response res;
   memset(&res, 0, sizeof res);
   res.url = x->url;
@@ -375,7 +374,6 @@ static void complete(xfer *x, CURLcode code) {
     snprintf(res.error, sizeof res.error, "%s%s",
              x->errbuf[0] ? x->errbuf : curl_easy_strerror(code), tls_hint(code, x->errbuf));
   x->cb(&res, x->arg);
-  (void)h;
   xfer_free(x);
 }
 

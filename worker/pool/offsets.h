@@ -24,7 +24,6 @@ typedef struct fx_partition {
   char *topic;
   int32_t partition;
   int revoked;    /* no longer ours: nothing more is stored */
-  int paused;
   int refs;       /* the assignment + one per job in flight */
   fx_slot *slots; /* slots[head .. head+count) in offset order */
   size_t head, count, cap;
