@@ -43,9 +43,16 @@ static json_t *source(const fx_rec_job *j) {
 }
 
 /* Header values are bytes to Kafka but text to whoever reads them: the same
- * UTF-8 rule, and a bound. */
+ * UTF-8 rule, and a bound. Plain ASCII within the bound (job ids, tenants,
+ * numbers: nearly every header) is added as it is, without a copy. */
 static void header(rd_kafka_headers_t *h, const char *name, const char *value, size_t max) {
-  size_t n = strnlen(value, max);
+  size_t n = 0;
+  int ascii = 1;
+  for (; n < max && value[n]; n++) ascii &= (unsigned char)value[n] < 0x80;
+  if (ascii) {
+    rd_kafka_header_add(h, name, -1, value, (ssize_t)n);
+    return;
+  }
   char *copy = malloc(n + 1);
   if (!copy) return;
   memcpy(copy, value, n);
