@@ -15,7 +15,9 @@
 #include "worker/pool/services.h"
 #include "worker/model/resources.h"
 #include "worker/model/tenants.h"
+#include "worker/model/refs.h"
 #include "worker/model/strset.h"
+#include "worker/out/records.h"
 
 #define POLL_BUDGET 500
 #define REDIRECTS_MAX 3
@@ -88,10 +90,8 @@ struct bx_export {
   json_t *counts; /* resourceType -> resources published (acknowledged files), any type */
   long long error_lines, bad_lines;
   fx_errclass first_cls; /* of the first failure record published; FX_EC_NONE before */
-  fx_strset *refs_seen; /* "Type/id" asked for, and foreign references reported, by this export */
-  long long refs_queued;
+  fx_refs refs_asked; /* entities asked for, references reported, the cap (model/refs.h) */
   long long refs_fetched;
-  int refs_capped;
   char transaction_time[64];
   uint64_t started_ms;
 };
@@ -113,19 +113,6 @@ static void ref_free(bx_ref *r) {
   if (!r) return;
   free(r->url);
   free(r);
-}
-
-/* Adds prefix + s to the export's refs_seen: 1 when new, 0 when seen, -1 on
- * OOM. Built from lengths: two long URLs never collide. */
-static int seen_once(fx_strset *set, const char *prefix, const char *s) {
-  size_t a = strlen(prefix), b = strlen(s);
-  char *key = malloc(a + b + 1);
-  if (!key) return -1;
-  memcpy(key, prefix, a);
-  memcpy(key + a, s, b + 1);
-  int rc = fx_strset_add(set, key);
-  free(key);
-  return rc;
 }
 
 struct bx_file {
@@ -257,15 +244,24 @@ json_t *fx_bulk_pending_record(const fx_job *job, const char *topic, int32_t par
 
 /* ---- producing ------------------------------------------------------------------- */
 
+/* Who the export's records are about: its job and where the job was read
+ * (the pending record's source). topic is "" when the record has none. */
+static fx_rec_job rec_job(const bx_export *e) {
+  json_t *src = json_object_get(e->rec, "source");
+  const char *topic = json_string_value(json_object_get(src, "topic"));
+  fx_rec_job j = {.job_id = e->job_id,
+                  .tenant = json_string_value(json_object_get(e->rec, "tenant")),
+                  .attempt = e->attempt,
+                  .topic = topic ? topic : "",
+                  .partition = (int32_t)json_integer_value(json_object_get(src, "partition")),
+                  .offset = (int64_t)json_integer_value(json_object_get(src, "offset"))};
+  return j;
+}
+
+/* fhirx-job-id, fhirx-tenant, fhirx-attempt: what every output carries. */
 static rd_kafka_headers_t *headers_for(const bx_export *e) {
-  char attempt[16];
-  rd_kafka_headers_t *h = rd_kafka_headers_new(10);
-  rd_kafka_header_add(h, "fhirx-job-id", -1, e->job_id, -1);
-  const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
-  if (tenant) rd_kafka_header_add(h, "fhirx-tenant", -1, tenant, -1);
-  snprintf(attempt, sizeof attempt, "%d", e->attempt);
-  rd_kafka_header_add(h, "fhirx-attempt", -1, attempt, -1);
-  return h;
+  fx_rec_job j = rec_job(e);
+  return fx_rec_headers(&j);
 }
 
 /* Produces a control record (progress, status, failure, dead letter) for
@@ -274,6 +270,16 @@ static rd_kafka_headers_t *headers_for(const bx_export *e) {
 static void emit(fx_bulk *b, fx_sink *sink, const char *topic, const char *key, char *value,
                  size_t len, rd_kafka_headers_t *hdrs) {
   fx_out_emit(b->out, sink ? sink : &b->loose, topic, key, value, len, hdrs);
+}
+
+/* A record that could not be built (no memory): whatever waits for sink
+ * must not count on it (a file is downloaded again, an ending export
+ * resumes later). */
+static void unbuilt(bx_export *e, fx_sink *sink, const char *what) {
+  atomic_fetch_add(&e->b->sv->metrics->records_unbuilt, 1);
+  fx_log(FX_LOG_ERROR, "a record could not be built; the bulk export redoes that step",
+         "record", what, "job_id", e->job_id, NULL);
+  if (sink) fx_sink_fail(sink);
 }
 
 /* Drops a hold on s (failed: an output of it will not be delivered). */
@@ -330,132 +336,141 @@ static void progress_soon(bx_export *e) {
     uv_timer_start(&e->timer, on_progress_timer, PROGRESS_MS, 0);
 }
 
-static json_t *source_of(const bx_export *e) {
-  json_t *s = json_object_get(e->rec, "source");
-  return s ? json_deep_copy(s)
-           : json_pack("{s:s, s:i, s:i}", "topic", "", "partition", 0, "offset", 0);
-}
+/* What a failure record says (out/records.h builds it). */
+typedef struct bx_failure {
+  fx_errclass cls;
+  long status;           /* 0: none */
+  const char *outcome;   /* the server's OperationOutcome, NULL or "" for none */
+  const char *url;       /* as requested (redacted by the builder); NULL: none */
+  const char *type;      /* resource_type, NULL: none */
+  const char *reference; /* "Type/id" of a referenced entity, NULL: none */
+  int attempts;          /* 0: the export's current step's tries (at least 1) */
+  const char *message;
+} bx_failure;
 
-/* One failure record (topics.failures), shaped like a patient job's. A
- * referenced entity's failure names it (reference "Type/id", type its Type);
- * attempts 0 means the export's current step's. The first failure's class
+/* One failure record (topics.failures), shaped like a patient job's (the
+ * patient is null: a bulk job names none). The first failure's class
  * becomes the status's error_class (finish). */
-static void publish_failure_ref(bx_export *e, fx_sink *sink, fx_errclass cls, long status,
-                                const char *outcome, const char *url, const char *type,
-                                const char *reference, int attempts, const char *msg) {
+static void publish_failure(bx_export *e, fx_sink *sink, const bx_failure *fl) {
   const fx_services *p = e->b->sv;
-  if (e->first_cls == FX_EC_NONE) e->first_cls = cls;
-  char now[32], shown[1024] = "";
-  fx_iso_now(now);
-  if (url) fx_url_redact(url, shown, sizeof shown);
-  const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
-  json_t *o = json_pack(
-      "{s:s, s:s, s:o, s:n, s:o, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:s, s:s, s:i, s:o}", "type",
-      "failure", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
-      "patient", "resource_type", type ? json_string(type) : json_null(), "reference",
-      reference ? json_string(reference) : json_null(), "error_class", fx_errclass_name(cls),
-      "transient", fx_errclass_transient(cls), "http_status",
-      status ? json_integer(status) : json_null(), "outcome",
-      outcome && *outcome ? json_string(outcome) : json_null(), "url",
-      shown[0] ? json_string(shown) : json_null(), "attempts",
-      attempts > 0 ? attempts : (e->tries ? e->tries : 1), "message",
-      msg, "time", now, "attempt", e->attempt, "source", source_of(e));
-  if (!o) return;
+  if (e->first_cls == FX_EC_NONE) e->first_cls = fl->cls;
+  fx_rec_job j = rec_job(e);
+  fx_rec_failure rf = {.cls = fl->cls,
+                       .http_status = fl->status,
+                       .outcome = fl->outcome,
+                       .url = fl->url,
+                       .attempts = fl->attempts > 0 ? fl->attempts : (e->tries ? e->tries : 1),
+                       .message = fl->message,
+                       .resource_type = fl->type,
+                       .reference = fl->reference};
   size_t len;
-  char *value = dump(o, &len);
-  json_decref(o);
-  char key[256];
-  snprintf(key, sizeof key, "%s/%s", tenant ? tenant : "", e->job_id);
-  if (value) emit(e->b, sink, p->app->cfg->topics.failures, key, value, len, headers_for(e));
+  char *value = fx_rec_failure_value(&j, &rf, &len);
+  char *key = fx_rec_failure_key(&j);
+  if (value && key)
+    emit(e->b, sink, p->app->cfg->topics.failures, key, value, len, fx_rec_headers(&j));
+  else
+    free(value), unbuilt(e, sink, "failure");
+  free(key);
   atomic_fetch_add(&p->metrics->failures, 1);
 }
 
-static void publish_failure(bx_export *e, fx_sink *sink, fx_errclass cls, long status,
-                            const char *outcome, const char *url, const char *type,
-                            const char *msg) {
-  publish_failure_ref(e, sink, cls, status, outcome, url, type, NULL, 0, msg);
+/* The names of the types in t, as a new array (NULL on OOM). */
+static json_t *type_names(fx_types t) {
+  json_t *a = json_array();
+  for (int i = fx_types_next(t, 0); a && i >= 0; i = fx_types_next(t, i + 1))
+    json_array_append_new(a, json_string(fx_type_names[i]));
+  return a;
 }
 
-static void publish_status(bx_export *e, int state, fx_errclass cls) {
-  const fx_services *p = e->b->sv;
-  int failed = e->end_state == BX_FAILED; /* the export itself failed: dead-lettered */
-  char now[32];
-  fx_iso_now(now);
-  static const char *const states[] = {"completed", "partial", "failed"};
-  json_t *counts = json_deep_copy(e->counts);
-  long long resources = counts_sum(e->counts);
-  long long patient_resources = count_of(e->counts, "Patient");
-  const char *tenant = json_string_value(json_object_get(e->rec, "tenant"));
-  const char *since = e->job ? e->job->since : NULL;
-  const char *started = json_string_value(json_object_get(e->rec, "started_at"));
-  size_t files_done = 0;
-  files_done = e->n_done;
+/* The status record's bulk object (status.schema.json). New reference,
+ * NULL on OOM. */
+static json_t *bulk_object(const bx_export *e, long long patient_resources) {
   json_t *o = json_pack(
-      "{s:s, s:s, s:o, s:s, s:i, s:I, s:I, s:I, s:o, s:I, s:i, s:i, s:I, s:o, s:[], s:o, s:s, "
-      "s:s, s:I, s:o, s:s, s:{s:s, s:o, s:I, s:I, s:I, s:I, s:I}}",
-      "type", "status", "job_id", e->job_id, "tenant", tenant ? json_string(tenant) : json_null(),
-      "state", states[state], "attempt", e->attempt,
-      /* A bulk job names no patients: `patients` has always carried the Patient
-       * resources exported (not the Group's members, which fhirx never reads);
-       * kept for readers of older statuses, named properly in bulk. */
-      "patients", (json_int_t)patient_resources, "tasks",
-      (json_int_t)(e->n_out ? e->n_out : 1), "tasks_failed",
-      (json_int_t)(failed ? (e->n_out ? e->n_out : 1) : 0), "counts", counts, "resources",
-      (json_int_t)resources, "references_fetched", (int)e->refs_fetched, "references_cached", 0,
-      "failures", (json_int_t)(e->error_lines + e->bad_lines + failed), "error_class",
-      state ? json_string(fx_errclass_name(cls)) : json_null(), "full_types", "since",
-      since ? json_string(since) : json_null(), "started_at", started ? started : now,
-      "finished_at", now, "duration_ms",
-      (json_int_t)(e->started_ms ? fx_now_ms() - e->started_ms : 0), "source", source_of(e),
-      "worker", p->identity, "bulk", "group", e->job && e->job->group ? e->job->group : "",
+      "{s:s, s:o, s:I, s:I, s:I, s:I, s:I}", "group", e->job && e->job->group ? e->job->group : "",
       "transaction_time", e->transaction_time[0] ? json_string(e->transaction_time) : json_null(),
-      "files", (json_int_t)e->n_out, "files_done", (json_int_t)files_done, "error_files",
+      "files", (json_int_t)e->n_out, "files_done", (json_int_t)e->n_done, "error_files",
       (json_int_t)e->n_err, "error_lines", (json_int_t)e->error_lines, "patient_resources",
       (json_int_t)patient_resources);
-  if (!o) return;
+  if (!o) return NULL;
   if (e->job && !fx_types_empty(e->job->per_patient_types)) {
     /* The types the server does not export, and the patient jobs that fetch
      * them (their own statuses follow on the status topic). */
-    json_t *types = json_array(), *jobs = json_object_get(e->rec, "per_patient_jobs");
-    fx_types pp = e->job->per_patient_types;
-    for (int i = fx_types_next(pp, 0); types && i >= 0; i = fx_types_next(pp, i + 1))
-      json_array_append_new(types, json_string(fx_type_names[i]));
-    json_object_set_new(
-        json_object_get(o, "bulk"), "per_patient",
-        json_pack("{s:o, s:o, s:I}", "types", types, "jobs",
-                  json_is_array(jobs) ? json_deep_copy(jobs) : json_array(), "patients",
-                  json_integer_value(json_object_get(e->rec, "per_patient_patients"))));
+    json_t *jobs = json_object_get(e->rec, "per_patient_jobs");
+    json_t *pp = json_pack("{s:o, s:o, s:I}", "types", type_names(e->job->per_patient_types),
+                           "jobs", json_is_array(jobs) ? json_deep_copy(jobs) : json_array(),
+                           "patients",
+                           json_integer_value(json_object_get(e->rec, "per_patient_patients")));
+    if (!pp || json_object_set_new(o, "per_patient", pp) != 0) {
+      json_decref(o);
+      return NULL;
+    }
   }
   if (e->job && !fx_types_empty(e->job->per_patient_skipped)) {
     /* Types the tenant extracts that neither the export nor follow-up jobs
      * fetched: said here, never silently absent. */
-    json_t *types = json_array();
-    fx_types sk = e->job->per_patient_skipped;
-    for (int i = fx_types_next(sk, 0); types && i >= 0; i = fx_types_next(sk, i + 1))
-      json_array_append_new(types, json_string(fx_type_names[i]));
-    json_object_set_new(
-        json_object_get(o, "bulk"), "not_fetched",
-        json_pack("{s:o, s:s}", "types", types, "reason",
-                  e->job->since
-                      ? "the server's Group $export does not export these types, and fetching "
-                        "them per patient needs every member's Patient: an export with since "
-                        "lists only the patients changed since then. Fetch them with patient "
-                        "jobs, or a bulk job without since"
-                      : "the server's Group $export does not export these types, and the job "
-                        "exports no Patient to fetch them for. Add Patient to the tenant's "
-                        "resources, or fetch them with patient jobs"));
+    json_t *nf = json_pack(
+        "{s:o, s:s}", "types", type_names(e->job->per_patient_skipped), "reason",
+        e->job->since
+            ? "the server's Group $export does not export these types, and fetching "
+              "them per patient needs every member's Patient: an export with since "
+              "lists only the patients changed since then. Fetch them with patient "
+              "jobs, or a bulk job without since"
+            : "the server's Group $export does not export these types, and the job "
+              "exports no Patient to fetch them for. Add Patient to the tenant's "
+              "resources, or fetch them with patient jobs");
+    if (!nf || json_object_set_new(o, "not_fetched", nf) != 0) {
+      json_decref(o);
+      return NULL;
+    }
   }
+  return o;
+}
+
+static void publish_status(bx_export *e, fx_outcome outcome, fx_errclass cls) {
+  const fx_services *p = e->b->sv;
+  int failed = e->end_state == BX_FAILED; /* the export itself failed: dead-lettered */
+  char now[32];
+  fx_iso_now(now);
+  long long patient_resources = count_of(e->counts, "Patient");
+  const char *started = json_string_value(json_object_get(e->rec, "started_at"));
+  long long tasks = e->n_out ? (long long)e->n_out : 1;
+  fx_rec_job j = rec_job(e);
+  json_t *bulk = bulk_object(e, patient_resources), *full = json_array();
+  fx_rec_status st = {
+      .outcome = outcome,
+      /* A bulk job names no patients: `patients` has always carried the
+       * Patient resources exported (not the Group's members, which fhirx
+       * never reads); kept for readers of older statuses, named properly in
+       * bulk. */
+      .patients = patient_resources,
+      .tasks = tasks,
+      .tasks_failed = failed ? tasks : 0,
+      .counts = e->counts,
+      .resources = counts_sum(e->counts),
+      .references_fetched = e->refs_fetched,
+      .references_cached = 0,
+      .failures = e->error_lines + e->bad_lines + failed,
+      .error_class = outcome != FX_OUTCOME_COMPLETED ? cls : FX_EC_NONE,
+      .full_types = full,
+      .since = e->job ? e->job->since : NULL,
+      .started_at = started ? started : now,
+      .finished_at = now,
+      .duration_ms = (long long)(e->started_ms ? fx_now_ms() - e->started_ms : 0),
+      .worker = p->identity,
+      .bulk = bulk};
   size_t len;
-  char *value = dump(o, &len);
-  json_decref(o);
-  if (value) emit(e->b, &e->sink, p->app->cfg->topics.status, e->job_id, value, len, headers_for(e));
+  char *value = bulk && full ? fx_rec_status_value(&j, &st, &len) : NULL;
+  json_decref(bulk);
+  json_decref(full);
+  if (!value) {
+    unbuilt(e, &e->sink, "status");
+    return;
+  }
+  emit(e->b, &e->sink, p->app->cfg->topics.status, e->job_id, value, len, fx_rec_headers(&j));
   atomic_fetch_add(&p->metrics->statuses, 1);
-  atomic_fetch_add(state == 0   ? &p->metrics->jobs_completed
-                   : state == 1 ? &p->metrics->jobs_partial
-                                : &p->metrics->jobs_failed,
-                   1);
-  fx_log(FX_LOG_INFO, "bulk job finished", "job_id", e->job_id, "tenant", tenant, "state",
-         states[state], NULL);
+  fx_metrics_job_finished(p->metrics, (int)outcome);
+  fx_log(FX_LOG_INFO, "bulk job finished", "job_id", e->job_id, "tenant", j.tenant, "state",
+         fx_outcome_name(outcome), NULL);
 }
 
 /* The dead letter: the job as it was (replay re-runs a new export), the
@@ -463,35 +478,27 @@ static void publish_status(bx_export *e, int state, fx_errclass cls) {
 static void publish_dead_letter(bx_export *e, fx_errclass cls, long status, const char *msg) {
   const fx_services *p = e->b->sv;
   json_t *job = json_object_get(e->rec, "job");
+  if (!job) return; /* a bulk record without its job: its failure record says so */
   size_t len = 0;
-  char *value = job ? dump(job, &len) : NULL;
-  if (!value) return;
-  char buf[32], now[32];
-  fx_iso_now(now);
-  rd_kafka_headers_t *h = headers_for(e);
-  rd_kafka_header_add(h, "fhirx-error-class", -1, fx_errclass_name(cls), -1);
-  if (status) {
-    snprintf(buf, sizeof buf, "%ld", status);
-    rd_kafka_header_add(h, "fhirx-http-status", -1, buf, -1);
+  char *value = dump(job, &len);
+  if (!value) {
+    unbuilt(e, &e->sink, "dead letter");
+    return;
   }
-  rd_kafka_header_add(h, "fhirx-reason", -1, msg, (ssize_t)strnlen(msg, 512));
-  json_t *src = json_object_get(e->rec, "source");
-  const char *topic = json_string_value(json_object_get(src, "topic"));
-  rd_kafka_header_add(h, "fhirx-original-topic", -1, topic ? topic : p->app->cfg->topics.jobs, -1);
-  snprintf(buf, sizeof buf, "%d", (int)json_integer_value(json_object_get(src, "partition")));
-  rd_kafka_header_add(h, "fhirx-original-partition", -1, buf, -1);
-  snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(json_object_get(src, "offset")));
-  rd_kafka_header_add(h, "fhirx-original-offset", -1, buf, -1);
-  snprintf(buf, sizeof buf, "%lld",
-           (long long)json_integer_value(json_object_get(e->rec, "timestamp")));
-  rd_kafka_header_add(h, "fhirx-original-timestamp", -1, buf, -1);
-  const char *first = json_string_value(json_object_get(e->rec, "started_at"));
-  rd_kafka_header_add(h, "fhirx-first-failure", -1, now, -1);
-  rd_kafka_header_add(h, "fhirx-last-failure", -1, now, -1);
-  (void)first;
-  const char *rf = json_string_value(json_object_get(e->rec, "replayed_from"));
-  if (rf) rd_kafka_header_add(h, "fhirx-replayed-from", -1, rf, -1);
-  emit(e->b, &e->sink, p->app->cfg->topics.dlq, e->job_id, value, len, h);
+  char now[32];
+  fx_iso_now(now);
+  fx_rec_job j = rec_job(e);
+  if (!j.topic[0]) j.topic = p->app->cfg->topics.jobs;
+  fx_rec_dead_letter d = {
+      .cls = cls,
+      .http_status = status,
+      .reason = msg,
+      .timestamp = (int64_t)json_integer_value(json_object_get(e->rec, "timestamp")),
+      .first_failure = now,
+      .last_failure = now,
+      .replayed_from = json_string_value(json_object_get(e->rec, "replayed_from"))};
+  emit(e->b, &e->sink, p->app->cfg->topics.dlq, e->job_id, value, len,
+       fx_rec_dead_letter_headers(&j, &d));
   atomic_fetch_add(&p->metrics->dead_letters, 1);
 }
 
@@ -510,7 +517,7 @@ static void on_export_closed(uv_handle_t *h) {
   json_decref(e->counts);
   json_decref(e->manifest);
   fx_job_free(e->job);
-  fx_strset_free(e->refs_seen);
+  fx_refs_free(&e->refs_asked);
   if (e->ts) fx_tenant_set_release(e->ts);
   free(e->status_url);
   free(e->done);
@@ -585,8 +592,6 @@ static void export_acked(void *arg);
 
 static long long published(const bx_export *e) { return counts_sum(e->counts); }
 
-static void sink_arm(fx_sink *s) { fx_sink_open(s); }
-
 static void begin_ending(bx_export *e, int status_state, fx_errclass cls, int end_state,
                          int delete_on_server) {
   e->ending = 1;
@@ -619,8 +624,8 @@ static void export_acked(void *arg) {
   }
   if (e->ending == 1) {
     e->ending = 2;
-    sink_arm(&e->sink);
-    publish_status(e, e->end_status, e->end_cls);
+    fx_sink_open(&e->sink);
+    publish_status(e, (fx_outcome)e->end_status, e->end_cls);
     sink_done(&e->sink, 0);
     return;
   }
@@ -642,11 +647,10 @@ static void export_fail(bx_export *e, fx_errclass cls, long status, const char *
   /* An expired export is gone already; any other is cleaned up. */
   /* Some files published already: partial (the dead letter re-runs it whole). */
   begin_ending(e, published(e) ? 1 : 2, cls, BX_FAILED, cls != FX_EC_EXPORT_EXPIRED);
-  sink_arm(&e->sink);
+  fx_sink_open(&e->sink);
   /* A job that cannot run here names no request (failure.schema.json). */
   int job_level = cls == FX_EC_INVALID_JOB || cls == FX_EC_UNKNOWN_TENANT;
-  publish_failure(e, &e->sink, cls, job_level ? 0 : status, NULL, job_level ? NULL : e->status_url,
-                  NULL, msg);
+  publish_failure(e, &e->sink, &(bx_failure){.cls = cls, .status = job_level ? 0 : status, .url = job_level ? NULL : e->status_url, .message = msg});
   publish_dead_letter(e, cls, status, msg);
   sink_done(&e->sink, 0);
 }
@@ -708,12 +712,12 @@ static void auth_failed(bx_export *e, const fx_auth_error *ae) {
     export_fail(e, FX_EC_UNKNOWN_TENANT, 0, msg);
     return;
   }
-  if (ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED) {
+  int transient;
+  fx_errclass cls = fx_errclass_of_auth(ae, &transient);
+  if (transient) {
     retry_step(e, ae->retry_after_ms > 0 ? ae->retry_after_ms : -1, 0, ae->err.msg);
     return;
   }
-  fx_errclass cls = strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH;
-  if (ae->err.code == FX_EPERM) cls = FX_EC_FOREIGN_REFERENCE;
   export_fail(e, cls, ae->http_status, ae->err.msg);
 }
 
@@ -946,7 +950,7 @@ static void finish(bx_export *e) {
                BX_COMPLETED, 1);
   e->ending = 1;
   atomic_store(&e->sink.failed, 0);
-  sink_arm(&e->sink);
+  fx_sink_open(&e->sink);
   sink_done(&e->sink, 0); /* no failure step: on to the status */
 }
 
@@ -1156,72 +1160,66 @@ static const char *patient_of(json_t *res, const char *type, const char *id) {
 
 static void refs_pump(bx_file *f);
 
-/* Queues ref ("Type/id", relative or absolute under the tenant's base) when
- * the tenant's profile follows its type and this export has not asked for
- * it yet. only_type >= 0 restricts it (attachment URLs are Binary); exact:
- * an absolute URL is read exactly as given (attachments: Cerner's binary.md
- * says to use the link unchanged). */
-static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, int exact) {
+/* What one reference (or attachment URL) found at depth means for the
+ * export (model/refs.h decides, once per export and entity): queued to be
+ * read, reported, or nothing. */
+typedef struct ref_ctx {
+  bx_file *f;
+  const fx_profile *prof;
+  int depth; /* 1: referenced by an exported resource */
+} ref_ctx;
+
+static void on_reference(void *arg, const char *ref, int only_type, int exact) {
+  const ref_ctx *c = arg;
+  bx_file *f = c->f;
   bx_export *e = f->e;
-  const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
-  if (!prof) return;
-  if (!e->refs_seen && !(e->refs_seen = fx_strset_new())) return;
-  char key[FX_REF_KEY_SIZE];
-  int idx = -1;
-  switch (fx_ref_parse(ref, e->tenant->fhir_base, key, sizeof key, &idx)) {
-  case FX_REF_NONE: return;
-  case FX_REF_FOREIGN: {
-    if (seen_once(e->refs_seen, "foreign ", ref) != 1) return; /* reported once per export */
-    char shown[512], msg[700];
+  fx_ref_found found;
+  char msg[700];
+  switch (fx_refs_consider(&e->refs_asked, c->prof, e->tenant->fhir_base, NULL, ref, only_type, exact,
+                           &found)) {
+  case FX_REFD_SKIP: return;
+  case FX_REFD_FOREIGN: {
+    char shown[512];
     fx_url_redact(ref, shown, sizeof shown);
     snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
              shown);
     /* url: the reference's URL, which was not requested (failure.schema.json). */
-    publish_failure(e, &f->sink, FX_EC_FOREIGN_REFERENCE, 0, NULL, ref, NULL, msg);
+    publish_failure(e, &f->sink,
+                    &(bx_failure){.cls = FX_EC_FOREIGN_REFERENCE, .url = ref, .message = msg});
     f->bad_lines++;
     return;
   }
-  case FX_REF_INVALID: {
+  case FX_REFD_INVALID:
     /* A followed type with an id that breaks the id rule (resources.h): never
-     * read; reported once per export, by type, never with the id. */
-    if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
-    if (seen_once(e->refs_seen, "invalid ", ref) != 1) return;
-    char msg[300];
+     * read; reported by type, never with the id. */
     snprintf(msg, sizeof msg,
              "a reference to a %s has an id that breaks fhirx's id rule (1..%d of A-Z a-z 0-9 . "
              "_ ~ -, not '.' or '..' alone); not followed",
-             fx_type_names[idx], FX_FHIR_ID_MAX);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, NULL, fx_type_names[idx],
-                    msg);
+             fx_type_names[found.type], FX_FHIR_ID_MAX);
+    publish_failure(e, &f->sink,
+                    &(bx_failure){.cls = FX_EC_INVALID_RESPONSE,
+                                  .type = fx_type_names[found.type],
+                                  .message = msg});
     f->bad_lines++;
     return;
-  }
-  case FX_REF_LOCAL: break;
-  }
-  if (!fx_types_has(prof->follow, idx) || (only_type >= 0 && idx != only_type)) return;
-  if (fx_strset_add(e->refs_seen, key) != 1) return;
-  long long max = e->b->sv->app->cfg->worker.max_references_per_job;
-  if (++e->refs_queued > max) {
-    if (!e->refs_capped) {
-      e->refs_capped = 1;
-      char msg[200];
-      snprintf(msg, sizeof msg,
-               "more than %lld referenced entities (worker.max_references_per_job); "
-               "the rest were not fetched",
-               max);
-      publish_failure(e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, NULL, NULL, msg);
-      f->bad_lines++;
-    }
+  case FX_REFD_CAPPED:
+    snprintf(msg, sizeof msg,
+             "more than %zu referenced entities (worker.max_references_per_job); the rest were "
+             "not fetched",
+             e->refs_asked.max);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_TOO_LARGE, .message = msg});
+    f->bad_lines++;
     return;
+  case FX_REFD_FOLLOW: break;
   }
   bx_ref *r = calloc(1, sizeof *r);
-  if (!r) return;
-  if (exact && strstr(ref, "://") && !(r->url = strdup(ref))) {
+  if (!r || (found.exact && !(r->url = strdup(ref)))) {
     free(r);
+    fx_sink_fail(&f->sink); /* out of memory: the file is downloaded again */
     return;
   }
-  snprintf(r->key, sizeof r->key, "%s", key); /* fits: fx_ref_parse made it for this size */
-  r->depth = depth;
+  snprintf(r->key, sizeof r->key, "%s", found.key);
+  r->depth = c->depth;
   if (f->refs_tail)
     f->refs_tail->next = r;
   else
@@ -1229,43 +1227,17 @@ static void consider_ref(bx_file *f, const char *ref, int only_type, int depth, 
   f->refs_tail = r;
 }
 
-static void walk_refs(bx_file *f, json_t *v, int depth) {
-  const char *k;
-  json_t *child;
-  size_t i;
-  if (json_is_object(v)) {
-    json_object_foreach(v, k, child) {
-      if (strcmp(k, "reference") == 0 && json_is_string(child))
-        consider_ref(f, json_string_value(child), -1, depth, 0);
-      else
-        walk_refs(f, child, depth);
-    }
-  } else if (json_is_array(v)) {
-    json_array_foreach(v, i, child) walk_refs(f, child, depth);
-  }
-}
-
-typedef struct attach_ctx {
-  bx_file *f;
-  int depth;
-} attach_ctx;
-
-static void consider_attachment(void *arg, const char *url) {
-  attach_ctx *c = arg;
-  consider_ref(c->f, url, fx_resource_index("Binary"), c->depth, 1);
-}
-
 /* Every reference in res, plus the attachment URLs the profile wants as
- * Binary (fx_profile_attachments), while depth is within the profile's (as
- * for patient jobs). */
+ * Binary (an absolute one read exactly as given: Cerner's binary.md says to
+ * use the link unchanged), while depth is within the profile's (as for
+ * patient jobs). */
 static void collect_refs(bx_file *f, json_t *res, int depth) {
   bx_export *e = f->e;
   if (!e->job->follow_references) return;
   const fx_profile *prof = fx_profile_for(&e->ts->profiles, e->tenant->id);
   if (!prof || depth > prof->depth || fx_types_empty(prof->follow)) return;
-  walk_refs(f, res, depth);
-  attach_ctx c = {.f = f, .depth = depth};
-  fx_profile_attachments(prof, res, consider_attachment, &c);
+  ref_ctx c = {.f = f, .prof = prof, .depth = depth};
+  fx_refs_walk(prof, res, on_reference, &c);
 }
 
 typedef struct ref_call {
@@ -1346,8 +1318,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     char rtype[FX_TYPE_NAME_MAX + 1];
     snprintf(rtype, sizeof rtype, "%.*s", (int)tl, r->key);
     snprintf(msg, sizeof msg, "reading %s did not return that resource", r->key);
-    publish_failure_ref(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, rtype,
-                        r->key, r->tries + 1, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_INVALID_RESPONSE, .status = res->status, .url = res->url, .type = rtype, .reference = r->key, .attempts = r->tries + 1, .message = msg});
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1356,7 +1327,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     /* Never the id (resources.h): the type and why. */
     snprintf(msg, sizeof msg, "the referenced %s read from the server %s; not published", type,
              why);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, res->status, NULL, res->url, type, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_INVALID_RESPONSE, .status = res->status, .url = res->url, .type = type, .message = msg});
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1364,8 +1335,7 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
   if (res->body_len > p->max_message) {
     snprintf(msg, sizeof msg, "%s is %zu bytes, more than the %zu bytes a message may have", r->key,
              res->body_len, p->max_message);
-    publish_failure_ref(e, &f->sink, FX_EC_TOO_LARGE, res->status, NULL, res->url, type, r->key,
-                        r->tries + 1, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_TOO_LARGE, .status = res->status, .url = res->url, .type = type, .reference = r->key, .attempts = r->tries + 1, .message = msg});
     f->bad_lines++;
     json_decref(doc);
     return;
@@ -1408,8 +1378,9 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     return;
   }
   const fx_bulk_conf *bc = &f->e->b->sv->app->cfg->bulk;
-  int transient = ae ? (ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED)
-                     : (res->result != 0 || transient_status(res->status) || res->status >= 500);
+  int transient = 0;
+  fx_errclass auth_cls = ae ? fx_errclass_of_auth(ae, &transient) : FX_EC_NONE;
+  if (!ae) transient = res->result != 0 || transient_status(res->status) || res->status >= 500;
   if (!ae && res->result == 0 && res->status == 200) {
     publish_ref(f, r, res);
     ref_free(r);
@@ -1431,10 +1402,9 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
   } else {
     char msg[600], oo[300] = "", http[32];
     long status = ae ? ae->http_status : res->status;
-    fx_errclass cls =
-        ae            ? (strcmp(ae->oauth_error, "invalid_scope") == 0 ? FX_EC_SCOPE : FX_EC_AUTH)
-        : res->result ? FX_EC_TRANSIENT
-                      : fx_errclass_of_status(res->status);
+    fx_errclass cls = ae            ? auth_cls
+                      : res->result ? FX_EC_TRANSIENT
+                                    : fx_errclass_of_status(res->status);
     if (!ae && res->result == 0) fx_fhir_outcome_summary(res->body, oo, sizeof oo);
     snprintf(http, sizeof http, "HTTP %ld", status);
     snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key,
@@ -1446,7 +1416,7 @@ static void on_ref(fx_http_response *res, const fx_auth_error *ae, void *arg) {
     snprintf(type, sizeof type, "%.*s", (int)strcspn(r->key, "/"), r->key);
     /* A transient failure counted its last try in r->tries already. */
     int attempts = transient ? r->tries : r->tries + 1;
-    publish_failure_ref(f->e, &f->sink, cls, status, oo, c->url, type, r->key, attempts, msg);
+    publish_failure(f->e, &f->sink, &(bx_failure){.cls = cls, .status = status, .outcome = oo, .url = c->url, .type = type, .reference = r->key, .attempts = attempts, .message = msg});
     f->bad_lines++;
     ref_free(r);
   }
@@ -1514,9 +1484,7 @@ static void refs_pump(bx_file *f) {
       f->refs_inflight--;
       char msg[600];
       snprintf(msg, sizeof msg, "reading referenced %s failed: %s", r->key, err.msg);
-      publish_failure(e, &f->sink,
-                      err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_RESPONSE, 0,
-                      NULL, NULL, NULL, msg);
+      publish_failure(e, &f->sink, &(bx_failure){.cls = err.code == FX_EPERM ? FX_EC_FOREIGN_REFERENCE : FX_EC_INVALID_RESPONSE, .message = msg});
       f->bad_lines++;
       ref_call_free(c);
       ref_free(r);
@@ -1538,7 +1506,7 @@ static void per_patient_add(bx_file *f, const char *id) {
              "exported Patient/%.64s has an id a patient job does not take; its %s were not "
              "fetched",
              id, names);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, "Patient", msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .type = "Patient", .message = msg});
     f->bad_lines++;
     return;
   }
@@ -1580,7 +1548,7 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     f->line_no++;
     snprintf(msg, sizeof msg, "the server could not export something (error file line %lld)%s%s",
              f->line_no, oo[0] ? ": " : "", oo);
-    publish_failure(e, &f->sink, FX_EC_EXPORT_FAILED, 0, oo, f->url, NULL, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_EXPORT_FAILED, .outcome = oo, .url = f->url, .message = msg});
     f->error_lines++;
     json_decref(res);
     return 0;
@@ -1599,7 +1567,7 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     else
       snprintf(msg, sizeof msg, "line %lld of a %s file is a resource that %s; not published",
                f->line_no, f->type, why);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, f->type, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .type = f->type, .message = msg});
     f->bad_lines++;
     json_decref(res);
     return 0;
@@ -1612,7 +1580,7 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
              "line %lld of a %s file is a %s, and the export already has %d resource types; a "
              "FHIR server has fewer, so the line is not published",
              f->line_no, file_type ? file_type : "(unnamed)", type, MAX_COUNTED_TYPES);
-    publish_failure(e, &f->sink, FX_EC_INVALID_RESPONSE, 0, NULL, f->url, type, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_INVALID_RESPONSE, .url = f->url, .type = type, .message = msg});
     f->bad_lines++;
     json_decref(res);
     return 0;
@@ -1621,7 +1589,7 @@ static int publish_line(bx_file *f, const char *line, size_t n) {
     f->line_no++;
     snprintf(msg, sizeof msg, "%s/%s is %zu bytes, more than the %zu bytes a message may have",
              type, id, n, p->max_message);
-    publish_failure(e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url, type, msg);
+    publish_failure(e, &f->sink, &(bx_failure){.cls = FX_EC_TOO_LARGE, .url = f->url, .type = type, .message = msg});
     f->bad_lines++;
     json_decref(res);
     return 0;
@@ -1683,8 +1651,7 @@ static int process_lines(bx_file *f, int final) {
         f->line_no++;
         snprintf(msg, sizeof msg, "line %lld of a %s file is longer than %zu bytes", f->line_no,
                  f->type, max_line);
-        publish_failure(f->e, &f->sink, FX_EC_TOO_LARGE, 0, NULL, f->url,
-                        fx_resource_type_name_ok(f->type) ? f->type : NULL, msg);
+        publish_failure(f->e, &f->sink, &(bx_failure){.cls = FX_EC_TOO_LARGE, .url = f->url, .type = fx_resource_type_name_ok(f->type) ? f->type : NULL, .message = msg});
         f->bad_lines++;
         f->skipping = 1;
       }
@@ -1807,8 +1774,9 @@ static void on_file_fhir(fx_http_response *res, const fx_auth_error *ae, void *a
       file_release(f);
       return;
     }
-    int transient = ae->err.code == FX_ETRANSIENT || ae->err.code == FX_ECANCELED;
-    file_failed(f, transient ? FX_EC_TRANSIENT : FX_EC_AUTH, ae->http_status,
+    int transient;
+    fx_errclass cls = fx_errclass_of_auth(ae, &transient);
+    file_failed(f, transient ? FX_EC_TRANSIENT : cls, ae->http_status,
                 ae->retry_after_ms > 0 ? ae->retry_after_ms : -1, ae->err.msg);
     return;
   }
@@ -2105,8 +2073,10 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
     e->rec = rec;
   } else {
     e = calloc(1, sizeof *e);
-    if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object())) {
-      if (e) free(e->job_id);
+    if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object()) ||
+        fx_refs_init(&e->refs_asked,
+                     (size_t)b->sv->app->cfg->worker.max_references_per_job) != 0) {
+      if (e) free(e->job_id), json_decref(e->counts);
       free(e);
       json_decref(rec);
       fx_log(FX_LOG_ERROR, "out of memory tracking a bulk export", NULL);
@@ -2126,8 +2096,6 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
   e->attempt = attempt;
   e->seq = seq;
   e->state = state;
-  json_int_t tf = json_integer_value(json_object_get(rec, "files_total"));
-  (void)tf;
   json_t *counts = json_object_get(rec, "counts");
   json_object_clear(e->counts);
   const char *k;
