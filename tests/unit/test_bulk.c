@@ -1,5 +1,6 @@
-/* The pure parts of bulk export jobs: poll waits and the files-done ranges
- * that let another worker resume an export. */
+/* The pure parts of bulk export jobs: poll waits, the files-done ranges
+ * that let another worker resume an export, and the lifecycles of an export
+ * and of its files in memory (worker/bulk/life.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 
 #include "worker/bulk/bulk.h"
+#include "worker/bulk/life.h"
 #include "worker/model/errclass.h"
 #include "worker/model/resources.h"
 
@@ -128,6 +130,193 @@ static void status_classes(void **state) {
   assert_int_equal(fx_errclass_of_status(409), FX_EC_SERVER);
 }
 
+
+/* ---- the export's lifecycle (life.h) ------------------------------------------------ */
+
+enum { LI = FX_BX_LISTED, WA = FX_BX_WAITING, AS = FX_BX_ASKING, DL = FX_BX_DOWNLOADING,
+       FA = FX_BX_FAILING, RE = FX_BX_REPORTING, EN = FX_BX_ENDED, DR = FX_BX_DROPPING,
+       DO = FX_BX_DONE, NO = FX_BX_NONE };
+
+/* Every (state, event) pair, written out: the specification the code must
+ * follow. Columns: send, wait, manifest, files_done, fail, acked, not_acked,
+ * drop, idle. */
+static const int export_table[FX_BX_NSTATES][FX_BX_NEVENTS] = {
+    [FX_BX_LISTED] = {AS, WA, NO, NO, FA, NO, NO, DR, NO},
+    [FX_BX_WAITING] = {AS, WA, NO, NO, FA, NO, NO, DR, NO},
+    [FX_BX_ASKING] = {NO, WA, DL, NO, FA, NO, NO, DR, NO},
+    [FX_BX_DOWNLOADING] = {NO, NO, NO, RE, FA, NO, NO, DR, NO},
+    [FX_BX_FAILING] = {NO, NO, NO, NO, NO, RE, DR, NO, NO},
+    [FX_BX_REPORTING] = {NO, NO, NO, NO, NO, EN, DR, NO, NO},
+    [FX_BX_ENDED] = {NO, NO, NO, NO, NO, NO, NO, NO, DO},
+    [FX_BX_DROPPING] = {NO, NO, NO, NO, NO, NO, NO, NO, DO},
+    [FX_BX_DONE] = {NO, NO, NO, NO, NO, NO, NO, NO, NO},
+};
+
+static void export_transitions_follow_the_table(void **state) {
+  (void)state;
+  for (int s = 0; s < FX_BX_NSTATES; s++)
+    for (int ev = 0; ev < FX_BX_NEVENTS; ev++) {
+      int got = fx_bx_next((fx_bx_state)s, (fx_bx_event)ev);
+      if (got != export_table[s][ev])
+        fail_msg("%s --%s--> %s, expected %s", fx_bx_state_name((fx_bx_state)s),
+                 fx_bx_event_name((fx_bx_event)ev),
+                 got == NO ? "(refused)" : fx_bx_state_name((fx_bx_state)got),
+                 export_table[s][ev] == NO ? "(refused)"
+                                           : fx_bx_state_name((fx_bx_state)export_table[s][ev]));
+    }
+}
+
+/* Runs events from s; returns the state reached, or NO at the first refusal. */
+static int run_export(int s, const fx_bx_event *evs, size_t n) {
+  for (size_t i = 0; i < n && s != NO; i++) s = fx_bx_next((fx_bx_state)s, evs[i]);
+  return s;
+}
+
+static void export_paths(void **state) {
+  (void)state;
+  /* A fresh export: kick-off, polls until the manifest, downloads, status,
+   * DELETE, freed. */
+  const fx_bx_event happy[] = {FX_BX_SEND,     FX_BX_WAIT,       FX_BX_SEND,
+                               FX_BX_WAIT,     FX_BX_SEND,       FX_BX_MANIFEST,
+                               FX_BX_FILES_DONE, FX_BX_ACKED,    FX_BX_IDLE};
+  assert_int_equal(run_export(LI, happy, sizeof happy / sizeof happy[0]), DO);
+  /* A retry of a step that could not start (out of memory) waits first. */
+  const fx_bx_event retried[] = {FX_BX_WAIT, FX_BX_SEND, FX_BX_MANIFEST};
+  assert_int_equal(run_export(LI, retried, 3), DL);
+  /* A failed export: failure and dead letter, then the status, then the end. */
+  const fx_bx_event failed[] = {FX_BX_SEND, FX_BX_FAIL, FX_BX_ACKED, FX_BX_ACKED, FX_BX_IDLE};
+  assert_int_equal(run_export(LI, failed, 5), DO);
+  /* A job that cannot be read fails before any request. */
+  assert_int_equal(fx_bx_next(FX_BX_LISTED, FX_BX_FAIL), FA);
+  /* Kafka refuses the status: the export is not ended, it resumes elsewhere. */
+  const fx_bx_event refused[] = {FX_BX_SEND, FX_BX_MANIFEST, FX_BX_FILES_DONE, FX_BX_NOT_ACKED};
+  assert_int_equal(run_export(LI, refused, 4), DR);
+  /* A revoked partition drops a download; it ends once nothing is in flight. */
+  const fx_bx_event revoked[] = {FX_BX_SEND, FX_BX_MANIFEST, FX_BX_DROP, FX_BX_IDLE};
+  assert_int_equal(run_export(LI, revoked, 4), DO);
+}
+
+static void export_refuses_late_events(void **state) {
+  (void)state;
+  /* An answer that arrives after its export was dropped changes nothing. */
+  assert_int_equal(fx_bx_next(FX_BX_DROPPING, FX_BX_WAIT), NO);
+  assert_int_equal(fx_bx_next(FX_BX_DROPPING, FX_BX_MANIFEST), NO);
+  assert_int_equal(fx_bx_next(FX_BX_DROPPING, FX_BX_FAIL), NO);
+  /* A second failure (another file failing) does not fail it twice. */
+  assert_int_equal(fx_bx_next(FX_BX_FAILING, FX_BX_FAIL), NO);
+  assert_int_equal(fx_bx_next(FX_BX_REPORTING, FX_BX_FAIL), NO);
+  /* An ending export finishes even when its partition is revoked. */
+  assert_int_equal(fx_bx_next(FX_BX_FAILING, FX_BX_DROP), NO);
+  assert_int_equal(fx_bx_next(FX_BX_REPORTING, FX_BX_DROP), NO);
+  assert_int_equal(fx_bx_next(FX_BX_ENDED, FX_BX_DROP), NO);
+  /* Only an export with something in flight waits for IDLE; one request at
+   * a time; a manifest only answers a request. */
+  assert_int_equal(fx_bx_next(FX_BX_DOWNLOADING, FX_BX_IDLE), NO);
+  assert_int_equal(fx_bx_next(FX_BX_ASKING, FX_BX_SEND), NO);
+  assert_int_equal(fx_bx_next(FX_BX_WAITING, FX_BX_MANIFEST), NO);
+  for (int ev = 0; ev < FX_BX_NEVENTS; ev++)
+    assert_int_equal(fx_bx_next(FX_BX_DONE, (fx_bx_event)ev), NO);
+}
+
+static void export_active_and_known(void **state) {
+  (void)state;
+  /* fhirx_bulk_exports_active: started here, until given up or freed. */
+  const int active[FX_BX_NSTATES] = {0, 1, 1, 1, 1, 1, 1, 0, 0};
+  /* A record read from the bulk topic concerns it until its ending began. */
+  const int known[FX_BX_NSTATES] = {1, 1, 1, 1, 0, 0, 0, 0, 0};
+  for (int s = 0; s < FX_BX_NSTATES; s++) {
+    assert_int_equal(fx_bx_active((fx_bx_state)s), active[s]);
+    assert_int_equal(fx_bx_known((fx_bx_state)s), known[s]);
+  }
+  assert_string_equal(fx_bx_state_name(FX_BX_DOWNLOADING), "downloading");
+  assert_string_equal(fx_bx_state_name((fx_bx_state)FX_BX_NSTATES), "?");
+}
+
+/* ---- a file's phases ------------------------------------------------------------------ */
+
+enum { FW = FX_BXF_WAITING, FR = FX_BXF_RECEIVING, FP = FX_BXF_PAUSED, FD = FX_BXF_DRAINING,
+       FF = FX_BXF_REFERENCES, FK = FX_BXF_ACKING, FS = FX_BXF_SETTLED };
+
+/* Columns: send, pause, resume, body_end, lines_done, refs_done, retry,
+ * give_up, settle. */
+static const int file_table[FX_BXF_NPHASES][FX_BXF_NEVENTS] = {
+    [FX_BXF_WAITING] = {FR, NO, NO, NO, NO, NO, NO, FK, NO},
+    [FX_BXF_RECEIVING] = {FR, FP, NO, FD, NO, NO, FW, FK, NO},
+    [FX_BXF_PAUSED] = {FR, NO, FR, FD, NO, NO, FW, FK, NO},
+    [FX_BXF_DRAINING] = {NO, NO, NO, NO, FF, NO, NO, FK, NO},
+    [FX_BXF_REFERENCES] = {NO, NO, NO, NO, NO, FK, NO, FK, NO},
+    [FX_BXF_ACKING] = {NO, NO, NO, NO, NO, NO, NO, NO, FS},
+    [FX_BXF_SETTLED] = {NO, NO, NO, NO, NO, NO, NO, NO, NO},
+};
+
+static void file_transitions_follow_the_table(void **state) {
+  (void)state;
+  for (int p = 0; p < FX_BXF_NPHASES; p++)
+    for (int ev = 0; ev < FX_BXF_NEVENTS; ev++) {
+      int got = fx_bxf_next((fx_bxf_phase)p, (fx_bxf_event)ev);
+      if (got != file_table[p][ev])
+        fail_msg("file %s: event %d gives %d, expected %d", fx_bxf_phase_name((fx_bxf_phase)p),
+                 ev, got, file_table[p][ev]);
+    }
+}
+
+static void file_paths(void **state) {
+  (void)state;
+  /* A download that pauses twice for a full producer, then reads references. */
+  const fx_bxf_event evs[] = {FX_BXF_SEND,      FX_BXF_PAUSE,     FX_BXF_RESUME,
+                              FX_BXF_PAUSE,     FX_BXF_RESUME,    FX_BXF_BODY_END,
+                              FX_BXF_LINES_DONE, FX_BXF_REFS_DONE, FX_BXF_SETTLE};
+  int p = FW;
+  for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
+    p = fx_bxf_next((fx_bxf_phase)p, evs[i]);
+    assert_int_not_equal(p, NO);
+  }
+  assert_int_equal(p, FS);
+  /* A redirect to storage is a second request of the same transfer phase;
+   * a failure waits, then starts again. */
+  assert_int_equal(fx_bxf_next(FX_BXF_RECEIVING, FX_BXF_SEND), FR);
+  assert_int_equal(fx_bxf_next(FX_BXF_RECEIVING, FX_BXF_RETRY), FW);
+  assert_int_equal(fx_bxf_next(FX_BXF_WAITING, FX_BXF_SEND), FR);
+  /* Giving up is idempotent: once everything is produced it is refused, so
+   * a file is never closed twice. */
+  assert_int_equal(fx_bxf_next(FX_BXF_ACKING, FX_BXF_GIVE_UP), NO);
+  assert_int_equal(fx_bxf_next(FX_BXF_SETTLED, FX_BXF_GIVE_UP), NO);
+  /* Only a transfer in flight pauses or resumes. */
+  assert_true(fx_bxf_transferring(FX_BXF_RECEIVING));
+  assert_true(fx_bxf_transferring(FX_BXF_PAUSED));
+  assert_false(fx_bxf_transferring(FX_BXF_DRAINING));
+  assert_false(fx_bxf_transferring(FX_BXF_WAITING));
+}
+
+/* ---- what a record and a status say ------------------------------------------------- */
+
+static void record_states_round_trip(void **state) {
+  (void)state;
+  const char *names[] = {"pending", "exporting", "downloading", "completed", "failed"};
+  for (int r = 0; r < FX_BXR_COUNT; r++) {
+    assert_string_equal(fx_bx_record_name((fx_bx_record)r), names[r]);
+    assert_int_equal(fx_bx_record_parse(names[r]), r);
+  }
+  /* In-memory states are not record states. */
+  assert_int_equal(fx_bx_record_parse("listed"), NO);
+  assert_int_equal(fx_bx_record_parse("asking"), NO);
+  assert_int_equal(fx_bx_record_parse(""), NO);
+  assert_int_equal(fx_bx_record_parse(NULL), NO);
+}
+
+static void ending_outcomes(void **state) {
+  (void)state;
+  /* Every file published whole: completed, whatever was exported. */
+  assert_int_equal(fx_bx_outcome(0, 0, 0), FX_OUTCOME_COMPLETED);
+  assert_int_equal(fx_bx_outcome(0, 780, 0), FX_OUTCOME_COMPLETED);
+  /* Lines that could not be published: partial with results, else failed. */
+  assert_int_equal(fx_bx_outcome(0, 780, 3), FX_OUTCOME_PARTIAL);
+  assert_int_equal(fx_bx_outcome(0, 0, 3), FX_OUTCOME_FAILED);
+  /* The export itself failed: never completed. */
+  assert_int_equal(fx_bx_outcome(1, 12, 0), FX_OUTCOME_PARTIAL);
+  assert_int_equal(fx_bx_outcome(1, 0, 0), FX_OUTCOME_FAILED);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(poll_delay_honours_retry_after_within_bounds),
@@ -137,6 +326,14 @@ int main(void) {
       cmocka_unit_test(ranges_parse_ignores_what_does_not_fit),
       cmocka_unit_test(references_parse),
       cmocka_unit_test(status_classes),
+      cmocka_unit_test(export_transitions_follow_the_table),
+      cmocka_unit_test(export_paths),
+      cmocka_unit_test(export_refuses_late_events),
+      cmocka_unit_test(export_active_and_known),
+      cmocka_unit_test(file_transitions_follow_the_table),
+      cmocka_unit_test(file_paths),
+      cmocka_unit_test(record_states_round_trip),
+      cmocka_unit_test(ending_outcomes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
