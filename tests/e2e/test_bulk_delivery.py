@@ -31,8 +31,8 @@ message validates against schemas/.
 """
 import time
 
-from e2e import SANDBOX, Check, Env, log
-from test_claims import control, read_all, validate, wait_for
+from e2e import SANDBOX, Check, Env, log, wait_until
+from test_bulk import validate
 from test_ops import scrape, value
 
 GROUP = "cohort-k"
@@ -48,7 +48,7 @@ AGAIN = "a bulk file's results were not all delivered; downloading it again"
 
 def progress(env, job_id):
     """The export's progress records on fhirx.bulk, in the order they were published."""
-    return sorted((m.json() for m in read_all(env.bootstrap, "fhirx.bulk") if m.key == job_id),
+    return sorted((m.json() for m in env.read("fhirx.bulk") if m.key == job_id),
                   key=lambda r: (r.get("attempt", 1), r["seq"]))
 
 
@@ -57,11 +57,11 @@ def done_files(rec):
 
 
 def statuses(env, job_id):
-    return [m.json() for m in read_all(env.bootstrap, "fhirx.status") if m.key == job_id]
+    return [m.json() for m in env.read("fhirx.status") if m.key == job_id]
 
 
 def results(env, job_id):
-    return [m for m in read_all(env.bootstrap, "fhirx.results")
+    return [m for m in env.read("fhirx.results")
             if m.headers.get("fhirx-job-id") == job_id]
 
 
@@ -74,9 +74,9 @@ def fail_results_on(env, broker):
     takes (each download of a file costs one or two: one request per batch); then
     fhirx.results is led by that broker. Its error list cannot be cleared: the fault ends when
     fhirx.results moves to another broker."""
-    control(env, "/errors", {"api": "Produce", "broker": broker,
+    env.control_post("/errors", {"api": "Produce", "broker": broker,
                              "errors": ["TOPIC_AUTHORIZATION_FAILED"] * 1000})
-    control(env, "/topics/fhirx.results/leader", {"broker": broker})
+    env.control_post("/topics/fhirx.results/leader", {"broker": broker})
 
 
 def refused(check, env, w, job_id):
@@ -89,7 +89,7 @@ def refused(check, env, w, job_id):
     completed_before = value(m, "fhirx_bulk_completed_total")
     env.enqueue([{"kind": "bulk", "job_id": job_id, "tenant": SANDBOX, "group": GROUP,
                   "resources": TYPES}])
-    rec = wait_for("%s's manifest (a progress record with files_total)" % job_id,
+    rec = wait_until("%s's manifest (a progress record with files_total)" % job_id,
                    lambda: next((r for r in progress(env, job_id) if r.get("files_total")), None),
                    timeout=120)
     total = rec["files_total"]
@@ -105,7 +105,7 @@ def refused(check, env, w, job_id):
         if any(done_files(r) for r in progress(env, job_id)) or statuses(env, job_id):
             return True
         return env.logs(w.name).count(AGAIN) - again_before >= REDOWNLOADS
-    wait_for("%s: %d files refused by Kafka to be downloaded again" % (job_id, REDOWNLOADS),
+    wait_until("%s: %d files refused by Kafka to be downloaded again" % (job_id, REDOWNLOADS),
              settled, timeout=180)
     recs = progress(env, job_id)
     log("%s: %d files downloaded again while Kafka refused the results; %d progress records"
@@ -128,7 +128,7 @@ def refused(check, env, w, job_id):
 
 def completed(check, env, job_id, total, want):
     """job_id's export has completed, once, with exactly want and every file done."""
-    st = wait_for("%s's status once Kafka takes the results" % job_id,
+    st = wait_until("%s's status once Kafka takes the results" % job_id,
                   lambda: statuses(env, job_id), timeout=240)
     check(len(st) == 1 and st[0]["state"] == "completed",
           "%s: the export completes, once: %s" % (job_id, [s["state"] for s in st]))
@@ -159,7 +159,7 @@ def main(check):
         want = set(env.sim_get("/_sim/tenants/%s/groups/%s/expected?types=%s"
                                % (SANDBOX, GROUP, ",".join(TYPES)))["resources"])
         for t in OTHER_TOPICS:
-            control(env, "/topics/%s/leader" % t, {"broker": 1})
+            env.control_post("/topics/%s/leader" % t, {"broker": 1})
         # Each file's 307 takes FILE_DELAY_MS: a file Kafka refused is downloaded again at
         # once, and this keeps the downloads from spending the mock's 1000 errors too soon.
         env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
@@ -170,7 +170,7 @@ def main(check):
         fail_results_on(env, 3)
         w1 = env.start_worker("w1")
         total = refused(check, env, w1, "bulk-live")
-        control(env, "/topics/fhirx.results/leader", {"broker": 2})
+        env.control_post("/topics/fhirx.results/leader", {"broker": 2})
         log("bulk-live: fhirx.results now led by broker 2, which answers")
         completed(check, env, "bulk-live", total, want)
 
@@ -184,7 +184,7 @@ def main(check):
               % [(r["seq"], r["state"], r.get("files_done")) for r in recs])
         check(not statuses(env, "bulk-resumed") and not results(env, "bulk-resumed"),
               "bulk-resumed: still no status and no result of it")
-        control(env, "/topics/fhirx.results/leader", {"broker": 1})
+        env.control_post("/topics/fhirx.results/leader", {"broker": 1})
         log("bulk-resumed: fhirx.results now led by broker 1, which answers; starting w2")
         w2 = env.start_worker("w2")
         completed(check, env, "bulk-resumed", total, want)
@@ -197,7 +197,7 @@ def main(check):
               "bulk-resumed: w2 downloaded and published all %d files itself (%d)"
               % (total, value(m, "fhirx_bulk_files_total")))
 
-        validate(env, check, 2, bulk=True)
+        validate(env, check, 2)
         check(env.stop(w2) == 0, "w2 exits 0")
     finally:
         env.close()
