@@ -178,6 +178,16 @@ static int idle(void *ctx) {
   return fx_out_waiting(b->out) == 0;
 }
 
+static void busy(void *ctx, char *buf, size_t n) {
+  fx_bulk *b = ctx;
+  size_t at = 0;
+  for (int s = 0; s < FX_BX_NSTATES && at < n; s++)
+    if (b->exports[s].n)
+      at += (size_t)snprintf(buf + at, n - at, "%zu exports %s, ", (size_t)b->exports[s].n,
+                             fx_bx_state_name((fx_bx_state)s));
+  if (at < n) snprintf(buf + at, n - at, "%zu outputs waiting for the producer", fx_out_waiting(b->out));
+}
+
 static void on_stop(void *ctx) {
   fx_bulk *b = ctx;
   b->stopping = 1;
@@ -213,6 +223,7 @@ static const fx_kthread_role bulk_role = {
     .on_stop = on_stop,
     .idle = idle,
     .on_deadline = on_deadline,
+    .busy = busy,
     .on_close = on_close,
     .commit_on_close = 0,
 };

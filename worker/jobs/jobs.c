@@ -287,6 +287,12 @@ static int idle(void *ctx) {
   return j->n_runs == 0 && fx_out_waiting(j->out) == 0 && fx_fetcher_inflight(j->fetcher) == 0;
 }
 
+static void busy(void *ctx, char *buf, size_t n) {
+  fx_jobs *j = ctx;
+  snprintf(buf, n, "%zu runs, %zu outputs waiting for the producer, %zu requests in flight",
+           j->n_runs, fx_out_waiting(j->out), (size_t)fx_fetcher_inflight(j->fetcher));
+}
+
 static void on_deadline(void *ctx) {
   fx_jobs *j = ctx;
   char n[16];
@@ -322,6 +328,7 @@ static const fx_kthread_role jobs_role = {
     .on_stop = on_stop,
     .idle = idle,
     .on_deadline = on_deadline,
+    .busy = busy,
     .on_close = on_close,
     .commit_on_close = 1,
 };

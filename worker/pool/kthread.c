@@ -18,6 +18,8 @@
 #define COMMIT_TRIES 10
 #define COMMIT_RETRY_MS 300
 #define CLOSE_TICK_MS 100
+/* After the drain deadline, how long a role gets to drop what it holds. */
+#define DRAIN_GRACE_MS 5000
 #define GROUP_MAX 256
 
 struct fx_kthread_group {
@@ -53,6 +55,7 @@ struct fx_kthread {
   int commit_tries;
   int paused;
   int deadline_passed;
+  int forced_idle; /* the grace after the deadline passed: leave, idle or not */
   uint64_t leave_by_ms; /* LEAVING gives up waiting for librdkafka after this */
 
   atomic_ullong beat_ms;
@@ -288,6 +291,20 @@ static void close_handles(fx_kthread *kt) {
   fx_loop_close(&kt->lp);
 }
 
+/* DRAINING after the deadline and its grace: the role never got idle (a
+ * request its callbacks never ended, an output the producer never settled).
+ * Leave anyway: what it holds was never stored as done. */
+static void on_grace(uv_timer_t *t) {
+  fx_kthread *kt = t->data;
+  if (kt->state != FX_KT_DRAINING) return;
+  char what[256] = "";
+  if (kt->role->busy) kt->role->busy(kt->ctx, what, sizeof what);
+  fx_log(FX_LOG_WARN, "still busy after the drain deadline; leaving anyway (unfinished work runs "
+         "again elsewhere)", "client", kt->log_client, "busy", what[0] ? what : "unknown", NULL);
+  kt->forced_idle = 1;
+  step(kt);
+}
+
 static void on_deadline(uv_timer_t *t) {
   fx_kthread *kt = t->data;
   if (kt->state != FX_KT_DRAINING) return;
@@ -299,6 +316,7 @@ static void on_deadline(uv_timer_t *t) {
   fx_http_close(kt->lp.http);
   kt->lp.http = NULL;
   step(kt);
+  if (kt->state == FX_KT_DRAINING) uv_timer_start(&kt->timer, on_grace, DRAIN_GRACE_MS, 0);
 }
 
 /* LEAVING: the consumer's queue is served; has librdkafka closed it? */
@@ -319,7 +337,7 @@ static void step(fx_kthread *kt) {
   case FX_KT_RUNNING:
   case FX_KT_CLOSED: return;
   case FX_KT_DRAINING:
-    if (!kt->role->idle(kt->ctx)) return;
+    if (!kt->forced_idle && !kt->role->idle(kt->ctx)) return;
     uv_timer_stop(&kt->timer);
     if (kt->role->commit_on_close && !kt->cooperative_unassigned) {
       set_state(kt, FX_KT_COMMITTING);

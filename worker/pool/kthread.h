@@ -11,7 +11,10 @@
  *   RUNNING     assigned at least once; messages go to the role
  *   DRAINING    stop requested: partitions are paused, the role finishes what
  *               it runs, until it is idle or the drain deadline passes (the
- *               role is then told to abandon what is left)
+ *               role is then told to abandon what is left; a role still not
+ *               idle DRAIN_GRACE_MS after that is left anyway, with a warning
+ *               naming what it still holds: the stored offsets cover only
+ *               finished work, so nothing is lost, it runs again elsewhere)
  *   COMMITTING  the final commit of stored offsets is in flight (roles that
  *               store offsets; retried a few times)
  *   COMMITTED   committed; waiting for the other threads of its group (a
@@ -75,6 +78,9 @@ typedef struct fx_kthread_role {
   int (*idle)(void *ctx);
   /* The drain deadline passed: abandon what is left (it runs again elsewhere). */
   void (*on_deadline)(void *ctx);
+  /* What keeps the role from being idle, for the warning when the thread
+   * leaves without it (optional). */
+  void (*busy)(void *ctx, char *buf, size_t n);
   /* The lifecycle moved (optional; on the thread). */
   void (*on_state)(void *ctx, fx_kthread_state from, fx_kthread_state to);
   /* The thread is closing its handles: the role closes its own (timers,
