@@ -13,8 +13,9 @@ The fault: every Produce that the broker leading fhirx.results answers fails
 test_claims.py's `delivery` scenario for patient jobs; every other topic, fhirx.bulk included,
 is led by broker 1 and is delivered. While it lasts, a Group export is kicked off, polled and
 its files downloaded, and Kafka refuses every result:
-  - the worker downloads the refused files again (20 times, then the checks; a progress record
-    listing a done file, or a status, ends that wait at once);
+  - the worker downloads the refused files again (8 times, then the checks; a progress record
+    listing a done file, or a status, ends that wait at once), backing off: the waits it logs
+    start at bulk.poll_min_ms, never shrink and reach bulk.poll_max_ms;
   - no progress record of the export lists a file as done (files_done stays empty), the export
     has no status record (in particular no completed one), none of its results reached
     fhirx.results, and /metrics counts no file done.
@@ -29,6 +30,7 @@ simulator's groups/{id}/expected) counted once and every file done; its results 
 fhirx.results are exactly those; its last progress record lists every file as done. Every
 message validates against schemas/.
 """
+import re
 import time
 
 from e2e import SANDBOX, Check, Env, log, wait_until
@@ -42,7 +44,8 @@ TYPES = ["Patient", "Condition", "Observation"]
 OTHER_TOPICS = ("fhirx.jobs", "fhirx.failures", "fhirx.dlq", "fhirx.status", "fhirx.parking",
                 "fhirx.bulk")
 FILE_DELAY_MS = 300
-REDOWNLOADS = 20
+REDOWNLOADS = 8
+POLL_MIN_MS, POLL_MAX_MS = 200, 1000
 AGAIN = "a bulk file's results were not all delivered; downloading it again"
 
 
@@ -96,8 +99,8 @@ def refused(check, env, w, job_id):
     check(total >= 4, "%s: the export has several files (%d)" % (job_id, total))
 
     # A file Kafka refused is downloaded again, not recorded done: wait until the worker said
-    # so REDOWNLOADS times. With parallel_downloads 2 and each download taking at least
-    # FILE_DELAY_MS, that spans 3 s or more, several of bulk.c's PROGRESS_MS (1 s, the most a
+    # so REDOWNLOADS times. Backing off from 200 ms to 1 s, that spans 6 s or more, several of
+    # the export's PROGRESS_MS (1 s, the most a
     # file recorded done waits for its progress record). A record listing a done file, or a
     # status, ends the wait at once: that is the bug this test is about (and the end of the
     # test, with the Group's resources, catches it too).
@@ -110,6 +113,11 @@ def refused(check, env, w, job_id):
     recs = progress(env, job_id)
     log("%s: %d files downloaded again while Kafka refused the results; %d progress records"
         % (job_id, env.logs(w.name).count(AGAIN) - again_before, len(recs)))
+    waits = [int(x) for x in re.findall(r'"retry_in_ms":\s*"?(\d+)', env.logs(w.name))]
+    waits = waits[again_before:]
+    check(waits[:1] == [POLL_MIN_MS] and waits == sorted(waits) and max(waits) == POLL_MAX_MS,
+          "%s: each refusal backs the next download off, from bulk.poll_min_ms to "
+          "bulk.poll_max_ms: %s" % (job_id, waits))
     check(not [r for r in recs if done_files(r)],
           "%s: no progress record lists a file as done while Kafka refuses its results: %s"
           % (job_id, [(r["seq"], r["state"], r.get("files_done")) for r in recs]))
@@ -153,15 +161,15 @@ def main(check):
                                    "file_max_resources": 20}}],
               partitions=4,
               worker_extra={"worker": {"threads": 1},
-                            "bulk": {"poll_min_ms": 200, "poll_max_ms": 1000,
+                            "bulk": {"poll_min_ms": POLL_MIN_MS, "poll_max_ms": POLL_MAX_MS,
                                      "parallel_downloads": 2}})
     try:
         want = set(env.sim_get("/_sim/tenants/%s/groups/%s/expected?types=%s"
                                % (SANDBOX, GROUP, ",".join(TYPES)))["resources"])
         for t in OTHER_TOPICS:
             env.control_post("/topics/%s/leader" % t, {"broker": 1})
-        # Each file's 307 takes FILE_DELAY_MS: a file Kafka refused is downloaded again at
-        # once, and this keeps the downloads from spending the mock's 1000 errors too soon.
+        # Each file's 307 takes FILE_DELAY_MS: with the back-off after each refusal, this keeps
+        # the downloads from spending the mock's 1000 errors too soon.
         env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
                      {"name": "slow-files", "target": "fhir", "path": "bulk-export/*/files/*",
                       "delay_ms": FILE_DELAY_MS, "count": -1})

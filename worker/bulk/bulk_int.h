@@ -153,7 +153,8 @@ struct bx_export {
   uint64_t wait_ms;     /* the last poll wait */
   int tries;            /* consecutive transient failures of the current step */
   int requests;         /* its kick-off, status poll or DELETE in flight */
-  uv_timer_t timer;     /* WAITING: the next request; DOWNLOADING: the next progress record */
+  uv_timer_t timer;     /* WAITING: the next request; DOWNLOADING: the next progress record,
+                         * or the end of a refusal's back-off */
   /* its ending (FAILING, REPORTING, ENDED) */
   fx_outcome end_outcome;
   fx_errclass end_cls;
@@ -168,6 +169,8 @@ struct bx_export {
   size_t n_done;        /* files with done[] set */
   size_t cursor;        /* files.c: below it every file was started (one to redo lowers it) */
   int progress_dirty;   /* files finished since the last progress record */
+  int refusals;         /* files whose results Kafka refused: each backs the next start off */
+  uint64_t pump_at_ms;  /* monotonic: no file starts before it (0: none pending) */
   bx_list files[FX_BXF_NPHASES]; /* live files, by phase */
   json_t *counts;       /* resourceType -> resources published (acknowledged files), any type */
   long long error_lines, bad_lines;

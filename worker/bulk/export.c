@@ -219,9 +219,24 @@ static void per_patient_done(bx_export *e, const bx_file *f) {
  * progress is published at most once a second (PROGRESS_MS). A worker that
  * dies in between loses at most that second's files, which the next owner
  * downloads again. */
-static void on_progress_timer(uv_timer_t *t) {
+static void on_export_timer(uv_timer_t *t) {
   bx_export *e = t->data;
-  if (e->progress_dirty && e->state == FX_BX_DOWNLOADING) bx_publish_progress(e);
+  if (e->state != FX_BX_DOWNLOADING) return;
+  if (e->progress_dirty) bx_publish_progress(e);
+  if (!e->pump_at_ms) return;
+  uint64_t now = fx_now_ms();
+  if (now < e->pump_at_ms) {
+    uv_timer_start(&e->timer, on_export_timer, e->pump_at_ms - now, 0);
+  } else {
+    e->pump_at_ms = 0;
+    advance(e);
+  }
+}
+
+/* The timer fires within ms (it may be due sooner already). */
+static void timer_within(bx_export *e, uint64_t ms) {
+  if (uv_is_active((uv_handle_t *)&e->timer) && uv_timer_get_due_in(&e->timer) <= ms) return;
+  uv_timer_start(&e->timer, on_export_timer, ms, 0);
 }
 
 static void on_file_settled(bx_file *f, int delivered) {
@@ -239,12 +254,24 @@ static void on_file_settled(bx_file *f, int delivered) {
     e->refs_fetched += f->refs_fetched;
     atomic_fetch_add(&e->b->sv->metrics->bulk_files, 1);
     e->progress_dirty = 1;
-    if (!uv_is_active((uv_handle_t *)&e->timer))
-      uv_timer_start(&e->timer, on_progress_timer, PROGRESS_MS, 0);
+    timer_within(e, PROGRESS_MS);
   } else {
-    /* A result was not delivered: that file is downloaded again, whole. */
+    /* A result was not delivered: that file is downloaded again, whole, but
+     * not at once. What refuses a record (a record over message.max.bytes, a
+     * topic gone) refuses it again: downloads start again after a back-off
+     * that doubles with each refusal, from bulk.poll_min_ms up to
+     * bulk.poll_max_ms; the export's deadline still ends it. */
+    const fx_bulk_conf *bc = &e->b->sv->app->cfg->bulk;
+    int shift = e->refusals < 20 ? e->refusals : 20;
+    uint64_t d = (uint64_t)bc->poll_min_ms << shift;
+    if (d > (uint64_t)bc->poll_max_ms) d = (uint64_t)bc->poll_max_ms;
+    e->refusals++;
+    e->pump_at_ms = fx_now_ms() + d;
+    timer_within(e, d);
+    char in[24];
+    snprintf(in, sizeof in, "%llu", (unsigned long long)d);
     fx_log(FX_LOG_WARN, "a bulk file's results were not all delivered; downloading it again",
-           "job_id", e->job_id, NULL);
+           "job_id", e->job_id, "retry_in_ms", in, NULL);
   }
   advance(e);
 }

@@ -601,6 +601,7 @@ static bx_file *file_new(bx_export *e, size_t i) {
 void bx_files_pump(bx_export *e) {
   fx_bulk *b = e->b;
   size_t max = (size_t)b->sv->app->cfg->bulk.parallel_downloads;
+  if (e->pump_at_ms && fx_now_ms() < e->pump_at_ms) return; /* a refusal's back-off (export.c) */
   size_t i = e->cursor;
   for (; i < e->n_files && bx_files_running(e) < max && e->state == FX_BX_DOWNLOADING &&
          !b->stopping;
