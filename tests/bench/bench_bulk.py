@@ -9,7 +9,12 @@ should stay far below the file's size. Measures and reports; with --check it
 also asserts that the peak grew by less than half the file (a worker holding
 the file would grow by more than the whole of it). It never asserts time.
 
-  bench_bulk.py [--patients 600] [--observations 40] [--json OUT] [--check]
+  bench_bulk.py [--patients 600] [--observations 40] [--json OUT] [--check] [--no-probe]
+
+With the probe (the default), the bare work of the same resources is then
+timed in one process (tests/bench/probe.c, ndjson mode: parse each line,
+dump it compact, produce it with a delivery report) and fhirx's CPU per
+resource is reported as a ratio to it.
 """
 import argparse
 import json
@@ -20,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../e2e"))
 from e2e import SANDBOX, Env, log  # noqa: E402
+import probe  # noqa: E402
 
 
 def proc_kib(pid, field):
@@ -36,6 +42,7 @@ def main():
     ap.add_argument("--observations", type=int, default=40)
     ap.add_argument("--json")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--no-probe", action="store_true", help="skip the bare-work probe")
     a = ap.parse_args()
     tenant = {"id": SANDBOX, "patients": a.patients, "per_patient": {"Observation": a.observations},
               "groups": [{"id": "everyone", "first": 1, "count": a.patients}],
@@ -94,6 +101,19 @@ def main():
             "token_requests": counters["tenants"][SANDBOX]["token_requests"],
             "worker_exit": rc,
         }
+        if status["resources"]:
+            out["cpu_us_per_resource"] = round(cpu / status["resources"] * 1e6, 1)
+        if not a.no_probe and results:
+            # The resources fhirx published, one per line, as the file held them.
+            lines = os.path.join(env.dir, "bulk.ndjson")
+            with open(lines, "wb") as f:
+                for m in results:
+                    f.write(m.value + b"\n")
+            pr = probe.run_probe(env.bootstrap, lines, "ndjson", 1)
+            out["probe"] = pr
+            out["probe_cpu_us_per_resource"] = pr["cpu_us_per_resource"]
+            out["ratio_to_probe"] = round(out["cpu_us_per_resource"] / pr["cpu_us_per_resource"], 2) \
+                if pr["cpu_us_per_resource"] else None
         print(json.dumps(out, indent=2))
         if a.json:
             with open(a.json, "w") as f:

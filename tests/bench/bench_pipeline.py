@@ -7,12 +7,20 @@ cache's hit ratio. Measures and reports only: it asserts nothing about time.
 
   bench_pipeline.py [--jobs 200] [--patients-per-job 5] [--threads 2] [--json OUT]
                     [--no-references] [--page-size N] [--no-probe]
+                    [--tenants 2] [--latency-ms 0] [--in-flight 64]
 
 With the probe (the default), it then times the bare work of the same pages
 in one process (tests/bench/probe.c: parse each page, dump each resource,
 produce it with a delivery report) and reports fhirx's CPU per resource as a
 ratio to it. --page-size N sets every search's _count to N (a profile file
 derived from the Cerner profile), to see the cost per page.
+
+--latency-ms L makes the simulator answer every FHIR request of every tenant
+L ms late (a delay fault: the connection waits, no simulator thread does),
+--tenants N spreads the jobs over N tenants and --in-flight R lets the worker
+have R requests in flight in all (split over its threads and tenants): with
+latency, throughput is bounded by R / L, and the report says how close it got
+("of_in_flight_bound").
 """
 import argparse
 import json
@@ -38,19 +46,28 @@ def main():
     ap.add_argument("--page-size", type=int, default=0,
                     help="every search's _count (default: the Cerner profile's)")
     ap.add_argument("--no-probe", action="store_true", help="skip the bare-work probe")
+    ap.add_argument("--tenants", type=int, default=2)
+    ap.add_argument("--latency-ms", type=int, default=0,
+                    help="every FHIR answer this late (default: none)")
+    ap.add_argument("--in-flight", type=int, default=64,
+                    help="FHIR requests in flight in all, over threads and tenants")
     a = ap.parse_args()
-    tenants = [{"id": SANDBOX, "sandbox": True, "patients": 500},
-               {"id": "hospital-b", "patients": 500}]
+    tenants = [{"id": SANDBOX, "sandbox": True, "patients": 500}] + \
+        [{"id": "hospital-%02d" % i, "patients": 500} for i in range(1, a.tenants)]
+    per_thread = max(1, -(-a.in_flight // a.threads))
+    per_tenant = max(1, -(-a.in_flight // a.tenants))
+    for t in tenants:
+        t["fhirx"] = {"max_concurrency": per_tenant}
     env = Env(tenants=tenants, worker_extra={
-        "worker": {"threads": a.threads, "max_jobs_in_flight": 32,
-                   "max_requests_in_flight": 32},
+        "worker": {"threads": a.threads, "max_jobs_in_flight": max(32, per_thread),
+                   "max_requests_in_flight": per_thread},
         # fhirx's own producer batching (the e2e harness shortens it for latency).
         "kafka": {"producer.linger.ms": 5},
         "log": {"level": "warn"}})
     try:
         jobs = []
         for i in range(a.jobs):
-            t = tenants[i % 2]
+            t = tenants[i % len(tenants)]
             pats = ["%d" % (20000001 + (i * a.patients_per_job + k) % t["patients"])
                     for k in range(a.patients_per_job)]
             job = {"job_id": "bench-%05d" % i, "tenant": t["id"], "patients": pats}
@@ -67,6 +84,11 @@ def main():
                 t["profile"] = profile_path
             with open(env.config, "w") as f:
                 json.dump(cfg, f, indent=1)
+        if a.latency_ms:
+            for t in tenants:
+                env.sim_post("/_sim/tenants/%s/faults" % t["id"],
+                             {"name": "bench-latency", "target": "fhir", "path": "*",
+                              "delay_ms": a.latency_ms, "count": -1})
         env.enqueue(jobs)  # queued before the worker starts: it runs flat out
         worker = subprocess.Popen([FHIRX, "worker", "--config", env.config],
                                   stdout=subprocess.DEVNULL,
@@ -118,7 +140,12 @@ def main():
             if ref_fetched + ref_cached else None,
             "worker_exit": os.waitstatus_to_exitcode(status),
             "page_size": a.page_size or "profile",
+            "tenants": a.tenants, "latency_ms": a.latency_ms, "in_flight": a.in_flight,
         }
+        if a.latency_ms and busy > 0:
+            bound = a.in_flight / (a.latency_ms / 1000.0)
+            out["requests_per_second"] = round(fhir / busy, 1)
+            out["of_in_flight_bound"] = round(fhir / busy / bound, 3)
         out["cpu_us_per_resource"] = round(cpu / resources * 1e6, 1) if resources else None
         if not a.no_probe and resources:
             # The same pages, fetched again (not timed), then their bare work
