@@ -42,6 +42,20 @@ def proc_cpu(p):
     return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid):
+    """Voluntary and involuntary context switches of a live process's threads so far."""
+    n = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        n += int(line.split()[1])
+        except FileNotFoundError:
+            pass  # the thread ended meanwhile
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=200)
@@ -112,6 +126,7 @@ def main():
             time.sleep(0.5)
         t_end = time.time()
         helpers_cpu = {n: round(proc_cpu(p) - helpers_before[n], 2) for n, p in helpers.items()}
+        switches = context_switches(worker.pid)
         worker.send_signal(15)
         _, status, ru = os.wait4(worker.pid, 0)
         statuses = {m.key: m.json() for m in env.read("fhirx.status")}
@@ -154,6 +169,8 @@ def main():
             # What else used the machine's CPUs meanwhile (they include the ~3 s group join).
             "helpers_cpu_seconds": helpers_cpu,
             "machine_cpus": os.cpu_count(),
+            # Wake-ups: the threads alive at the end, start-up included.
+            "worker_context_switches_per_resource": round(switches / resources, 3) if resources else None,
         }
         if a.latency_ms and busy > 0:
             bound = a.in_flight / (a.latency_ms / 1000.0)
