@@ -200,7 +200,20 @@ class Env:
 
     def stop(self, p, sig=signal.SIGTERM, timeout=60):
         p.send_signal(sig)
-        return p.wait(timeout)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # A hang at exit: say where every thread is before failing.
+            log("--- %s did not exit within %ds of signal %d" % (getattr(p, "name", p.pid),
+                                                               timeout, sig))
+            dump_worker_logs()
+            if shutil.which("gdb"):
+                bt = subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex",
+                                     "thread apply all bt 15"], capture_output=True, text=True,
+                                    timeout=120)
+                log("--- threads of %d:\n%s" % (p.pid, "\n".join(
+                    l for l in bt.stdout.splitlines() if l.startswith(("#", "Thread")))))
+            raise
 
     def control_post(self, path, body=None):
         req = urllib.request.Request(self.control + path, method="POST",
@@ -410,7 +423,7 @@ def dump_worker_logs():
         for w in env.workers:
             lines = [l for l in env.logs(w.name).splitlines()
                      if "Connect to" not in l and "Disconnected" not in l]
-            log("--- last lines of %s.log:\n%s" % (w.name, "\n".join(lines[-25:])))
+            log("--- last lines of %s.log:\n%s" % (w.name, "\n".join(lines[-40:])))
 
 
 class Check:

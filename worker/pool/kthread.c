@@ -17,6 +17,7 @@
 #define HEARTBEAT_MS 500
 #define COMMIT_TRIES 10
 #define COMMIT_RETRY_MS 300
+#define COMMIT_WAIT_MS 10000 /* for one commit's answer */
 #define CLOSE_TICK_MS 100
 /* After the drain deadline, how long a role gets to drop what it holds. */
 #define DRAIN_GRACE_MS 5000
@@ -56,6 +57,7 @@ struct fx_kthread {
   int paused;
   int deadline_passed;
   int forced_idle; /* the grace after the deadline passed: leave, idle or not */
+  int left_unclosed; /* librdkafka never said the consumer closed: do not close it again */
   uint64_t leave_by_ms; /* LEAVING gives up waiting for librdkafka after this */
 
   atomic_ullong beat_ms;
@@ -77,6 +79,10 @@ static void set_state(fx_kthread *kt, fx_kthread_state to) {
   fx_kthread_state from = kt->state;
   kt->state = to;
   atomic_store(&kt->state_any, (int)to);
+  /* The way out, step by step: a hang at exit shows where it stopped. */
+  if (to >= FX_KT_DRAINING && from != to)
+    fx_log(FX_LOG_INFO, "Kafka thread stopping", "client", kt->log_client, "state",
+           state_names[to], NULL);
   if (kt->role->on_state && from != to) kt->role->on_state(kt->ctx, from, to);
 }
 
@@ -258,6 +264,8 @@ static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *offsets, void *opaque) {
   (void)rk;
   fx_kthread *kt = opaque;
+  if (kt->state != FX_KT_COMMITTING) return; /* the answer came after its wait ended */
+  uv_timer_stop(&kt->timer);
   if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && ++kt->commit_tries < COMMIT_TRIES) {
     /* The coordinator may be moving; the supervisor's purge still bounds this. */
     fx_log(FX_LOG_WARN, "final offset commit failed; trying again", "client", kt->log_client,
@@ -274,7 +282,19 @@ static void on_committed(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   committed(kt);
 }
 
+/* The commit's answer never came (no coordinator, a request librdkafka keeps
+ * retrying): the offsets are not committed, so their jobs run again; at
+ * least once still holds. */
+static void on_commit_wait(uv_timer_t *t) {
+  fx_kthread *kt = t->data;
+  if (kt->state != FX_KT_COMMITTING) return;
+  fx_log(FX_LOG_ERROR, "the final offset commit got no answer in time; finished jobs will be "
+         "consumed again", "client", kt->log_client, NULL);
+  committed(kt);
+}
+
 static void commit(fx_kthread *kt) {
+  uv_timer_start(&kt->timer, on_commit_wait, COMMIT_WAIT_MS, 0);
   rd_kafka_resp_err_t err = rd_kafka_commit_queue(kt->consumer, NULL, kt->cq, on_committed, kt);
   if (err) on_committed(kt->consumer, err, NULL, kt);
 }
@@ -326,6 +346,7 @@ static void check_left(fx_kthread *kt) {
   } else if (fx_now_ms() > kt->leave_by_ms) {
     fx_log(FX_LOG_WARN, "the consumer did not finish leaving its group in time; closing anyway",
            "client", kt->log_client, NULL);
+    kt->left_unclosed = 1;
     close_handles(kt);
   }
 }
@@ -388,7 +409,10 @@ static void thread_main(void *arg) {
   rd_kafka_queue_destroy(kt->cq);
   kt->cq = NULL;
   if (!kt->cooperative_unassigned) {
-    rd_kafka_destroy(kt->consumer);
+    /* A consumer whose close did not finish would be closed again by a plain
+     * rd_kafka_destroy, which blocks until it is. */
+    rd_kafka_destroy_flags(kt->consumer,
+                           kt->left_unclosed ? RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE : 0);
     kt->consumer = NULL;
   }
   if (uv_loop_close(&kt->uv))

@@ -16,7 +16,7 @@
  *               naming what it still holds: the stored offsets cover only
  *               finished work, so nothing is lost, it runs again elsewhere)
  *   COMMITTING  the final commit of stored offsets is in flight (roles that
- *               store offsets; retried a few times)
+ *               store offsets; retried a few times, each answer awaited 10 s at most)
  *   COMMITTED   committed; waiting for the other threads of its group (a
  *               fx_kthread_group) to commit too, so that no thread's leaving
  *               starts a rebalance that fails another one's final commit

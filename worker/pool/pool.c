@@ -288,6 +288,7 @@ int fx_pool_run(const char *config_path) {
   for (size_t i = 0; i < s->n_threads; i++) fx_jobs_join(s->threads[i]);
   fx_bulk_join(s->bulk);
   fx_kthread_group_free(s->group);
+  fx_log(FX_LOG_INFO, "every Kafka thread ended; closing the producer", NULL);
   /* Normally nothing is left: every run waited for its delivery reports. */
   fx_producer_close(s->sv.producer, FLUSH_MS);
   uv_run(&s->uv, UV_RUN_DEFAULT);
