@@ -46,6 +46,28 @@ static void poll_delay_never_passes_the_deadline(void **state) {
   assert_int_equal(fx_bulk_poll_delay(-1, 0, FLOOR, CEIL, NOW + 5, NOW), 0);
 }
 
+/* bulk.retries goes up to 100: the doubling saturates instead of shifting a
+ * 64-bit value by 99 (undefined; x86 shifts by 99 % 64 and waits 35 s). */
+static void backoff_saturates_for_every_try(void **state) {
+  (void)state;
+  assert_int_equal(fx_bulk_backoff_ms(FLOOR, 1, CEIL), FLOOR);
+  assert_int_equal(fx_bulk_backoff_ms(FLOOR, 2, CEIL), 2 * FLOOR);
+  assert_int_equal(fx_bulk_backoff_ms(FLOOR, 10, CEIL), 512 * FLOOR);
+  assert_int_equal(fx_bulk_backoff_ms(FLOOR, 11, CEIL), CEIL);
+  uint64_t prev = 0;
+  for (int tries = 1; tries <= 100; tries++) {
+    uint64_t d = fx_bulk_backoff_ms(FLOOR, tries, CEIL);
+    if (d < prev || d > CEIL) fail_msg("try %d: backoff %llu after %llu", tries,
+                                       (unsigned long long)d, (unsigned long long)prev);
+    prev = d;
+  }
+  assert_int_equal(prev, CEIL);
+  /* The largest floor and ceiling bulk.poll_min_ms / poll_max_ms allow. */
+  assert_int_equal(fx_bulk_backoff_ms(3600000u, 100, 86400000u), 86400000u);
+  assert_int_equal(fx_bulk_backoff_ms(3600000u, 64, 86400000u), 86400000u);
+  assert_int_equal(fx_bulk_backoff_ms(FLOOR, 0, CEIL), FLOOR); /* never called so, but defined */
+}
+
 static void ranges_round_trip(void **state) {
   (void)state;
   unsigned char done[12] = {1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1};
@@ -322,6 +344,7 @@ int main(void) {
       cmocka_unit_test(poll_delay_honours_retry_after_within_bounds),
       cmocka_unit_test(poll_delay_doubles_without_retry_after),
       cmocka_unit_test(poll_delay_never_passes_the_deadline),
+      cmocka_unit_test(backoff_saturates_for_every_try),
       cmocka_unit_test(ranges_round_trip),
       cmocka_unit_test(ranges_parse_ignores_what_does_not_fit),
       cmocka_unit_test(references_parse),

@@ -64,6 +64,12 @@ json_t *fx_bulk_pending_record(const fx_job *job, const char *topic, int32_t par
 uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floor_ms,
                             uint64_t ceiling_ms, uint64_t now_ms, uint64_t deadline_ms);
 
+/* The backoff before try number tries (1, 2, ...) after a transient failure:
+ * base_ms doubled for each try after the first, saturating at ceiling_ms
+ * (pure, for tests). No shift overflows, whatever tries is (bulk.retries goes
+ * up to 100). */
+uint64_t fx_bulk_backoff_ms(uint64_t base_ms, int tries, uint64_t ceiling_ms);
+
 /* files_done ranges ([[0,3],[5,5]]) <-> a flag per file. Parsing ignores
  * indexes >= n. */
 json_t *fx_bulk_ranges(const unsigned char *done, size_t n);

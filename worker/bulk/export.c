@@ -305,7 +305,8 @@ static void retry_step(bx_export *e, long after_ms, long status, const char *wha
     export_fail(e, now >= e->deadline_ms ? FX_EC_DEADLINE : FX_EC_TRANSIENT, status, msg);
     return;
   }
-  uint64_t backoff = (uint64_t)bc->poll_min_ms << (e->tries - 1);
+  uint64_t backoff =
+      fx_bulk_backoff_ms((uint64_t)bc->poll_min_ms, e->tries, (uint64_t)bc->poll_max_ms);
   wait_then_step(
       e, fx_bulk_poll_delay(after_ms, 0, backoff, (uint64_t)bc->poll_max_ms, now, e->deadline_ms));
 }

@@ -435,8 +435,10 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
     pp_clear(f);
     f->error_lines = f->bad_lines = f->line_no = 0;
     f->redirects = 0;
-    uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
-                                    (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms);
+    uint64_t backoff =
+        fx_bulk_backoff_ms((uint64_t)bc->poll_min_ms, f->tries, (uint64_t)bc->poll_max_ms);
+    uint64_t d = fx_bulk_poll_delay(after_ms, 0, backoff, (uint64_t)bc->poll_max_ms,
+                                    fx_wall_ms(), e->deadline_ms);
     char attempt[16];
     snprintf(attempt, sizeof attempt, "%d", f->tries);
     fx_log(FX_LOG_WARN, "bulk file download failed; trying again", "job_id", e->job_id,

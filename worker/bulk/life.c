@@ -123,6 +123,12 @@ uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floo
   return d;
 }
 
+uint64_t fx_bulk_backoff_ms(uint64_t base_ms, int tries, uint64_t ceiling_ms) {
+  uint64_t d = base_ms;
+  for (int i = 1; i < tries && d < ceiling_ms; i++) d = d > UINT64_MAX / 2 ? UINT64_MAX : d * 2;
+  return d > ceiling_ms ? ceiling_ms : d;
+}
+
 json_t *fx_bulk_ranges(const unsigned char *done, size_t n) {
   json_t *a = json_array();
   for (size_t i = 0; a && i < n;) {
