@@ -443,10 +443,11 @@ long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
     return v > FX_RETRY_AFTER_MAX_MS / 1000 ? FX_RETRY_AFTER_MAX_MS : clamp_wait(v * 1000);
   }
   time_t when = curl_getdate(value, NULL);
-  if (when < 0) return -1;
-  long long when_ms = (long long)when;
-  if (when_ms > cap / 1000) return FX_RETRY_AFTER_MAX_MS;
-  return clamp_wait(when_ms * 1000 - now_ms);
+  if (when == -1) return -1; /* unreadable (or the one second before 1970) */
+  long long when_s = (long long)when;
+  if (when_s < 0) return 0; /* before 1970: long passed */
+  if (when_s > cap / 1000) return FX_RETRY_AFTER_MAX_MS;
+  return clamp_wait(when_s * 1000 - now_ms);
 }
 
 long fx_http_retry_after_ms(const fx_http_response *res) {

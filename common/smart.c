@@ -403,9 +403,12 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
   grant->access_token = strdup(tok);
   grant->token_type = strdup(type);
   grant->scope = strdup(scope ? scope : c->scope); /* RFC 6749 5.1: omitted = as requested */
-  grant->expires_in = json_is_integer(exp) && json_integer_value(exp) > 0
-                          ? (long)json_integer_value(exp)
-                          : DEFAULT_EXPIRES_IN;
+  /* Bounded here, where it is read: nothing downstream multiplies a lifetime
+   * of 2^63 - 1 seconds into milliseconds. */
+  json_int_t secs = json_is_integer(exp) ? json_integer_value(exp) : 0;
+  grant->expires_in = secs <= 0                           ? DEFAULT_EXPIRES_IN
+                      : secs > FX_TOKEN_MAX_EXPIRES_IN_S ? FX_TOKEN_MAX_EXPIRES_IN_S
+                                                          : (long)secs;
   if (!grant->access_token || !grant->token_type || !grant->scope) {
     fx_token_grant_clear(grant);
     auth_error(e, FX_ENOMEM, status, "out of memory");

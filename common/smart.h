@@ -36,11 +36,16 @@ typedef struct fx_smart_client {
   int assertion_lifetime_s;
 } fx_smart_client;
 
+/* The longest token lifetime believed: a longer expires_in (up to 2^63 - 1 in
+ * JSON) is read as this, so the cache's arithmetic (ms, percentages) cannot
+ * wrap. Cerner grants 570 s; refreshing a day-long token early costs nothing. */
+#define FX_TOKEN_MAX_EXPIRES_IN_S 86400L
+
 typedef struct fx_token_grant {
   char *access_token; /* secret */
   char *token_type;
   char *scope;        /* granted (== requested when the server omits it) */
-  long expires_in;
+  long expires_in;    /* 1..FX_TOKEN_MAX_EXPIRES_IN_S */
 } fx_token_grant;
 
 void fx_token_grant_clear(fx_token_grant *g);

@@ -248,7 +248,12 @@ static void finish(refresh *r, fx_token_grant *grant, const fx_auth_error *ae) {
     snprintf(err.err.msg, sizeof err.err.msg,
              "tenant %s was reconfigured or removed during a token request; retry", r->tenant);
   } else if (tok) {
-    uint64_t life = (uint64_t)tok->expires_in * 1000u;
+    /* Bounded again (a grant is bounded when parsed): life * percent stays
+     * far below 2^64, and the sums below are of times and day-long spans. */
+    long secs = tok->expires_in < 1                           ? 1
+                : tok->expires_in > FX_TOKEN_MAX_EXPIRES_IN_S ? FX_TOKEN_MAX_EXPIRES_IN_S
+                                                              : tok->expires_in;
+    uint64_t life = (uint64_t)secs * 1000u;
     uint64_t margin = life / 10 < MARGIN_MAX_MS ? life / 10 : MARGIN_MAX_MS;
     fx_token_release(e->tok);
     e->tok = fx_token_retain(tok);

@@ -494,6 +494,18 @@ static void retry_after_values(void **state) {
   assert_int_equal(fx_http_retry_after_value_ms("Wed, 21 Oct 2015 07:28:00 GMT", now), 0);
   assert_int_equal(fx_http_retry_after_value_ms("Fri, 01 Jan 2100 00:00:00 GMT", now),
                    FX_RETRY_AFTER_MAX_MS);
+  /* Hostile values (issue 13): the seconds whose milliseconds pass 2^64, their
+   * milliseconds, and dates so far ahead or behind that ms arithmetic on
+   * them would overflow or go negative. Never a wrapped small or negative
+   * wait; a date before 1970 has passed (0), it is not "unreadable". */
+  assert_int_equal(fx_http_retry_after_value_ms("18446744073709552", now), FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("18446744073709552000", now),
+                   FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("Fri, 31 Dec 9999 23:59:59 GMT", now),
+                   FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("Fri, 01 Jan 100000 00:00:00 GMT", now),
+                   FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("Mon, 01 Jan 1900 00:00:00 GMT", now), 0);
 }
 
 int main(void) {

@@ -45,6 +45,38 @@ static void success(void **state) {
   fx_token_grant_clear(&g);
 }
 
+/* expires_in is bounded when it is read: the largest JSON integer, or a
+ * value whose milliseconds overflow 64 bits, is a day, never a wrapped
+ * lifetime; absent, zero, negative or not an integer is the default. */
+static void expires_in_is_bounded(void **state) {
+  (void)state;
+  static const struct {
+    const char *value;
+    long want;
+  } cases[] = {{"570", 570},
+               {"86400", FX_TOKEN_MAX_EXPIRES_IN_S},
+               {"86401", FX_TOKEN_MAX_EXPIRES_IN_S},
+               {"18446744073709552", FX_TOKEN_MAX_EXPIRES_IN_S},
+               {"9223372036854775807", FX_TOKEN_MAX_EXPIRES_IN_S},
+               {"0", 300},
+               {"-5", 300},
+               {"1e30", 300},
+               {"\"3600\"", 300}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"access_token\":\"abc\",\"token_type\":\"Bearer\",\"expires_in\":%s}",
+             cases[i].value);
+    fx_token_grant g;
+    fx_auth_error e;
+    assert_int_equal(fx_smart_parse_token_response(&client, 200, "application/json", body, &g, &e),
+                     0);
+    if (g.expires_in != cases[i].want)
+      fail_msg("expires_in %s read as %ld, want %ld", cases[i].value, g.expires_in, cases[i].want);
+    fx_token_grant_clear(&g);
+  }
+}
+
 static void invalid_client_names_kid_and_reason(void **state) {
   (void)state;
   fx_token_grant g;
@@ -256,6 +288,7 @@ static void long_client_id_keeps_the_message(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(success),
+                                     cmocka_unit_test(expires_in_is_bounded),
                                      cmocka_unit_test(invalid_client_names_kid_and_reason),
                                      cmocka_unit_test(invalid_scope_lists_what_we_asked),
                                      cmocka_unit_test(invalid_scope_never_cut_mid_sentence),

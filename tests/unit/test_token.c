@@ -331,6 +331,37 @@ static void refreshes_ahead_while_serving_the_current_token(void **state) {
   close_ctx(&x);
 }
 
+/* A token endpoint claiming the largest lifetime JSON can say: the token is
+ * used for a day at most (FX_TOKEN_MAX_EXPIRES_IN_S), refreshed ahead at its
+ * percentage of that day; no millisecond arithmetic wraps into a token that
+ * is stale at once or refreshed on every request. */
+static void a_huge_lifetime_is_a_day(void **state) {
+  (void)state;
+  ctx x;
+  open_ctx(&x, 9223372036854775807L, 80);
+  fx_token *a = fetched(&x);
+  assert_int_equal(a->expires_in, FX_TOKEN_MAX_EXPIRES_IN_S);
+  const uint64_t day_ms = (uint64_t)FX_TOKEN_MAX_EXPIRES_IN_S * 1000u;
+  at(T0 + 1);
+  fx_token *t = cached(&x);
+  assert_ptr_equal(t, a);
+  fx_token_release(t);
+  at(T0 + day_ms * 80 / 100 - 1); /* not yet refreshed ahead */
+  t = cached(&x);
+  assert_ptr_equal(t, a);
+  fx_token_release(t);
+  assert_int_equal(stats(&x).requests, 1);
+  at(T0 + day_ms * 80 / 100); /* 80% of the day: one refresh starts */
+  t = cached(&x);
+  assert_ptr_equal(t, a);
+  fx_token_release(t);
+  assert_int_equal(stats(&x).requests, 2);
+  replaced r = {&x, a};
+  run_until(&x, token_replaced, &r, "the refreshed token");
+  fx_token_release(a);
+  close_ctx(&x);
+}
+
 /* ---- 401 ------------------------------------------------------------------------ */
 
 static void a_401_drops_exactly_the_rejected_token(void **state) {
@@ -472,6 +503,7 @@ int main(void) {
       cmocka_unit_test(margin_is_a_tenth_of_a_short_lifetime),
       cmocka_unit_test(margin_is_at_most_ten_seconds),
       cmocka_unit_test(refreshes_ahead_while_serving_the_current_token),
+      cmocka_unit_test(a_huge_lifetime_is_a_day),
       cmocka_unit_test(a_401_drops_exactly_the_rejected_token),
       cmocka_unit_test(one_request_for_many_waiters),
       cmocka_unit_test(a_reload_during_a_request_discards_its_answer),
