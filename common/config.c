@@ -109,6 +109,15 @@ static const opt http_opts[] = {
      "TCP + TLS connect timeout."},
     {"max_response_bytes", OPT_INT, H(max_response_bytes), "67108864", 0, 1024, 4294967296LL,
      NULL, "Largest response body accepted; larger ones fail as too_large."},
+    {"max_error_body_bytes", OPT_INT, H(max_error_body_bytes), "262144", 0, 1024, 67108864,
+     NULL,
+     "Most of a non-2xx answer's body kept (for its reason or OperationOutcome), whatever "
+     "max_response_bytes or a bulk file allows; the rest is not read. The answer still counts "
+     "as its status."},
+    {"max_retry_after_s", OPT_INT, H(max_retry_after_s), "3600", 0, 1, 604800, NULL,
+     "Longest Retry-After honoured (on 429 and 503, and on 202 for bulk status polls; ignored on "
+     "any other status); a longer one is cut to this and counted in "
+     "fhirx_retry_after_capped_total. Cerner sends 600 s on bulk status polls."},
     {"low_speed_bytes", OPT_INT, H(low_speed_bytes), "1", 0, 0, 1000000000, NULL,
      "Abort a transfer slower than this many bytes/s for low_speed_seconds (0 disables)."},
     {"low_speed_seconds", OPT_INT, H(low_speed_seconds), "30", 0, 1, 3600, NULL,

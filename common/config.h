@@ -66,6 +66,8 @@ typedef struct fx_http_conf {
   long long timeout_ms;
   long long connect_timeout_ms;
   long long max_response_bytes;
+  long long max_error_body_bytes; /* of a non-2xx answer: the rest is not read */
+  long long max_retry_after_s;    /* longer Retry-After values are cut to this */
   long long low_speed_bytes;
   long long low_speed_seconds;
   long long max_json_depth;

@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -11,6 +12,8 @@
 #define DEFAULT_TIMEOUT_MS 60000L
 #define DEFAULT_CONNECT_MS 10000L
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
+#define DEFAULT_MAX_ERROR_BODY ((size_t)256 << 10)
+#define DEFAULT_MAX_RETRY_AFTER_MS (3600L * 1000L)
 
 typedef struct fx_http_xfer xfer;
 
@@ -25,7 +28,8 @@ struct fx_http {
   int closing;
   /* Defaults copied from the configuration. */
   long timeout_ms, connect_ms, low_speed_bytes, low_speed_s;
-  size_t max_body;
+  size_t max_body, max_error_body;
+  long max_retry_after_ms;
   char *ca_bundle;
   char *user_agent;
 };
@@ -39,6 +43,8 @@ struct fx_http_xfer {
   char *body;
   size_t len, cap, max_body;
   int too_large;
+  int failed_status;   /* 1: not 2xx, so at most max_error_body is kept; 0: 2xx; -1: not known yet */
+  int error_truncated; /* the error body went past max_error_body: reading stopped there */
   fx_http_sink sink;
   void *sink_arg;
   int streaming; /* 1: 2xx, chunks go to the sink; -1: not 2xx, buffered; 0: not known yet */
@@ -136,14 +142,27 @@ static int on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
   return 0;
 }
 
+/* Whether the answer is a failure (not 2xx), decided at its first body bytes.
+ * A success too large by its Content-Length is refused before any is read
+ * (curl's CURLOPT_MAXFILESIZE would also refuse an error that way and lose
+ * its status). */
+static void classify(xfer *x) {
+  long status = 0;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+  x->failed_status = !(status >= 200 && status < 300);
+  if (x->sink) x->streaming = x->failed_status ? -1 : 1;
+  curl_off_t length = -1;
+  if (!x->failed_status &&
+      curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
+      length > 0 && (uint64_t)length > (uint64_t)x->max_body)
+    x->too_large = 1;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   xfer *x = userp;
   size_t n = size * nmemb;
-  if (x->sink && x->streaming == 0) {
-    long status = 0;
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-    x->streaming = status >= 200 && status < 300 ? 1 : -1;
-  }
+  if (x->failed_status < 0) classify(x);
+  if (x->too_large) return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
   if (x->streaming == 1) {
     if (x->sink_abort) return 0; /* refused already: curl may still flush what it held */
     if (x->streamed + n > x->max_body) {
@@ -161,22 +180,31 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
     if (rc == FX_HTTP_PAUSE) curl_easy_pause(x->easy, CURLPAUSE_RECV);
     return n;
   }
-  if (x->len + n > x->max_body) {
+  size_t keep = n;
+  if (x->failed_status) {
+    /* An error's body says why; its start is enough. The rest is neither
+     * held nor read: the transfer stops here and still answers its status. */
+    size_t room = x->len < x->h->max_error_body ? x->h->max_error_body - x->len : 0;
+    if (n > room) {
+      keep = room;
+      x->error_truncated = 1;
+    }
+  } else if (x->len + n > x->max_body) {
     x->too_large = 1;
-    return 0; /* makes curl fail the transfer with CURLE_WRITE_ERROR */
+    return 0;
   }
-  if (x->len + n + 1 > x->cap) {
+  if (x->len + keep + 1 > x->cap) {
     size_t cap = x->cap ? x->cap : 16384;
-    while (cap < x->len + n + 1) cap *= 2;
+    while (cap < x->len + keep + 1) cap *= 2;
     char *b = realloc(x->body, cap);
     if (!b) return 0;
     x->body = b;
     x->cap = cap;
   }
-  memcpy(x->body + x->len, data, n);
-  x->len += n;
+  memcpy(x->body + x->len, data, keep);
+  x->len += keep;
   x->body[x->len] = '\0';
-  return n;
+  return x->error_truncated ? 0 : n; /* 0: CURLE_WRITE_ERROR, read as the answer in complete() */
 }
 
 int fx_http_new(uv_loop_t *loop, const fx_http_conf *conf, fx_http **out, fx_err *err) {
@@ -189,6 +217,12 @@ int fx_http_new(uv_loop_t *loop, const fx_http_conf *conf, fx_http **out, fx_err
   h->timeout_ms = conf ? (long)conf->timeout_ms : DEFAULT_TIMEOUT_MS;
   h->connect_ms = conf ? (long)conf->connect_timeout_ms : DEFAULT_CONNECT_MS;
   h->max_body = conf ? (size_t)conf->max_response_bytes : DEFAULT_MAX_BODY;
+  h->max_error_body = conf && conf->max_error_body_bytes > 0 ? (size_t)conf->max_error_body_bytes
+                                                             : DEFAULT_MAX_ERROR_BODY;
+  h->max_retry_after_ms = conf && conf->max_retry_after_s > 0
+                              ? (long)(conf->max_retry_after_s * 1000)
+                              : DEFAULT_MAX_RETRY_AFTER_MS;
+  if (h->max_retry_after_ms > FX_RETRY_AFTER_MAX_MS) h->max_retry_after_ms = FX_RETRY_AFTER_MAX_MS;
   h->low_speed_bytes = conf ? (long)conf->low_speed_bytes : 1;
   h->low_speed_s = conf ? (long)conf->low_speed_seconds : 30;
   h->ca_bundle = conf && conf->ca_bundle ? strdup(conf->ca_bundle) : NULL;
@@ -248,6 +282,7 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
   x->cb = cb;
   x->arg = arg;
   x->max_body = req->max_body ? req->max_body : h->max_body;
+  x->failed_status = -1;
   x->sink = req->sink;
   x->sink_arg = req->sink_arg;
   x->url = strdup(req->url);
@@ -303,7 +338,8 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, h->low_speed_bytes);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, h->low_speed_s);
   }
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+  /* No CURLOPT_MAXFILESIZE: on_body bounds successes by max_body and
+   * errors by max_error_body (curl's check would lose an error's status). */
   /* A stream may take long in total; the low-speed abort catches a stall. */
   if (req->sink && !req->timeout_ms) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
   if (req->body) {
@@ -363,6 +399,8 @@ static void complete(xfer *x, CURLcode code) {
   res.easy_ = x->easy;
   res.body = x->body ? x->body : (char *)"";
   res.body_len = x->len;
+  res.body_truncated = x->error_truncated;
+  if (x->error_truncated && code == CURLE_WRITE_ERROR) code = CURLE_OK; /* stopped on purpose */
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.status);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &res.seconds);
   res.result = x->sink_abort ? FX_ECANCELED : map_curl_error(code, x->too_large);

@@ -51,6 +51,8 @@ typedef struct fx_http_response {
   long status;       /* HTTP status, 0 if none */
   char *body;        /* NUL-terminated, owned by the client, valid during the callback */
   size_t body_len;
+  int body_truncated; /* a non-2xx body longer than http.max_error_body_bytes: body
+                         holds its start, the rest was not read */
   const char *url;   /* the requested URL */
   double seconds;    /* total transfer time */
   char error[512];   /* transport failure text (curl's, plus what to do for TLS trust

@@ -45,6 +45,39 @@ static enum MHD_Result reply_retry(struct MHD_Connection *c) {
   return ret;
 }
 
+/* A 500 whose body is an OperationOutcome padded to ERROR_HUGE bytes, with
+ * its length (Content-Length) or without (chunked, so only the bytes say how
+ * long it is). */
+#define ERROR_HUGE ((size_t)8 << 20)
+#define OUTCOME_START \
+  "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\",\"code\":\"exception\"," \
+  "\"diagnostics\":\"storage unavailable "
+
+static char error_huge[ERROR_HUGE];
+
+static ssize_t error_huge_chunk(void *cls, uint64_t pos, char *buf, size_t max) {
+  (void)cls;
+  if (pos >= ERROR_HUGE) return MHD_CONTENT_READER_END_OF_STREAM;
+  size_t n = ERROR_HUGE - (size_t)pos < max ? ERROR_HUGE - (size_t)pos : max;
+  memcpy(buf, error_huge + pos, n);
+  return (ssize_t)n;
+}
+
+static enum MHD_Result reply_error_huge(struct MHD_Connection *c, int chunked) {
+  if (!error_huge[0]) {
+    memset(error_huge, 'x', sizeof error_huge);
+    memcpy(error_huge, OUTCOME_START, strlen(OUTCOME_START));
+  }
+  struct MHD_Response *r =
+      chunked ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536, error_huge_chunk,
+                                                  NULL, NULL)
+              : MHD_create_response_from_buffer(ERROR_HUGE, error_huge, MHD_RESPMEM_PERSISTENT);
+  MHD_add_response_header(r, "Content-Type", "application/fhir+json");
+  enum MHD_Result ret = MHD_queue_response(c, 500, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
 typedef struct upload {
   size_t len;
 } upload;
@@ -96,6 +129,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     return reply(c, 200, "text/plain", a ? a : "", a ? strlen(a) : 0);
   }
   if (strcmp(url, "/retry") == 0) return reply_retry(c);
+  if (strcmp(url, "/error-huge") == 0) return reply_error_huge(c, 0);
+  if (strcmp(url, "/error-huge-chunked") == 0) return reply_error_huge(c, 1);
   return reply(c, 404, "text/plain", "nope", 4);
 }
 
@@ -131,6 +166,7 @@ typedef struct result {
   char retry_after[16];
   long retry_after_ms;
   size_t body_len;
+  int truncated;
   char type[64];
 } result;
 
@@ -145,6 +181,7 @@ static void collect(fx_http_response *res, void *arg) {
   snprintf(r->retry_after, sizeof r->retry_after, "%s", ra ? ra : "");
   r->retry_after_ms = fx_http_retry_after_ms(res);
   r->body_len = res->body_len;
+  r->truncated = res->body_truncated;
   snprintf(r->type, sizeof r->type, "%s", ct ? ct : "");
 }
 
@@ -452,6 +489,64 @@ static void stream_refused_by_sink_is_canceled(void **state) {
   assert_true(s.bytes < (1 << 20));
 }
 
+/* A 500 with an 8 MiB body, to a request that may carry 1 TiB (a bulk file
+ * download's max_body), buffered or streamed, with or without a
+ * Content-Length: the answer is the 500 with the start of its body (the
+ * OperationOutcome's reason), never more than http.max_error_body_bytes held,
+ * and never "too large". */
+static void error_bodies_are_bounded(void **state) {
+  (void)state;
+  static const struct {
+    const char *path;
+    int streamed;
+    size_t max_body;
+  } cases[] = {{"/error-huge", 0, (size_t)1 << 40},
+               {"/error-huge", 1, (size_t)1 << 40},
+               {"/error-huge-chunked", 0, (size_t)1 << 40},
+               {"/error-huge-chunked", 1, (size_t)1 << 40},
+               {"/error-huge", 0, (size_t)1 << 20}, /* Content-Length above max_body */
+               {"/error-huge", 0, 0}};
+  fx_http_conf conf = {.timeout_ms = 60000, .connect_timeout_ms = 10000,
+                       .max_response_bytes = 67108864, .max_error_body_bytes = 4096,
+                       .max_retry_after_s = 3600, .low_speed_bytes = 1, .low_speed_seconds = 30};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fx_http *h;
+    fx_err err = {0};
+    assert_int_equal(fx_http_new(&loop, &conf, &h, &err), 0);
+    stream s = {0};
+    s.all_x = 1;
+    result r = {0};
+    fx_http_request req = {.url = url(cases[i].path), .max_body = cases[i].max_body,
+                           .sink = cases[i].streamed ? sink : NULL, .sink_arg = &s};
+    uv_timer_init(&loop, &s.timer);
+    s.timer.data = &s;
+    assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&s.timer, NULL);
+    finish(&loop, h);
+    if (r.done != 1 || r.rc != 0 || r.status != 500 || r.body_len > 4096 || !r.truncated)
+      fail_msg("%s (%s, max_body %zu): done %d, result %d, status %ld, %zu body bytes held, "
+               "truncated %d",
+               cases[i].path, cases[i].streamed ? "streamed" : "buffered", cases[i].max_body,
+               r.done, r.rc, r.status, r.body_len, r.truncated);
+    assert_int_equal(r.body_len, 4096); /* as much as allowed */
+    assert_memory_equal(r.body, OUTCOME_START, strlen(OUTCOME_START));
+    assert_int_equal(s.chunks, 0); /* an error never reaches the sink */
+  }
+}
+
+/* The default bound: a few hundred KB, far below max_response_bytes. */
+static void error_bodies_are_bounded_by_default(void **state) {
+  (void)state;
+  result r;
+  get_once("/error-huge", &r);
+  assert_int_equal(r.status, 500);
+  assert_true(r.truncated);
+  assert_int_equal(r.body_len, 262144);
+}
+
 /* Retry-After as RFC 9110 says (delay-seconds, HTTP-date) and as the SMART
  * reference Bulk Data server sends it (epoch seconds, epoch milliseconds).
  * "now" is fixed, so nothing depends on the clock. */
@@ -519,6 +614,8 @@ int main(void) {
                                      cmocka_unit_test(stream_pauses_and_resumes),
                                      cmocka_unit_test(stream_error_is_buffered_not_streamed),
                                      cmocka_unit_test(stream_refused_by_sink_is_canceled),
-                                     cmocka_unit_test(retry_after_values)};
+                                     cmocka_unit_test(retry_after_values),
+                                     cmocka_unit_test(error_bodies_are_bounded),
+                                     cmocka_unit_test(error_bodies_are_bounded_by_default)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
