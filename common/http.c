@@ -400,6 +400,7 @@ static void complete(xfer *x, CURLcode code) {
   res.body = x->body ? x->body : (char *)"";
   res.body_len = x->len;
   res.body_truncated = x->error_truncated;
+  res.retry_after_cap_ms_ = x->h->max_retry_after_ms;
   if (x->error_truncated && code == CURLE_WRITE_ERROR) code = CURLE_OK; /* stopped on purpose */
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.status);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &res.seconds);
@@ -488,12 +489,29 @@ long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
   return clamp_wait(when_s * 1000 - now_ms);
 }
 
-long fx_http_retry_after_ms(const fx_http_response *res) {
-  const char *v = res ? fx_http_header(res, "Retry-After") : NULL;
+long fx_http_retry_after_ms(const fx_http_response *res, int flags, fx_retry_after_use *use) {
+  fx_retry_after_use dummy;
+  if (!use) use = &dummy;
+  *use = FX_RA_NONE;
+  const char *v = res && res->result == 0 ? fx_http_header(res, "Retry-After") : NULL;
   if (!v) return -1;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return fx_http_retry_after_value_ms(v, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  long ms = fx_http_retry_after_value_ms(v, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  if (ms < 0) return -1;
+  int meaningful =
+      res->status == 429 || res->status == 503 || (res->status == 202 && (flags & FX_RA_POLL));
+  if (!meaningful) {
+    *use = FX_RA_IGNORED;
+    return -1;
+  }
+  long cap = res->retry_after_cap_ms_ > 0 ? res->retry_after_cap_ms_ : DEFAULT_MAX_RETRY_AFTER_MS;
+  if (ms > cap) {
+    *use = FX_RA_CAPPED;
+    return cap;
+  }
+  *use = FX_RA_HONOURED;
+  return ms;
 }
 
 void fx_http_resume(fx_http_xfer *x) {

@@ -58,6 +58,7 @@ typedef struct fx_http_response {
   char error[512];   /* transport failure text (curl's, plus what to do for TLS trust
                         failures), empty on success */
   void *easy_;       /* private: lets fx_http_header read response headers */
+  long retry_after_cap_ms_; /* private: http.max_retry_after_s of the client, in ms */
 } fx_http_response;
 
 /* Called exactly once per successful fx_http_send, on the loop thread, also
@@ -78,10 +79,26 @@ const char *fx_http_header(const fx_http_response *res, const char *name);
  * transfer's completion callback. */
 void fx_http_resume(fx_http_xfer *x);
 
-/* The response's Retry-After in milliseconds from now, or -1 when absent or
- * unreadable. The one Retry-After parser: everything that honours the header
- * calls this (fx_http_retry_after_value_ms says how a value is read). */
-long fx_http_retry_after_ms(const fx_http_response *res);
+/* What fx_http_retry_after_ms made of a response's Retry-After. */
+typedef enum fx_retry_after_use {
+  FX_RA_NONE = 0, /* absent or unreadable */
+  FX_RA_HONOURED, /* on a status that gives it meaning, within http.max_retry_after_s */
+  FX_RA_CAPPED,   /* longer than http.max_retry_after_s: cut to it */
+  FX_RA_IGNORED   /* on a status where HTTP gives it no meaning (a 200, a 500, ...) */
+} fx_retry_after_use;
+
+/* flags of fx_http_retry_after_ms: the answer is a bulk export's kick-off or
+ * status poll, where a 202's Retry-After says when to poll next. */
+#define FX_RA_POLL 1
+
+/* The response's Retry-After in milliseconds from now, or -1 when absent,
+ * unreadable or ignored. The one place Retry-After is honoured: everything
+ * that waits for it calls this (fx_http_retry_after_value_ms says how a value
+ * is read). It counts only where HTTP gives it meaning: on a 429 or a 503 (RFC
+ * 9110 10.2.3, RFC 6585 4), and with FX_RA_POLL on a 202; on any other status
+ * it is ignored (-1). It is cut to the client's http.max_retry_after_s. use
+ * (may be NULL) says which of these happened, for the metrics. */
+long fx_http_retry_after_ms(const fx_http_response *res, int flags, fx_retry_after_use *use);
 
 /* A Retry-After value too large to be a delay: 10^9 s is over 31 years. */
 #define FX_RETRY_AFTER_EPOCH_MIN 1000000000LL

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Resilience and security against a misbehaving EHR, end to end.
 
-  test_faults.py SCENARIO    (faults | isolation | canary)
+  test_faults.py SCENARIO    (faults | isolation | canary | retry_after)
 
 faults:    one fault at a time on the simulator; every job must end accounted
            for: complete results, or failure records plus a dead letter with
@@ -13,6 +13,10 @@ isolation: a tenant answering 503 to everything next to a healthy one: the
            failing tenant got no more requests than the breaker allows
            (breaker_window, those in flight when it opened, one probe per
            cool-down).
+retry_after: a Retry-After where HTTP gives it no meaning (a year, on a
+           search's 200) holds nothing back: every job completes; one that counts
+           (a 429's day) is cut to http.max_retry_after_s. Both are counted in
+           /metrics.
 canary:    next links and references pointing at another host are refused:
            the canary host receives no request and no Authorization header;
            logs carry no token, assertion or patient id."""
@@ -201,6 +205,36 @@ def scenario_faults(check):
         env.close()
 
 
+def scenario_retry_after(check):
+    cap_s = 2
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 20}],
+              worker_extra={"http": {"max_retry_after_s": cap_s}, "worker": {"retries": 3}})
+    try:
+        w = env.start_worker()
+        # A year on a 200 (the normal answer, one extra header): before the fix the
+        # tenant's Observation searches waited for it (7 days, the parser's clamp),
+        # past every job's deadline.
+        started = time.time()
+        run_case(check, env, 0, "ra-on-200",
+                 {"target": "fhir", "path": "Observation", "count": 2,
+                  "headers": {"Retry-After": "31536000"}}, set(), 4)
+        ignored = env.metric(w, "fhirx_retry_after_ignored_total")
+        check(ignored >= 1, "a 200's Retry-After was ignored and counted (%d)" % ignored)
+        # A day on a 429: honoured, but only for http.max_retry_after_s.
+        run_case(check, env, 1, "ra-capped",
+                 {"target": "fhir", "path": "Condition", "retry_after": 86400, "count": 2},
+                 set(), 4)
+        capped = env.metric(w, "fhirx_retry_after_capped_total")
+        check(capped >= 1, "a 429's day-long Retry-After was cut to %d s and counted (%d)" % (
+            cap_s, capped))
+        log("both cases took %.1f s" % (time.time() - started))
+        rc, out = env.validate(len({m.key for m in env.read("fhirx.status")}))
+        check(rc == 0, "every output validates against schemas/:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 def cooldowns_within(span_ms, first_ms, max_ms):
     """How many breaker cool-downs (first_ms, doubling up to max_ms) end within span_ms:
     the most probes a tenant whose jobs lived span_ms can have been sent."""
@@ -372,7 +406,8 @@ def scenario_canary(check):
             env.close()
 
 
-SCENARIOS = {"faults": scenario_faults, "isolation": scenario_isolation, "canary": scenario_canary}
+SCENARIOS = {"faults": scenario_faults, "isolation": scenario_isolation, "canary": scenario_canary,
+             "retry_after": scenario_retry_after}
 
 if __name__ == "__main__":
     name = sys.argv[1]

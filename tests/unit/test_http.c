@@ -32,15 +32,17 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
   return ret;
 }
 
-/* A 503 whose Retry-After headers are the request's "first" and "second"
- * query values, in that order (none when absent). */
+/* A 503 (or the "status" query value) whose Retry-After headers are the
+ * request's "first" and "second" query values, in that order (none when
+ * absent). */
 static enum MHD_Result reply_retry(struct MHD_Connection *c) {
   struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
   const char *first = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "first");
   const char *second = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "second");
   if (first) MHD_add_response_header(r, "Retry-After", first);
   if (second) MHD_add_response_header(r, "Retry-After", second);
-  enum MHD_Result ret = MHD_queue_response(c, 503, r);
+  const char *status = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "status");
+  enum MHD_Result ret = MHD_queue_response(c, status ? (unsigned)atoi(status) : 503, r);
   MHD_destroy_response(r);
   return ret;
 }
@@ -165,10 +167,16 @@ typedef struct result {
   char body[256];
   char retry_after[16];
   long retry_after_ms;
+  fx_retry_after_use retry_after_use;
   size_t body_len;
   int truncated;
   char type[64];
 } result;
+
+/* What collect and get_once use: fx_http_retry_after_ms's flags, the client's
+ * configuration (NULL: the defaults). */
+static int ra_flags;
+static const fx_http_conf *client_conf;
 
 static void collect(fx_http_response *res, void *arg) {
   result *r = arg;
@@ -179,7 +187,7 @@ static void collect(fx_http_response *res, void *arg) {
   const char *ra = fx_http_header(res, "Retry-After");
   const char *ct = fx_http_header(res, "content-type"); /* case-insensitive */
   snprintf(r->retry_after, sizeof r->retry_after, "%s", ra ? ra : "");
-  r->retry_after_ms = fx_http_retry_after_ms(res);
+  r->retry_after_ms = fx_http_retry_after_ms(res, ra_flags, &r->retry_after_use);
   r->body_len = res->body_len;
   r->truncated = res->body_truncated;
   snprintf(r->type, sizeof r->type, "%s", ct ? ct : "");
@@ -217,7 +225,8 @@ static void get_ok(void **state) {
   assert_int_equal(r.status, 200);
   assert_string_equal(r.body, "{\"ok\":true}");
   assert_string_equal(r.retry_after, "7");
-  assert_int_equal(r.retry_after_ms, 7000);
+  assert_int_equal(r.retry_after_ms, -1); /* a 200's Retry-After means nothing */
+  assert_int_equal(r.retry_after_use, FX_RA_IGNORED);
   assert_string_equal(r.type, "application/json");
   assert_int_equal(fx_http_inflight(h), 0);
   finish(&loop, h);
@@ -229,7 +238,7 @@ static void get_once(const char *path, result *r) {
   uv_loop_init(&loop);
   fx_http *h;
   fx_err err = {0};
-  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  assert_int_equal(fx_http_new(&loop, client_conf, &h, &err), 0);
   memset(r, 0, sizeof *r);
   fx_http_request req = {.url = url(path)};
   assert_int_equal(fx_http_send(h, &req, collect, r, &err), 0);
@@ -284,6 +293,59 @@ static void retry_after_forms(void **state) {
   assert_int_equal(r.retry_after_ms, -1);
   get_once("/retry?first=-5", &r);
   assert_int_equal(r.retry_after_ms, -1);
+}
+
+/* Retry-After counts where HTTP gives it meaning (429, 503; a bulk poll's
+ * 202), never on a 200 or a 500: `Retry-After: 31536000` on a search's 200
+ * once held a tenant's searches back for the longest wait there is. What does
+ * count is cut to http.max_retry_after_s. */
+static void retry_after_only_where_it_means_something(void **state) {
+  (void)state;
+  static const struct {
+    const char *path;
+    int flags;
+    long want_ms;
+    fx_retry_after_use want_use;
+  } cases[] = {
+      {"/retry?first=31536000&status=200", 0, -1, FX_RA_IGNORED},
+      {"/retry?first=31536000&status=200", FX_RA_POLL, -1, FX_RA_IGNORED},
+      {"/retry?first=7&status=500", 0, -1, FX_RA_IGNORED},
+      {"/retry?first=7&status=502", 0, -1, FX_RA_IGNORED},
+      {"/retry?first=7&status=404", 0, -1, FX_RA_IGNORED},
+      {"/retry?first=7&status=202", 0, -1, FX_RA_IGNORED},
+      {"/retry?first=7&status=202", FX_RA_POLL, 7000, FX_RA_HONOURED},
+      {"/retry?first=7&status=429", 0, 7000, FX_RA_HONOURED},
+      {"/retry?first=7&status=503", 0, 7000, FX_RA_HONOURED},
+      {"/retry?first=3600&status=503", 0, 3600000, FX_RA_HONOURED}, /* the default cap */
+      {"/retry?first=3601&status=503", 0, 3600000, FX_RA_CAPPED},
+      {"/retry?first=31536000&status=429", 0, 3600000, FX_RA_CAPPED},
+      {"/retry?first=18446744073709552&status=429", 0, 3600000, FX_RA_CAPPED},
+      {"/retry?first=soon&status=429", 0, -1, FX_RA_NONE},
+      {"/retry?status=429", 0, -1, FX_RA_NONE},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    result r;
+    ra_flags = cases[i].flags;
+    get_once(cases[i].path, &r);
+    ra_flags = 0;
+    if (r.retry_after_ms != cases[i].want_ms || r.retry_after_use != cases[i].want_use)
+      fail_msg("%s (flags %d): %ld ms (use %d), want %ld ms (use %d)", cases[i].path,
+               cases[i].flags, r.retry_after_ms, (int)r.retry_after_use, cases[i].want_ms,
+               (int)cases[i].want_use);
+  }
+  /* The cap is the client's http.max_retry_after_s. */
+  fx_http_conf conf = {.timeout_ms = 60000, .connect_timeout_ms = 10000,
+                       .max_response_bytes = 67108864, .max_error_body_bytes = 262144,
+                       .max_retry_after_s = 60, .low_speed_bytes = 1, .low_speed_seconds = 30};
+  client_conf = &conf;
+  result r;
+  get_once("/retry?first=60&status=429", &r);
+  assert_int_equal(r.retry_after_ms, 60000);
+  assert_int_equal(r.retry_after_use, FX_RA_HONOURED);
+  get_once("/retry?first=61&status=429", &r);
+  assert_int_equal(r.retry_after_ms, 60000);
+  assert_int_equal(r.retry_after_use, FX_RA_CAPPED);
+  client_conf = NULL;
 }
 
 static void post_with_bearer(void **state) {
@@ -615,6 +677,7 @@ int main(void) {
                                      cmocka_unit_test(stream_error_is_buffered_not_streamed),
                                      cmocka_unit_test(stream_refused_by_sink_is_canceled),
                                      cmocka_unit_test(retry_after_values),
+                                     cmocka_unit_test(retry_after_only_where_it_means_something),
                                      cmocka_unit_test(error_bodies_are_bounded),
                                      cmocka_unit_test(error_bodies_are_bounded_by_default)};
   return cmocka_run_group_tests(tests, setup, teardown);

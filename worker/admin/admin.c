@@ -86,6 +86,8 @@ static void render(const fx_admin *a, buf *b) {
       {"fhirx_reference_fetches_total", "Referenced entities fetched.", offsetof(fx_metrics, refs_fetched)},
       {"fhirx_reference_cache_hits_total", "Referenced entities published from the reference cache.", offsetof(fx_metrics, refs_cached)},
       {"fhirx_governor_waits_total", "Requests that waited for a tenant's limits, Retry-After or breaker.", offsetof(fx_metrics, governor_waits)},
+      {"fhirx_retry_after_ignored_total", "Retry-After headers ignored: sent with a status where HTTP gives them no meaning (only 429, 503 and a bulk poll's 202 count).", offsetof(fx_metrics, retry_after_ignored)},
+      {"fhirx_retry_after_capped_total", "Retry-After headers longer than http.max_retry_after_s, cut to it.", offsetof(fx_metrics, retry_after_capped)},
       {"fhirx_bulk_kickoffs_total", "Bulk $export kick-offs the server accepted.", offsetof(fx_metrics, bulk_kickoffs)},
       {"fhirx_bulk_status_polls_total", "Bulk export status polls.", offsetof(fx_metrics, bulk_polls)},
       {"fhirx_bulk_files_total", "Bulk export files downloaded and published.", offsetof(fx_metrics, bulk_files)},

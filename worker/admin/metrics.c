@@ -47,6 +47,14 @@ void fx_metrics_request(fx_tenant_metrics *tm, const fx_http_response *res) {
   atomic_fetch_add(&tm->lat_count, 1);
 }
 
+long fx_metrics_retry_after(fx_metrics *m, const fx_http_response *res, int flags) {
+  fx_retry_after_use use;
+  long ms = fx_http_retry_after_ms(res, flags, &use);
+  if (use == FX_RA_IGNORED) atomic_fetch_add(&m->retry_after_ignored, 1);
+  else if (use == FX_RA_CAPPED) atomic_fetch_add(&m->retry_after_capped, 1);
+  return ms;
+}
+
 void fx_metrics_job_finished(fx_metrics *m, int outcome) {
   atomic_fetch_add(outcome == 0   ? &m->jobs_completed
                    : outcome == 1 ? &m->jobs_partial

@@ -33,6 +33,7 @@ typedef struct fx_metrics {
   atomic_ullong http_requests, http_retries;
   atomic_ullong refs_fetched, refs_cached;
   atomic_ullong governor_waits;
+  atomic_ullong retry_after_ignored, retry_after_capped; /* fx_metrics_retry_after */
   atomic_ullong records_unbuilt; /* a record could not be built (a bug or no memory) */
   atomic_ullong bulk_kickoffs, bulk_polls, bulk_files, bulk_completed, bulk_failed, bulk_resumed;
   atomic_llong bulk_active;
@@ -53,6 +54,12 @@ fx_tenant_metrics *fx_metrics_tenant(fx_metrics *m, const char *tenant);
 
 /* One answered (or failed) FHIR request: its status class and latency. */
 void fx_metrics_request(fx_tenant_metrics *tm, const fx_http_response *res);
+
+/* The response's Retry-After as fx_http_retry_after_ms(res, flags) reads it
+ * (-1: none to honour), counting what was ignored (a status where it means
+ * nothing) or cut to http.max_retry_after_s. Every site that waits for a
+ * Retry-After asks this. */
+long fx_metrics_retry_after(fx_metrics *m, const fx_http_response *res, int flags);
 
 /* The outcome counter of a finished job (0 completed, 1 partial, 2 failed). */
 void fx_metrics_job_finished(fx_metrics *m, int outcome);

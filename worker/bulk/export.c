@@ -383,7 +383,8 @@ static void kicked_off(bx_export *e, fx_http_response *res) {
   atomic_fetch_add(&b->sv->metrics->bulk_kickoffs, 1);
   fx_log(FX_LOG_INFO, "bulk export started", "job_id", e->job_id, "tenant", e->tenant->id, NULL);
   const fx_bulk_conf *bc = &b->sv->app->cfg->bulk;
-  wait_then_step(e, fx_bulk_poll_delay(fx_http_retry_after_ms(res), 0, (uint64_t)bc->poll_min_ms,
+  long after = fx_metrics_retry_after(b->sv->metrics, res, FX_RA_POLL);
+  wait_then_step(e, fx_bulk_poll_delay(after, 0, (uint64_t)bc->poll_min_ms,
                                        (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms));
 }
 
@@ -411,13 +412,14 @@ static void on_kickoff(fx_http_response *res, const fx_auth_error *ae, void *arg
     fx_log(FX_LOG_INFO, "another export of this client is running on the tenant; waiting",
            "job_id", e->job_id, "tenant", e->tenant->id, NULL);
     e->wait_ms =
-        fx_bulk_poll_delay(fx_http_retry_after_ms(res), e->wait_ms, (uint64_t)bc->poll_min_ms,
+        fx_bulk_poll_delay(fx_metrics_retry_after(e->b->sv->metrics, res, 0), e->wait_ms,
+                           (uint64_t)bc->poll_min_ms,
                            (uint64_t)bc->poll_max_ms, now, e->deadline_ms);
     wait_then_step(e, e->wait_ms);
   } else {
     bx_describe(res, "the $export kick-off", msg, sizeof msg);
     if (bx_transient_status(res->status) || res->status >= 500) {
-      retry_step(e, fx_http_retry_after_ms(res), res->status, msg);
+      retry_step(e, fx_metrics_retry_after(e->b->sv->metrics, res, 0), res->status, msg);
       goto out;
     }
     if (res->status == 404)
@@ -576,7 +578,8 @@ static void in_progress(bx_export *e, const fx_http_response *res) {
     export_fail(e, FX_EC_DEADLINE, 202, msg);
     return;
   }
-  e->wait_ms = fx_bulk_poll_delay(fx_http_retry_after_ms(res), e->wait_ms,
+  e->wait_ms = fx_bulk_poll_delay(fx_metrics_retry_after(e->b->sv->metrics, res, FX_RA_POLL),
+                                  e->wait_ms,
                                   (uint64_t)bc->poll_min_ms, (uint64_t)bc->poll_max_ms, now,
                                   e->deadline_ms);
   if (fx_log_enabled(FX_LOG_DEBUG)) {
@@ -607,7 +610,7 @@ static void on_status(fx_http_response *res, const fx_auth_error *ae, void *arg)
     if (res->status == 404 || res->status == 410)
       export_fail(e, FX_EC_EXPORT_EXPIRED, res->status, msg);
     else if (bx_transient_status(res->status))
-      retry_step(e, fx_http_retry_after_ms(res), res->status, msg);
+      retry_step(e, fx_metrics_retry_after(e->b->sv->metrics, res, 0), res->status, msg);
     else
       /* Bulk Data: an error status (4xx/5xx with an OperationOutcome) means
        * the export failed; a new one may work, so it is replayable. */

@@ -568,7 +568,7 @@ static void on_file_response(fx_http_response *res, void *arg) {
   if (st == 404 || st == 410 || (f->redirects && st == 403))
     file_failed(f, FX_EC_EXPORT_EXPIRED, st, -1, msg);
   else if (bx_transient_status(st) || st >= 500)
-    file_failed(f, FX_EC_TRANSIENT, st, fx_http_retry_after_ms(res), msg);
+    file_failed(f, FX_EC_TRANSIENT, st, fx_metrics_retry_after(f->e->b->sv->metrics, res, 0), msg);
   else
     file_failed(f, fx_errclass_of_status(st), st, -1, msg);
 }

@@ -173,7 +173,7 @@ static void on_answer(fx_http_response *res, const fx_auth_error *ae, void *arg)
   fr->inflight--;
   atomic_fetch_sub(&sv->metrics->requests_in_flight, 1);
   if (f->tm && !ae && res->result != FX_ECANCELED) fx_metrics_request(f->tm, res);
-  long after = ae ? -1 : fx_http_retry_after_ms(res);
+  long after = ae ? -1 : fx_metrics_retry_after(sv->metrics, res, 0);
   if (f->governed) {
     fx_governor_done(sv->gov, f->tenant, f->path, outcome_of(res, ae), after, now);
     f->governed = 0;
