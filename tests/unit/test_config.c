@@ -50,6 +50,10 @@ static void errors_name_the_field(void **state) {
                "http.timeout_ms", "out of range");
   expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"http\":{\"timeout_ms\":\"30\"}}",
                "http.timeout_ms", "expected an integer");
+  expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"http\":{\"max_error_body_bytes\":100}}",
+               "http.max_error_body_bytes", "out of range 1024..67108864");
+  expect_error("{\"tenants\":[" TENANT("") "]," KEYS ",\"http\":{\"max_retry_after_s\":0}}",
+               "http.max_retry_after_s", "out of range 1..604800");
   expect_error("{\"tenants\":[" TENANT("") "],\"keys\":[{\"path\":\"k.pem\",\"alg\":\"HS256\"}]}",
                "keys[0].alg", "RS384|ES384");
   expect_error("{\"tenants\":[" TENANT(",\"scopes\":[\"a\",3]") "]," KEYS "}",
@@ -86,6 +90,8 @@ static void defaults_and_paths(void **state) {
   assert_int_equal(cfg->keys[1].alg, 1);
   assert_string_equal(cfg->keys[1].kid, "k2");
   assert_int_equal(cfg->http.timeout_ms, 60000);
+  assert_int_equal(cfg->http.max_error_body_bytes, 262144);
+  assert_int_equal(cfg->http.max_retry_after_s, 3600);
   assert_int_equal(cfg->auth.assertion_lifetime_s, 240);
   assert_int_equal(cfg->auth.refresh_at_percent, 80);
   assert_int_equal(cfg->log.level, FX_LOG_INFO);
