@@ -91,7 +91,7 @@ const char *fx_url_problem(const char *url) {
   for (const char *q = auth; q < auth + alen; q++)
     if (*q == '@') at = q;
   const char *host = at ? at + 1 : auth;
-  if (host == auth + alen || *host == ':') return "it names no host";
+  if (host == auth + alen || *host == ':') return "it is not an absolute URL: it names no host";
   /* The path, segment by segment, up to the query or fragment. */
   const char *p = auth + alen, *end = p + strcspn(p, "?#");
   while (p < end) {
