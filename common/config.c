@@ -346,7 +346,7 @@ int fx_config_check_url(const char *value, const char *where, int production, ch
   if (why) {
     fx_err_set(err, rc,
                "%s: '%s' cannot be used: %s; expected an absolute URL such as "
-               "https://host/r4/tenant, with no '.' or '..' segment and no encoded '/' or '\\' "
+               "https://host/path, with no '.' or '..' segment and no encoded '/' or '\\' "
                "in its path",
                where, shown, why);
     goto out;
