@@ -145,9 +145,11 @@ static void on_discovery(fx_http_response *res, void *arg) {
   fx_auth_error e;
   char *te = NULL;
   if (res->result) {
+    char shown[512];
+    fx_url_redact(res->url, shown, sizeof shown);
     memset(&e, 0, sizeof e);
     auth_error(&e, res->result == FX_ECANCELED ? FX_ECANCELED : FX_ETRANSIENT, 0,
-               "tenant %s: SMART discovery at %s failed: %s; retrying later", d->tenant, res->url,
+               "tenant %s: SMART discovery at %s failed: %s; retrying later", d->tenant, shown,
                res->error);
   } else {
     fx_smart_check_discovery(d->tenant, res->status, res->body, d->alg, d->production, &te, &e);
