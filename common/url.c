@@ -105,6 +105,18 @@ const char *fx_url_problem(const char *url) {
   return NULL;
 }
 
+void fx_url_problem_note(const char *url, char *out, size_t size) {
+  const char *why = fx_url_problem(url);
+  if (!size) return;
+  out[0] = '\0';
+  if (!why) return;
+  if (strncmp(why, "it ", 3) == 0) /* not absolute, no host */
+    snprintf(out, size, "; %s", why);
+  else
+    snprintf(out, size, "; its path holds %s, which a server or proxy may read as another path",
+             why);
+}
+
 int fx_url_within(const char *url, const char *base) {
   if (!url || !base || fx_url_problem(url) || fx_url_problem(base)) return 0;
   parts a, b;

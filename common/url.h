@@ -15,6 +15,11 @@
  * not looked at. docs/architecture.md "Where a token may go". */
 const char *fx_url_problem(const char *url);
 
+/* For messages about a refused URL: "" when fx_url_problem finds nothing,
+ * else "; its path holds <problem>, which a server or proxy may read as
+ * another path" (into out, always terminated). */
+void fx_url_problem_note(const char *url, char *out, size_t size);
+
 /* 1 if url has the same scheme, host and port as base and its path is base's
  * path or below it (segment-wise: /r4/t1 does not cover /r4/t10); else 0.
  * 0 too when either has a fx_url_problem.

@@ -75,6 +75,13 @@ static void encoded_dot_segments_and_backslashes(void **state) {
   assert_non_null(strstr(fx_url_problem("https://h/r4/t1/%2e%2e/t2"), "dot segment"));
   assert_non_null(strstr(fx_url_problem("https://h/r4/t1/..%2ft2"), "'/'"));
   assert_non_null(strstr(fx_url_problem("https://h/r4/t1/..%5ct2"), "backslash"));
+  char note[200];
+  fx_url_problem_note("https://h/r4/t1/%2e%2e/t2", note, sizeof note);
+  assert_non_null(strstr(note, "; its path holds a percent-encoded dot segment"));
+  fx_url_problem_note("https://h/r4/t1/Patient/1", note, sizeof note);
+  assert_string_equal(note, "");
+  fx_url_problem_note("https:/h/r4", note, sizeof note);
+  assert_non_null(strstr(note, "not an absolute URL"));
   /* A base that is itself unsafe pins nothing: "/r4/t1/.." would cover every tenant. */
   assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t2/Patient/1",
                              "https://fhir-ehr.cerner.com/r4/t1/.."));
