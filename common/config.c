@@ -42,7 +42,9 @@ static const opt tenant_opts[] = {
     {"environment", OPT_ENUM, T(environment), "production", 0, 0, 0, "sandbox|production",
      "`production` requires https URLs; `sandbox` also allows http (simulator, local tests)."},
     {"fhir_base", OPT_URL, T(fhir_base), NULL, 1, 8, 2048, NULL,
-     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is sent "
+     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`: absolute, with a host, "
+     "without query, and without `.`/`..` segments or encoded `/` or `\\` in its path (plain or "
+     "percent-encoded: they would widen the pin). The access token is sent "
      "to URLs under this base (same scheme, host, port and path prefix), to the URLs of a Bulk "
      "Data export the tenant started on the same origin, and to `token_url_prefixes`; nowhere "
      "else."},
