@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "common/log.h"
+#include "common/url.h"
 
 typedef enum { OPT_STRING, OPT_INT, OPT_BOOL, OPT_ENUM, OPT_STRLIST, OPT_PATH, OPT_URL } opt_type;
 
@@ -41,7 +42,9 @@ static const opt tenant_opts[] = {
     {"environment", OPT_ENUM, T(environment), "production", 0, 0, 0, "sandbox|production",
      "`production` requires https URLs; `sandbox` also allows http (simulator, local tests)."},
     {"fhir_base", OPT_URL, T(fhir_base), NULL, 1, 8, 2048, NULL,
-     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`. The access token is sent "
+     "FHIR R4 base URL, e.g. `https://fhir-ehr.cerner.com/r4/{tenant}`: absolute, with a host, "
+     "without query, and without `.`/`..` segments or encoded `/` or `\\` in its path (plain or "
+     "percent-encoded: they would widen the pin). The access token is sent "
      "to URLs under this base (same scheme, host, port and path prefix), to the URLs of a Bulk "
      "Data export the tenant started on the same origin, and to `token_url_prefixes`; nowhere "
      "else."},
@@ -79,6 +82,15 @@ static const opt tenant_opts[] = {
      "origin that wants the token): every next link and manifest URL under it will get the "
      "token (references are always read from `fhir_base`). See docs/architecture.md, \"Where a "
      "token may go\"."},
+    {"allow_private_storage", OPT_BOOL, T(allow_private_storage), "false", 0, 0, 0, NULL,
+     "Production tenants only (sandbox tenants may always): whether Bulk Data files downloaded "
+     "without the access token (a manifest with `requiresAccessToken: false`, or storage a file "
+     "URL redirects to) may come from loopback, link-local or private addresses (127.0.0.0/8, "
+     "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16, 100.64.0.0/10, ::1, fc00::/7, "
+     "fe80::/10, ...). The address curl connects to is checked, not only the name. False: such "
+     "a file fails as `foreign_reference` naming the address (so a manifest cannot make the "
+     "worker read internal services); set true only when the export's storage really is on an "
+     "internal network."},
     {"max_concurrency", OPT_INT, T(max_concurrency), "16", 0, 1, 10000, NULL,
      "Requests in flight to this tenant per worker process. The limit adapts below this: halved "
      "on 429s and timeouts, grown back one at a time on success."},
@@ -333,18 +345,32 @@ static char *join_path(const char *dir, const char *value) {
   return s;
 }
 
-/* Checks an http(s) URL with curl's parser and returns a normalized copy
- * without a trailing slash. */
-static int check_url(const char *value, const char *where, char **out, fx_err *err) {
-  CURLU *u = curl_url();
+int fx_config_check_url(const char *value, const char *where, int production, char **out,
+                        fx_err *err) {
+  CURLU *u = NULL;
   char *scheme = NULL, *host = NULL, *query = NULL, *frag = NULL;
+  char shown[512];
   int rc = FX_EINVAL;
-  if (!u) return fx_err_set(err, FX_ENOMEM, "out of memory");
+  if (out) *out = NULL;
+  fx_url_redact(value, shown, sizeof shown);
+  const char *why = fx_url_problem(value);
+  if (why) {
+    fx_err_set(err, rc,
+               "%s: '%s' cannot be used: %s; expected an absolute URL such as "
+               "https://host/path, with no '.' or '..' segment and no encoded '/' or '\\' "
+               "in its path",
+               where, shown, why);
+    goto out;
+  }
+  if (!(u = curl_url())) {
+    rc = fx_err_set(err, FX_ENOMEM, "out of memory");
+    goto out;
+  }
   if (curl_url_set(u, CURLUPART_URL, value, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host) {
     fx_err_set(err, rc, "%s: '%s' is not an absolute URL; expected e.g. https://host/path", where,
-               value);
+               shown);
     goto out;
   }
   if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) {
@@ -355,16 +381,24 @@ static int check_url(const char *value, const char *where, char **out, fx_err *e
   curl_url_get(u, CURLUPART_QUERY, &query, 0);
   curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
   if (query || frag) {
-    fx_err_set(err, rc, "%s: '%s' must not carry a query or fragment", where, value);
+    fx_err_set(err, rc, "%s: '%s' must not carry a query or fragment", where, shown);
     goto out;
   }
-  *out = strdup(value);
-  if (!*out) {
-    rc = fx_err_set(err, FX_ENOMEM, "out of memory");
+  if (production && strcasecmp(scheme, "https") != 0) {
+    fx_err_set(err, rc,
+               "%s: production tenants must use https (a token or client assertion travels only "
+               "over https); http is only allowed with \"environment\": \"sandbox\"",
+               where);
     goto out;
   }
-  size_t len = strlen(*out);
-  while (len > 0 && (*out)[len - 1] == '/') (*out)[--len] = '\0';
+  if (out) {
+    if (!(*out = strdup(value))) {
+      rc = fx_err_set(err, FX_ENOMEM, "out of memory");
+      goto out;
+    }
+    size_t len = strlen(*out);
+    while (len > 0 && (*out)[len - 1] == '/') (*out)[--len] = '\0';
+  }
   rc = 0;
 out:
   curl_free(scheme);
@@ -389,7 +423,7 @@ static int set_string(const opt *o, const char *s, void *field, const char *wher
     return fx_err_set(err, FX_EINVAL, "%s: length %zu is out of range %lld..%lld", where, len,
                       o->min, o->max);
   char **dst = field;
-  if (o->type == OPT_URL) return check_url(s, where, dst, err);
+  if (o->type == OPT_URL) return fx_config_check_url(s, where, 0, dst, err);
   *dst = o->type == OPT_PATH ? join_path(dir, s) : strdup(s);
   return *dst ? 0 : fx_err_set(err, FX_ENOMEM, "out of memory");
 }
@@ -552,26 +586,21 @@ static int check_tenants(const fx_config *cfg, fx_err *err) {
     for (size_t k = 0; k < t->token_url_prefixes.n; k++) {
       char where[96], *norm = NULL;
       snprintf(where, sizeof where, "tenants[%zu].token_url_prefixes[%zu]", i, k);
-      int rc = check_url(t->token_url_prefixes.v[k], where, &norm, err);
+      int rc = fx_config_check_url(t->token_url_prefixes.v[k], where, t->environment == FX_ENV_PRODUCTION, &norm, err);
       if (rc) return rc;
       free(t->token_url_prefixes.v[k]);
       t->token_url_prefixes.v[k] = norm;
-      if (t->environment == FX_ENV_PRODUCTION && strncasecmp(norm, "https://", 8) != 0)
-        return fx_err_set(err, FX_EINVAL,
-                          "%s: production tenants may send their token only over https; http is "
-                          "only allowed with \"environment\": \"sandbox\"",
-                          where);
     }
-    if (t->environment == FX_ENV_PRODUCTION) {
-      if (strncasecmp(t->fhir_base, "https://", 8) != 0)
-        return fx_err_set(err, FX_EINVAL,
-                          "tenants[%zu].fhir_base: production tenants must use https; http is "
-                          "only allowed with \"environment\": \"sandbox\"",
-                          i);
-      if (t->token_endpoint && strncasecmp(t->token_endpoint, "https://", 8) != 0)
-        return fx_err_set(err, FX_EINVAL,
-                          "tenants[%zu].token_endpoint: production tenants must use https", i);
-    }
+    /* The production rule (https) once the environment is known: the same
+     * check SMART discovery applies to a discovered token endpoint. */
+    char where[96];
+    snprintf(where, sizeof where, "tenants[%zu].fhir_base", i);
+    int rc = fx_config_check_url(t->fhir_base, where, t->environment == FX_ENV_PRODUCTION, NULL, err);
+    snprintf(where, sizeof where, "tenants[%zu].token_endpoint", i);
+    if (!rc && t->token_endpoint)
+      rc = fx_config_check_url(t->token_endpoint, where,
+                              t->environment == FX_ENV_PRODUCTION, NULL, err);
+    if (rc) return rc;
   }
   return 0;
 }

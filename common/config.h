@@ -50,6 +50,7 @@ typedef struct fx_tenant_conf {
   fx_strlist resources; /* empty: the profile's full query set */
   int follow_references; /* jobs may follow references: their types' scopes are asked for */
   fx_strlist token_url_prefixes; /* more URL prefixes the token may go to (normalized) */
+  int allow_private_storage; /* production: token-less bulk downloads may reach internal addresses */
   char *profile;        /* built-in profile name, or a file path (absolute after loading) */
   long long max_concurrency; /* requests in flight to this tenant, per process */
   long long rate_per_s;      /* 0 = unlimited */
@@ -158,6 +159,16 @@ int fx_config_parse(const char *text, const char *base_dir, fx_config **out, fx_
 void fx_config_free(fx_config *cfg);
 
 const fx_tenant_conf *fx_config_tenant(const fx_config *cfg, const char *id);
+
+/* The check every URL of a tenant passes (fhir_base, token_endpoint,
+ * token_url_prefixes, and a token endpoint named by SMART discovery): an
+ * absolute http(s) URL with a host, no query or fragment, a clean path
+ * (fx_url_problem: no dot segments, encoded '/' or '\\'), and https when
+ * production is set. Errors start with where (e.g. "tenants[0].fhir_base")
+ * and show the value without userinfo. With out set, *out gets a copy
+ * without trailing slashes. 0, or an FX_E* code with err set. */
+int fx_config_check_url(const char *value, const char *where, int production, char **out,
+                        fx_err *err);
 
 /* Writes the Markdown reference of every option (docs/configuration.md). */
 void fx_config_write_reference(FILE *out);

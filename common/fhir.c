@@ -110,13 +110,14 @@ static void send_with(call *c, fx_token *tok) {
 int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_fhir_cb cb,
                 void *arg, fx_err *err) {
   if (!fx_url_may_carry_token(req->url, &req->scope)) {
-    char shown[512];
+    char shown[512], note[160];
     fx_url_redact(req->url, shown, sizeof shown);
+    fx_url_problem_note(req->url, note, sizeof note);
     return fx_err_set(err, FX_EPERM,
                       "refusing to send tenant %s's token to %s: it is outside the tenant's FHIR "
-                      "base %s%s",
+                      "base %s%s%s",
                       req->tenant, shown, req->scope.base ? req->scope.base : "(none)",
-                      req->scope.n_prefixes ? " and its tenants[].token_url_prefixes" : "");
+                      req->scope.n_prefixes ? " and its tenants[].token_url_prefixes" : "", note);
   }
   call *c = calloc(1, sizeof *c);
   if (!c) return fx_err_set(err, FX_ENOMEM, "out of memory");

@@ -1,8 +1,12 @@
 #include "common/http.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,6 +56,8 @@ struct fx_http_xfer {
   size_t streamed;
   fx_http_cb cb;
   void *arg;
+  int public_only;
+  char refused[96]; /* public_only: the last address refused, "127.0.0.1 (loopback)" */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -64,6 +70,52 @@ typedef struct sock_ctx {
 } sock_ctx;
 
 static void sock_close(fx_http *h, sock_ctx *s);
+
+static const char *v4_kind(uint32_t a) { /* host order */
+  if ((a >> 24) == 127) return "loopback";
+  if ((a >> 24) == 0) return "unspecified";
+  if ((a >> 24) == 10 || (a >> 20) == (172u << 4 | 1) || (a >> 16) == (192u << 8 | 168))
+    return "private";
+  if ((a >> 22) == (100u << 2 | 1)) return "private (shared address space, RFC 6598)";
+  if ((a >> 16) == (169u << 8 | 254)) return "link-local";
+  if ((a >> 28) == 14) return "multicast";
+  if ((a >> 28) == 15) return "reserved";
+  return NULL;
+}
+
+const char *fx_http_address_kind(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return v4_kind(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+  if (sa->sa_family != AF_INET6) return "reserved";
+  const unsigned char *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+  static const unsigned char zero[16], mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff},
+                                       nat64[12] = {0, 0x64, 0xff, 0x9b};
+  if (memcmp(b, zero, 16) == 0) return "unspecified";
+  if (memcmp(b, zero, 15) == 0 && b[15] == 1) return "loopback";
+  if (memcmp(b, mapped, 12) == 0 || memcmp(b, zero, 12) == 0 || memcmp(b, nat64, 12) == 0)
+    return v4_kind((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15]);
+  if (b[0] == 0xff) return "multicast";
+  if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return "link-local";
+  if ((b[0] & 0xfe) == 0xfc || (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0)) return "private";
+  return NULL;
+}
+
+/* public_only: curl asks for a socket for each address it is about to
+ * connect to (after DNS, so the address is the real one). */
+static curl_socket_t open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
+  xfer *x = clientp;
+  const char *kind = purpose == CURLSOCKTYPE_IPCXN ? fx_http_address_kind(&a->addr) : NULL;
+  if (kind) {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const void *src = a->family == AF_INET6
+                          ? (const void *)&((const struct sockaddr_in6 *)&a->addr)->sin6_addr
+                          : (const void *)&((const struct sockaddr_in *)&a->addr)->sin_addr;
+    inet_ntop(a->family, src, ip, sizeof ip);
+    snprintf(x->refused, sizeof x->refused, "%s (%s)", ip, kind);
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype, a->protocol);
+}
 
 static void check_done(fx_http *h);
 
@@ -285,6 +337,7 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
   x->failed_status = -1;
   x->sink = req->sink;
   x->sink_arg = req->sink_arg;
+  x->public_only = req->public_only;
   x->url = strdup(req->url);
   x->easy = curl_easy_init();
   int bad = !x->url || !x->easy;
@@ -340,6 +393,14 @@ int fx_http_send(fx_http *h, const fx_http_request *req, fx_http_cb cb, void *ar
   }
   /* No CURLOPT_MAXFILESIZE: on_body bounds successes by max_body and
    * errors by max_error_body (curl's check would lose an error's status). */
+  if (x->public_only) {
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+    /* A pooled connection was opened without the check: never reuse one,
+     * and never leave this one for a request that would not check. */
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+  }
   /* A stream may take long in total; the low-speed abort catches a stall. */
   if (req->sink && !req->timeout_ms) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
   if (req->body) {
@@ -405,7 +466,11 @@ static void complete(xfer *x, CURLcode code) {
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.status);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &res.seconds);
   res.result = x->sink_abort ? FX_ECANCELED : map_curl_error(code, x->too_large);
-  if (x->sink_abort)
+  if (code != CURLE_OK && x->refused[0] && !x->sink_abort) {
+    res.result = FX_EPERM;
+    snprintf(res.error, sizeof res.error,
+             "refused to connect to %s: this request may reach only public addresses", x->refused);
+  } else if (x->sink_abort)
     snprintf(res.error, sizeof res.error, "transfer stopped by its reader");
   else if (res.result == FX_ETOOLARGE)
     snprintf(res.error, sizeof res.error, "response body larger than %zu bytes", x->max_body);

@@ -44,6 +44,14 @@ typedef struct fx_http_request {
   size_t max_body;          /* 0 = the client's default; streams: the most they may carry */
   fx_http_sink sink;        /* NULL = buffer the body */
   void *sink_arg;
+  /* 1: never connect to an internal address (fx_http_address_kind): each
+   * address curl is about to connect to is checked (CURLOPT_OPENSOCKETFUNCTION),
+   * so a name that resolves to one is refused too, before any byte is sent.
+   * When every address was refused the result is FX_EPERM and error names
+   * the address and its kind. Used for token-less bulk downloads of
+   * production tenants (tenants[].allow_private_storage). Behind a proxy
+   * it is the proxy's address that is checked. */
+  int public_only;
 } fx_http_request;
 
 typedef struct fx_http_response {
@@ -67,6 +75,13 @@ typedef void (*fx_http_cb)(fx_http_response *res, void *arg);
 
 /* Creates a client on loop. conf may be NULL for defaults. */
 int fx_http_new(uv_loop_t *loop, const fx_http_conf *conf, fx_http **out, fx_err *err);
+
+/* What kind of internal address sa is ("loopback", "private", "link-local",
+ * "unspecified", "multicast", "reserved"), or NULL for a public one. IPv4 in
+ * IPv6 (::ffff:a.b.c.d, ::a.b.c.d, 64:ff9b::a.b.c.d) is judged by its IPv4
+ * address. */
+struct sockaddr;
+const char *fx_http_address_kind(const struct sockaddr *sa);
 
 /* Starts a request. Returns 0 and later calls cb, or a negative code without
  * calling cb (bad arguments, out of memory, client closing). */

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/config.h"
 #include "common/jwt.h"
 #include "common/strutil.h"
 #include "common/url.h"
@@ -58,7 +59,7 @@ static void join_strings(json_t *arr, char *buf, size_t size) {
 }
 
 int fx_smart_check_discovery(const char *tenant, long status, const char *body, fx_alg alg,
-                             char **token_endpoint, fx_auth_error *e) {
+                             int production, char **token_endpoint, fx_auth_error *e) {
   memset(e, 0, sizeof *e);
   *token_endpoint = NULL;
   if (status >= 500 || status == 429 || status == 408) {
@@ -108,9 +109,22 @@ int fx_smart_check_discovery(const char *tenant, long status, const char *body, 
     rc = e->err.code;
     goto out;
   }
-  *token_endpoint = strdup(json_string_value(te));
-  if (!*token_endpoint) {
+  /* The rules a configured tenants[].token_endpoint passes, by the same
+   * function: a client assertion goes to a discovered endpoint only if it
+   * could have been configured there. */
+  fx_err bad = {0};
+  int urc = fx_config_check_url(json_string_value(te), "token_endpoint", production, NULL, &bad);
+  /* Kept as the server wrote it: it is the assertion's aud. */
+  if (!urc && !(*token_endpoint = strdup(json_string_value(te)))) urc = FX_ENOMEM;
+  if (urc == FX_ENOMEM) {
     auth_error(e, FX_ENOMEM, status, "out of memory");
+    rc = e->err.code;
+  } else if (urc) {
+    auth_error(e, FX_EAUTH, status,
+               "tenant %s: SMART discovery names a token endpoint fhirx will not send a client "
+               "assertion to (%s); if the server really uses another endpoint, set "
+               "tenants[].token_endpoint, which is held to the same rules",
+               tenant, bad.msg);
     rc = e->err.code;
   }
 out:
@@ -121,6 +135,7 @@ out:
 typedef struct disc_ctx {
   char *tenant;
   fx_alg alg;
+  int production;
   fx_smart_discovery_cb cb;
   void *arg;
 } disc_ctx;
@@ -130,12 +145,14 @@ static void on_discovery(fx_http_response *res, void *arg) {
   fx_auth_error e;
   char *te = NULL;
   if (res->result) {
+    char shown[512];
+    fx_url_redact(res->url, shown, sizeof shown);
     memset(&e, 0, sizeof e);
     auth_error(&e, res->result == FX_ECANCELED ? FX_ECANCELED : FX_ETRANSIENT, 0,
-               "tenant %s: SMART discovery at %s failed: %s; retrying later", d->tenant, res->url,
+               "tenant %s: SMART discovery at %s failed: %s; retrying later", d->tenant, shown,
                res->error);
   } else {
-    fx_smart_check_discovery(d->tenant, res->status, res->body, d->alg, &te, &e);
+    fx_smart_check_discovery(d->tenant, res->status, res->body, d->alg, d->production, &te, &e);
   }
   d->cb(te, te ? NULL : &e, d->arg);
   free(te);
@@ -144,7 +161,7 @@ static void on_discovery(fx_http_response *res, void *arg) {
 }
 
 int fx_smart_discover(fx_http *http, const char *tenant, const char *fhir_base, fx_alg alg,
-                      fx_smart_discovery_cb cb, void *arg, fx_err *err) {
+                      int production, fx_smart_discovery_cb cb, void *arg, fx_err *err) {
   size_t n = strlen(fhir_base) + sizeof "/.well-known/smart-configuration";
   char *url = malloc(n);
   disc_ctx *d = calloc(1, sizeof *d);
@@ -156,6 +173,7 @@ int fx_smart_discover(fx_http *http, const char *tenant, const char *fhir_base, 
   }
   snprintf(url, n, "%s/.well-known/smart-configuration", fhir_base);
   d->alg = alg;
+  d->production = production;
   d->cb = cb;
   d->arg = arg;
   fx_http_request req = {.url = url, .accept = "application/json"};

@@ -54,10 +54,12 @@ typedef void (*fx_smart_discovery_cb)(const char *token_endpoint, const fx_auth_
                                       void *arg);
 typedef void (*fx_smart_token_cb)(fx_token_grant *grant, const fx_auth_error *e, void *arg);
 
-/* GET the discovery document and check it against key's algorithm. The
- * callback gets the token endpoint (borrowed) or an error. */
+/* GET the discovery document and check it against key's algorithm, and its
+ * token endpoint against the rules a configured one passes
+ * (fx_config_check_url; https when production is set). The callback gets the
+ * token endpoint (borrowed) or an error. */
 int fx_smart_discover(fx_http *http, const char *tenant, const char *fhir_base, fx_alg alg,
-                      fx_smart_discovery_cb cb, void *arg, fx_err *err);
+                      int production, fx_smart_discovery_cb cb, void *arg, fx_err *err);
 
 /* Signs an assertion and POSTs the token request. The callback may take
  * ownership of the grant's strings (set them to NULL); the rest is freed. */
@@ -66,7 +68,7 @@ int fx_smart_request_token(fx_http *http, const fx_smart_client *c, fx_smart_tok
 
 /* Pure functions behind the above, exposed for unit tests. */
 int fx_smart_check_discovery(const char *tenant, long status, const char *body, fx_alg alg,
-                             char **token_endpoint, fx_auth_error *e);
+                             int production, char **token_endpoint, fx_auth_error *e);
 int fx_smart_parse_token_response(const fx_smart_client *c, long status,
                                   const char *content_type, const char *body,
                                   fx_token_grant *grant, fx_auth_error *e);

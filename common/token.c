@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/url.h"
 
 #define MARGIN_MAX_MS 10000u
 
@@ -39,6 +40,7 @@ typedef struct entry {
   int removed;
   uint64_t config_gen;
   char *tenant, *client_id, *fhir_base, *conf_endpoint, *scope;
+  int production; /* discovery holds the token endpoint to https */
   char *endpoint; /* in use: configured, or discovered */
   fx_token *tok;
   uint64_t refresh_at, usable_until;
@@ -67,6 +69,7 @@ typedef struct refresh {
   uint64_t config_gen;
   uint64_t started;
   char *tenant, *client_id, *fhir_base, *endpoint, *scope;
+  int production;
 } refresh;
 
 static void entry_free(entry *e) {
@@ -130,7 +133,8 @@ int fx_token_cache_set_tenant(fx_token_cache *c, const fx_tenant_conf *t, const 
   pthread_mutex_lock(&c->mu);
   entry *e = find(c, t->id);
   if (e && str_eq(e->client_id, t->client_id) && str_eq(e->fhir_base, t->fhir_base) &&
-      str_eq(e->conf_endpoint, t->token_endpoint) && str_eq(e->scope, scope)) {
+      str_eq(e->conf_endpoint, t->token_endpoint) && str_eq(e->scope, scope) &&
+      e->production == (t->environment == FX_ENV_PRODUCTION)) {
     pthread_mutex_unlock(&c->mu);
     return 0; /* unchanged: keep the token */
   }
@@ -151,6 +155,7 @@ int fx_token_cache_set_tenant(fx_token_cache *c, const fx_tenant_conf *t, const 
   free(e->scope);
   e->client_id = client_id, e->fhir_base = base, e->conf_endpoint = conf_ep, e->endpoint = ep;
   e->scope = sc;
+  e->production = t->environment == FX_ENV_PRODUCTION;
   /* A changed client, endpoint or scope set invalidates what we hold. */
   fx_token_release(e->tok);
   e->tok = NULL;
@@ -335,8 +340,10 @@ static void on_discovered(const char *token_endpoint, const fx_auth_error *e, vo
     finish(r, NULL, &oom);
     return;
   }
-  fx_log(FX_LOG_INFO, "token endpoint discovered", "tenant", r->tenant, "token_endpoint",
-         r->endpoint, NULL);
+  char shown[512];
+  fx_url_redact(r->endpoint, shown, sizeof shown);
+  fx_log(FX_LOG_INFO, "token endpoint discovered", "tenant", r->tenant, "token_endpoint", shown,
+         NULL);
   request_token(r);
 }
 
@@ -348,7 +355,7 @@ static void run_refresh(refresh *r) {
   fx_auth_error ae;
   memset(&ae, 0, sizeof ae);
   if (fx_smart_discover(r->lp->http, r->tenant, r->fhir_base, fx_keyset_signer(r->c->keys)->alg,
-                        on_discovered, r, &ae.err) != 0)
+                        r->production, on_discovered, r, &ae.err) != 0)
     finish(r, NULL, &ae);
 }
 
@@ -367,6 +374,7 @@ static refresh *begin_refresh(fx_token_cache *c, entry *e, fx_loop *lp) {
   r->fhir_base = strdup(e->fhir_base);
   r->scope = strdup(e->scope);
   r->endpoint = dup_or_null(e->endpoint);
+  r->production = e->production;
   if (!r->tenant || !r->client_id || !r->fhir_base || !r->scope ||
       (e->endpoint && !r->endpoint)) {
     refresh_free(r);

@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -29,7 +30,95 @@ static void parts_free(parts *p) {
   curl_free(p->path);
 }
 
+static int hexval(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decodes s[0..n) into out (room for n bytes); the decoded length. */
+static size_t decode(const char *s, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    int h, l;
+    if (s[i] == '%' && i + 2 < n && (h = hexval((unsigned char)s[i + 1])) >= 0 &&
+        (l = hexval((unsigned char)s[i + 2])) >= 0) {
+      out[o++] = (char)(h * 16 + l);
+      i += 2;
+    } else {
+      out[o++] = s[i];
+    }
+  }
+  return o;
+}
+
+/* The problem with one path segment (seg[0..n), no raw '/'), or NULL. The
+ * segment is decoded until it no longer changes, so "%252e" (a proxy that
+ * decodes once, then a server that decodes again) counts as "." too. */
+static const char *segment_problem(const char *seg, size_t n) {
+  if (memchr(seg, '\\', n)) return "a backslash";
+  if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+    return "a dot segment ('.' or '..')";
+  if (!memchr(seg, '%', n)) return NULL;
+  char *buf = malloc(n);
+  if (!buf) return "a path segment that could not be checked (out of memory)";
+  memcpy(buf, seg, n);
+  const char *why = NULL;
+  for (;;) {
+    size_t m = decode(buf, n, buf); /* in place: the output never passes the input */
+    if (m == n) break;              /* nothing left to decode */
+    n = m;
+    if (memchr(buf, '\\', n)) why = "a percent-encoded backslash ('%5c')";
+    else if (memchr(buf, '/', n)) why = "a percent-encoded '/' ('%2f')";
+    else if ((n == 1 && buf[0] == '.') || (n == 2 && buf[0] == '.' && buf[1] == '.'))
+      why = "a percent-encoded dot segment ('%2e', '.%2e', ...)";
+    if (why) break;
+  }
+  free(buf);
+  return why;
+}
+
+const char *fx_url_problem(const char *url) {
+  if (!url || !*url) return "it is empty";
+  const char *sep = strstr(url, "://");
+  if (!sep || sep == url || strcspn(url, ":/?#") != (size_t)(sep - url))
+    return "it is not an absolute URL (scheme://host/path)";
+  const char *auth = sep + 3;
+  size_t alen = strcspn(auth, "/?#");
+  if (memchr(auth, '\\', alen)) return "its host part holds a backslash";
+  const char *at = NULL;
+  for (const char *q = auth; q < auth + alen; q++)
+    if (*q == '@') at = q;
+  const char *host = at ? at + 1 : auth;
+  if (host == auth + alen || *host == ':') return "it is not an absolute URL: it names no host";
+  /* The path, segment by segment, up to the query or fragment. */
+  const char *p = auth + alen, *end = p + strcspn(p, "?#");
+  while (p < end) {
+    if (*p == '/') p++;
+    size_t n = strcspn(p, "/?#");
+    if (p + n > end) n = (size_t)(end - p);
+    const char *why = segment_problem(p, n);
+    if (why) return why;
+    p += n;
+  }
+  return NULL;
+}
+
+void fx_url_problem_note(const char *url, char *out, size_t size) {
+  const char *why = fx_url_problem(url);
+  if (!size) return;
+  out[0] = '\0';
+  if (!why) return;
+  if (strncmp(why, "it ", 3) == 0) /* not absolute, no host */
+    snprintf(out, size, "; %s", why);
+  else
+    snprintf(out, size, "; its path holds %s, which a server or proxy may read as another path",
+             why);
+}
+
 int fx_url_within(const char *url, const char *base) {
+  if (!url || !base || fx_url_problem(url) || fx_url_problem(base)) return 0;
   parts a, b;
   int ra = split(url, &a), rb = split(base, &b);
   int ok = 0;
@@ -71,20 +160,36 @@ int fx_url_may_carry_token(const char *url, const fx_token_scope *s) {
   if (fx_url_within(url, s->base)) return 1;
   for (size_t i = 0; i < s->n_prefixes; i++)
     if (s->prefixes[i] && fx_url_within(url, s->prefixes[i])) return 1;
-  return s->own_export && fx_url_same_origin(url, s->base);
+  return s->own_export && !fx_url_problem(url) && fx_url_same_origin(url, s->base);
 }
 
 void fx_url_redact(const char *url, char *out, size_t size) {
-  size_t n = strcspn(url, "?#");
-  size_t used = (size_t)snprintf(out, size, "%.*s", (int)n, url);
+  if (!size) return;
+  out[0] = '\0';
+  size_t n = strcspn(url, "?#"), used = 0;
+  const char *from = url;
+  /* Userinfo ("user:secret@") never leaves: the last '@' of the authority
+   * ends it, as curl and RFC 3986 read it. */
+  const char *sep = strstr(url, "://");
+  if (sep && (size_t)(sep - url) < n) {
+    const char *auth = sep + 3, *at = NULL;
+    for (const char *q = auth; *q && !strchr("/?#", *q); q++)
+      if (*q == '@') at = q;
+    if (at) {
+      used = (size_t)snprintf(out, size, "%.*s", (int)(auth - url), url);
+      if (used >= size) return;
+      from = at + 1;
+    }
+  }
+  used += (size_t)snprintf(out + used, size - used, "%.*s", (int)(url + n - from), from);
   if (url[n] != '?' || used >= size) return;
   /* Keep parameter names, drop values: "?patient=&_count=". */
   const char *q = url + n + 1;
-  char sep = '?';
+  char sep_c = '?';
   while (*q && *q != '#' && used + 2 < size) {
     size_t name = strcspn(q, "=&#");
-    used += (size_t)snprintf(out + used, size - used, "%c%.*s=", sep, (int)name, q);
-    sep = '&';
+    used += (size_t)snprintf(out + used, size - used, "%c%.*s=", sep_c, (int)name, q);
+    sep_c = '&';
     q += strcspn(q, "&#");
     if (*q == '&') q++;
   }

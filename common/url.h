@@ -4,8 +4,25 @@
 
 #include <stddef.h>
 
+/* Why url cannot be pinned to or carry a token, as a sentence fragment
+ * ("it names no host", "a percent-encoded dot segment ..."), or NULL when it
+ * is fine. It must be absolute with "scheme://" and a host (curl would take
+ * "https:/host" and "https:///host"; fhirx does not), and no path segment may
+ * be, or decode to, "." or ".." (plain, "%2e", ".%2E", double encoded
+ * "%252e"), hold an encoded '/' or '\' ("%2f", "%5C", "%252f") or a raw
+ * '\': a server or proxy that decodes or normalizes them would serve
+ * another path (another tenant) than the one that was checked. The query is
+ * not looked at. docs/architecture.md "Where a token may go". */
+const char *fx_url_problem(const char *url);
+
+/* For messages about a refused URL: "" when fx_url_problem finds nothing,
+ * else "; its path holds <problem>, which a server or proxy may read as
+ * another path" (into out, always terminated). */
+void fx_url_problem_note(const char *url, char *out, size_t size);
+
 /* 1 if url has the same scheme, host and port as base and its path is base's
  * path or below it (segment-wise: /r4/t1 does not cover /r4/t10); else 0.
+ * 0 too when either has a fx_url_problem.
  * This is the test a URL must pass before it may carry a tenant's token. */
 int fx_url_within(const char *url, const char *base);
 
@@ -33,12 +50,14 @@ typedef struct fx_token_scope {
  * (own_export) on base's origin. The one place that decides where a token
  * goes: fx_fhir_get enforces it for every authorized request, and callers
  * ask it before they plan a request (next links, bulk status and files).
- * Path checks go through fx_url_within, so tightening it (issue 13: encoded
- * dot segments) tightens every use. */
+ * Every URL it allows passes fx_url_problem (no dot segments, encoded
+ * slashes or backslashes), whichever rule lets it through. */
 int fx_url_may_carry_token(const char *url, const fx_token_scope *s);
 
-/* Copies url into out without query values and fragment ("?patient=&_count=")
- * so it can be logged or published without patient ids or page secrets. */
+/* Copies url into out without userinfo ("user:secret@"), query values and
+ * fragment ("https://host/path?patient=&_count=") so it can be logged or
+ * published without credentials, patient ids or page secrets. Every URL
+ * fhirx logs or publishes goes through it. */
 void fx_url_redact(const char *url, char *out, size_t size);
 
 /* For a redirect status (300-399), a sentence fragment for error messages into

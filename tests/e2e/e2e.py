@@ -42,8 +42,12 @@ class Env:
     """A temp dir with a key, a simulator, an embedded Kafka and a config."""
 
     def __init__(self, tenants=None, partitions=6, sim_extra=None, worker_extra=None,
-                 scopes=None):
+                 scopes=None, tls=None):
+        """tls: a directory holding ca.pem, good.pem and good.key (test_claims.make_pki):
+        the simulator then serves HTTPS for localhost, fhir_base is https://localhost:PORT
+        and http.ca_bundle names the CA (a tenant may then be production)."""
         self.dir = tempfile.mkdtemp(prefix="fhirx-e2e-")
+        self.ssl = None
         self.procs = []
         self.workers = []
         self.tenants = tenants or [{"id": SANDBOX, "sandbox": True, "patients": 30}]
@@ -72,12 +76,19 @@ class Env:
             sim_cfg["tenants"].append(st)
         with open(os.path.join(self.dir, "sim.json"), "w") as f:
             json.dump(sim_cfg, f)
+        tls_args = []
+        if tls:
+            import ssl
+            self.ssl = ssl.create_default_context(cafile=os.path.join(tls, "ca.pem"))
+            tls_args = ["--tls-cert", os.path.join(tls, "good.pem"),
+                        "--tls-key", os.path.join(tls, "good.key")]
         self.start(SIM, "--config", os.path.join(self.dir, "sim.json"), "--port-file",
-                   os.path.join(self.dir, "sim.port"), "--threads", "2", name="sim")
+                   os.path.join(self.dir, "sim.port"), "--threads", "2", *tls_args, name="sim")
         self.start(MOCK, "--partitions", str(partitions), "--bootstrap-file",
                    os.path.join(self.dir, "kafka.bootstrap"), "--control-file",
                    os.path.join(self.dir, "kafka.control"), name="kafka")
-        self.sim_url = "http://127.0.0.1:" + wait_file(os.path.join(self.dir, "sim.port"))
+        self.sim_url = ("https://localhost:" if tls else "http://127.0.0.1:") + \
+            wait_file(os.path.join(self.dir, "sim.port"))
         self.bootstrap = wait_file(os.path.join(self.dir, "kafka.bootstrap"))
         self.control = wait_file(os.path.join(self.dir, "kafka.control"))
         self.config = os.path.join(self.dir, "fhirx.json")
@@ -101,6 +112,8 @@ class Env:
             # Several workers may share this config: each takes a free port.
             "admin": {"listen": "127.0.0.1:0"},
         }
+        if tls:
+            cfg["http"] = {"ca_bundle": os.path.join(tls, "ca.pem")}
         if worker_extra:
             for k, v in worker_extra.items():
                 cfg.setdefault(k, {}).update(v)
@@ -223,19 +236,19 @@ class Env:
             return r.status
 
     def sim_get(self, path):
-        with urllib.request.urlopen(self.sim_url + path) as r:
+        with urllib.request.urlopen(self.sim_url + path, context=self.ssl) as r:
             return json.load(r)
 
     def sim_post(self, path, body):
         req = urllib.request.Request(self.sim_url + path, method="POST",
                                      data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req) as r:
+        with urllib.request.urlopen(req, context=self.ssl) as r:
             return r.status
 
     def sim_delete(self, path):
         req = urllib.request.Request(self.sim_url + path, method="DELETE")
-        with urllib.request.urlopen(req) as r:
+        with urllib.request.urlopen(req, context=self.ssl) as r:
             return r.status
 
     def producer(self):

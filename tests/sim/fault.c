@@ -35,6 +35,7 @@ void sim_fault_effect_clear(sim_fault_effect *e) {
   json_decref(e->headers);
   free(e->foreign_next);
   free(e->foreign_references);
+  free(e->next_segment);
   *e = (sim_fault_effect){.retry_after = -1};
 }
 
@@ -58,7 +59,7 @@ static const char *const fault_keys[] = {
     "count",      "status",       "content_type", "body",           "headers",
     "delay_ms",   "delay_ms_min", "delay_ms_max", "retry_after",    "retry_after_date",
     "reset",      "truncate",     "malformed",    "drip_bytes_per_s", "nest_depth",
-    "huge_bytes", "foreign_next", "foreign_references", "echo", NULL};
+    "huge_bytes", "foreign_next", "foreign_references", "echo", "next_segment", NULL};
 
 /* The first key (in this order) whose effect replaces the normal answer,
  * or rewrites it: the two groups exclude each other and reset excludes
@@ -78,6 +79,7 @@ static const char *rewriting_key(const sim_fault_effect *fx) {
   return fx->truncate             ? "truncate"
          : fx->foreign_next       ? "foreign_next"
          : fx->foreign_references ? "foreign_references"
+         : fx->next_segment       ? "next_segment"
                                   : NULL;
 }
 
@@ -220,8 +222,11 @@ static int parse_effect(json_t *o, sim_target target, sim_fault_effect *fx, perr
       get_int(o, "huge_bytes", 1024, 1000000000000LL, &huge, e) || parse_headers(o, fx, e) ||
       get_bool(o, "echo", &fx->echo, e) ||
       parse_strings(o, fx, e) || get_origin(o, "foreign_next", &fx->foreign_next, e) ||
-      get_origin(o, "foreign_references", &fx->foreign_references, e))
+      get_origin(o, "foreign_references", &fx->foreign_references, e) ||
+      get_token_str(o, "next_segment", 200, &fx->next_segment, e))
     return -1;
+  if (fx->next_segment && (strpbrk(fx->next_segment, "\"?#") || fx->next_segment[0] == '/'))
+    return fail(e, "next_segment: no quote, '?', '#' or leading '/'");
   fx->status = (unsigned)status;
   fx->retry_after = (long)retry;
   fx->drip_bytes_per_s = (long)drip;
@@ -229,9 +234,12 @@ static int parse_effect(json_t *o, sim_target target, sim_fault_effect *fx, perr
   fx->huge_bytes = (uint64_t)huge;
   if (fx->retry_after_date && retry < 0) return fail(e, "retry_after_date: needs retry_after");
   if (retry >= 0 && !status) fx->status = 429;
-  if ((fx->foreign_next || fx->foreign_references) && target != SIM_TARGET_FHIR)
+  if ((fx->foreign_next || fx->foreign_references || fx->next_segment) &&
+      target != SIM_TARGET_FHIR)
     return fail(e, "%s: only for target \"fhir\"",
-                fx->foreign_next ? "foreign_next" : "foreign_references");
+                fx->foreign_next         ? "foreign_next"
+                : fx->foreign_references ? "foreign_references"
+                                         : "next_segment");
   if (fx->malformed + (nest > 0) + (huge > 0) > 1)
     return fail(e, "malformed, nest_depth and huge_bytes exclude each other");
   if (fx->echo && (!fx->body || !status))
@@ -253,11 +261,11 @@ static int parse_effect(json_t *o, sim_target target, sim_fault_effect *fx, perr
                 replace);
   bool any = sim_fault_replaces(fx) || fx->delay_ms != 0 || fx->delay_max > 0 || fx->reset ||
              fx->truncate || fx->drip_bytes_per_s || fx->foreign_next || fx->foreign_references ||
-             fx->headers;
+             fx->next_segment || fx->headers;
   if (!any)
     return fail(e, "a fault needs an effect: status, delay_ms, retry_after, reset, truncate, "
                    "malformed, drip_bytes_per_s, nest_depth, huge_bytes, foreign_next, "
-                   "foreign_references or headers");
+                   "foreign_references, next_segment or headers");
   return 0;
 }
 
@@ -423,9 +431,11 @@ static int copy_effect(const sim_fault_effect *src, sim_fault_effect *dst) {
   dst->headers = src->headers ? json_deep_copy(src->headers) : NULL;
   dst->foreign_next = sim_strdup(src->foreign_next);
   dst->foreign_references = sim_strdup(src->foreign_references);
+  dst->next_segment = sim_strdup(src->next_segment);
   if ((src->content_type && !dst->content_type) || (src->body && !dst->body) ||
       (src->headers && !dst->headers) || (src->foreign_next && !dst->foreign_next) ||
-      (src->foreign_references && !dst->foreign_references)) {
+      (src->foreign_references && !dst->foreign_references) ||
+      (src->next_segment && !dst->next_segment)) {
     sim_fault_effect_clear(dst);
     return -1;
   }

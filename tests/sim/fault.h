@@ -60,6 +60,7 @@ typedef struct sim_fault_effect {
   uint64_t huge_bytes;    /* 0, or a 200 Bundle of exactly this size, streamed */
   char *foreign_next;     /* origin replacing the next link's, or NULL */
   char *foreign_references; /* origin for absolute references, or NULL */
+  char *next_segment;     /* inserted after the tenant's base path in the next link, or NULL */
   bool echo;              /* body: {authorization} and {request_body} become the request's */
 } sim_fault_effect;
 

@@ -184,6 +184,30 @@ static void rewrite_next(sim_resp *resp, const char *origin) {
   replace_body(resp, &b);
 }
 
+/* next_segment: "{origin}/r4/{tenant}/Observation?..." becomes
+ * "{origin}/r4/{tenant}/{segment}/Observation?..." (e.g. "%2e%2e/other": a
+ * link that a decoding server would read as another tenant's). */
+static void insert_next_segment(sim_resp *resp, const sim_req *req, const char *segment) {
+  static const char marker[] = "{\"relation\":\"next\",\"url\":\"";
+  const char *at = find(resp->body, resp->len, marker);
+  if (!at) return;
+  const char *url = at + sizeof marker - 1;
+  const char *end = resp->body + resp->len;
+  char base[160];
+  snprintf(base, sizeof base, "/r4/%s/", req->tenant->id);
+  const char *quote = find(url, (size_t)(end - url), "\"");
+  const char *p = quote ? find(url, (size_t)(quote - url), base) : NULL;
+  if (!p) return;
+  p += strlen(base);
+  sim_buf b = {0};
+  sim_buf_append(&b, resp->body, (size_t)(p - resp->body));
+  for (const char *q = segment; *q; q++) /* a JSON string: '\\' is escaped */
+    sim_buf_append(&b, *q == '\\' ? "\\\\" : q, *q == '\\' ? 2 : 1);
+  sim_buf_puts(&b, "/");
+  sim_buf_append(&b, p, (size_t)(end - p));
+  replace_body(resp, &b);
+}
+
 /* Relative references ("Practitioner/4000001") become absolute on origin,
  * with this tenant's path ("http://canary/r4/{tenant}/Practitioner/..."),
  * and attachment URLs on this server move there too. Bundle links and
@@ -233,6 +257,7 @@ static void rewrite_references(sim_resp *resp, const sim_req *req, const char *o
 void sim_fault_rewrite(const sim_fault_effect *e, const sim_req *req, sim_resp *resp) {
   if (!resp->body) return;
   if (resp->status == 200 && e->foreign_next) rewrite_next(resp, e->foreign_next);
+  if (resp->status == 200 && e->next_segment) insert_next_segment(resp, req, e->next_segment);
   if (resp->status == 200 && e->foreign_references)
     rewrite_references(resp, req, e->foreign_references);
   /* Content-Length follows len, so the client gets a complete message

@@ -287,7 +287,7 @@ static void ctx_free(req_ctx *c) {
 /* Everything but a pure delay changes what the client gets. */
 static bool fault_changes_answer(const sim_fault_effect *f) {
   return sim_fault_replaces(f) || f->reset || f->truncate || f->drip_bytes_per_s ||
-         f->foreign_next || f->foreign_references || f->headers;
+         f->foreign_next || f->foreign_references || f->next_segment || f->headers;
 }
 
 static void dispatch_tenant(req_ctx *c, sim_resp *resp) {

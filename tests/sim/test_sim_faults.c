@@ -328,6 +328,11 @@ static void test_validation(void **state) {
                   "foreign_next");
   expect_rejected(f, "{\"target\":\"token\",\"foreign_references\":\"http://127.0.0.1:1\"}",
                   "foreign_references");
+  expect_rejected(f, "{\"target\":\"token\",\"next_segment\":\"%2e%2e/x\"}", "next_segment");
+  expect_rejected(f, "{\"target\":\"fhir\",\"next_segment\":\"/x\"}", "next_segment");
+  expect_rejected(f, "{\"target\":\"fhir\",\"next_segment\":\"a?b\"}", "next_segment");
+  expect_rejected(f, "{\"target\":\"fhir\",\"next_segment\":\"x\",\"status\":500}",
+                  "next_segment");
   expect_rejected(f, "{\"target\":\"fhir\",\"status\":503,\"headers\":{\"X\":\"a\\nb\"}}",
                   "headers");
   /* Nothing was stored by the rejected requests. */

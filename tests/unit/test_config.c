@@ -240,11 +240,55 @@ static void token_url_prefixes(void **state) {
                "tenants[0].token_url_prefixes", "array of strings");
 }
 
+/* Issue 13 item 5: every URL in a tenant is an absolute URL with a host, and
+ * no path that a server could read as another one ("/r4/t1/.." would pin
+ * every tenant of the host). The field is named, and what to write instead. */
+#define SANDBOX_BASE(base)                                                              \
+  "{\"tenants\":[{\"id\":\"t1\",\"environment\":\"sandbox\",\"fhir_base\":\"" base \
+  "\",\"client_id\":\"c\"}]," KEYS "}"
+static void urls_are_absolute_and_clean(void **state) {
+  (void)state;
+  expect_error(SANDBOX_BASE("https:/h/r4/t1"), "tenants[0].fhir_base", "not an absolute URL");
+  expect_error(SANDBOX_BASE("https:/h/r4/t1"), "tenants[0].fhir_base", "https://host/");
+  expect_error(SANDBOX_BASE("https:///h/r4/t1"), "tenants[0].fhir_base", "absolute URL");
+  expect_error(SANDBOX_BASE("http:h/r4/t1"), "tenants[0].fhir_base", "absolute URL");
+  expect_error(SANDBOX_BASE("https://h/r4/t1/.."), "tenants[0].fhir_base", "dot segment");
+  expect_error(SANDBOX_BASE("https://h/r4/t1/../t2"), "tenants[0].fhir_base", "dot segment");
+  expect_error(SANDBOX_BASE("https://h/r4/./t1"), "tenants[0].fhir_base", "dot segment");
+  expect_error(SANDBOX_BASE("https://h/r4/t1/%2e%2e"), "tenants[0].fhir_base", "dot segment");
+  expect_error(SANDBOX_BASE("https://h/r4/t1/.%2E"), "tenants[0].fhir_base", "dot segment");
+  expect_error(SANDBOX_BASE("https://h/r4/t1%2f..%2ft2"), "tenants[0].fhir_base", "'/'");
+  expect_error(SANDBOX_BASE("https://h/r4\\\\t1"), "tenants[0].fhir_base", "backslash");
+  /* The value is shown without userinfo. */
+  expect_error(SANDBOX_BASE("https://u:hunter2@h/r4/t1/%2e%2e"), "tenants[0].fhir_base",
+               "'https://h/r4/t1/%2e%2e'");
+  fx_config *cfg = NULL;
+  fx_err err = {0};
+  if (fx_config_parse(SANDBOX_BASE("https://u:hunter2@h/r4/t1/.."), "/", &cfg, &err) == 0)
+    fail_msg("accepted");
+  assert_null(strstr(err.msg, "hunter2"));
+  expect_error("{\"tenants\":[" TENANT(",\"token_endpoint\":\"https:/a/token\"") "]," KEYS "}",
+               "tenants[0].token_endpoint", "absolute URL");
+  expect_error("{\"tenants\":[" TENANT(",\"token_endpoint\":\"https://a/t/%2e%2e/x\"") "],"
+               KEYS "}",
+               "tenants[0].token_endpoint", "dot segment");
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":[\"https://a/x/..\"]") "]," KEYS
+               "}",
+               "tenants[0].token_url_prefixes[0]", "dot segment");
+  expect_error("{\"tenants\":[" TENANT(",\"token_url_prefixes\":[\"https:///a\"]") "]," KEYS "}",
+               "tenants[0].token_url_prefixes[0]", "absolute URL");
+  /* Still fine: a port, IPv6, dots inside segments. */
+  if (fx_config_parse(SANDBOX_BASE("https://[::1]:8443/r4.x/t..1"), "/", &cfg, &err) != 0)
+    fail_msg("%s", err.msg);
+  fx_config_free(cfg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(errors_name_the_field), cmocka_unit_test(defaults_and_paths),
       cmocka_unit_test(load_names_the_file), cmocka_unit_test(scopes_follow_the_query_set),
       cmocka_unit_test(reference_lists_every_option),
-      cmocka_unit_test(client_ids), cmocka_unit_test(token_url_prefixes)};
+      cmocka_unit_test(client_ids), cmocka_unit_test(token_url_prefixes),
+      cmocka_unit_test(urls_are_absolute_and_clean)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

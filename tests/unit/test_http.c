@@ -5,7 +5,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <curl/curl.h>
+#include <arpa/inet.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +173,7 @@ typedef struct result {
   size_t body_len;
   int truncated;
   char type[64];
+  char error[512];
 } result;
 
 /* What collect and get_once use: fx_http_retry_after_ms's flags, the client's
@@ -191,6 +194,7 @@ static void collect(fx_http_response *res, void *arg) {
   r->body_len = res->body_len;
   r->truncated = res->body_truncated;
   snprintf(r->type, sizeof r->type, "%s", ct ? ct : "");
+  snprintf(r->error, sizeof r->error, "%s", res->error);
 }
 
 /* A ring of buffers so several URLs can be alive in one test. */
@@ -665,6 +669,78 @@ static void retry_after_values(void **state) {
   assert_int_equal(fx_http_retry_after_value_ms("Mon, 01 Jan 1900 00:00:00 GMT", now), 0);
 }
 
+/* Issue 13 item 11: a request marked public_only never connects to an
+ * internal address; the address curl would connect to is what is checked
+ * (a name resolving to one is refused too), and the error names it. */
+static const char *kind_of(const char *ip) {
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  if (strchr(ip, ':')) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    a->sin6_family = AF_INET6;
+    assert_int_equal(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    a->sin_family = AF_INET;
+    assert_int_equal(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+  }
+  return fx_http_address_kind((struct sockaddr *)&ss);
+}
+
+static void public_only_refuses_internal_addresses(void **state) {
+  (void)state;
+  const char *internal[][2] = {
+      {"127.0.0.1", "loopback"},      {"127.255.0.9", "loopback"},   {"::1", "loopback"},
+      {"10.1.2.3", "private"},        {"172.16.0.1", "private"},     {"172.31.255.255", "private"},
+      {"192.168.1.1", "private"},     {"100.64.0.1", "private"},     {"fd00::1", "private"},
+      {"fc12::1", "private"},         {"169.254.169.254", "link-local"}, {"fe80::1", "link-local"},
+      {"0.0.0.0", "unspecified"},     {"::", "unspecified"},         {"::ffff:127.0.0.1", "loopback"},
+      {"::ffff:169.254.169.254", "link-local"}, {"::ffff:10.0.0.1", "private"},
+      {"64:ff9b::7f00:1", "loopback"}, {"224.0.0.1", "multicast"},  {"ff02::1", "multicast"},
+      {"255.255.255.255", "reserved"}};
+  for (size_t i = 0; i < sizeof internal / sizeof internal[0]; i++) {
+    const char *k = kind_of(internal[i][0]);
+    if (!k || !strstr(k, internal[i][1]))
+      fail_msg("%s: '%s', expected '%s'", internal[i][0], k ? k : "(public)", internal[i][1]);
+  }
+  const char *public[] = {"8.8.8.8", "172.15.255.255", "172.32.0.1", "100.128.0.1",
+                          "192.169.0.1", "11.0.0.1", "2606:4700::1111", "::ffff:8.8.8.8",
+                          "169.253.0.1"};
+  for (size_t i = 0; i < sizeof public / sizeof public[0]; i++)
+    if (kind_of(public[i])) fail_msg("%s: '%s', expected public", public[i], kind_of(public[i]));
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  fx_http *h;
+  fx_err err = {0};
+  assert_int_equal(fx_http_new(&loop, NULL, &h, &err), 0);
+  /* A request without the mark first: its connection stays in curl's pool
+   * and must not be reused by a request that has it. */
+  result ok = {0};
+  fx_http_request plain = {.url = url("/ok")};
+  assert_int_equal(fx_http_send(h, &plain, collect, &ok, &err), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(ok.rc, 0);
+  assert_int_equal(ok.status, 200);
+  int before = atomic_load(&connections);
+  char by_name[128];
+  snprintf(by_name, sizeof by_name, "http://localhost:%d/ok", port);
+  const char *urls[] = {url("/ok"), by_name};
+  for (size_t i = 0; i < 2; i++) {
+    result r = {0};
+    fx_http_request req = {.url = urls[i], .public_only = 1};
+    assert_int_equal(fx_http_send(h, &req, collect, &r, &err), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.done, 1);
+    if (r.rc != FX_EPERM || !strstr(r.error, "loopback"))
+      fail_msg("%s: rc %d, '%s'", urls[i], r.rc, r.error);
+    assert_int_equal(r.status, 0);
+    if (i == 0) assert_non_null(strstr(r.error, "127.0.0.1"));
+  }
+  assert_int_equal(atomic_load(&connections), before); /* no new connection was made */
+  finish(&loop, h);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
                                      cmocka_unit_test(retry_after_forms),
@@ -679,6 +755,7 @@ int main(void) {
                                      cmocka_unit_test(retry_after_values),
                                      cmocka_unit_test(retry_after_only_where_it_means_something),
                                      cmocka_unit_test(error_bodies_are_bounded),
-                                     cmocka_unit_test(error_bodies_are_bounded_by_default)};
+                                     cmocka_unit_test(error_bodies_are_bounded_by_default),
+                                     cmocka_unit_test(public_only_refuses_internal_addresses)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -154,6 +154,37 @@ static void references_follow_the_rule(void **state) {
                    FX_REF_NONE);
 }
 
+/* Issue 13 items 5 and 8: an absolute reference against a malformed base
+ * (curl reads "https:/h/r4/t1" as a URL; the raw string has no "://") used to
+ * dereference NULL; it is foreign now, as is a reference whose path decodes
+ * into another tenant. Config refuses such a base before it gets here
+ * (test_config urls_are_absolute_and_clean). */
+static void references_against_bad_bases_and_encoded_paths(void **state) {
+  (void)state;
+  char key[FX_REF_KEY_SIZE];
+  int idx = -1;
+  assert_int_equal(fx_ref_parse("https://fhir-ehr.cerner.com/r4/t1/Patient/1",
+                                "https:/fhir-ehr.cerner.com/r4/t1", key, sizeof key, &idx),
+                   FX_REF_FOREIGN);
+  /* Not absolute (no "://"), not "Type/id": not a reference fhirx reads. */
+  assert_int_equal(fx_ref_parse("https:/fhir-ehr.cerner.com/r4/t1/Patient/1",
+                                "https:/fhir-ehr.cerner.com/r4/t1", key, sizeof key, &idx),
+                   FX_REF_NONE);
+  assert_int_equal(fx_ref_parse("https://fhir-ehr.cerner.com/r4/t1/Patient/1",
+                                "https:///fhir-ehr.cerner.com/r4/t1", key, sizeof key, &idx),
+                   FX_REF_FOREIGN);
+  const char *base = "https://fhir-ehr.cerner.com/r4/t1";
+  const char *bad[] = {"https://fhir-ehr.cerner.com/r4/t1/%2e%2e/t2/Patient/1",
+                       "https://fhir-ehr.cerner.com/r4/t1/.%2E/t2/Patient/1",
+                       "https://fhir-ehr.cerner.com/r4/t1/..%2Ft2/Patient/1",
+                       "https://fhir-ehr.cerner.com/r4/t1/..%5ct2/Patient/1",
+                       "https://fhir-ehr.cerner.com/r4/t1/..\\t2/Patient/1",
+                       "https://fhir-ehr.cerner.com/r4/t1/%252e%252e/t2/Patient/1"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (fx_ref_parse(bad[i], base, key, sizeof key, &idx) != FX_REF_FOREIGN)
+      fail_msg("not foreign: %s", bad[i]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(accepts_real_ids),
@@ -161,6 +192,7 @@ int main(void) {
       cmocka_unit_test(reasons_never_quote_the_id),
       cmocka_unit_test(keys_are_never_cut),
       cmocka_unit_test(references_follow_the_rule),
+      cmocka_unit_test(references_against_bad_bases_and_encoded_paths),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -234,25 +234,62 @@ static void discovery_checks(void **state) {
   const char *good = "{\"token_endpoint\":\"https://auth/token\","
                      "\"token_endpoint_auth_methods_supported\":[\"private_key_jwt\"],"
                      "\"token_endpoint_auth_signing_alg_values_supported\":[\"RS384\",\"ES384\"]}";
-  assert_int_equal(fx_smart_check_discovery("t1", 200, good, FX_ALG_ES384, &te, &e), 0);
+  assert_int_equal(fx_smart_check_discovery("t1", 200, good, FX_ALG_ES384, 1, &te, &e), 0);
   assert_string_equal(te, "https://auth/token");
   free(te);
   const char *rs_only = "{\"token_endpoint\":\"https://auth/token\","
                         "\"token_endpoint_auth_signing_alg_values_supported\":[\"RS384\"]}";
-  assert_int_equal(fx_smart_check_discovery("t1", 200, rs_only, FX_ALG_ES384, &te, &e),
+  assert_int_equal(fx_smart_check_discovery("t1", 200, rs_only, FX_ALG_ES384, 1, &te, &e),
                    FX_EUNSUPPORTED);
   assert_non_null(strstr(e.err.msg, "ES384"));
   assert_non_null(strstr(e.err.msg, "RS384"));
   const char *no_jwt = "{\"token_endpoint\":\"https://auth/token\","
                        "\"token_endpoint_auth_methods_supported\":[\"client_secret_basic\"]}";
-  assert_int_equal(fx_smart_check_discovery("t1", 200, no_jwt, FX_ALG_ES384, &te, &e),
+  assert_int_equal(fx_smart_check_discovery("t1", 200, no_jwt, FX_ALG_ES384, 1, &te, &e),
                    FX_EUNSUPPORTED);
   assert_non_null(strstr(e.err.msg, "private_key_jwt"));
-  assert_int_equal(fx_smart_check_discovery("t1", 404, "", FX_ALG_ES384, &te, &e), FX_EAUTH);
+  assert_int_equal(fx_smart_check_discovery("t1", 404, "", FX_ALG_ES384, 1, &te, &e), FX_EAUTH);
   assert_non_null(strstr(e.err.msg, "fhir_base"));
-  assert_int_equal(fx_smart_check_discovery("t1", 503, "", FX_ALG_ES384, &te, &e), FX_ETRANSIENT);
-  assert_int_equal(fx_smart_check_discovery("t1", 200, "<html>", FX_ALG_ES384, &te, &e),
+  assert_int_equal(fx_smart_check_discovery("t1", 503, "", FX_ALG_ES384, 1, &te, &e), FX_ETRANSIENT);
+  assert_int_equal(fx_smart_check_discovery("t1", 200, "<html>", FX_ALG_ES384, 1, &te, &e),
                    FX_ETRANSIENT);
+}
+
+/* Issue 13 item 10: a discovered token endpoint is held to the rules of a
+ * configured one (fx_config_check_url): https for production tenants, an
+ * absolute URL with a host, a clean path, no query; the message says what to
+ * set, and shows no userinfo. */
+static void discovered_endpoint_follows_config_rules(void **state) {
+  (void)state;
+  char *te = NULL, doc[512];
+  fx_auth_error e;
+  const char *bad[][2] = {{"http://auth/token", "production tenants must use https"},
+                          {"https:/auth/token", "absolute URL"},
+                          {"https:///auth/token", "absolute URL"},
+                          {"ftp://auth/token", "scheme"},
+                          {"https://auth/t1/%2e%2e/t2/token", "dot segment"},
+                          {"https://auth/t1/..%2Ftoken", "'/'"},
+                          {"https://auth/token?x=1", "query"},
+                          {"token", "absolute URL"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    snprintf(doc, sizeof doc, "{\"token_endpoint\":\"%s\"}", bad[i][0]);
+    te = NULL;
+    assert_int_equal(fx_smart_check_discovery("t1", 200, doc, FX_ALG_ES384, 1, &te, &e),
+                     FX_EAUTH);
+    assert_null(te);
+    if (!strstr(e.err.msg, bad[i][1])) fail_msg("'%s' not in '%s'", bad[i][1], e.err.msg);
+    assert_non_null(strstr(e.err.msg, "tenants[].token_endpoint"));
+  }
+  /* http is a sandbox's right, as in configuration; the rest is not. */
+  const char *http = "{\"token_endpoint\":\"http://127.0.0.1:8080/token/\"}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, http, FX_ALG_ES384, 0, &te, &e), 0);
+  assert_string_equal(te, "http://127.0.0.1:8080/token/"); /* as written: it is the aud */
+  free(te);
+  const char *dots = "{\"token_endpoint\":\"http://127.0.0.1:8080/a/%2e%2e/token\"}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, dots, FX_ALG_ES384, 0, &te, &e), FX_EAUTH);
+  const char *creds = "{\"token_endpoint\":\"http://u:hunter2@auth/token\"}";
+  assert_int_equal(fx_smart_check_discovery("t1", 200, creds, FX_ALG_ES384, 1, &te, &e), FX_EAUTH);
+  assert_null(strstr(e.err.msg, "hunter2"));
 }
 
 /* A client id of a thousand characters (the SMART reference server issues
@@ -297,6 +334,7 @@ int main(void) {
                                      cmocka_unit_test(cerner_reason),
                                      cmocka_unit_test(scope_missing),
                                      cmocka_unit_test(discovery_checks),
+      cmocka_unit_test(discovered_endpoint_follows_config_rules),
                                      cmocka_unit_test(long_client_id_keeps_the_message)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

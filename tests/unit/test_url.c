@@ -32,6 +32,83 @@ static void within(void **state) {
   assert_false(fx_url_within("", base));
 }
 
+/* Issue 13 item 8: paths a server or proxy may decode or normalize into
+ * another tenant's never get t1's token, however they are spelled. */
+static void encoded_dot_segments_and_backslashes(void **state) {
+  (void)state;
+  const char *base = "https://fhir-ehr.cerner.com/r4/t1";
+  const char *bad[] = {
+      "https://fhir-ehr.cerner.com/r4/t1/%2e%2e/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/%2E%2E/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/.%2e/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/%2e./t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%2ft2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%2Ft2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%5ct2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%5Ct2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..\\t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/Patient\\1",
+      "https://fhir-ehr.cerner.com/r4/t1/%2e/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/./Patient/1",
+      /* double encoding: a proxy decodes once, the server again */
+      "https://fhir-ehr.cerner.com/r4/t1/%252e%252e/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%252ft2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%255ct2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/%25252e%25252e/t2/Patient/1",
+  };
+  fx_token_scope s = {.base = base};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    if (fx_url_within(bad[i], base)) fail_msg("within: %s", bad[i]);
+    if (fx_url_may_carry_token(bad[i], &s)) fail_msg("may carry: %s", bad[i]);
+    s.own_export = 1; /* nor as a URL of the tenant's own export, on its origin */
+    if (fx_url_may_carry_token(bad[i], &s)) fail_msg("own export: %s", bad[i]);
+    s.own_export = 0;
+    if (!fx_url_problem(bad[i])) fail_msg("no problem: %s", bad[i]);
+  }
+  /* What stays allowed: percent-encoding that decodes to nothing special, dots
+   * inside a segment, and anything in the query. */
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Binary/a.b..c", base));
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/%41", base));
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/...", base));
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Observation?x=%2e%2e%2f..\\", base));
+  assert_null(fx_url_problem("https://fhir-ehr.cerner.com/r4/t1/Patient?a=%2e%2e"));
+  assert_non_null(strstr(fx_url_problem("https://h/r4/t1/%2e%2e/t2"), "dot segment"));
+  assert_non_null(strstr(fx_url_problem("https://h/r4/t1/..%2ft2"), "'/'"));
+  assert_non_null(strstr(fx_url_problem("https://h/r4/t1/..%5ct2"), "backslash"));
+  char note[200];
+  fx_url_problem_note("https://h/r4/t1/%2e%2e/t2", note, sizeof note);
+  assert_non_null(strstr(note, "; its path holds a percent-encoded dot segment"));
+  fx_url_problem_note("https://h/r4/t1/Patient/1", note, sizeof note);
+  assert_string_equal(note, "");
+  fx_url_problem_note("https:/h/r4", note, sizeof note);
+  assert_non_null(strstr(note, "not an absolute URL"));
+  /* A base that is itself unsafe pins nothing: "/r4/t1/.." would cover every tenant. */
+  assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t2/Patient/1",
+                             "https://fhir-ehr.cerner.com/r4/t1/.."));
+  assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t2/Patient/1",
+                             "https://fhir-ehr.cerner.com/r4/t1/%2e%2e"));
+}
+
+/* Issue 13 item 5: "https:/host" and "https:///host" are taken by curl, but
+ * are not absolute URLs with a host. */
+static void absolute_with_a_host(void **state) {
+  (void)state;
+  assert_null(fx_url_problem("https://fhir-ehr.cerner.com/r4/t1"));
+  assert_null(fx_url_problem("http://127.0.0.1:8080"));
+  assert_null(fx_url_problem("https://[::1]:8443/r4/t1"));
+  const char *bad[] = {"https:/fhir-ehr.cerner.com/r4/t1", "https:///fhir-ehr.cerner.com/r4",
+                       "https:fhir-ehr.cerner.com/r4", "//fhir-ehr.cerner.com/r4", "/r4/t1",
+                       "Patient/1", "", "https://", "https://:443/r4", "https://user@/r4",
+                       "https://fhir\\ehr.cerner.com/r4"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (!fx_url_problem(bad[i])) fail_msg("accepted: '%s'", bad[i]);
+  assert_non_null(fx_url_problem(NULL));
+  assert_false(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/1",
+                             "https:/fhir-ehr.cerner.com/r4/t1"));
+  assert_false(fx_url_within("https:/fhir-ehr.cerner.com/r4/t1/Patient/1",
+                             "https://fhir-ehr.cerner.com/r4/t1"));
+}
+
 static void redact(void **state) {
   (void)state;
   char out[256];
@@ -43,6 +120,24 @@ static void redact(void **state) {
   assert_null(strstr(out, "secret"));
   fx_url_redact("https://h/r4/t1/Patient?_id=1", out, 12);
   assert_int_equal(strlen(out), 11); /* truncated, still terminated */
+  /* Userinfo never leaves (issue 13 item 9): scheme, host, path and names. */
+  fx_url_redact("https://user:secret@storage.example/b/1.ndjson?sig=abc", out, sizeof out);
+  assert_string_equal(out, "https://storage.example/b/1.ndjson?sig=");
+  fx_url_redact("https://secret@storage.example:9000/b", out, sizeof out);
+  assert_string_equal(out, "https://storage.example:9000/b");
+  fx_url_redact("https://a@b:secret@storage.example", out, sizeof out);
+  assert_string_equal(out, "https://storage.example");
+  fx_url_redact("http://u:secret@h?x=1", out, sizeof out);
+  assert_string_equal(out, "http://h?x=");
+  /* An '@' in the path or query is not userinfo. */
+  fx_url_redact("https://h/a@b/c?d=e@f", out, sizeof out);
+  assert_string_equal(out, "https://h/a@b/c?d=");
+  for (size_t n = 1; n < 40; n++) { /* cut anywhere: terminated, never the secret */
+    fx_url_redact("https://user:secret@storage.example/b/1.ndjson", out, n);
+    assert_true(strlen(out) < n);
+    assert_null(strstr(out, "secret"));
+    assert_null(strstr(out, "user"));
+  }
 }
 
 /* A redirect is named (without query values) and said not to be followed;
@@ -132,7 +227,10 @@ static void same_origin(void **state) {
 }
 
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(within), cmocka_unit_test(redact),
+  const struct CMUnitTest tests[] = {cmocka_unit_test(within),
+                                     cmocka_unit_test(encoded_dot_segments_and_backslashes),
+                                     cmocka_unit_test(absolute_with_a_host),
+                                     cmocka_unit_test(redact),
                                      cmocka_unit_test(redirect_note),
                                      cmocka_unit_test(may_carry_token),
                                      cmocka_unit_test(same_origin)};

@@ -349,7 +349,7 @@ static void ask(bx_export *e, const fx_fhir_request *rq, fx_fhir_cb cb) {
 /* A 202: the export runs on the server; poll its status URL. */
 static void kicked_off(bx_export *e, fx_http_response *res) {
   fx_bulk *b = e->b;
-  char msg[512];
+  char msg[800];
   const char *loc = fx_http_header(res, "Content-Location");
   char *url = loc ? bx_resolve(res->url, loc) : NULL;
   if (!url) {
@@ -359,14 +359,15 @@ static void kicked_off(bx_export *e, fx_http_response *res) {
   }
   fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
   if (!fx_url_may_carry_token(url, &scope)) {
-    char shown[200];
+    char shown[200], note[160];
     fx_url_redact(url, shown, sizeof shown);
+    fx_url_problem_note(url, note, sizeof note);
     snprintf(msg, sizeof msg,
-             "the export's status URL %s is on another origin than the tenant's FHIR base; the "
+             "the export's status URL %s is on another origin than the tenant's FHIR base%s; the "
              "token is not sent there, so the export cannot be polled or DELETEd (it stays on "
              "the server until it expires). If that host belongs to the server, add it to "
              "tenants[].token_url_prefixes",
-             shown);
+             shown, note);
     free(url);
     export_fail(e, FX_EC_FOREIGN_REFERENCE, 202, msg);
     return;

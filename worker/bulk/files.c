@@ -495,11 +495,16 @@ static void file_send(bx_file *f, const char *url) {
                           .max_body = (size_t)1 << 40};
     rc = fx_fhir_get(b->lp, b->sv->app->tokens, &rq, on_file_fhir, f, &err);
   } else {
+    /* Without the token nothing pins the URL to the tenant's server, so a
+     * production tenant's download reaches only public addresses unless the
+     * operator said otherwise (docs/operations.md "Token-less downloads"). */
     fx_http_request rq = {.url = url,
                           .accept = "application/fhir+ndjson",
                           .sink = on_chunk,
                           .sink_arg = f,
-                          .max_body = (size_t)1 << 40};
+                          .max_body = (size_t)1 << 40,
+                          .public_only = e->tenant->environment == FX_ENV_PRODUCTION &&
+                                         !e->tenant->allow_private_storage};
     rc = b->lp->http ? fx_http_send(b->lp->http, &rq, on_file_response, f, &err) : FX_ECANCELED;
   }
   if (rc) file_failed(f, FX_EC_TRANSIENT, 0, -1, err.msg[0] ? err.msg : "cannot send");
@@ -509,13 +514,16 @@ static void file_start(bx_file *f) {
   bx_export *e = f->e;
   fx_token_scope scope = fx_tenant_token_scope(e->tenant, 1);
   if (f->redirects == 0 && e->requires_token && !fx_url_may_carry_token(f->url, &scope)) {
-    char shown[512], msg[700];
+    char shown[512], note[160], msg[900];
     fx_url_redact(f->url, shown, sizeof shown);
+    fx_url_problem_note(f->url, note, sizeof note);
     snprintf(msg, sizeof msg,
-             "manifest file %s is on another origin than the tenant's FHIR base but requires "
-             "the access token; the token is not sent there (add the host to "
-             "tenants[].token_url_prefixes if it belongs to the server)",
-             shown);
+             note[0] ? "manifest file %s requires the access token%s; the token is not sent "
+                       "there"
+                     : "manifest file %s is on another origin than the tenant's FHIR base but "
+                       "requires the access token%s; the token is not sent there (add the host "
+                       "to tenants[].token_url_prefixes if it belongs to the server)",
+             shown, note);
     e->b->file_up->fail(e, FX_EC_FOREIGN_REFERENCE, 0, msg);
     give_up(f);
     return;
@@ -531,6 +539,18 @@ static void on_file_response(fx_http_response *res, void *arg) {
     return;
   }
   char msg[700];
+  if (res->result == FX_EPERM) { /* public_only: an internal address (file_send) */
+    char shown[512], why[1200];
+    fx_url_redact(res->url, shown, sizeof shown);
+    snprintf(why, sizeof why,
+             "bulk file %s was not downloaded: %s. Tenant %s is a production tenant and this "
+             "file is fetched without the access token, so only public addresses are allowed; "
+             "if the export's storage really is on an internal network, set "
+             "tenants[].allow_private_storage to true",
+             shown, res->error, f->e->tenant->id);
+    file_failed(f, FX_EC_FOREIGN_REFERENCE, 0, -1, why);
+    return;
+  }
   if (res->result) {
     file_failed(f, res->result == FX_ETOOLARGE ? FX_EC_TOO_LARGE : FX_EC_TRANSIENT, 0, -1,
                 res->error);

@@ -68,10 +68,11 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
                            &found)) {
   case FX_REFD_SKIP: return;
   case FX_REFD_FOREIGN: {
-    char shown[512];
+    char shown[512], note[160];
     fx_url_redact(ref, shown, sizeof shown);
-    snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
-             shown);
+    fx_url_problem_note(ref, note, sizeof note);
+    snprintf(msg, sizeof msg, "reference %.*s is outside the tenant's FHIR base%s; not followed",
+             400, shown, note);
     /* url: the reference's URL, which was not requested (failure.schema.json). */
     bx_publish_failure(e, &f->sink,
                        &(bx_failure){.cls = FX_EC_FOREIGN_REFERENCE, .url = ref, .message = msg});

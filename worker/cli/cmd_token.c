@@ -111,7 +111,9 @@ static const char token_usage[] =
 
 static void print_token(oneshot *o, fx_token *tok) {
   char endpoint[2048] = "";
-  fx_token_cache_endpoint(o->app.tokens, o->tenant->id, endpoint, sizeof endpoint);
+  char endpoint_raw[2048] = "";
+  fx_token_cache_endpoint(o->app.tokens, o->tenant->id, endpoint_raw, sizeof endpoint_raw);
+  fx_url_redact(endpoint_raw, endpoint, sizeof endpoint);
   char *asked = fx_tenant_scope(o->tenant, fx_profile_for(&o->app.profiles, o->tenant->id));
   char *missing = asked ? fx_scope_missing(asked, tok->scope) : NULL;
   json_t *out = json_pack("{s:s, s:s, s:s, s:I}", "tenant", o->tenant->id, "token_endpoint",

@@ -356,12 +356,13 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   case FX_REFD_FOREIGN: {
     /* Never fetched with the tenant's token; the failure names what was
      * referenced (when the URL says) and where. */
-    char shown[512], msg[700], key[FX_REF_KEY_SIZE];
+    char shown[512], note[160], msg[860], key[FX_REF_KEY_SIZE];
     fx_url_redact(ref, shown, sizeof shown);
+    fx_url_problem_note(ref, note, sizeof note);
     snprintf(msg, sizeof msg,
-             "reference %s is outside the tenant's FHIR base; not fetched with the tenant's "
+             "reference %s is outside the tenant's FHIR base%s; not fetched with the tenant's "
              "token",
-             shown);
+             shown, note);
     if (fx_refs_url_key(ref, key, sizeof key) == 0) {
       f.ref_key = key;
       char type[FX_TYPE_NAME_MAX + 1];
@@ -434,12 +435,13 @@ static int handle_bundle(run_fetch *f, json_t *bundle) {
   }
   if (!next) return 0;
   if (!fx_url_may_carry_token(next, &f->f.scope)) {
-    char shown[512], msg[768];
+    char shown[512], note[160], msg[900];
     fx_url_redact(next, shown, sizeof shown);
+    fx_url_problem_note(next, note, sizeof note);
     snprintf(msg, sizeof msg,
              "the next page link %s is outside the tenant's FHIR base (and its "
-             "token_url_prefixes); not followed with the tenant's token",
-             shown);
+             "token_url_prefixes)%s; not followed with the tenant's token",
+             shown, note);
     failure fl = {.cls = FX_EC_FOREIGN_REFERENCE, .url = f->url, .attempts = f->f.attempts,
                   .message = msg};
     run_record_failure(run, f, &fl);

@@ -174,10 +174,14 @@ fx_ref_kind fx_ref_parse(const char *ref, const char *base, char *key, size_t si
   if (!ref || !*ref || ref[0] == '#') return FX_REF_NONE;
   const char *rel = ref;
   if (strstr(ref, "://")) {
-    if (!fx_url_within(ref, base)) return FX_REF_FOREIGN;
+    /* fx_url_within refuses a URL or base without "scheme://" and a host
+     * (issue 13: "https:/h" is a URL to curl), so both have "://" below;
+     * checked again so a future change cannot bring the NULL back. */
+    const char *rs = strstr(ref, "://"), *bs = base ? strstr(base, "://") : NULL;
+    if (!rs || !bs || !fx_url_within(ref, base)) return FX_REF_FOREIGN;
     /* Same origin and path prefix: what follows the base's path is Type/id. */
-    const char *path = strchr(strstr(ref, "://") + 3, '/');
-    const char *bpath = strchr(strstr(base, "://") + 3, '/');
+    const char *path = strchr(rs + 3, '/');
+    const char *bpath = strchr(bs + 3, '/');
     size_t bl = bpath ? strlen(bpath) : 0;
     if (!path || strncmp(path, bpath ? bpath : "", bl) != 0) return FX_REF_NONE;
     rel = path + bl;
