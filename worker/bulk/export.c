@@ -17,6 +17,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/bulk/bulk_int.h"
 
@@ -302,6 +303,7 @@ static void retry_step(bx_export *e, long after_ms, long status, const char *wha
     char msg[400];
     snprintf(msg, sizeof msg, "%s failed %d times in a row (last: %s)",
              fx_bx_record_name(e->rstate), e->tries, what);
+    fx_utf8_trim(msg);
     export_fail(e, now >= e->deadline_ms ? FX_EC_DEADLINE : FX_EC_TRANSIENT, status, msg);
     return;
   }
@@ -515,7 +517,7 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   json_t *rat = json_object_get(m, "requiresAccessToken");
   e->requires_token = !json_is_false(rat);
   const char *tt = json_string_value(json_object_get(m, "transactionTime"));
-  snprintf(e->transaction_time, sizeof e->transaction_time, "%s", tt ? tt : "");
+  fx_utf8_copy(e->transaction_time, sizeof e->transaction_time, tt); /* the server's text */
   /* done[] and busy[] in one block. A resumed export keeps the files it had
    * done, if the manifest is the same size. */
   unsigned char *done = calloc(n ? 2 * n : 1, 1);

@@ -69,9 +69,9 @@ static void per_patient_add(bx_file *f, const char *id) {
     char msg[300], names[200];
     fx_types_join(e->job->per_patient_types, ", ", names, sizeof names);
     snprintf(msg, sizeof msg,
-             "exported Patient/%.64s has an id a patient job does not take; its %s were not "
+             "exported Patient/%.*s has an id a patient job does not take; its %s were not "
              "fetched",
-             id, names);
+             (int)fx_utf8_cut(id, 64), id, names);
     bx_publish_failure(e, &f->sink,
                        &(bx_failure){.cls = FX_EC_INVALID_RESPONSE,
                                      .url = f->url,

@@ -70,6 +70,7 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   case FX_REFD_FOREIGN: {
     char shown[512];
     fx_url_redact(ref, shown, sizeof shown);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base; not followed",
              shown);
     /* url: the reference's URL, which was not requested (failure.schema.json). */

@@ -7,6 +7,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/bulk/bulk_int.h"
 
@@ -248,6 +249,7 @@ void bx_describe(const fx_http_response *res, const char *what, char *out, size_
   fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
   snprintf(out, size, "%s answered HTTP %ld%s%s%s%s", what, res->status, redirect[0] ? ": " : "",
            redirect, oo[0] ? ": " : "", oo);
+  fx_utf8_trim(out);
 }
 
 char *bx_resolve(const char *base, const char *ref) {

@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 
 const char *fx_run_state_name(fx_run_state s) {
@@ -73,7 +74,7 @@ void run_record_failure(fx_run *run, const run_fetch *f, const failure *fl) {
   if (!run->failures) {
     run->first_class = fl->cls;
     run->first_status = fl->status;
-    snprintf(run->first_reason, sizeof run->first_reason, "%s", fl->message);
+    fx_utf8_copy(run->first_reason, sizeof run->first_reason, fl->message);
     memcpy(run->first_failure_at, now, sizeof now);
   }
   memcpy(run->last_failure_at, now, sizeof now);

