@@ -13,7 +13,8 @@ tombstone   a Kafka tombstone (a null value) on the jobs topic: a dead letter wh
             status, keyed by the message key; the job after it completes and the partition
             is committed past both.
 foreign_cap a job whose resources reference many distinct URLs outside the tenant's base,
-            with worker.max_failures_per_job 5: exactly 5 foreign_reference failure records,
+            with worker.max_reference_failures_per_job 5: exactly 5 foreign_reference failure
+            records (one URL met on every resource is reported once),
             the status record's failures_not_recorded counts the rest, and the metric
             fhirx_failures_not_recorded_total says the same.
 """
@@ -97,7 +98,53 @@ def scenario_tombstone(check):
         env.close()
 
 
-SCENARIOS = {"utf8": scenario_utf8, "tombstone": scenario_tombstone}
+def scenario_foreign_cap(check):
+    cap = 5
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 2}],
+              worker_extra={"worker": {"max_reference_failures_per_job": cap}})
+    try:
+        w = env.start_worker()
+        # 30 Observations, each with 5 performers on another host: 150 distinct foreign URLs,
+        # one of them repeated on every resource (reported once, under the cap).
+        entries = []
+        for i in range(30):
+            perf = [{"reference": "https://elsewhere.example/r4/Practitioner/%d-%d" % (i, k)}
+                    for k in range(4)]
+            perf.append({"reference": "https://elsewhere.example/r4/Practitioner/shared"})
+            entries.append({"fullUrl": "x", "search": {"mode": "match"},
+                            "resource": {"resourceType": "Observation", "id": "obs-%d" % i,
+                                         "status": "final", "performer": perf}})
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                     {"target": "fhir", "path": "Observation", "status": 200,
+                      "body": json.dumps(bundle), "content_type": "application/fhir+json"})
+        env.enqueue([{"job_id": "foreign-cap", "tenant": SANDBOX, "patients": ["20000001"],
+                      "resources": ["Observation"], "follow_references": True}])
+        st = {m.key: m.json() for m in env.wait_statuses(["foreign-cap"])}["foreign-cap"]
+        fails = [m.json() for m in env.read("fhirx.failures", cap)
+                 if m.json()["job_id"] == "foreign-cap"]
+        classes = collections.Counter(f["error_class"] for f in fails)
+        check(classes == {"foreign_reference": cap},
+              "exactly %d foreign_reference failure records: %s" % (cap, dict(classes)))
+        distinct = 30 * 4 + 1
+        check(st["failures"] == cap and st["failures_not_recorded"] == distinct - cap,
+              "the status counts %d recorded and %d not recorded (%d distinct URLs): %s, %s" % (
+                  cap, distinct - cap, distinct, st["failures"], st["failures_not_recorded"]))
+        check(st["state"] == "partial" and st["counts"].get("Observation") == 30,
+              "the job is partial with its 30 Observations published")
+        check(env.metric(w, "fhirx_failures_not_recorded_total") == distinct - cap,
+              "fhirx_failures_not_recorded_total says the same")
+        check(not [m for m in env.read("fhirx.dlq") if m.key == "foreign-cap"],
+              "not dead-lettered (a replay cannot fix the server's references)")
+        rc, out = env.validate(1)
+        check(rc == 0, "outputs validate against schemas/:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
+SCENARIOS = {"utf8": scenario_utf8, "tombstone": scenario_tombstone,
+             "foreign_cap": scenario_foreign_cap}
 
 if __name__ == "__main__":
     name = sys.argv[1]

@@ -252,6 +252,7 @@ static void on_file_settled(bx_file *f, int delivered) {
     per_patient_done(e, f);
     e->error_lines += f->error_lines;
     e->bad_lines += f->bad_lines;
+    e->unrecorded += f->unrecorded;
     e->refs_fetched += f->refs_fetched;
     atomic_fetch_add(&e->b->sv->metrics->bulk_files, 1);
     e->progress_dirty = 1;
@@ -657,7 +658,8 @@ void bx_exports_init(fx_bulk *b) {
 bx_export *bx_export_new(fx_bulk *b, const char *job_id, json_t *rec) {
   bx_export *e = calloc(1, sizeof *e);
   if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object()) ||
-      fx_refs_init(&e->refs, (size_t)b->sv->app->cfg->worker.max_references_per_job) != 0) {
+      fx_refs_init(&e->refs, (size_t)b->sv->app->cfg->worker.max_references_per_job,
+                   (size_t)b->sv->app->cfg->worker.max_reference_failures_per_job) != 0) {
     if (e) free(e->job_id), json_decref(e->counts);
     free(e);
     return NULL;

@@ -434,6 +434,7 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
     json_object_clear(f->counts);
     pp_clear(f);
     f->error_lines = f->bad_lines = f->line_no = 0;
+    f->unrecorded = 0;
     f->redirects = 0;
     uint64_t d = fx_bulk_poll_delay(after_ms, 0, (uint64_t)bc->poll_min_ms << (f->tries - 1),
                                     (uint64_t)bc->poll_max_ms, fx_wall_ms(), e->deadline_ms);

@@ -67,6 +67,11 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   switch (fx_refs_consider(&e->refs, c->prof, e->tenant->fhir_base, NULL, ref, only_type, exact,
                            &found)) {
   case FX_REFD_SKIP: return;
+  case FX_REFD_UNRECORDED:
+    /* Past the export's failure cap: counted (status and metric), not recorded. */
+    atomic_fetch_add(&e->b->sv->metrics->failures_unrecorded, 1);
+    f->unrecorded++;
+    return;
   case FX_REFD_FOREIGN: {
     char shown[512];
     fx_url_redact(ref, shown, sizeof shown);

@@ -200,6 +200,7 @@ static void publish_status(fx_run *run) {
       .references_fetched = (long long)run->refs_fetched,
       .references_cached = (long long)run->refs_cached,
       .failures = (long long)run->failures,
+      .failures_unrecorded = run->refs.unrecorded,
       .error_class = run->failures ? run->first_class : FX_EC_NONE,
       .full_types = full,
       .since = run->job ? run->job->since : NULL,

@@ -344,6 +344,10 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   switch (fx_refs_consider(&run->refs, run->profile, run->tenant->fhir_base, run->seen, ref,
                            only_type, exact, &found)) {
   case FX_REFD_SKIP: return;
+  case FX_REFD_UNRECORDED:
+    /* Past the job's failure cap: counted (status and metric), not recorded. */
+    atomic_fetch_add(&run->env.sv->metrics->failures_unrecorded, 1);
+    return;
   case FX_REFD_FOLLOW: {
     char *url = NULL;
     if (found.exact && !(url = strdup(ref))) {

@@ -130,14 +130,15 @@ char *fx_rec_status_value(const fx_rec_job *j, const fx_rec_status *s, size_t *l
   /* "s:O" takes a reference of its own: an array made here is given with "s:o". */
   json_t *types = s->full_types ? json_incref(s->full_types) : json_array();
   json_t *o = json_pack(
-      "{s:s, s:o, s:o, s:s, s:i, s:I, s:I, s:I, s:O, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s, s:s,"
-      " s:I, s:o, s:o}",
+      "{s:s, s:o, s:o, s:s, s:i, s:I, s:I, s:I, s:O, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s,"
+      " s:s, s:I, s:o, s:o}",
       "type", "status", "job_id", fx_rec_text(j->job_id), "tenant", or_null(j->tenant), "state",
       fx_outcome_name(s->outcome), "attempt", j->attempt, "patients", (json_int_t)s->patients,
       "tasks", (json_int_t)s->tasks, "tasks_failed", (json_int_t)s->tasks_failed, "counts",
       s->counts, "resources", (json_int_t)s->resources, "references_fetched",
       (json_int_t)s->references_fetched, "references_cached", (json_int_t)s->references_cached,
-      "failures", (json_int_t)s->failures, "error_class",
+      "failures", (json_int_t)s->failures, "failures_not_recorded",
+      (json_int_t)s->failures_unrecorded, "error_class",
       s->error_class != FX_EC_NONE ? json_string(fx_errclass_name(s->error_class)) : json_null(),
       "full_types", types, "since", or_null(s->since),
       "started_at", s->started_at, "finished_at", s->finished_at, "duration_ms",
