@@ -17,13 +17,16 @@ foreign_cap a job whose resources reference many distinct URLs outside the tenan
             records (one URL met on every resource is reported once),
             the status record's failures_not_recorded counts the rest, and the metric
             fhirx_failures_not_recorded_total says the same.
+replay_escapes  a dead letter whose headers hold terminal escape sequences (ESC ] title,
+            BEL, ESC [ 2J, CR): `fhirx replay --dry-run` shows them escaped (\x1b), never raw.
 """
 import collections
 import json
+import subprocess
 import sys
 import time
 
-from e2e import SANDBOX, Check, Env, log
+from e2e import FHIRX, SANDBOX, Check, Env, log
 
 TYPES = ["Patient", "Observation"]
 
@@ -143,8 +146,44 @@ def scenario_foreign_cap(check):
         env.close()
 
 
+def scenario_replay_escapes(check):
+    """A dead letter whose headers hold terminal escape sequences, listed by
+    `fhirx replay --dry-run`: shown escaped, never raw."""
+    env = Env(partitions=1)
+    try:
+        p = env.producer()
+        job = {"job_id": "esc-1", "tenant": SANDBOX, "patients": ["20000001"], "attempt": 1}
+        headers = [("fhirx-job-id", b"esc-1"),
+                   ("fhirx-tenant", b"t1\x1b]0;owned\x07\x1b[2J"),
+                   ("fhirx-attempt", b"1"),
+                   ("fhirx-error-class", b"transient"),
+                   ("fhirx-http-status", b"503\x1b[31m"),
+                   ("fhirx-reason", b"boom"),
+                   ("fhirx-original-topic", b"fhirx.jobs"),
+                   ("fhirx-original-partition", b"0"),
+                   ("fhirx-original-offset", b"0"),
+                   ("fhirx-original-timestamp", b"0"),
+                   ("fhirx-first-failure", b"2026-12-01T00:00:00Z"),
+                   ("fhirx-last-failure", b"2026-12-01T00:00:00Z\r\x1b[K")]
+        p.produce("fhirx.dlq", value=json.dumps(job).encode(), key=b"esc-1", headers=headers,
+                  partition=0)
+        check(p.flush(30) == 0, "a dead letter with escape sequences in its headers")
+        r = subprocess.run([FHIRX, "replay", "--config", env.config, "--dry-run"],
+                           capture_output=True, timeout=180)
+        out = r.stdout.decode("utf-8", "replace")
+        log(out)
+        check(r.returncode == 0 and "esc-1" in out, "--dry-run lists it")
+        check(b"\x1b" not in r.stdout and b"\x07" not in r.stdout and b"\r" not in r.stdout,
+              "no raw ESC, BEL or CR reaches the terminal")
+        check("t1\\x1b]0;owned\\x07\\x1b[2J" in out and "\\x0d\\x1b[K" in out and
+              "503\\x1b[31m" in out,
+              "the header values are shown escaped, in the table and the listing")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"utf8": scenario_utf8, "tombstone": scenario_tombstone,
-             "foreign_cap": scenario_foreign_cap}
+             "foreign_cap": scenario_foreign_cap, "replay_escapes": scenario_replay_escapes}
 
 if __name__ == "__main__":
     name = sys.argv[1]
