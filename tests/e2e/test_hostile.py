@@ -17,6 +17,10 @@ foreign_cap a job whose resources reference many distinct URLs outside the tenan
             records (one URL met on every resource is reported once),
             the status record's failures_not_recorded counts the rest, and the metric
             fhirx_failures_not_recorded_total says the same.
+ids_references  the id rule on the reference path (the patient path is e2e_cerner_ids, bulk
+            lines unit_bulk): two referenced Practitioners whose 256-character ids differ in
+            their last character both arrive under whole, distinct keys; references with a
+            257-byte id or a space are one invalid_response failure each, never a drop.
 replay_escapes  a dead letter whose headers hold terminal escape sequences (ESC ] title,
             BEL, ESC [ 2J, CR): `fhirx replay --dry-run` shows them escaped (\x1b), never raw.
 """
@@ -182,8 +186,57 @@ def scenario_replay_escapes(check):
         env.close()
 
 
+def scenario_ids_references(check):
+    """The id rule on the reference path: two referenced Practitioners whose 256-character
+    ids differ only in their last character both arrive under whole, distinct keys; a
+    reference whose id is too long or has a space is one invalid_response failure each."""
+    env = Env(tenants=[{"id": SANDBOX, "sandbox": True, "patients": 2}])
+    try:
+        w = env.start_worker()
+        long_a, long_b = "L" * 255 + "a", "L" * 255 + "b"
+        perf = [{"reference": "Practitioner/" + i} for i in
+                (long_a, long_b, "L" * 257, "bad id")]
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"fullUrl": "x", "search": {"mode": "match"},
+             "resource": {"resourceType": "Observation", "id": "obs-refs", "status": "final",
+                          "performer": perf}}]}
+        env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                     {"target": "fhir", "path": "Observation", "status": 200,
+                      "body": json.dumps(bundle), "content_type": "application/fhir+json"})
+        for name, pid in (("pa", long_a), ("pb", long_b)):
+            env.sim_post("/_sim/tenants/%s/faults" % SANDBOX,
+                         {"target": "fhir", "name": name, "path": "Practitioner/*" + pid[-1],
+                          "status": 200, "content_type": "application/fhir+json",
+                          "body": json.dumps({"resourceType": "Practitioner", "id": pid})})
+        env.enqueue([{"job_id": "ids-refs", "tenant": SANDBOX, "patients": ["20000001"],
+                      "resources": ["Observation"], "follow_references": True}])
+        st = {m.key: m.json() for m in env.wait_statuses(["ids-refs"])}["ids-refs"]
+        keys = sorted(m.key for m in env.read("fhirx.results", 3)
+                      if m.headers.get("fhirx-job-id") == "ids-refs")
+        want = sorted(["%s/Observation/obs-refs" % SANDBOX] +
+                      ["%s/Practitioner/%s" % (SANDBOX, i) for i in (long_a, long_b)])
+        check(keys == want, "both long-id Practitioners arrive under whole, distinct keys (%d)" %
+              len(keys))
+        fails = [m.json() for m in env.read("fhirx.failures", 2)
+                 if m.json()["job_id"] == "ids-refs"]
+        check(len(fails) == 2 and all(f["error_class"] == "invalid_response" and
+                                      f["resource_type"] == "Practitioner" and
+                                      "id rule" in f["message"] and "bad id" not in f["message"]
+                                      for f in fails),
+              "the too-long and the spaced reference are one invalid_response failure each: %s" %
+              [f["message"][:80] for f in fails])
+        check(st["state"] == "partial" and st["counts"].get("Practitioner") == 2,
+              "the job is partial, counts %s" % st["counts"])
+        rc, out = env.validate(1)
+        check(rc == 0, "outputs validate against schemas/:\n" + out)
+        check(env.stop(w) == 0, "worker exits 0")
+    finally:
+        env.close()
+
+
 SCENARIOS = {"utf8": scenario_utf8, "tombstone": scenario_tombstone,
-             "foreign_cap": scenario_foreign_cap, "replay_escapes": scenario_replay_escapes}
+             "foreign_cap": scenario_foreign_cap, "replay_escapes": scenario_replay_escapes,
+             "ids_references": scenario_ids_references}
 
 if __name__ == "__main__":
     name = sys.argv[1]
