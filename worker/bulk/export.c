@@ -363,6 +363,7 @@ static void kicked_off(bx_export *e, fx_http_response *res) {
   if (!fx_url_may_carry_token(url, &scope)) {
     char shown[200];
     fx_url_redact(url, shown, sizeof shown);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              "the export's status URL %s is on another origin than the tenant's FHIR base; the "
              "token is not sent there, so the export cannot be polled or DELETEd (it stays on "

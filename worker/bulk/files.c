@@ -132,7 +132,7 @@ static void enqueue_per_patient(bx_file *f) {
       json_decref(job);
     }
     if (!value) {
-      fx_sink_fail(&f->sink); /* out of memory: downloaded again later */
+      bx_unbuilt(e, &f->sink, "per-patient job"); /* the file is downloaded again later */
       break;
     }
     bx_emit(e->b, &f->sink, p->app->cfg->topics.jobs, id, value, len, NULL);
@@ -203,6 +203,7 @@ static int unpublishable(bx_file *f, json_t *res, const json_error_t *je, size_t
     else
       snprintf(msg, sizeof msg, "line %lld of a %s file is a resource that %s; not published",
                f->line_no, f->type, why);
+    fx_utf8_trim(msg); /* the manifest's type and the line's are the server's text */
     line_failed(f, FX_EC_INVALID_RESPONSE, f->type, msg);
     return 1;
   }
@@ -299,6 +300,7 @@ static int process_lines(bx_file *f, int final) {
         f->line_no++;
         snprintf(msg, sizeof msg, "line %lld of a %s file is longer than %zu bytes", f->line_no,
                  f->type, max_line);
+        fx_utf8_trim(msg); /* the manifest's type is the server's text */
         line_failed(f, FX_EC_TOO_LARGE, fx_resource_type_name_ok(f->type) ? f->type : NULL, msg);
         f->skipping = 1;
       }
@@ -510,6 +512,7 @@ static void file_start(bx_file *f) {
   if (f->redirects == 0 && e->requires_token && !fx_url_may_carry_token(f->url, &scope)) {
     char shown[512], msg[700];
     fx_url_redact(f->url, shown, sizeof shown);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              "manifest file %s is on another origin than the tenant's FHIR base but requires "
              "the access token; the token is not sent there (add the host to "

@@ -89,6 +89,7 @@ void bx_publish_progress(bx_export *e) {
   char *value = bx_dump(e->rec, &len);
   /* Not delivered, or not built: only a resume's starting point is older. */
   if (value) bx_emit(b, NULL, b->sv->app->cfg->topics.bulk, e->job_id, value, len, NULL);
+  else bx_unbuilt(e, NULL, "progress");
 }
 
 /* The patient is null: a bulk job names none. */
@@ -249,6 +250,7 @@ void bx_describe(const fx_http_response *res, const char *what, char *out, size_
   char oo[300], redirect[400];
   fx_fhir_outcome_summary(res->body, oo, sizeof oo);
   fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+  fx_utf8_trim(redirect); /* the server's Location, cut on a character */
   snprintf(out, size, "%s answered HTTP %ld%s%s%s%s", what, res->status, redirect[0] ? ": " : "",
            redirect, oo[0] ? ": " : "", oo);
   fx_utf8_trim(out);

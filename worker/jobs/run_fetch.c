@@ -188,7 +188,7 @@ static void publish_resource(run_fetch *f, const page *pg, json_t *res) {
   size_t len;
   char *value = run_dump(res, &len);
   if (!value) {
-    fx_sink_fail(&run->sink);
+    run_unbuilt(run, "result"); /* counted and logged; the job runs again */
     free(key);
     return;
   }
@@ -538,6 +538,7 @@ static void describe_failure(const fx_fetch_result *r, failure *fl, char *outcom
     fx_fhir_outcome_summary(res->body, outcome, osize);
     char redirect[400];
     fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    fx_utf8_trim(redirect); /* the server's Location, cut on a character */
     snprintf(msg, size, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
              outcome[0] ? ": " : "", outcome);
     fx_utf8_trim(msg);
