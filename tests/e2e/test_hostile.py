@@ -81,6 +81,7 @@ def scenario_tombstone(check):
         p.produce("fhirx.jobs", value=None, key=b"tomb-1", partition=0,
                   on_delivery=lambda err, msg: err and errors.append(err))
         check(p.flush(30) == 0 and not errors, "a tombstone produced to fhirx.jobs")
+        p = None  # closed now, not after the embedded Kafka is gone
         after = {"job_id": "tomb-after", "tenant": SANDBOX, "patients": ["20000001"],
                  "resources": TYPES}
         env.enqueue([after], partition=0)
@@ -172,6 +173,7 @@ def scenario_replay_escapes(check):
         p.produce("fhirx.dlq", value=json.dumps(job).encode(), key=b"esc-1", headers=headers,
                   partition=0)
         check(p.flush(30) == 0, "a dead letter with escape sequences in its headers")
+        p = None  # closed now, not after the embedded Kafka is gone
         r = subprocess.run([FHIRX, "replay", "--config", env.config, "--dry-run"],
                            capture_output=True, timeout=180)
         out = r.stdout.decode("utf-8", "replace")
