@@ -210,6 +210,12 @@ static const opt worker_opts[] = {
      "a worker for hours."},
     {"max_references_per_job", OPT_INT, W(max_references_per_job), "50000", 0, 1, 10000000, NULL,
      "Referenced entities one job may fetch; beyond, the job records a too_large failure."},
+    {"max_reference_failures_per_job", OPT_INT, W(max_reference_failures_per_job), "100", 0, 1,
+     1000000, NULL,
+     "Failure records one job (or bulk export) publishes for references outside the tenant's "
+     "base (foreign_reference) or with ids that break the id rule (one per distinct URL); "
+     "beyond, they are only counted: the status record's failures_not_recorded and the metric "
+     "fhirx_failures_not_recorded_total."},
     {"breaker_window", OPT_INT, W(breaker_window), "20", 0, 4, 256, NULL,
      "Circuit breaker: the last this many requests to a tenant are considered."},
     {"breaker_percent", OPT_INT, W(breaker_percent), "50", 0, 1, 100, NULL,

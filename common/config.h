@@ -106,6 +106,7 @@ typedef struct fx_worker_conf {
   long long ref_cache_ttl_s;
   long long job_deadline_s;       /* a task that would wait past this fails instead */
   long long max_references_per_job;
+  long long max_reference_failures_per_job; /* foreign/invalid reference records, then counted */
   long long breaker_window;
   long long breaker_percent;
   long long breaker_cooldown_ms;

@@ -161,6 +161,7 @@ void fx_fhir_outcome_summary(const char *body, char *out, size_t size) {
     fx_redact_secrets(text, clean, sizeof clean); /* the server's words may quote a credential */
     snprintf(out, size, "%s%s%s%s%s", sev ? sev : "", sev && code ? " " : "", code ? code : "",
              (sev || code) && text ? ": " : "", text ? clean : "");
+    fx_utf8_trim(out); /* a long diagnostic is cut: on a character, never inside one */
   }
   json_decref(doc);
 }

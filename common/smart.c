@@ -33,6 +33,7 @@ static void auth_error(fx_auth_error *e, int code, long status, const char *fmt,
   va_start(ap, fmt);
   vsnprintf(e->err.msg, sizeof e->err.msg, fmt, ap);
   va_end(ap);
+  fx_utf8_trim(e->err.msg); /* the server's words may be cut: on a character */
   e->err.code = code;
   e->http_status = status;
 }
@@ -323,15 +324,15 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
   fx_redact_secrets(error, error_clean, sizeof error_clean);
   const char *desc = raw_desc ? desc_clean : NULL;
   error = error_clean;
-  snprintf(e->oauth_error, sizeof e->oauth_error, "%s", error);
+  fx_utf8_copy(e->oauth_error, sizeof e->oauth_error, error);
   if (fx_smart_cerner_reason(uri, e->reason, sizeof e->reason) != 0) e->reason[0] = '\0';
   char why[320] = "";
   if (e->reason[0] && desc)
-    snprintf(why, sizeof why, " (reason: %s; %.200s)", e->reason, desc);
+    snprintf(why, sizeof why, " (reason: %s; %.*s)", e->reason, (int)fx_utf8_cut(desc, 200), desc);
   else if (e->reason[0])
     snprintf(why, sizeof why, " (reason: %s)", e->reason);
   else if (desc)
-    snprintf(why, sizeof why, " (%.200s)", desc);
+    snprintf(why, sizeof why, " (%.*s)", (int)fx_utf8_cut(desc, 200), desc);
   if (strcmp(error, "invalid_client") == 0) {
     char client[96];
     fx_smart_client_id_shown(c->client_id, client, sizeof client);

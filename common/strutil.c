@@ -1,5 +1,6 @@
 #include "common/strutil.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,7 +71,8 @@ void fx_redact_secrets(const char *in, char *out, size_t size) {
   static const char mark[] = "[redacted]";
   size_t o = 0;
   if (!size) return;
-  for (const char *p = in ? in : ""; *p && o + 1 < size;) {
+  const char *p = in ? in : "";
+  while (*p && o + 1 < size) {
     size_t keep, drop = credential_at(p, &keep);
     if (!drop) {
       out[o++] = *p++;
@@ -81,6 +83,7 @@ void fx_redact_secrets(const char *in, char *out, size_t size) {
     p += drop;
   }
   out[o] = '\0';
+  if (*p) fx_utf8_trim(out); /* cut: never inside a character */
 }
 
 size_t fx_scrub_secret(char *buf, size_t len, size_t cap, const char *secret) {
@@ -154,4 +157,81 @@ size_t fx_utf8_fix(char *s) {
     }
   }
   return fixed;
+}
+
+/* How many bytes the sequence led by c wants (1 for ASCII and for a byte that
+ * leads nothing). */
+static size_t utf8_want(unsigned char c) {
+  return c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 1;
+}
+
+size_t fx_utf8_cut(const char *s, size_t max) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t at = 0;
+  if (!s) return 0;
+  while (p[at]) {
+    size_t n = utf8_seq(p + at);
+    if (!n) {
+      /* A lead byte whose continuation the string's end cut off is a cut
+       * character, not a stray byte: it is left out. */
+      size_t want = utf8_want(p[at]), k = 1;
+      while (k < want && p[at + k] >= 0x80 && p[at + k] <= 0xBF) k++;
+      if (want > 1 && !p[at + k]) break;
+      n = 1;
+    }
+    if (at + n > max) break;
+    at += n;
+  }
+  return at;
+}
+
+size_t fx_utf8_copy(char *out, size_t size, const char *src) {
+  if (!size) return 0;
+  size_t n = src ? fx_utf8_cut(src, size - 1) : 0;
+  if (n) memcpy(out, src, n);
+  out[n] = '\0';
+  fx_utf8_fix(out);
+  return n;
+}
+
+void fx_utf8_trim(char *s) {
+  size_t len = strlen(s), i = len;
+  /* The last byte that is not a continuation byte leads the last character. */
+  while (i > 0 && len - i < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) i--;
+  if (i == 0) return;
+  unsigned char lead = (unsigned char)s[i - 1];
+  size_t want = utf8_want(lead);
+  if (want > 1 && len - (i - 1) < want) s[i - 1] = '\0';
+}
+
+void fx_str_printable(const char *src, char *out, size_t size) {
+  size_t o = 0;
+  if (!size) return;
+  const unsigned char *p = (const unsigned char *)(src ? src : "");
+  while (*p) {
+    size_t n = utf8_seq(p);
+    char esc[16];
+    size_t el = 0;
+    if (n == 0 || *p < 0x20 || *p == 0x7f || (n == 2 && p[0] == 0xC2 && p[1] < 0xA0)) {
+      /* One escape per byte: a C1 control is two. */
+      size_t bytes = n ? n : 1;
+      for (size_t k = 0; k < bytes; k++)
+        el += (size_t)snprintf(esc + el, sizeof esc - el, "\\x%02x", p[k]);
+      n = bytes;
+    } else if (*p == '\\') {
+      memcpy(esc, "\\\\", 2);
+      el = 2;
+    }
+    if (el) {
+      if (o + el + 1 > size) break;
+      memcpy(out + o, esc, el);
+    } else {
+      if (o + n + 1 > size) break;
+      memcpy(out + o, p, n);
+      el = n;
+    }
+    o += el;
+    p += n;
+  }
+  out[o] = '\0';
 }

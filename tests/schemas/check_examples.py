@@ -62,6 +62,7 @@ INVALID = {
     "status-bulk-negative-patient-resources.json": "-1 is less than the minimum of 0",
     "status-full-types-without-since.json": "full_types",
     "status-negative-duration.json": "duration_ms",
+    "status-negative-failures-not-recorded.json": "-1 is less than the minimum of 0",
     "parking.headers-no-reason.json": "'fhirx-parked-reason' is a required property",
     "job-bulk-with-patients.json": "patients: False schema",
     "job-bulk-with-tasks.json": "tasks: False schema",

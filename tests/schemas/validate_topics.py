@@ -290,6 +290,9 @@ class MessageChecker:
         if v["failures"] < v["tasks_failed"] and not bulk_failed:
             problems.append(f"failures {v['failures']} is fewer than tasks_failed {v['tasks_failed']} "
                             "(each failed task has a failure record)")
+        if v.get("failures_not_recorded", 0) > 0 and v["failures"] == 0:
+            problems.append(f"failures_not_recorded {v['failures_not_recorded']} with no failure "
+                            "record (only failures past a cap go unrecorded)")
         started, finished = instant(v["started_at"]), instant(v["finished_at"])
         if started is None or finished is None:
             problems.append("started_at or finished_at is not a real instant")

@@ -15,7 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/fhir.h"
 #include "common/http.h"
+#include "common/strutil.h"
 
 static struct MHD_Daemon *server;
 static int port;
@@ -741,6 +743,38 @@ static void public_only_refuses_internal_addresses(void **state) {
   finish(&loop, h);
 }
 
+
+/* An OperationOutcome longer than the buffer, with a two-byte character where
+ * the buffer ends: the summary ends before that character, never inside it
+ * (half a character is not UTF-8, and jansson refuses a record holding it). */
+static void outcome_summary_cut(void **state) {
+  (void)state;
+  char diag[1100], body[1400], out[300];
+  memset(diag, 'x', 280);
+  strcpy(diag + 280, "\xc3\xa9\xc3\xa9 and more");
+  snprintf(body, sizeof body,
+           "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\","
+           "\"code\":\"processing\",\"diagnostics\":\"%s\"}]}",
+           diag);
+  fx_fhir_outcome_summary(body, out, sizeof out);
+  assert_int_equal(strlen(out), strlen("error processing: ") + 280);
+  assert_int_equal(strncmp(out, "error processing: xxx", 21), 0);
+  json_t *j = json_string(out);
+  assert_non_null(j);
+  json_decref(j);
+  /* Cut by the redaction buffer (1024 bytes) instead of the caller's. */
+  char big[2048];
+  memset(diag, 'y', 1022);
+  strcpy(diag + 1022, "\xc3\xa9\xc3\xa9");
+  snprintf(body, sizeof body,
+           "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"diagnostics\":\"%s\"}]}", diag);
+  fx_fhir_outcome_summary(body, big, sizeof big);
+  assert_int_equal(strlen(big), 1022);
+  j = json_string(big);
+  assert_non_null(j);
+  json_decref(j);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(get_ok),
                                      cmocka_unit_test(retry_after_forms),
@@ -756,6 +790,7 @@ int main(void) {
                                      cmocka_unit_test(retry_after_only_where_it_means_something),
                                      cmocka_unit_test(error_bodies_are_bounded),
                                      cmocka_unit_test(error_bodies_are_bounded_by_default),
-                                     cmocka_unit_test(public_only_refuses_internal_addresses)};
+                                     cmocka_unit_test(public_only_refuses_internal_addresses),
+                                     cmocka_unit_test(outcome_summary_cut)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/strutil.h"
 #include "worker/model/job.h"
 #include "worker/model/resources.h"
 
@@ -693,12 +694,42 @@ static void from_json_and_field_paths(void **state) {
   json_decref(doc);
 }
 
+/* Peer text in a job's error is cut on characters: an unknown tenant of 63
+ * bytes then "é" keeps its 63 bytes in the error (64 would halve the é), and
+ * the message quoting it stays UTF-8. A tombstone (no value) says what it is. */
+static void hostile_text(void **state) {
+  (void)state;
+  char text[300], tenant[70];
+  memset(tenant, 'a', 63);
+  strcpy(tenant + 63, "\xc3\xa9");
+  snprintf(text, sizeof text, "{\"job_id\":\"utf8\",\"tenant\":\"%s\",\"patients\":[\"1\"]}",
+           tenant);
+  fx_job *job = NULL;
+  fx_job_error e;
+  assert_int_equal(fx_job_parse(text, strlen(text), &profiles, &lim, &job, &e), -1);
+  assert_int_equal(e.cls, FX_EC_INVALID_JOB); /* no tenant can have that name */
+  assert_int_equal(strlen(e.tenant), 63);
+  assert_int_equal(fx_utf8_fix(e.tenant), 0);
+  assert_int_equal(fx_utf8_fix(e.msg), 0);
+  assert_non_null(strstr(e.msg, "is not a tenant id"));
+  char quoted[80];
+  snprintf(quoted, sizeof quoted, "'%.63s'", tenant);
+  assert_non_null(strstr(e.msg, quoted));
+  assert_int_equal(fx_job_parse(NULL, 0, &profiles, &lim, &job, &e), -1);
+  assert_null(job);
+  assert_int_equal(e.cls, FX_EC_INVALID_JOB);
+  assert_non_null(strstr(e.msg, "empty message (tombstone)"));
+  assert_int_equal(fx_job_parse("", 0, &profiles, &lim, &job, &e), -1);
+  assert_non_null(strstr(e.msg, "empty message"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(since_instant),
                                      cmocka_unit_test(valid_jobs), cmocka_unit_test(tasks_round_trip),
                                      cmocka_unit_test(rejects), cmocka_unit_test(bulk_jobs),
                                      cmocka_unit_test(bulk_round_trip), cmocka_unit_test(bulk_rejects),
                                      cmocka_unit_test(per_patient_ids),
-                                     cmocka_unit_test(from_json_and_field_paths)};
+                                     cmocka_unit_test(from_json_and_field_paths),
+                                     cmocka_unit_test(hostile_text)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

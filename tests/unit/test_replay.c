@@ -248,7 +248,12 @@ static void markers(void **state) {
                           "fhirx-replay/1 t=1 nj=1 np=0 j=0:x k= d=0:1-2",
                           "fhirx-replay/1 t=1 nj=1 np=0 j=0:1 k= d=0:5-2",
                           "fhirx-replay/1 t=1 nj=1 np=0 j=0:1, k= d=0:1-2",
-                          "fhirx-replay/1 t=1 nj=1 np=0 j=0:1 k= d=0:1-2 z=1"};
+                          "fhirx-replay/1 t=1 nj=1 np=0 j=0:1 k= d=0:1-2 z=1",
+                          /* A repeated key: refused, and the first list is not leaked
+                           * (LeakSanitizer in the sanitized build). */
+                          "fhirx-replay/1 t=1 nj=1 np=0 j=0:1 j=0:2 k=0:3 d=0:1-2",
+                          "fhirx-replay/1 t=1 nj=1 np=0 j=0:1 k=0:3 k=1:3 d=0:1-2 d=1:1-2",
+                          "fhirx-replay/1 t=1 t=2 nj=1 np=0 j=0:1 k= d=0:1-2"};
   for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++)
     if (fx_rp_marker_decode(broken[i], strlen(broken[i]), &d) != -1)
       fail_msg("accepted '%s'", broken[i]);
@@ -295,6 +300,38 @@ static void positions(void **state) {
     if (fx_rp_parse_position(bad[i], strlen(bad[i]), topic, sizeof topic, &p, &o) == 0)
       fail_msg("accepted '%s'", bad[i]);
   assert_int_equal(fx_rp_parse_position(s, strlen(s), topic, 5, &p, &o), -1); /* topic too long */
+}
+
+/* --dry-run prints what dead letters' headers say: a header holding a terminal
+ * escape sequence (ESC, BEL, a C1 CSI) is shown escaped, never raw, and the
+ * table's "tenant<TAB>class" key cannot be split by a tab in a header. */
+static void dry_run_lines(void **state) {
+  (void)state;
+  fx_rp_letter l = {.topic = "fhirx.dlq", .partition = 2, .offset = 7,
+                    .job_id = "job\x1b]0;pwned\x07", .tenant = "t1\x1b[2J\tx",
+                    .error_class = "transient\x1b[31m", .http_status = "503",
+                    .last_failure = "2026-12-01T00:00:00Z\r\x1b[K"};
+  char line[2048], key[256];
+  fx_rp_dry_line(&l, "replay", "1 -> 2", "why\x1b[0m \xc2\x9b" "1m", line, sizeof line);
+  assert_null(strchr(line, 0x1b));
+  assert_null(strchr(line, 0x07));
+  assert_null(strchr(line, '\r'));
+  assert_null(strstr(line, "\xc2\x9b"));
+  assert_non_null(strstr(line, "replay fhirx.dlq/2/7  job job\\x1b]0;pwned\\x07  tenant "
+                               "t1\\x1b[2J\\x09x  transient\\x1b[31m (503)  attempt 1 -> 2"));
+  assert_non_null(strstr(line, "last failure 2026-12-01T00:00:00Z\\x0d\\x1b[K: why\\x1b[0m "
+                               "\\xc2\\x9b1m"));
+  fx_rp_dry_key(&l, key, sizeof key);
+  assert_string_equal(key, "t1\\x1b[2J\\x09x\ttransient\\x1b[31m");
+  /* Absent headers show as "-"; a small buffer cuts the line, escapes stay escaped. */
+  fx_rp_letter none = {.topic = "fhirx.dlq", .partition = 0, .offset = 1};
+  fx_rp_dry_line(&none, "park", "1", "", line, sizeof line);
+  assert_string_equal(line, "park   fhirx.dlq/0/1  job -  tenant -  -  attempt 1  last failure -");
+  fx_rp_dry_key(&none, key, sizeof key);
+  assert_string_equal(key, "-\t-");
+  fx_rp_dry_line(&l, "replay", "1 -> 2", "", line, 40);
+  assert_true(strlen(line) < 40);
+  assert_null(strchr(line, 0x1b));
 }
 
 
@@ -359,6 +396,7 @@ int main(void) {
                                      cmocka_unit_test(decisions), cmocka_unit_test(bulk_decisions),
                                      cmocka_unit_test(markers),
                                      cmocka_unit_test(carried_markers),
-                                     cmocka_unit_test(positions)};
+                                     cmocka_unit_test(positions),
+                                     cmocka_unit_test(dry_run_lines)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

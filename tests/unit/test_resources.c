@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/model/refs.h"
 #include "worker/model/resources.h"
 
 static int ok(const char *s) { return fx_fhir_id_ok(s, strlen(s)); }
@@ -185,6 +186,48 @@ static void references_against_bad_bases_and_encoded_paths(void **state) {
       fail_msg("not foreign: %s", bad[i]);
 }
 
+/* A job's reference sets stay bounded (issue 13): foreign and invalid
+ * references are reported once per URL up to the failure cap, then only
+ * counted (their URLs are not remembered); followed entities past
+ * max_references_per_job are neither fetched nor remembered. */
+static void reference_sets_are_bounded(void **state) {
+  (void)state;
+  const char *base = "https://fhir-ehr.cerner.com/r4/ec2458f2";
+  fx_profile p;
+  memset(&p, 0, sizeof p);
+  fx_types_add(&p.follow, fx_resource_index("Practitioner"));
+  fx_refs r;
+  assert_int_equal(fx_refs_init(&r, 3, 2), 0);
+  fx_ref_found found;
+  char ref[200];
+  assert_int_equal(fx_refs_consider(&r, &p, base, NULL, "https://evil.example/r4/Practitioner/0",
+                                    -1, 0, &found),
+                   FX_REFD_FOREIGN);
+  assert_int_equal(fx_refs_consider(&r, &p, base, NULL, "https://evil.example/r4/Practitioner/0",
+                                    -1, 0, &found),
+                   FX_REFD_SKIP); /* reported once */
+  assert_int_equal(fx_refs_consider(&r, &p, base, NULL, "Practitioner/a b", -1, 0, &found),
+                   FX_REFD_INVALID);
+  for (int i = 1; i <= 1000; i++) {
+    snprintf(ref, sizeof ref, "https://evil.example/r4/Practitioner/%d", i);
+    assert_int_equal(fx_refs_consider(&r, &p, base, NULL, ref, -1, 0, &found),
+                     FX_REFD_UNRECORDED);
+  }
+  assert_int_equal(fx_refs_consider(&r, &p, base, NULL, "Practitioner/c d", -1, 0, &found),
+                   FX_REFD_UNRECORDED);
+  assert_int_equal(r.unrecorded, 1001);
+  assert_int_equal(fx_strset_size(r.asked), 2);
+  for (int i = 0; i < 1000; i++) {
+    snprintf(ref, sizeof ref, "Practitioner/%d", i);
+    fx_ref_decision d = fx_refs_consider(&r, &p, base, NULL, ref, -1, 0, &found);
+    assert_int_equal(d, i < 3 ? FX_REFD_FOLLOW : i == 3 ? FX_REFD_CAPPED : FX_REFD_SKIP);
+  }
+  assert_int_equal(fx_refs_consider(&r, &p, base, NULL, "Practitioner/1", -1, 0, &found),
+                   FX_REFD_SKIP); /* asked for already */
+  assert_true(fx_strset_size(r.asked) <= 2 + 3);
+  fx_refs_free(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(accepts_real_ids),
@@ -193,6 +236,7 @@ int main(void) {
       cmocka_unit_test(keys_are_never_cut),
       cmocka_unit_test(references_follow_the_rule),
       cmocka_unit_test(references_against_bad_bases_and_encoded_paths),
+      cmocka_unit_test(reference_sets_are_bounded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

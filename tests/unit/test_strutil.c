@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,9 +78,91 @@ static void scrub_secret(void **state) {
   assert_int_equal(fx_scrub_secret(NULL, 0, 0, "XarVlPj-xYzz1234567"), 0);
 }
 
+
+/* "é" is C3 A9, "€" E2 82 AC, "😀" F0 9F 98 80. */
+static void utf8_cut(void **state) {
+  (void)state;
+  const char *s = "ab\xc3\xa9" "c\xe2\x82\xac" "d\xf0\x9f\x98\x80";
+  assert_int_equal(fx_utf8_cut(s, 100), strlen(s));
+  assert_int_equal(fx_utf8_cut(s, 4), 4);  /* "abé" */
+  assert_int_equal(fx_utf8_cut(s, 3), 2);  /* "ab": é would be cut */
+  assert_int_equal(fx_utf8_cut(s, 6), 5);  /* "abéc": € would be cut */
+  assert_int_equal(fx_utf8_cut(s, 7), 5);
+  assert_int_equal(fx_utf8_cut(s, 8), 8);
+  assert_int_equal(fx_utf8_cut(s, 12), 9); /* the emoji needs 4 */
+  assert_int_equal(fx_utf8_cut(s, 0), 0);
+  /* Bytes that are not UTF-8 at all count one each (fx_utf8_fix repairs them). */
+  assert_int_equal(fx_utf8_cut("a\xff" "b", 2), 2);
+  assert_int_equal(fx_utf8_cut("a\xc3", 5), 1); /* a sequence the string itself cut */
+}
+
+static void utf8_copy(void **state) {
+  (void)state;
+  char out[5];
+  /* 63 bytes then "é" into 64: the é is dropped whole, never halved. */
+  char tenant[66], buf[65];
+  memset(tenant, 'a', 63);
+  memcpy(tenant + 63, "\xc3\xa9", 3);
+  assert_int_equal(fx_utf8_copy(buf, sizeof buf, tenant), 63);
+  assert_int_equal(strlen(buf), 63);
+  assert_int_equal(fx_utf8_fix(buf), 0);
+  assert_int_equal(fx_utf8_copy(out, sizeof out, "abc\xc3\xa9"), 3);
+  assert_string_equal(out, "abc");
+  assert_int_equal(fx_utf8_copy(out, sizeof out, "ab"), 2);
+  assert_string_equal(out, "ab");
+  /* Bytes that are not UTF-8 become '?' in the copy. */
+  assert_int_equal(fx_utf8_copy(out, sizeof out, "a\xff" "b"), 3);
+  assert_string_equal(out, "a?b");
+  assert_int_equal(fx_utf8_copy(out, sizeof out, NULL), 0);
+  assert_string_equal(out, "");
+}
+
+static void utf8_trim(void **state) {
+  (void)state;
+  char buf[16];
+  /* What a fixed-size copy leaves when it cuts "ab€" after 3 bytes. */
+  memcpy(buf, "ab\xe2\x82", 4);
+  buf[3] = '\0';
+  fx_utf8_trim(buf);
+  assert_string_equal(buf, "ab");
+  memcpy(buf, "ab\xe2\x82\xac", 6);
+  fx_utf8_trim(buf);
+  assert_string_equal(buf, "ab\xe2\x82\xac");
+  memcpy(buf, "a\xf0\x9f\x98", 5);
+  fx_utf8_trim(buf);
+  assert_string_equal(buf, "a");
+  fx_utf8_trim(buf);
+  assert_string_equal(buf, "a");
+  buf[0] = '\0';
+  fx_utf8_trim(buf);
+  assert_string_equal(buf, "");
+}
+
+/* For a terminal: control characters and bytes that are not UTF-8 as \xNN,
+ * a backslash doubled; characters kept whole; never a cut escape. */
+static void printable(void **state) {
+  (void)state;
+  char out[64];
+  fx_str_printable("t1\x1b]0;owned\x07\x1b[2J", out, sizeof out);
+  assert_string_equal(out, "t1\\x1b]0;owned\\x07\\x1b[2J");
+  assert_null(strchr(out, 0x1b));
+  fx_str_printable("caf\xc3\xa9 a\\b\ttab\x7f", out, sizeof out);
+  assert_string_equal(out, "caf\xc3\xa9 a\\\\b\\x09tab\\x7f");
+  /* C1 controls (U+009B is a CSI on some terminals) and bad bytes. */
+  fx_str_printable("x\xc2\x9b" "1m\xff", out, sizeof out);
+  assert_string_equal(out, "x\\xc2\\x9b1m\\xff");
+  char small[6];
+  fx_str_printable("ab\x1b", small, sizeof small); /* "ab\x1b" needs 6 bytes + NUL */
+  assert_string_equal(small, "ab");
+  fx_str_printable(NULL, small, sizeof small);
+  assert_string_equal(small, "");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(memstr), cmocka_unit_test(json_depth),
                                      cmocka_unit_test(redact_secrets),
-                                     cmocka_unit_test(scrub_secret)};
+                                     cmocka_unit_test(scrub_secret),
+                                     cmocka_unit_test(utf8_cut), cmocka_unit_test(utf8_copy),
+                                     cmocka_unit_test(utf8_trim), cmocka_unit_test(printable)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -35,6 +35,7 @@ typedef struct fx_metrics {
   atomic_ullong governor_waits;
   atomic_ullong retry_after_ignored, retry_after_capped; /* fx_metrics_retry_after */
   atomic_ullong records_unbuilt; /* a record could not be built (a bug or no memory) */
+  atomic_ullong failures_unrecorded; /* past worker.max_reference_failures_per_job */
   atomic_ullong bulk_kickoffs, bulk_polls, bulk_files, bulk_completed, bulk_failed, bulk_resumed;
   atomic_llong bulk_active;
   atomic_llong requests_in_flight, jobs_in_flight, paused_partitions;

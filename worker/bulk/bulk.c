@@ -99,6 +99,7 @@ static void apply_record(fx_bulk *b, const rd_kafka_message_t *m) {
   }
   e->error_lines = json_integer_value(json_object_get(rec, "error_lines"));
   e->bad_lines = json_integer_value(json_object_get(rec, "failures"));
+  e->unrecorded = json_integer_value(json_object_get(rec, "failures_not_recorded"));
   e->first_cls = fx_errclass_parse(json_string_value(json_object_get(rec, "error_class")));
   e->refs_fetched = json_integer_value(json_object_get(rec, "references_fetched"));
   bx_part *p = find_part(b, m->partition);

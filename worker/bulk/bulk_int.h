@@ -174,6 +174,7 @@ struct bx_export {
   bx_list files[FX_BXF_NPHASES]; /* live files, by phase */
   json_t *counts;       /* resourceType -> resources published (acknowledged files), any type */
   long long error_lines, bad_lines;
+  long long unrecorded; /* reference failures past the cap, counted only (model/refs.h) */
   fx_errclass first_cls; /* of the first failure record published; FX_EC_NONE before */
   fx_refs refs;         /* entities asked for, references reported, the cap (model/refs.h) */
   long long refs_fetched;
@@ -213,6 +214,7 @@ struct bx_file {
   long long line_no;
   json_t *counts;       /* resourceType -> resources this download published */
   long long error_lines, bad_lines;
+  long long unrecorded; /* reference failures past the cap, counted only */
   /* follow.c: references to read once the lines are published */
   bx_ref *refs_head, *refs_tail;
   int refs_inflight;

@@ -17,6 +17,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/bulk/bulk_int.h"
 
@@ -251,6 +252,7 @@ static void on_file_settled(bx_file *f, int delivered) {
     per_patient_done(e, f);
     e->error_lines += f->error_lines;
     e->bad_lines += f->bad_lines;
+    e->unrecorded += f->unrecorded;
     e->refs_fetched += f->refs_fetched;
     atomic_fetch_add(&e->b->sv->metrics->bulk_files, 1);
     e->progress_dirty = 1;
@@ -302,6 +304,7 @@ static void retry_step(bx_export *e, long after_ms, long status, const char *wha
     char msg[400];
     snprintf(msg, sizeof msg, "%s failed %d times in a row (last: %s)",
              fx_bx_record_name(e->rstate), e->tries, what);
+    fx_utf8_trim(msg);
     export_fail(e, now >= e->deadline_ms ? FX_EC_DEADLINE : FX_EC_TRANSIENT, status, msg);
     return;
   }
@@ -362,6 +365,7 @@ static void kicked_off(bx_export *e, fx_http_response *res) {
     char shown[200], note[160];
     fx_url_redact(url, shown, sizeof shown);
     fx_url_problem_note(url, note, sizeof note);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              "the export's status URL %s is on another origin than the tenant's FHIR base%s; the "
              "token is not sent there, so the export cannot be polled or DELETEd (it stays on "
@@ -519,7 +523,7 @@ static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, s
   json_t *rat = json_object_get(m, "requiresAccessToken");
   e->requires_token = !json_is_false(rat);
   const char *tt = json_string_value(json_object_get(m, "transactionTime"));
-  snprintf(e->transaction_time, sizeof e->transaction_time, "%s", tt ? tt : "");
+  fx_utf8_copy(e->transaction_time, sizeof e->transaction_time, tt); /* the server's text */
   /* done[] and busy[] in one block. A resumed export keeps the files it had
    * done, if the manifest is the same size. */
   unsigned char *done = calloc(n ? 2 * n : 1, 1);
@@ -660,7 +664,8 @@ void bx_exports_init(fx_bulk *b) {
 bx_export *bx_export_new(fx_bulk *b, const char *job_id, json_t *rec) {
   bx_export *e = calloc(1, sizeof *e);
   if (!e || !(e->job_id = strdup(job_id)) || !(e->counts = json_object()) ||
-      fx_refs_init(&e->refs, (size_t)b->sv->app->cfg->worker.max_references_per_job) != 0) {
+      fx_refs_init(&e->refs, (size_t)b->sv->app->cfg->worker.max_references_per_job,
+                   (size_t)b->sv->app->cfg->worker.max_reference_failures_per_job) != 0) {
     if (e) free(e->job_id), json_decref(e->counts);
     free(e);
     return NULL;

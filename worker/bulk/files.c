@@ -69,9 +69,9 @@ static void per_patient_add(bx_file *f, const char *id) {
     char msg[300], names[200];
     fx_types_join(e->job->per_patient_types, ", ", names, sizeof names);
     snprintf(msg, sizeof msg,
-             "exported Patient/%.64s has an id a patient job does not take; its %s were not "
+             "exported Patient/%.*s has an id a patient job does not take; its %s were not "
              "fetched",
-             id, names);
+             (int)fx_utf8_cut(id, 64), id, names);
     bx_publish_failure(e, &f->sink,
                        &(bx_failure){.cls = FX_EC_INVALID_RESPONSE,
                                      .url = f->url,
@@ -132,7 +132,7 @@ static void enqueue_per_patient(bx_file *f) {
       json_decref(job);
     }
     if (!value) {
-      fx_sink_fail(&f->sink); /* out of memory: downloaded again later */
+      bx_unbuilt(e, &f->sink, "per-patient job"); /* the file is downloaded again later */
       break;
     }
     bx_emit(e->b, &f->sink, p->app->cfg->topics.jobs, id, value, len, NULL);
@@ -203,6 +203,7 @@ static int unpublishable(bx_file *f, json_t *res, const json_error_t *je, size_t
     else
       snprintf(msg, sizeof msg, "line %lld of a %s file is a resource that %s; not published",
                f->line_no, f->type, why);
+    fx_utf8_trim(msg); /* the manifest's type and the line's are the server's text */
     line_failed(f, FX_EC_INVALID_RESPONSE, f->type, msg);
     return 1;
   }
@@ -299,6 +300,7 @@ static int process_lines(bx_file *f, int final) {
         f->line_no++;
         snprintf(msg, sizeof msg, "line %lld of a %s file is longer than %zu bytes", f->line_no,
                  f->type, max_line);
+        fx_utf8_trim(msg); /* the manifest's type is the server's text */
         line_failed(f, FX_EC_TOO_LARGE, fx_resource_type_name_ok(f->type) ? f->type : NULL, msg);
         f->skipping = 1;
       }
@@ -434,6 +436,7 @@ static void file_failed(bx_file *f, fx_errclass cls, long status, long after_ms,
     json_object_clear(f->counts);
     pp_clear(f);
     f->error_lines = f->bad_lines = f->line_no = 0;
+    f->unrecorded = 0;
     f->redirects = 0;
     uint64_t backoff =
         fx_bulk_backoff_ms((uint64_t)bc->poll_min_ms, f->tries, (uint64_t)bc->poll_max_ms);
@@ -517,6 +520,7 @@ static void file_start(bx_file *f) {
     char shown[512], note[160], msg[900];
     fx_url_redact(f->url, shown, sizeof shown);
     fx_url_problem_note(f->url, note, sizeof note);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              note[0] ? "manifest file %s requires the access token%s; the token is not sent "
                        "there"

@@ -63,16 +63,22 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   bx_file *f = c->f;
   bx_export *e = f->e;
   fx_ref_found found;
-  char msg[700];
+  char msg[800];
   switch (fx_refs_consider(&e->refs, c->prof, e->tenant->fhir_base, NULL, ref, only_type, exact,
                            &found)) {
   case FX_REFD_SKIP: return;
+  case FX_REFD_UNRECORDED:
+    /* Past the export's failure cap: counted (status and metric), not recorded. */
+    atomic_fetch_add(&e->b->sv->metrics->failures_unrecorded, 1);
+    f->unrecorded++;
+    return;
   case FX_REFD_FOREIGN: {
     char shown[512], note[160];
     fx_url_redact(ref, shown, sizeof shown);
     fx_url_problem_note(ref, note, sizeof note);
-    snprintf(msg, sizeof msg, "reference %.*s is outside the tenant's FHIR base%s; not followed",
-             400, shown, note);
+    fx_utf8_trim(shown);
+    snprintf(msg, sizeof msg, "reference %s is outside the tenant's FHIR base%s; not followed",
+             shown, note);
     /* url: the reference's URL, which was not requested (failure.schema.json). */
     bx_publish_failure(e, &f->sink,
                        &(bx_failure){.cls = FX_EC_FOREIGN_REFERENCE, .url = ref, .message = msg});

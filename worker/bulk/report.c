@@ -7,6 +7,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/bulk/bulk_int.h"
 
@@ -69,7 +70,7 @@ void bx_publish_progress(bx_export *e) {
   json_object_set_new(e->rec, "state", json_string(fx_bx_record_name(e->rstate)));
   json_object_set_new(e->rec, "updated_at", json_string(now));
   json_object_set_new(e->rec, "worker", json_string(b->sv->identity));
-  if (e->status_url) json_object_set_new(e->rec, "status_url", json_string(e->status_url));
+  if (e->status_url) json_object_set_new(e->rec, "status_url", fx_rec_text(e->status_url));
   json_object_set_new(e->rec, "deadline_ms", json_integer((json_int_t)e->deadline_ms));
   if (e->n_files) {
     json_object_set_new(e->rec, "files_total", json_integer((json_int_t)e->n_files));
@@ -80,6 +81,7 @@ void bx_publish_progress(bx_export *e) {
   json_object_set_new(e->rec, "counts", json_deep_copy(e->counts));
   json_object_set_new(e->rec, "error_lines", json_integer(e->error_lines));
   json_object_set_new(e->rec, "failures", json_integer(e->bad_lines));
+  json_object_set_new(e->rec, "failures_not_recorded", json_integer(e->unrecorded));
   if (e->first_cls != FX_EC_NONE)
     json_object_set_new(e->rec, "error_class", json_string(fx_errclass_name(e->first_cls)));
   json_object_set_new(e->rec, "references_fetched", json_integer(e->refs_fetched));
@@ -87,6 +89,7 @@ void bx_publish_progress(bx_export *e) {
   char *value = bx_dump(e->rec, &len);
   /* Not delivered, or not built: only a resume's starting point is older. */
   if (value) bx_emit(b, NULL, b->sv->app->cfg->topics.bulk, e->job_id, value, len, NULL);
+  else bx_unbuilt(e, NULL, "progress");
 }
 
 /* The patient is null: a bulk job names none. */
@@ -218,6 +221,7 @@ void bx_publish_status(bx_export *e) {
       .references_fetched = e->refs_fetched,
       .references_cached = 0,
       .failures = e->error_lines + e->bad_lines + failed,
+      .failures_unrecorded = e->unrecorded,
       .error_class = e->end_outcome != FX_OUTCOME_COMPLETED ? e->end_cls : FX_EC_NONE,
       .full_types = full,
       .since = e->job ? e->job->since : NULL,
@@ -246,8 +250,10 @@ void bx_describe(const fx_http_response *res, const char *what, char *out, size_
   char oo[300], redirect[400];
   fx_fhir_outcome_summary(res->body, oo, sizeof oo);
   fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+  fx_utf8_trim(redirect); /* the server's Location, cut on a character */
   snprintf(out, size, "%s answered HTTP %ld%s%s%s%s", what, res->status, redirect[0] ? ": " : "",
            redirect, oo[0] ? ": " : "", oo);
+  fx_utf8_trim(out);
 }
 
 char *bx_resolve(const char *base, const char *ref) {

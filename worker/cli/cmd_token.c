@@ -8,6 +8,7 @@
 
 #include "common/fhir.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 #include "worker/model/app.h"
 #include "worker/cli/cli.h"
@@ -186,13 +187,14 @@ static void person_name(json_t *res, char *out, size_t size) {
   }
   const char *text = json_string_value(json_object_get(pick, "text"));
   if (text) {
-    snprintf(out, size, "%s", text);
+    fx_utf8_copy(out, size, text);
     return;
   }
   const char *family = json_string_value(json_object_get(pick, "family"));
   const char *given = json_string_value(json_array_get(json_object_get(pick, "given"), 0));
   snprintf(out, size, "%s%s%s", family ? family : "", family && given ? ", " : "",
            given ? given : "");
+  fx_utf8_trim(out);
 }
 
 static void print_summary(json_t *res) {

@@ -125,7 +125,7 @@ static void decide(replay *r, const rd_kafka_message_t *m, entry *e, char *reaso
                                                                : rd_kafka_headers_new(1);
         rd_kafka_header_remove(e->headers, "fhirx-parked-reason");
         rd_kafka_header_add(e->headers, "fhirx-parked-reason", -1, reason,
-                            (ssize_t)strnlen(reason, 512));
+                            (ssize_t)fx_utf8_cut(reason, 512)); /* a character kept whole */
       }
     }
   }
@@ -133,8 +133,7 @@ static void decide(replay *r, const rd_kafka_message_t *m, entry *e, char *reaso
     /* Per tenant and class, then the first --show letters. */
     if (e->act != ACT_SKIP) {
       char k[200];
-      snprintf(k, sizeof k, "%s\t%s", lt.l.tenant ? lt.l.tenant : "-",
-               lt.l.error_class ? lt.l.error_class : "-");
+      fx_rp_dry_key(&lt.l, k, sizeof k); /* header text, escaped for the terminal */
       json_t *row = json_object_get(r->table, k);
       if (!row) {
         row = json_pack("[i, i, i]", 0, 0, 0);
@@ -145,17 +144,12 @@ static void decide(replay *r, const rd_kafka_message_t *m, entry *e, char *reaso
     }
     if (e->act != ACT_SKIP && r->listed < r->show) {
       static const char *const verbs[] = {"skip", "replay", "park", "park", "keep", "keep", "done"};
-      char pos[320], line[1400], attempt[32];
-      fx_rp_position(&lt.l, pos, sizeof pos);
+      char line[1400], attempt[32];
       int a = fx_rp_attempt(&lt.l);
       if (e->act == ACT_REPLAY) snprintf(attempt, sizeof attempt, "%d -> %d", a, a + 1);
       else snprintf(attempt, sizeof attempt, "%d", a);
-      snprintf(line, sizeof line, "%-6s %s  job %s  tenant %s  %s%s%s%s  attempt %s  last failure %s%s%s",
-               verbs[e->act], pos, lt.l.job_id ? lt.l.job_id : "-",
-               lt.l.tenant ? lt.l.tenant : "-", lt.l.error_class ? lt.l.error_class : "-",
-               lt.l.http_status ? " (" : "", lt.l.http_status ? lt.l.http_status : "",
-               lt.l.http_status ? ")" : "", attempt,
-               lt.l.last_failure ? lt.l.last_failure : "-", *reason ? ": " : "", reason);
+      /* Header values escaped (a dead letter's headers may hold terminal escapes). */
+      fx_rp_dry_line(&lt.l, verbs[e->act], attempt, reason, line, sizeof line);
       json_array_append_new(r->listing, json_string(line));
       r->listed++;
     }

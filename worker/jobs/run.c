@@ -69,7 +69,8 @@ fx_run *fx_run_new(const fx_run_env *env, fx_partition *part, const rd_kafka_mes
                    uint64_t seq) {
   fx_run *run = calloc(1, sizeof *run);
   if (!run || !(run->seen = fx_strset_new()) ||
-      fx_refs_init(&run->refs, (size_t)env->sv->app->cfg->worker.max_references_per_job) != 0 ||
+      fx_refs_init(&run->refs, (size_t)env->sv->app->cfg->worker.max_references_per_job,
+                   (size_t)env->sv->app->cfg->worker.max_reference_failures_per_job) != 0 ||
       !(run->counts = calloc(FX_NTYPES, sizeof *run->counts))) {
     if (run) {
       fx_strset_free(run->seen);

@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strutil.h"
 #include "common/url.h"
 
 const char *fx_run_state_name(fx_run_state s) {
@@ -73,7 +74,7 @@ void run_record_failure(fx_run *run, const run_fetch *f, const failure *fl) {
   if (!run->failures) {
     run->first_class = fl->cls;
     run->first_status = fl->status;
-    snprintf(run->first_reason, sizeof run->first_reason, "%s", fl->message);
+    fx_utf8_copy(run->first_reason, sizeof run->first_reason, fl->message);
     memcpy(run->first_failure_at, now, sizeof now);
   }
   memcpy(run->last_failure_at, now, sizeof now);
@@ -199,6 +200,7 @@ static void publish_status(fx_run *run) {
       .references_fetched = (long long)run->refs_fetched,
       .references_cached = (long long)run->refs_cached,
       .failures = (long long)run->failures,
+      .failures_unrecorded = run->refs.unrecorded,
       .error_class = run->failures ? run->first_class : FX_EC_NONE,
       .full_types = full,
       .since = run->job ? run->job->since : NULL,

@@ -188,7 +188,7 @@ static void publish_resource(run_fetch *f, const page *pg, json_t *res) {
   size_t len;
   char *value = run_dump(res, &len);
   if (!value) {
-    fx_sink_fail(&run->sink);
+    run_unbuilt(run, "result"); /* counted and logged; the job runs again */
     free(key);
     return;
   }
@@ -344,6 +344,10 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
   switch (fx_refs_consider(&run->refs, run->profile, run->tenant->fhir_base, run->seen, ref,
                            only_type, exact, &found)) {
   case FX_REFD_SKIP: return;
+  case FX_REFD_UNRECORDED:
+    /* Past the job's failure cap: counted (status and metric), not recorded. */
+    atomic_fetch_add(&run->env.sv->metrics->failures_unrecorded, 1);
+    return;
   case FX_REFD_FOLLOW: {
     char *url = NULL;
     if (found.exact && !(url = strdup(ref))) {
@@ -359,6 +363,7 @@ static void on_reference(void *arg, const char *ref, int only_type, int exact) {
     char shown[512], note[160], msg[860], key[FX_REF_KEY_SIZE];
     fx_url_redact(ref, shown, sizeof shown);
     fx_url_problem_note(ref, note, sizeof note);
+    fx_utf8_trim(shown);
     snprintf(msg, sizeof msg,
              "reference %s is outside the tenant's FHIR base%s; not fetched with the tenant's "
              "token",
@@ -511,7 +516,8 @@ static int read_answer(run_fetch *f, const fx_http_response *res, failure *fl, c
     continues = handle_bundle(f, doc);
   } else {
     fl->cls = FX_EC_INVALID_RESPONSE;
-    snprintf(msg, size, "expected a %s but got %s", is_read ? fx_type_names[f->type] : "Bundle",
+    snprintf(msg, size, "expected a %s but got %.*s", is_read ? fx_type_names[f->type] : "Bundle",
+             (int)fx_utf8_cut(doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON", 64),
              doc ? (rt ? rt : "JSON without resourceType") : "a body that is not JSON");
   }
   json_decref(doc);
@@ -524,18 +530,20 @@ static void describe_failure(const fx_fetch_result *r, failure *fl, char *outcom
   const fx_http_response *res = r->res;
   if (r->ae) {
     fl->cls = fx_errclass_of_auth(r->ae, NULL);
-    snprintf(msg, size, "%s", r->ae->err.msg);
+    fx_utf8_copy(msg, size, r->ae->err.msg);
   } else if (res->result) {
     fl->cls = res->result == FX_ETOOLARGE ? FX_EC_TOO_LARGE : FX_EC_TRANSIENT;
-    snprintf(msg, size, "%s", res->error);
+    fx_utf8_copy(msg, size, res->error);
   } else {
     fl->cls = fx_errclass_of_status(res->status);
     fl->status = res->status;
     fx_fhir_outcome_summary(res->body, outcome, osize);
     char redirect[400];
     fx_url_redirect_note(res->status, fx_http_header(res, "Location"), redirect, sizeof redirect);
+    fx_utf8_trim(redirect); /* the server's Location, cut on a character */
     snprintf(msg, size, "HTTP %ld%s%s%s%s", res->status, redirect[0] ? ": " : "", redirect,
              outcome[0] ? ": " : "", outcome);
+    fx_utf8_trim(msg);
     fl->outcome = outcome;
   }
 }
@@ -558,7 +566,7 @@ static void run_on_fetch_done(fx_fetch *ff, const fx_fetch_result *r) {
   char outcome[512] = "", msg[768] = "";
   if (r->end == FX_FETCH_REFUSED) {
     fl.cls = r->cls;
-    snprintf(msg, sizeof msg, "%s", r->message);
+    fx_utf8_copy(msg, sizeof msg, r->message);
   } else if (!r->ae && !r->res->result && r->res->status == 200) {
     int continues = read_answer(f, r->res, &fl, msg, sizeof msg);
     if (!fl.cls) {

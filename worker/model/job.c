@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/strutil.h"
 #include "worker/model/resources.h"
 
 #define MAX_ID 128
@@ -36,11 +37,15 @@ static size_t field_prefix(const char *m) {
   }
 }
 
+/* At most 64 bytes of a string from the job, for "%.*s", cut on a character. */
+#define SHOWN64(s) (int)fx_utf8_cut((s), 64), (s)
+
 static int fail(fx_job_error *e, fx_errclass cls, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(e->msg, sizeof e->msg, fmt, ap);
   va_end(ap);
+  fx_utf8_trim(e->msg); /* a long message is cut on a character, never inside one */
   e->cls = cls;
   size_t n = field_prefix(e->msg);
   snprintf(e->field, sizeof e->field, "%.*s", (int)n, e->msg);
@@ -104,9 +109,9 @@ static int parse_types(json_t *arr, const char *where, const fx_profile *prof, f
     int idx = fx_resource_index(t);
     if (idx < 0)
       return fail(e, FX_EC_INVALID_JOB,
-                  "%s[%zu]: '%.64s' is not an R4 resource type fhirx extracts (names are "
+                  "%s[%zu]: '%.*s' is not an R4 resource type fhirx extracts (names are "
                   "case-sensitive: Observation)",
-                  where, i, t ? t : "(not a string)");
+                  where, i, SHOWN64(t ? t : "(not a string)"));
     if (!fx_types_has(patient, idx))
       return fail(e, FX_EC_INVALID_JOB,
                   "%s[%zu]: the tenant's profile (%s) does not fetch %s per patient; %s", where, i,
@@ -161,9 +166,9 @@ static int bulk_type(const char *t, size_t i, const fx_profile *prof, int *idx,
   *idx = fx_resource_index(t);
   if (*idx < 0)
     return fail(e, FX_EC_INVALID_JOB,
-                "resources[%zu]: '%.64s' is not an R4 resource type fhirx extracts (names are "
+                "resources[%zu]: '%.*s' is not an R4 resource type fhirx extracts (names are "
                 "case-sensitive: Observation)",
-                i, t ? t : "(not a string)");
+                i, SHOWN64(t ? t : "(not a string)"));
   if (fx_types_has(prof->bulk_types, *idx) ||
       fx_types_has(fx_profile_patient_types(prof), *idx))
     return 0;
@@ -244,9 +249,9 @@ static int check_type_filter(const char *q, size_t i, const fx_profile *prof, co
   if (!job->bulk_all && !fx_types_has(job->bulk_types, idx)) {
     if (types_from_tenant)
       return fail(e, FX_EC_INVALID_JOB,
-                  "type_filter[%zu]: tenant %.64s does not extract %s (tenants[].resources, or "
+                  "type_filter[%zu]: tenant %.*s does not extract %s (tenants[].resources, or "
                   "its profile); drop the filter, or name the types in resources",
-                  i, job->tenant, type);
+                  i, SHOWN64(job->tenant), type);
     return fail(e, FX_EC_INVALID_JOB,
                 "type_filter[%zu]: %s is not among the job's resources; a _typeFilter narrows "
                 "one of the exported types (_type): add it to resources or drop the filter",
@@ -297,9 +302,9 @@ static int bulk_types(json_t *doc, const fx_profile *prof, const fx_tenant_conf 
                       int *from_tenant, fx_job_error *e) {
   if (fx_types_empty(prof->bulk_types))
     return fail(e, FX_EC_INVALID_JOB,
-                "kind: tenant %.64s's profile (%s) has no bulk section, so its server's Group "
+                "kind: tenant %.*s's profile (%s) has no bulk section, so its server's Group "
                 "$export is not known; use patient jobs, or a profile with one (tenants[].profile)",
-                job->tenant, prof->name);
+                SHOWN64(job->tenant), prof->name);
   fx_types want = FX_TYPES_NONE;
   json_t *resources = json_object_get(doc, "resources");
   if (resources) {
@@ -327,9 +332,9 @@ static int bulk_types(json_t *doc, const fx_profile *prof, const fx_tenant_conf 
                         fx_types_or(prof->bulk_types, fx_profile_patient_types(prof)));
     if (fx_types_empty(want))
       return fail(e, FX_EC_INVALID_JOB,
-                  "tenant %.64s extracts no type its profile (%s) exports or fetches per "
+                  "tenant %.*s extracts no type its profile (%s) exports or fetches per "
                   "patient (tenants[].resources); name the types in resources",
-                  job->tenant, prof->name);
+                  SHOWN64(job->tenant), prof->name);
   }
   job->bulk_types = fx_types_and(want, prof->bulk_types);
   job->per_patient_types = fx_types_minus(want, prof->bulk_types);
@@ -424,7 +429,7 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
   const char *id0 = json_string_value(json_object_get(doc, "job_id"));
   const char *tenant0 = json_string_value(json_object_get(doc, "tenant"));
   if (id0 && safe_id(id0, MAX_ID, "-._:")) snprintf(e->job_id, sizeof e->job_id, "%s", id0);
-  if (tenant0) snprintf(e->tenant, sizeof e->tenant, "%s", tenant0);
+  if (tenant0) fx_utf8_copy(e->tenant, sizeof e->tenant, tenant0); /* never half a character */
   const char *key;
   json_t *v;
   json_object_foreach(doc, key, v) {
@@ -432,10 +437,10 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
     while (i < n && strcmp(known_fields[i], key) != 0) i++;
     if (i == n)
       return fail(e, FX_EC_INVALID_JOB,
-                  "unknown field '%.64s'; a job has job_id, tenant, patients or tasks, resources, "
+                  "unknown field '%.*s'; a job has job_id, tenant, patients or tasks, resources, "
                   "since, follow_references, attempt (a bulk job, \"kind\": \"bulk\", has "
                   "group and type_filter instead of patients or tasks)",
-                  key);
+                  SHOWN64(key));
   }
   json_t *kind = json_object_get(doc, "kind");
   if (kind) {
@@ -474,11 +479,17 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
                 MAX_ID);
   const char *tenant = tenant0;
   if (!tenant) return fail(e, FX_EC_INVALID_JOB, "tenant: required, a configured tenant id");
+  /* Not a name any tenant can have (tenants[].id, schemas/job.schema.json): no
+   * configuration would let a replay run it, so it is not unknown_tenant. */
+  if (!safe_id(tenant, 64, "._-"))
+    return fail(e, FX_EC_INVALID_JOB,
+                "tenant: '%.*s' is not a tenant id (1..64 of A-Z a-z 0-9 . _ -, as tenants[].id)",
+                SHOWN64(tenant));
   const fx_tenant_conf *t = fx_config_tenant(cfg, tenant);
   if (!t)
     return fail(e, FX_EC_UNKNOWN_TENANT,
-                "tenant '%.64s' is not configured on this worker; add it under tenants[]",
-                tenant);
+                "tenant '%.*s' is not configured on this worker; add it under tenants[]",
+                SHOWN64(tenant));
   if (!(job->job_id = strdup(id)) || !(job->tenant = strdup(tenant)))
     return fail(e, FX_EC_INVALID_JOB, "out of memory");
 
@@ -499,10 +510,10 @@ static int parse_fields(json_t *doc, const fx_profile_set *ps, const fx_job_limi
     char names[400] = "";
     if (fp) fx_types_join(fp->follow, ", ", names, sizeof names);
     return fail(e, FX_EC_INVALID_JOB,
-                "follow_references: tenant %.64s does not follow references "
+                "follow_references: tenant %.*s does not follow references "
                 "(tenants[].follow_references is false, so its token has no scopes for %s); set "
                 "it to true and tick those scopes, or drop follow_references",
-                tenant, names[0] ? names : "the referenced types");
+                SHOWN64(tenant), names[0] ? names : "the referenced types");
   }
   json_t *attempt = json_object_get(doc, "attempt");
   if (attempt && (!json_is_integer(attempt) || json_integer_value(attempt) < 1 ||
@@ -586,6 +597,10 @@ int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
   *out = NULL;
   memset(e, 0, sizeof *e);
   if (len > lim->max_bytes) return parse_doc(NULL, len, ps, lim, out, e);
+  if (!buf || len == 0)
+    return fail(e, FX_EC_INVALID_JOB,
+                "empty message (tombstone): a job is a JSON object; a null value deletes a key "
+                "on a compacted topic, and the jobs topic is not one. Produce the job itself");
   json_error_t jerr;
   json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!doc)

@@ -110,7 +110,8 @@ const char *fx_job_error_text(const fx_job_error *e);
 int fx_job_from_json(const json_t *doc, const fx_profile_set *profiles, const fx_job_limits *lim,
                      fx_job **out, fx_job_error *err);
 
-/* Parses and validates a job. profiles supplies the tenants (profiles->cfg)
+/* Parses and validates a job (buf may be NULL with len 0: a tombstone, refused
+ * as an empty message). profiles supplies the tenants (profiles->cfg)
  * and how each fetches. Returns 0 and a new job in *out (fx_job_free), or -1
  * with err filled. */
 int fx_job_parse(const char *buf, size_t len, const fx_profile_set *profiles,

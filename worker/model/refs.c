@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-int fx_refs_init(fx_refs *r, size_t max) {
+int fx_refs_init(fx_refs *r, size_t max, size_t max_failures) {
   memset(r, 0, sizeof *r);
   r->max = max;
+  r->max_failures = max_failures;
   return (r->asked = fx_strset_new()) ? 0 : -1;
 }
 
@@ -15,17 +16,29 @@ void fx_refs_free(fx_refs *r) {
   r->asked = NULL;
 }
 
-/* Adds prefix + s to the asked set: 1 when new, 0 when there, -1 on OOM.
- * Built from lengths: two long URLs never collide. */
-static int once(fx_refs *r, const char *prefix, const char *s) {
+/* A foreign or invalid reference: reported once per URL while the job is
+ * under its failure cap; past it, counted without being remembered. The set
+ * key is prefix + URL, built from lengths: two long URLs never collide. */
+static fx_ref_decision once(fx_refs *r, const char *prefix, const char *s, fx_ref_decision d) {
   size_t a = strlen(prefix), b = strlen(s);
   char *key = malloc(a + b + 1);
-  if (!key) return -1;
+  if (!key) return FX_REFD_SKIP;
   memcpy(key, prefix, a);
   memcpy(key + a, s, b + 1);
-  int rc = fx_strset_add(r->asked, key);
+  int rc;
+  if (fx_strset_has(r->asked, key)) {
+    rc = 0;
+  } else if (r->reported >= r->max_failures) {
+    r->unrecorded++;
+    free(key);
+    return FX_REFD_UNRECORDED;
+  } else {
+    rc = fx_strset_add(r->asked, key);
+  }
   free(key);
-  return rc;
+  if (rc != 1) return FX_REFD_SKIP;
+  r->reported++;
+  return d;
 }
 
 fx_ref_decision fx_refs_consider(fx_refs *r, const fx_profile *p, const char *base,
@@ -34,21 +47,24 @@ fx_ref_decision fx_refs_consider(fx_refs *r, const fx_profile *p, const char *ba
   int idx = -1;
   switch (fx_ref_parse(ref, base, out->key, sizeof out->key, &idx)) {
   case FX_REF_NONE: return FX_REFD_SKIP;
-  case FX_REF_FOREIGN: return once(r, "foreign:", ref) == 1 ? FX_REFD_FOREIGN : FX_REFD_SKIP;
+  case FX_REF_FOREIGN: return once(r, "foreign:", ref, FX_REFD_FOREIGN);
   case FX_REF_INVALID:
     if (!fx_types_has(p->follow, idx) || (only_type >= 0 && idx != only_type)) return FX_REFD_SKIP;
     out->type = idx;
-    return once(r, "invalid:", ref) == 1 ? FX_REFD_INVALID : FX_REFD_SKIP;
+    return once(r, "invalid:", ref, FX_REFD_INVALID);
   case FX_REF_LOCAL: break;
   }
   if (!fx_types_has(p->follow, idx) || (only_type >= 0 && idx != only_type)) return FX_REFD_SKIP;
-  if ((seen && fx_strset_has(seen, out->key)) || fx_strset_add(r->asked, out->key) != 1)
+  if ((seen && fx_strset_has(seen, out->key)) || fx_strset_has(r->asked, out->key))
     return FX_REFD_SKIP;
-  if (++r->followed > r->max) {
+  /* Past the cap nothing is remembered: the set holds at most max entities. */
+  if (r->followed >= r->max) {
     if (r->capped) return FX_REFD_SKIP;
     r->capped = 1;
     return FX_REFD_CAPPED;
   }
+  if (fx_strset_add(r->asked, out->key) != 1) return FX_REFD_SKIP;
+  r->followed++;
   out->type = idx;
   out->exact = exact && strstr(ref, "://") != NULL;
   return FX_REFD_FOLLOW;

@@ -11,10 +11,17 @@
  *                    the tenant's token; reported once per URL
  *   FX_REFD_INVALID  a followed type whose id breaks the id rule
  *                    (resources.h): never fetched; reported once
+ *   FX_REFD_UNRECORDED  a FOREIGN or INVALID one past
+ *                    worker.max_reference_failures_per_job: counted in
+ *                    unrecorded, not reported, its URL not remembered
  *   FX_REFD_CAPPED   past worker.max_references_per_job: reported once
  *                    (the first time), then skipped
  *   FX_REFD_SKIP     anything else: contained (#x), not followed, asked for
  *                    already, or already published by the job (seen)
+ *
+ * Both sets stay bounded whatever a server sends: "asked" holds at most
+ * max entities plus max_failures reported URLs. Past the failure cap a URL
+ * met twice is counted twice (remembering it is what the cap prevents).
  *
  * Thread: the caller's; a fx_refs belongs to one job. */
 #ifndef FX_MODEL_REFS_H
@@ -32,7 +39,8 @@ typedef enum fx_ref_decision {
   FX_REFD_FOLLOW,
   FX_REFD_FOREIGN,
   FX_REFD_INVALID,
-  FX_REFD_CAPPED
+  FX_REFD_CAPPED,
+  FX_REFD_UNRECORDED
 } fx_ref_decision;
 
 typedef struct fx_refs {
@@ -40,6 +48,9 @@ typedef struct fx_refs {
   size_t followed;    /* FOLLOW decisions so far */
   size_t max;         /* worker.max_references_per_job */
   int capped;
+  size_t max_failures; /* worker.max_reference_failures_per_job */
+  size_t reported;     /* FOREIGN and INVALID decisions so far */
+  long long unrecorded; /* UNRECORDED decisions so far */
 } fx_refs;
 
 typedef struct fx_ref_found {
@@ -48,8 +59,9 @@ typedef struct fx_ref_found {
   int exact;                      /* FOLLOW: fetch ref itself (an attachment's absolute URL) */
 } fx_ref_found;
 
-/* 0, or -1 when out of memory. */
-int fx_refs_init(fx_refs *r, size_t max);
+/* max: entities followed; max_failures: foreign or invalid references
+ * reported. 0, or -1 when out of memory. */
+int fx_refs_init(fx_refs *r, size_t max, size_t max_failures);
 void fx_refs_free(fx_refs *r);
 
 /* What ref (a reference value, or an attachment URL with only_type Binary

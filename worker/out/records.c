@@ -53,6 +53,7 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value, s
     rd_kafka_header_add(h, name, -1, value, (ssize_t)n);
     return;
   }
+  n = fx_utf8_cut(value, max); /* a character is kept whole or left out */
   char *copy = malloc(n + 1);
   if (!copy) return;
   memcpy(copy, value, n);
@@ -87,6 +88,7 @@ char *fx_rec_failure_value(const fx_rec_job *j, const fx_rec_failure *f, size_t 
   char now[32], shown[1024] = "";
   if (!f->time) fx_iso_now(now);
   if (f->url) fx_url_redact(f->url, shown, sizeof shown);
+  fx_utf8_trim(shown); /* a long URL is cut on a character */
   json_t *o = json_pack(
       "{s:s, s:o, s:o, s:o, s:o, s:o, s:s, s:b, s:o, s:o, s:o, s:i, s:o, s:s, s:i, s:o}", "type",
       "failure", "job_id", fx_rec_text(j->job_id), "tenant", or_null(j->tenant), "patient",
@@ -128,14 +130,15 @@ char *fx_rec_status_value(const fx_rec_job *j, const fx_rec_status *s, size_t *l
   /* "s:O" takes a reference of its own: an array made here is given with "s:o". */
   json_t *types = s->full_types ? json_incref(s->full_types) : json_array();
   json_t *o = json_pack(
-      "{s:s, s:o, s:o, s:s, s:i, s:I, s:I, s:I, s:O, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s, s:s,"
-      " s:I, s:o, s:o}",
+      "{s:s, s:o, s:o, s:s, s:i, s:I, s:I, s:I, s:O, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s,"
+      " s:s, s:I, s:o, s:o}",
       "type", "status", "job_id", fx_rec_text(j->job_id), "tenant", or_null(j->tenant), "state",
       fx_outcome_name(s->outcome), "attempt", j->attempt, "patients", (json_int_t)s->patients,
       "tasks", (json_int_t)s->tasks, "tasks_failed", (json_int_t)s->tasks_failed, "counts",
       s->counts, "resources", (json_int_t)s->resources, "references_fetched",
       (json_int_t)s->references_fetched, "references_cached", (json_int_t)s->references_cached,
-      "failures", (json_int_t)s->failures, "error_class",
+      "failures", (json_int_t)s->failures, "failures_not_recorded",
+      (json_int_t)s->failures_unrecorded, "error_class",
       s->error_class != FX_EC_NONE ? json_string(fx_errclass_name(s->error_class)) : json_null(),
       "full_types", types, "since", or_null(s->since),
       "started_at", s->started_at, "finished_at", s->finished_at, "duration_ms",

@@ -75,6 +75,7 @@ typedef struct fx_rec_status {
   long long patients, tasks, tasks_failed;
   json_t *counts;            /* borrowed: resourceType -> n */
   long long resources, references_fetched, references_cached, failures;
+  long long failures_unrecorded; /* past worker.max_reference_failures_per_job: counted only */
   fx_errclass error_class;   /* FX_EC_NONE: null */
   json_t *full_types;        /* borrowed array; NULL = [] */
   const char *since;         /* NULL: null */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/strutil.h"
 #include "worker/model/errclass.h"
 
 /* ---- times --------------------------------------------------------------- */
@@ -463,6 +464,16 @@ int fx_rp_marker_decode(const char *text, size_t len, fx_rp_marker *m) {
     *eq = '\0';
     const char *v = eq + 1;
     long long num;
+    /* Each key once: a repeated list would replace (and leak) the first, and
+     * a marker is only ever written with each key once. */
+    static const char *const keys[] = {"t", "nj", "np", "j", "k", "d"};
+    int bit = 0;
+    for (int i = 0; i < 6; i++)
+      if (strcmp(t, keys[i]) == 0) bit = 1 << i;
+    if (bit & seen) {
+      rc = -1;
+      break;
+    }
     if (strcmp(t, "t") == 0 && parse_int(v, 0, INT64_MAX, &num) == 0) m->t_ms = num, seen |= 1;
     else if (strcmp(t, "nj") == 0 && parse_int(v, 0, INT32_MAX, &num) == 0) m->n_jobs = (long)num, seen |= 2;
     else if (strcmp(t, "np") == 0 && parse_int(v, 0, INT32_MAX, &num) == 0) m->n_parked = (long)num, seen |= 4;
@@ -562,4 +573,37 @@ int fx_rp_parse_position(const char *s, size_t len, char *topic, size_t topic_si
   *partition = (int32_t)v[0];
   *offset = v[1];
   return 0;
+}
+
+/* ---- the dry run's text ----------------------------------------------------------- */
+
+/* A header value for a terminal: escaped, "-" when absent. */
+static void shown(const char *v, char *out, size_t size) {
+  fx_str_printable(v && *v ? v : "-", out, size);
+}
+
+void fx_rp_dry_line(const fx_rp_letter *l, const char *verb, const char *attempt,
+                    const char *reason, char *out, size_t size) {
+  char pos[320], job[600], tenant[600], cls[300], status[100], last[300], why[2600];
+  fx_rp_position(l, pos, sizeof pos);
+  shown(l->job_id, job, sizeof job);
+  shown(l->tenant, tenant, sizeof tenant);
+  shown(l->error_class, cls, sizeof cls);
+  fx_str_printable(l->http_status, status, sizeof status);
+  shown(l->last_failure, last, sizeof last);
+  fx_str_printable(reason, why, sizeof why);
+  if (!size) return;
+  snprintf(out, size, "%-6s %s  job %s  tenant %s  %s%s%s%s  attempt %s  last failure %s%s%s",
+           verb, pos, job, tenant, cls, status[0] ? " (" : "", status, status[0] ? ")" : "",
+           attempt, last, why[0] ? ": " : "", why);
+  fx_utf8_trim(out);
+}
+
+void fx_rp_dry_key(const fx_rp_letter *l, char *out, size_t size) {
+  char tenant[600], cls[300];
+  shown(l->tenant, tenant, sizeof tenant);
+  shown(l->error_class, cls, sizeof cls);
+  if (!size) return;
+  snprintf(out, size, "%s\t%s", tenant, cls);
+  fx_utf8_trim(out);
 }

@@ -95,6 +95,20 @@ int fx_rp_attempt(const fx_rp_letter *l);
  * value of its replay. */
 void fx_rp_position(const fx_rp_letter *l, char *out, size_t size);
 
+/* One line of `replay --dry-run`'s listing: verb (replay, park, keep, done),
+ * the letter's position, job, tenant, class (and HTTP status), attempt (as
+ * the caller words it, "1 -> 2"), last failure and reason ("" for none).
+ * Every header value and the reason are shown with control characters
+ * escaped (fx_str_printable): a dead letter's headers are whatever was
+ * produced to the topic, and a terminal would obey an escape sequence in
+ * them. Writes out (NUL-terminated, cut on a character when too small). */
+void fx_rp_dry_line(const fx_rp_letter *l, const char *verb, const char *attempt,
+                    const char *reason, char *out, size_t size);
+
+/* The dry run's table key, "tenant<TAB>class" ("-" for an absent header),
+ * both escaped as above, so a tab inside a header cannot split the key. */
+void fx_rp_dry_key(const fx_rp_letter *l, char *out, size_t size);
+
 /* "orig-topic/partition/offset#attempt": which job attempt the letter is
  * about; a parked letter keeps it (its headers are the dead letter's). */
 void fx_rp_identity(const fx_rp_letter *l, char *out, size_t size);
