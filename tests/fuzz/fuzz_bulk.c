@@ -157,7 +157,7 @@ static void check_manifest(const uint8_t *data, size_t size, uint8_t seed) {
   done[n] = again[n] = 0xAB;
   fx_bulk_ranges_parse(json_object_get(m, "files_done"), done, n);
   FZ_CHECK(done[n] == 0xAB, "ranges parsing wrote past %zu flags", n);
-  for (size_t i = 0; i < n; i++) done[i] = done[i] ? 1 : (unsigned char)((seed >> (i % 8)) & 1);
+  for (size_t i = 0; i < n; i++) done[i] = (unsigned char)(done[i] ? 1 : (seed >> (i % 8)) & 1);
   json_t *r = fx_bulk_ranges(done, n);
   fx_bulk_ranges_parse(r, again, n);
   FZ_CHECK(memcmp(done, again, n + 1) == 0, "files-done flags changed through ranges");
