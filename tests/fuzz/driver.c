@@ -82,7 +82,7 @@ static int replay(const char *path, size_t *count) {
     if (names[n]) n++;
   }
   closedir(d);
-  qsort(names, n, sizeof *names, cmp); /* the same order every run */
+  if (n) qsort(names, n, sizeof *names, cmp); /* the same order every run */
   int rc = 0;
   for (size_t i = 0; i < n; i++) {
     size_t plen = strlen(path) + strlen(names[i]) + 2;
