@@ -37,7 +37,7 @@ asan-test: deps
 	@cd $(ASAN_BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
 
 fuzz: deps
-	@cmake -S . -B $(FUZZ_BUILD) -DFHIRX_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	@cmake -S . -B $(FUZZ_BUILD) -DFHIRX_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j$(JOBS)
 	@tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 

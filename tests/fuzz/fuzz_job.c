@@ -1,7 +1,8 @@
 /* The job parser (worker/model/job.c), as a worker reads a message from
  * fhirx.jobs. Properties:
  *  - a rejected job has an error class and a message, and the message names
- *    its field when it has one ("patients[0]: ...");
+ *    its field when it has one ("patients[0]: ..."); its texts (message, what
+ *    could be read of job_id and tenant) are valid UTF-8 when the input is;
  *  - a parsed job, written back as the worker writes a dead letter's value
  *    (fx_job_to_json, compact, run_core.c publish_dead_letter), parses again
  *    to the same job, and writing that one back gives the same bytes
@@ -73,6 +74,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(memchr(e.msg, '\0', sizeof e.msg) && memchr(e.field, '\0', sizeof e.field) &&
                  memchr(e.job_id, '\0', sizeof e.job_id) && memchr(e.tenant, '\0', sizeof e.tenant),
              "an error field is not terminated");
+    /* What the status record and the dead letter's headers say: valid UTF-8
+     * when the message was (issue 13 item 4: a copy must not cut a character). */
+    if (!memchr(data, '\0', size)) {
+      char *in = fz_str(data, size);
+      if (fz_utf8_valid(in))
+        FZ_CHECK(fz_utf8_valid(e.msg) && fz_utf8_valid(e.job_id) && fz_utf8_valid(e.tenant) &&
+                     fz_utf8_valid(e.field),
+                 "an error text is not valid UTF-8: job_id \"%s\" tenant \"%s\" msg \"%s\"",
+                 e.job_id, e.tenant, e.msg);
+      free(in);
+    }
     if (e.field[0])
       FZ_CHECK(strncmp(e.msg, e.field, strlen(e.field)) == 0,
                "the message \"%s\" does not start with its field \"%s\"", e.msg, e.field);
