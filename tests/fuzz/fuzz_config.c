@@ -2,7 +2,8 @@
  * selects (worker/model/profile.c). Properties:
  *  - a config either loads or fails with an error code and a message that
  *    names where: a JSON position ("line 3, column 5: ...") or a field (it
- *    names a section, "tenants[0].fhir_base: ...");
+ *    names a section, "tenants[0].fhir_base: ..."); an unknown name is
+ *    quoted short enough that the names allowed still fit;
  *  - in a loaded config every tenant's fhir_base is an absolute http(s) URL
  *    with a host (curl reads it so), without a trailing '/', and the tenant
  *    ids are distinct;
@@ -50,6 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(cfg == NULL, "a refused config was returned");
     FZ_CHECK(err.code != 0 && err.msg[0], "a refused config has no error");
     FZ_CHECK(names_where(err.msg), "the error \"%s\" names no field", err.msg);
+    if (strstr(err.msg, ": unknown section;") || strstr(err.msg, ": unknown option;"))
+      FZ_CHECK(strlen(err.msg) + 1 < sizeof err.msg,
+               "the unknown name crowds out what is allowed: \"%s\"", err.msg);
     free(text);
     return 0;
   }
