@@ -27,14 +27,14 @@ for t in "${targets[@]}"; do
   if "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$t" "tests/fuzz/regressions/$t" \
       >"$build/fuzz-$t.log" 2>&1; then
-    grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb" "$build/fuzz-$t.log" | tr '\n' ' '
+    grep -aE "^stat::number_of_executed_units|^stat::peak_rss_mb" "$build/fuzz-$t.log" | tr '\n' ' '
     echo
   else
     failed+=("$t")
-    grep -E "property violated|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|SUMMARY" \
+    grep -aE "property violated|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error|SUMMARY" \
       "$build/fuzz-$t.log" | head -5
     echo "fuzz $t FAILED; its log: $build/fuzz-$t.log"
-    for c in $(grep -oE "Test unit written to [^ ]+" "$build/fuzz-$t.log" | awk '{print $5}'); do
+    for c in $(grep -aoE "Test unit written to [^ ]+" "$build/fuzz-$t.log" | awk '{print $5}'); do
       echo "  crash input: $c"
       echo "  replay it:   $bin $c"
       echo "  keep it:     cp $c tests/fuzz/regressions/$t/<what-it-is>  (ctest replays it)"
