@@ -525,6 +525,18 @@ static void known_names(const opt *opts, size_t n, char *buf, size_t size) {
     used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? ", " : "", opts[i].name);
 }
 
+/* A key from the file as an error quotes it: whole up to 64 bytes, else its
+ * first 64 at most (never inside a character) and "...", so what the message
+ * goes on to say (the names allowed) always fits (found by tests/fuzz/fuzz_config). */
+static const char *shown_key(const char *key, char out[72]) {
+  size_t m = strlen(key);
+  if (m <= 64) return key;
+  m = 64;
+  while (m && ((unsigned char)key[m] & 0xC0) == 0x80) m--;
+  snprintf(out, 72, "%.*s...", (int)m, key);
+  return out;
+}
+
 static int parse_object(json_t *obj, const opt *opts, size_t n, void *base, const char *path,
                         const char *dir, fx_err *err) {
   char where[256];
@@ -537,8 +549,9 @@ static int parse_object(json_t *obj, const opt *opts, size_t n, void *base, cons
     if (i == n) {
       char names[512];
       known_names(opts, n, names, sizeof names);
-      return fx_err_set(err, FX_EINVAL, "%s.%s: unknown option; %s takes: %s", path, key, path,
-                        names);
+      char shown[72];
+      return fx_err_set(err, FX_EINVAL, "%s.%s: unknown option; %s takes: %s", path,
+                        shown_key(key, shown), path, names);
     }
   }
   for (size_t i = 0; i < n; i++) {
@@ -706,11 +719,12 @@ static int parse_root(json_t *root, fx_config *cfg, fx_err *err) {
   json_object_foreach(root, key, v) {
     size_t i = 0;
     while (i < COUNT(sections) && strcmp(sections[i].name, key) != 0) i++;
+    char shown[72];
     if (i == COUNT(sections))
       return fx_err_set(err, FX_EINVAL,
                         "%s: unknown section; the top level takes: tenants, keys, http, auth, "
                         "log, kafka, topics, worker, replay, admin, bulk",
-                        key);
+                        shown_key(key, shown));
   }
   for (size_t i = 0; i < COUNT(sections); i++) {
     int rc = parse_section(&sections[i], json_object_get(root, sections[i].name), cfg, err);

@@ -164,4 +164,9 @@ void fx_fhir_outcome_summary(const char *body, char *out, size_t size) {
     fx_utf8_trim(out); /* a long diagnostic is cut: on a character, never inside one */
   }
   json_decref(doc);
+  /* One line: a server's line breaks and other control characters become
+   * spaces, so the summary cannot forge or split a line of a log or a report
+   * (found by tests/fuzz/fuzz_replies). ASCII only: UTF-8 stays valid. */
+  for (char *c = out; *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = ' ';
 }

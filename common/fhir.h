@@ -39,7 +39,7 @@ int fx_fhir_get(fx_loop *lp, fx_token_cache *tc, const fx_fhir_request *req, fx_
                 void *arg, fx_err *err);
 
 /* One line from an OperationOutcome body ("error required: at least one of ..."),
- * empty if the body is not one. Diagnostics come from the server, not from
+ * empty if the body is not one; control characters (line breaks) become spaces. Diagnostics come from the server, not from
  * the resource data, so they are safe to log. */
 void fx_fhir_outcome_summary(const char *body, char *out, size_t size);
 

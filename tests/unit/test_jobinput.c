@@ -422,10 +422,46 @@ static void ndjson_bulk(void **state) {
   fx_jobin_free(in);
 }
 
+/* A job id names one job: the same job written twice (its id derived from
+ * its content) or one id given to two jobs fails the input, naming the id
+ * (found by tests/fuzz/fuzz_jobinput: regressions/jobinput/same-job-twice-same-id). */
+static void duplicate_job_ids(void **state) {
+  (void)state;
+  fx_err err = {0};
+  const char *twice = "{\"tenant\":\"t1\",\"patients\":[\"7\"]}\n"
+                      "{\"tenant\":\"t1\",\"patients\":[\"7\"]}\n";
+  fx_jobin *in = open_in((fx_jobin_opts){.batch = 10});
+  read_text(in, twice, FX_JOBIN_NDJSON, 0);
+  assert_int_equal(fx_jobin_finish(in, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "two jobs of the input have the job_id job-"));
+  fx_jobin_free(in);
+  in = open_in((fx_jobin_opts){.batch = 10});
+  read_text(in,
+            "{\"job_id\":\"j1\",\"tenant\":\"t1\",\"patients\":[\"1\"]}\n"
+            "{\"job_id\":\"j1\",\"tenant\":\"t1\",\"patients\":[\"2\"]}\n",
+            FX_JOBIN_NDJSON, 0);
+  assert_int_equal(fx_jobin_finish(in, &err), FX_EINVAL);
+  assert_non_null(strstr(err.msg, "the job_id j1 "));
+  fx_jobin_free(in);
+  /* Distinct jobs keep distinct derived ids. */
+  in = open_in((fx_jobin_opts){.batch = 10});
+  read_text(in,
+            "{\"tenant\":\"t1\",\"patients\":[\"1\"]}\n"
+            "{\"tenant\":\"t1\",\"patients\":[\"2\"]}\n",
+            FX_JOBIN_NDJSON, 0);
+  assert_int_equal(fx_jobin_finish(in, &err), 0);
+  size_t n = 0;
+  const fx_jobin_job *jobs = fx_jobin_jobs(in, &n);
+  assert_int_equal(n, 2);
+  assert_string_not_equal(jobs[0].job_id, jobs[1].job_id);
+  fx_jobin_free(in);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(csv_split), cmocka_unit_test(ndjson_batches),
                                      cmocka_unit_test(bad_lines), cmocka_unit_test(csv_input),
                                      cmocka_unit_test(options), cmocka_unit_test(many_lines),
-                                     cmocka_unit_test(bulk_job), cmocka_unit_test(ndjson_bulk)};
+                                     cmocka_unit_test(bulk_job), cmocka_unit_test(ndjson_bulk),
+                                     cmocka_unit_test(duplicate_job_ids)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -70,6 +70,19 @@ uint64_t fx_bulk_poll_delay(long retry_after_ms, uint64_t prev_ms, uint64_t floo
  * up to 100). */
 uint64_t fx_bulk_backoff_ms(uint64_t base_ms, int tries, uint64_t ceiling_ms);
 
+/* The NDJSON splitter of file downloads (pure, for tests and fuzzing): the
+ * next line of buf[0..avail). Returns the bytes it takes (the line and its
+ * '\n'; with final, an unterminated last line too), or 0 when buf holds no
+ * complete line yet. *line_len is the line's length without the trailing
+ * '\r', ' ' and '\t' (0: a blank line, skipped). */
+size_t fx_bulk_line(const char *buf, size_t avail, int final, size_t *line_len);
+
+/* Checks a completed export's manifest (pure, for tests and fuzzing): an
+ * object with an output array and, if present, an error array, each entry
+ * with a string url and type. Returns 0 with the counts, or -1 with msg
+ * saying what is wrong. */
+int fx_bulk_manifest_check(const json_t *m, size_t *n_out, size_t *n_err, char *msg, size_t size);
+
 /* files_done ranges ([[0,3],[5,5]]) <-> a flag per file. Parsing ignores
  * indexes >= n. */
 json_t *fx_bulk_ranges(const unsigned char *done, size_t n);

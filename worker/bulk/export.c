@@ -501,25 +501,12 @@ static void kickoff(bx_export *e) {
 static int read_manifest(bx_export *e, const fx_http_response *res, char *msg, size_t size) {
   json_error_t je;
   json_t *m = json_loadb(res->body, res->body_len, 0, &je);
-  json_t *out = json_object_get(m, "output");
-  json_t *err = json_object_get(m, "error");
-  if (!json_is_object(m) || !json_is_array(out) || (err && !json_is_array(err))) {
+  size_t n_out, n_err;
+  if (fx_bulk_manifest_check(m, &n_out, &n_err, msg, size) != 0) {
     json_decref(m);
-    snprintf(msg, size,
-             "the completed export's manifest is not a Bulk Data manifest (output[] "
-             "missing or not an array)");
     return -1;
   }
-  size_t n_out = json_array_size(out), n_err = err ? json_array_size(err) : 0, n = n_out + n_err;
-  for (size_t i = 0; i < n; i++) {
-    json_t *it = i < n_out ? json_array_get(out, i) : json_array_get(err, i - n_out);
-    if (!json_string_value(json_object_get(it, "url")) ||
-        !json_string_value(json_object_get(it, "type"))) {
-      json_decref(m);
-      snprintf(msg, size, "manifest entry %zu has no url or type", i);
-      return -1;
-    }
-  }
+  size_t n = n_out + n_err;
   json_t *rat = json_object_get(m, "requiresAccessToken");
   e->requires_token = !json_is_false(rat);
   const char *tt = json_string_value(json_object_get(m, "transactionTime"));

@@ -292,8 +292,9 @@ static int process_lines(bx_file *f, int final) {
   while (f->off < f->len) {
     char *start = f->buf + f->off;
     size_t avail = f->len - f->off;
-    char *nl = memchr(start, '\n', avail);
-    if (!nl && !final) {
+    size_t m;
+    size_t take = fx_bulk_line(start, avail, final, &m);
+    if (!take) {
       if (avail > max_line && !f->skipping) {
         /* Longer than any message may be: report it once, skip to its end. */
         char msg[300];
@@ -307,16 +308,13 @@ static int process_lines(bx_file *f, int final) {
       if (f->skipping) f->off = f->len;
       break;
     }
-    size_t n = nl ? (size_t)(nl - start) : avail;
     if (f->skipping) {
       f->skipping = 0;
-      f->off += n + (nl ? 1 : 0);
+      f->off += take;
       continue;
     }
-    size_t m = n;
-    while (m && (start[m - 1] == '\r' || start[m - 1] == ' ' || start[m - 1] == '\t')) m--;
     if (m && publish_line(f, start, m) == RD_KAFKA_RESP_ERR__QUEUE_FULL) return 1;
-    f->off += n + (nl ? 1 : 0);
+    f->off += take;
   }
   if (f->off) { /* keep only the unfinished line */
     memmove(f->buf, f->buf + f->off, f->len - f->off);

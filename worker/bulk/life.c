@@ -3,6 +3,7 @@
  * (bulk.h). */
 #include "worker/bulk/life.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "worker/bulk/bulk.h"
@@ -154,4 +155,38 @@ void fx_bulk_ranges_parse(const json_t *ranges, unsigned char *done, size_t n) {
     if (a < 0) continue;
     for (json_int_t i = a; i <= z && (size_t)i < n; i++) done[i] = 1;
   }
+}
+
+size_t fx_bulk_line(const char *buf, size_t avail, int final, size_t *line_len) {
+  *line_len = 0;
+  const char *nl = memchr(buf, '\n', avail);
+  if (!nl && !final) return 0;
+  size_t n = nl ? (size_t)(nl - buf) : avail, m = n;
+  while (m && (buf[m - 1] == '\r' || buf[m - 1] == ' ' || buf[m - 1] == '\t')) m--;
+  *line_len = m;
+  return n + (nl ? 1 : 0);
+}
+
+int fx_bulk_manifest_check(const json_t *m, size_t *n_out, size_t *n_err, char *msg, size_t size) {
+  json_t *out = json_object_get(m, "output");
+  json_t *err = json_object_get(m, "error");
+  *n_out = *n_err = 0;
+  if (!json_is_object(m) || !json_is_array(out) || (err && !json_is_array(err))) {
+    snprintf(msg, size,
+             "the completed export's manifest is not a Bulk Data manifest (output[] "
+             "missing or not an array)");
+    return -1;
+  }
+  size_t no = json_array_size(out), ne = err ? json_array_size(err) : 0;
+  for (size_t i = 0; i < no + ne; i++) {
+    json_t *it = i < no ? json_array_get(out, i) : json_array_get(err, i - no);
+    if (!json_string_value(json_object_get(it, "url")) ||
+        !json_string_value(json_object_get(it, "type"))) {
+      snprintf(msg, size, "manifest entry %zu has no url or type", i);
+      return -1;
+    }
+  }
+  *n_out = no;
+  *n_err = ne;
+  return 0;
 }

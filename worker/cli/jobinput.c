@@ -41,6 +41,7 @@ struct fx_jobin {
   fx_jobin_job *jobs;
   size_t n_jobs, cap_jobs;
   fx_strset *tenants;
+  fx_strset *ids; /* the job ids given so far: each names one job */
   fx_jobin_stats st;
   unsigned long next_number; /* for prefix-NNNNNN */
   int csv_cols[N_COLS];      /* column index, -1 when absent */
@@ -163,6 +164,21 @@ static void add_job(fx_jobin *in, json_t *content) {
   size_t patients = 0;
   int bulk = 0;
   if (!text || check_job(in, job, &patients, &bulk) != 0) {
+    free(text);
+    json_decref(job);
+    return;
+  }
+  /* Two jobs with one id would be one job to everything downstream (status,
+   * dead letters, replay). --job-id is checked by fx_jobin_finish. */
+  int fresh = in->o.job_id ? 1 : fx_strset_add(in->ids, id);
+  if (fresh != 1) {
+    if (!in->failed[0])
+      snprintf(in->failed, sizeof in->failed,
+               fresh == 0 ? "two jobs of the input have the job_id %s (a job written twice, or "
+                            "one id given to two jobs); a job id names one job: drop the "
+                            "repeated job or give each its own job_id"
+                          : "out of memory (job %s)",
+               id);
     free(text);
     json_decref(job);
     return;
@@ -568,7 +584,8 @@ int fx_jobin_new(const fx_profile_set *profiles, const fx_job_limits *lim,
   in->o = *opts;
   in->group_index = json_object();
   in->tenants = fx_strset_new();
-  if (!in->group_index || !in->tenants) {
+  in->ids = fx_strset_new();
+  if (!in->group_index || !in->tenants || !in->ids) {
     fx_jobin_free(in);
     return fx_err_set(err, FX_ENOMEM, "out of memory");
   }
@@ -625,5 +642,6 @@ void fx_jobin_free(fx_jobin *in) {
   free(in->jobs);
   json_decref(in->group_index);
   if (in->tenants) fx_strset_free(in->tenants);
+  if (in->ids) fx_strset_free(in->ids);
   free(in);
 }
