@@ -530,7 +530,8 @@ long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
   const long long cap = 1000000000000000LL;
   long long v = 0;
   while (*p >= '0' && *p <= '9') {
-    v = v >= cap ? cap : v * 10 + (*p - '0');
+    v = v > cap / 10 ? cap : v * 10 + (*p - '0');
+    if (v > cap) v = cap; /* v <= cap: v * 1000 below cannot overflow */
     p++;
   }
   const char *end = p;
@@ -538,7 +539,7 @@ long fx_http_retry_after_value_ms(const char *value, long long now_ms) {
   if (end != digits && *p == '\0') {
     const long long window_ms = FX_RETRY_AFTER_EPOCH_WINDOW_S * 1000;
     if (v >= FX_RETRY_AFTER_EPOCH_MIN) {
-      long long at_s = v * 1000; /* v < cap: no overflow */
+      long long at_s = v * 1000; /* v <= cap: no overflow */
       if (v <= cap / 1000 && at_s >= now_ms - window_ms && at_s <= now_ms + window_ms)
         return clamp_wait(at_s - now_ms); /* epoch seconds */
       if (v >= now_ms - window_ms && v <= now_ms + window_ms)

@@ -44,7 +44,7 @@ static void check_outcome(const char *body, size_t size) {
 static void check_discovery(const char *body, long status) {
   char *te = NULL;
   fx_auth_error e;
-  int rc = fx_smart_check_discovery("t1", status, body, FX_ALG_RS384, &te, &e);
+  int rc = fx_smart_check_discovery("t1", status, body, FX_ALG_RS384, 1, &te, &e);
   if (rc != 0) {
     FZ_CHECK(te == NULL, "a refused discovery gave an endpoint");
     FZ_CHECK(e.err.msg[0] != '\0', "a refused discovery has no message");

@@ -143,7 +143,7 @@ static void check_ref(const char *ref, const char *base, size_t key_size) {
 static void check_follow(const char *ref, const char *base) {
   const fx_profile *p = fx_profile_for(fz_profiles(), "t1");
   fx_refs r;
-  if (!p || fx_refs_init(&r, 10) != 0) abort();
+  if (!p || fx_refs_init(&r, 10, 10) != 0) abort();
   fx_ref_found f;
   memset(&f, 0, sizeof f);
   for (int exact = 0; exact < 2; exact++) {

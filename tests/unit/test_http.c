@@ -669,6 +669,10 @@ static void retry_after_values(void **state) {
   assert_int_equal(fx_http_retry_after_value_ms("Fri, 01 Jan 100000 00:00:00 GMT", now),
                    FX_RETRY_AFTER_MAX_MS);
   assert_int_equal(fx_http_retry_after_value_ms("Mon, 01 Jan 1900 00:00:00 GMT", now), 0);
+  /* Found by fuzz_retry_after: 17 digits passed the saturation point by 10x
+   * and overflowed v * 1000 (UBSan). */
+  assert_int_equal(fx_http_retry_after_value_ms("09223372036854776", now), FX_RETRY_AFTER_MAX_MS);
+  assert_int_equal(fx_http_retry_after_value_ms("9999999999999999", now), FX_RETRY_AFTER_MAX_MS);
 }
 
 /* Issue 13 item 11: a request marked public_only never connects to an

@@ -603,9 +603,14 @@ int fx_job_parse(const char *buf, size_t len, const fx_profile_set *ps,
                 "on a compacted topic, and the jobs topic is not one. Produce the job itself");
   json_error_t jerr;
   json_t *doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-  if (!doc)
-    return fail(e, FX_EC_INVALID_JOB, "not JSON: %s at line %d, column %d", jerr.text, jerr.line,
+  if (!doc) {
+    /* jansson's text quotes the input near the error, cut wherever its buffer
+     * ended (inside a character, or in bytes that were never UTF-8). */
+    char text[sizeof jerr.text];
+    fx_utf8_copy(text, sizeof text, jerr.text);
+    return fail(e, FX_EC_INVALID_JOB, "not JSON: %s at line %d, column %d", text, jerr.line,
                 jerr.column);
+  }
   int rc = parse_doc(doc, len, ps, lim, out, e);
   json_decref(doc);
   return rc;
