@@ -3,13 +3,18 @@
 #   make test   build, then run every test (ctest)
 # and the mutation harness (docs/testing.md):
 #   make mutants [MUTANTS=id1,id2]   plant each listed bug in a scratch copy, expect the tests to fail
+# and the sanitizer runs (docs/testing.md), each in its own build tree:
+#   make asan-test   the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   make tsan-test   the whole suite under ThreadSanitizer (build-tsan/; tests/tsan.supp holds the
+#                    suppressions, for library internals only; the embedded Kafka helper is not sanitized)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 MUTANTS ?=
 
-.PHONY: all deps build demo test asan-test bench docs clean install mutants
+.PHONY: all deps build demo test asan-test tsan-test bench docs clean install mutants
 
 all: build
 
@@ -31,6 +36,15 @@ asan-test: deps
 	@cmake --build $(ASAN_BUILD) -j$(JOBS)
 	@cd $(ASAN_BUILD) && ctest --output-on-failure -j$(JOBS) --timeout 900
 
+# TSAN_OPTIONS from the environment wins; by default the suppressions file and a non-zero
+# exit on any report (.ci/run adds halt_on_error=1).
+TSAN_OPTIONS ?= suppressions=$(CURDIR)/tests/tsan.supp second_deadlock_stack=1
+tsan-test: deps
+	@cmake -S . -B $(TSAN_BUILD) -DFHIRX_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(TSAN_BUILD) -j$(JOBS)
+	@cd $(TSAN_BUILD) && TSAN_OPTIONS="$(TSAN_OPTIONS)" FHIRX_TIME_FACTOR=$${FHIRX_TIME_FACTOR:-3} \
+	  ctest --output-on-failure -j$(JOBS) --timeout 1800
+
 docs: build
 	@$(BUILD)/worker/fhirx config reference > docs/configuration.md
 
@@ -41,7 +55,7 @@ mutants: deps
 	@/usr/bin/python3 tests/mutants/run.py --jobs $(JOBS) $(if $(MUTANTS),--only $(MUTANTS))
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) build-mutants
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) build-mutants
 
 bench: build
 	@cmake --build $(BUILD) --target bench
