@@ -28,6 +28,12 @@ from e2e import SANDBOX, Env, log  # noqa: E402
 import probe  # noqa: E402
 
 
+def under_tsan(pid):
+    """True when the process runs with the ThreadSanitizer runtime (a -DFHIRX_TSAN=ON build)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libtsan" in f.read()
+
+
 def proc_kib(pid, field):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -73,6 +79,7 @@ def main():
             st = f.read().split(")")[1].split()
         cpu = (int(st[11]) + int(st[12])) / tick - cpu_before
         hwm_after = proc_kib(w.pid, "VmHWM")
+        tsan = under_tsan(w.pid)
         results = [m for m in env.read("fhirx.results") if m.headers.get("fhirx-job-id") == "bench-bulk"]
         ndjson_bytes = sum(len(m.value) + 1 for m in results)
         counters = env.sim_get("/_sim/counters")
@@ -125,7 +132,12 @@ def main():
                                 % (status["state"], len({m.key for m in results})))
             if ndjson_bytes < 20 * 2**20:
                 problems.append("the file is only %.1f MiB; the check needs >= 20" % (ndjson_bytes / 2**20))
-            if (hwm_after - hwm_before) * 1024 > ndjson_bytes / 2:
+            # Under ThreadSanitizer (make tsan-test) every byte the worker touches has its
+            # shadow and metadata in RSS too (measured: 43 MiB of growth where a normal build
+            # grows 7): allow 5x. Holding the file instead of streaming it still fails by far
+            # (27 MiB held is well over 100 MiB of RSS under TSan).
+            allowed = ndjson_bytes / 2 * (5 if tsan else 1)
+            if (hwm_after - hwm_before) * 1024 > allowed:
                 problems.append("peak RSS grew by %.1f MiB for a %.1f MiB file: not streamed"
                                 % ((hwm_after - hwm_before) / 1024, ndjson_bytes / 2**20))
             if rc != 0:

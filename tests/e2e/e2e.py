@@ -21,6 +21,10 @@ FHIRX = os.path.join(BUILD, "worker/fhirx")
 SIM = os.path.join(BUILD, "tests/sim/cerner-sim")
 MOCK = os.path.join(BUILD, "tests/kafka/fhirx-kafka-mock")
 SANDBOX = "ec2458f2-1e24-41c8-b71b-0e701af7583d"
+# Sanitized builds run slower (ThreadSanitizer several times): `make tsan-test` sets
+# FHIRX_TIME_FACTOR and every wait below stretches by it. A bound on waiting, never a
+# measurement: no test asserts how long anything took.
+TIME_FACTOR = float(os.environ.get("FHIRX_TIME_FACTOR", "1"))
 TOPICS = ["fhirx.jobs", "fhirx.results", "fhirx.failures", "fhirx.dlq", "fhirx.status"]
 
 
@@ -29,7 +33,7 @@ def log(*args):
 
 
 def wait_file(path, timeout=20):
-    end = time.time() + timeout
+    end = time.time() + timeout * TIME_FACTOR
     while time.time() < end:
         if os.path.exists(path) and os.path.getsize(path) > 0:
             with open(path) as f:
@@ -135,7 +139,7 @@ class Env:
 
     def admin_url(self, worker, timeout=20):
         """The worker's admin endpoint, from its "admin endpoint listening" log line."""
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while time.time() < end:
             for line in self.logs(worker.name).splitlines():
                 if '"admin endpoint listening"' in line:
@@ -159,7 +163,7 @@ class Env:
         """Until the consumer group has settled on exactly these workers: each owns
         partitions of the jobs topic and together they own all of them (from each
         worker's /readyz), so a job enqueued now is consumed by one of them."""
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while True:
             got = [self.assigned(w) for w in workers]
             if all(got) and sum(got) == self.partitions:
@@ -185,7 +189,7 @@ class Env:
     def wait_log(self, worker, msg, count=1, timeout=60):
         """Until the worker has logged msg (a JSON log line's "msg") count times;
         returns those lines, parsed."""
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while True:
             lines = [json.loads(l) for l in self.logs(worker.name).splitlines()
                      if l.startswith("{") and '"msg":%s' % json.dumps(msg) in l]
@@ -200,7 +204,7 @@ class Env:
     def wait_statuses(self, job_ids, timeout=120):
         """Until each of job_ids has a status record; returns every status record."""
         want = set(job_ids)
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while True:
             msgs = read_topic(self.bootstrap, "fhirx.status")
             if want <= {m.key for m in msgs}:
@@ -214,7 +218,7 @@ class Env:
     def stop(self, p, sig=signal.SIGTERM, timeout=60):
         p.send_signal(sig)
         try:
-            return p.wait(timeout)
+            return p.wait(timeout * TIME_FACTOR)
         except subprocess.TimeoutExpired:
             # A hang at exit: say where every thread is before failing.
             log("--- %s did not exit within %ds of signal %d" % (getattr(p, "name", p.pid),
@@ -274,7 +278,7 @@ class Env:
         """Every message of topic from the beginning up to its end (no group); waits
         until there are at least min_count, and fails loudly when there are not
         within timeout (a partial list would let a check pass on what was not read)."""
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while True:
             msgs = read_topic(self.bootstrap, topic)
             if len(msgs) >= min_count:
@@ -288,7 +292,7 @@ class Env:
     def wait_status(self, n, timeout=120):
         """Status records until n distinct jobs have one (a job redone after a
         rebalance or a crash has more than one)."""
-        end = time.time() + timeout
+        end = time.time() + timeout * TIME_FACTOR
         while True:
             msgs = read_topic(self.bootstrap, "fhirx.status")
             jobs = {m.key for m in msgs}
@@ -309,7 +313,7 @@ class Env:
                 "--expect-status", str(expect_status), "--timeout", "60"]
         if check_jobs:
             argv.append("--check-jobs")
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=180 * TIME_FACTOR)
         return r.returncode, (r.stdout + r.stderr).strip()
 
     def committed(self, group="fhirx-workers"):
@@ -394,7 +398,7 @@ def read_topic(bootstrap, topic, stall_timeout=30):
             c.assign(parts)
             last_progress = time.time()
             while remaining:
-                if time.time() - last_progress > stall_timeout:
+                if time.time() - last_progress > stall_timeout * TIME_FACTOR:
                     raise AssertionError(
                         "reading %s stalled: %d messages read, partitions %s not read to their "
                         "ends %s; errors: %s" % (topic, len(out), sorted(remaining),
@@ -419,7 +423,7 @@ LIVE_ENVS = []
 
 def wait_until(what, pred, timeout=120, step=0.2):
     """Polls pred until it returns something true (returned), or fails loudly."""
-    end = time.time() + timeout
+    end = time.time() + timeout * TIME_FACTOR
     while True:
         v = pred()
         if v:

@@ -122,9 +122,15 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
   }
   if (strcmp(url, "/ok") == 0) return reply(c, 200, "application/json", "{\"ok\":true}", 11);
   if (strcmp(url, "/big") == 0) {
-    static char big[1 << 20];
-    memset(big, 'x', sizeof big);
-    return reply(c, 200, "text/plain", big, sizeof big);
+    /* Per request: MHD answers concurrent requests on their own threads (a shared buffer
+     * filled on each request was a data race under TSan). */
+    size_t n = (size_t)1 << 20;
+    char *big = malloc(n);
+    if (!big) return MHD_NO;
+    memset(big, 'x', n);
+    enum MHD_Result ret = reply(c, 200, "text/plain", big, n);
+    free(big);
+    return ret;
   }
   if (strcmp(url, "/slow") == 0) {
     sleep(2);
