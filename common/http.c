@@ -466,7 +466,10 @@ static void complete(xfer *x, CURLcode code) {
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &res.status);
   curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &res.seconds);
   res.result = x->sink_abort ? FX_ECANCELED : map_curl_error(code, x->too_large);
-  if (code != CURLE_OK && x->refused[0] && !x->sink_abort) {
+  /* Refused only when no connection was made: an address refused while curl
+   * went on to a public one of the same host does not turn a later timeout
+   * or reset into a permanent refusal. */
+  if (code == CURLE_COULDNT_CONNECT && x->refused[0] && !x->sink_abort) {
     res.result = FX_EPERM;
     snprintf(res.error, sizeof res.error,
              "refused to connect to %s: this request may reach only public addresses", x->refused);

@@ -334,13 +334,14 @@ static int token_error(const fx_smart_client *c, long status, json_t *doc, fx_au
   else if (desc)
     snprintf(why, sizeof why, " (%.*s)", (int)fx_utf8_cut(desc, 200), desc);
   if (strcmp(error, "invalid_client") == 0) {
-    char client[96];
+    char client[96], aud[512];
     fx_smart_client_id_shown(c->client_id, client, sizeof client);
+    fx_url_redact(c->token_endpoint, aud, sizeof aud); /* never its userinfo */
     auth_error(e, FX_EAUTH, status,
                "tenant %s: invalid_client%s: the token endpoint refused our client assertion, "
                "signed with kid '%s' (%s) as client '%s' for aud %s. Hint: %s",
-               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), client,
-               c->token_endpoint, invalid_client_hint(e->reason));
+               c->tenant, why, c->key->kid, fx_alg_name(c->key->alg), client, aud,
+               invalid_client_hint(e->reason));
   } else if (strcmp(error, "invalid_scope") == 0) {
     /* The scope list can be long (a scope per resource type); the message
      * is built from lengths so that the hint always survives whole and the
@@ -389,11 +390,12 @@ int fx_smart_parse_token_response(const fx_smart_client *c, long status,
                                                                            : "a non-JSON body")
                            : "a JSON body";
     int transient = status >= 500 || status == 429 || status == 408 || status == 200;
-    char redirect[300];
+    char redirect[300], shown[512];
     fx_url_redirect_note(status, NULL, redirect, sizeof redirect);
+    fx_url_redact(c->token_endpoint, shown, sizeof shown);
     auth_error(e, transient ? FX_ETRANSIENT : FX_EAUTH, status,
                "tenant %s: the token endpoint %s answered HTTP %ld with %s%s%s; %s", c->tenant,
-               c->token_endpoint, status, what, redirect[0] ? ", " : "", redirect,
+               shown, status, what, redirect[0] ? ", " : "", redirect,
                transient ? "this looks like an outage or a proxy in the way, retrying with backoff"
                          : "check tenants[].token_endpoint (or let discovery find it)");
     rc = e->err.code;
@@ -463,9 +465,11 @@ static void on_token(fx_http_response *res, void *arg) {
   int rc;
   if (res->result) {
     memset(&e, 0, sizeof e);
+    char shown[512];
+    fx_url_redact(t->token_endpoint, shown, sizeof shown);
     auth_error(&e, res->result == FX_ECANCELED ? FX_ECANCELED : FX_ETRANSIENT, 0,
                "tenant %s: token request to %s failed: %s; retrying with backoff", t->tenant,
-               t->token_endpoint, res->error);
+               shown, res->error);
     rc = e.err.code;
   } else {
     rc = fx_smart_parse_token_response(&t->c, res->status, fx_http_header(res, "Content-Type"),

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/strutil.h"
+
 typedef struct parts {
   char *scheme, *host, *port, *path;
 } parts;
@@ -53,13 +55,21 @@ static size_t decode(const char *s, size_t n, char *out) {
   return o;
 }
 
+/* Whether s[0..n) is a dot segment: "." or "..", also with path parameters
+ * ("..;x", "..;"), which Tomcat, Jetty and Spring drop before they
+ * normalize, so "..;" climbs like "..". */
+static int dot_segment(const char *s, size_t n) {
+  const char *semi = memchr(s, ';', n);
+  size_t k = semi ? (size_t)(semi - s) : n;
+  return (k == 1 && s[0] == '.') || (k == 2 && s[0] == '.' && s[1] == '.');
+}
+
 /* The problem with one path segment (seg[0..n), no raw '/'), or NULL. The
  * segment is decoded until it no longer changes, so "%252e" (a proxy that
  * decodes once, then a server that decodes again) counts as "." too. */
 static const char *segment_problem(const char *seg, size_t n) {
   if (memchr(seg, '\\', n)) return "a backslash";
-  if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
-    return "a dot segment ('.' or '..')";
+  if (dot_segment(seg, n)) return "a dot segment ('.' or '..', with or without ';parameters')";
   if (!memchr(seg, '%', n)) return NULL;
   char *buf = malloc(n);
   if (!buf) return "a path segment that could not be checked (out of memory)";
@@ -71,8 +81,9 @@ static const char *segment_problem(const char *seg, size_t n) {
     n = m;
     if (memchr(buf, '\\', n)) why = "a percent-encoded backslash ('%5c')";
     else if (memchr(buf, '/', n)) why = "a percent-encoded '/' ('%2f')";
-    else if ((n == 1 && buf[0] == '.') || (n == 2 && buf[0] == '.' && buf[1] == '.'))
-      why = "a percent-encoded dot segment ('%2e', '.%2e', ...)";
+    else if (memchr(buf, '\0', n)) why = "a percent-encoded NUL ('%00')";
+    else if (dot_segment(buf, n))
+      why = "a percent-encoded dot segment ('%2e', '.%2e', '..%3b', ...)";
     if (why) break;
   }
   free(buf);
@@ -163,8 +174,7 @@ int fx_url_may_carry_token(const char *url, const fx_token_scope *s) {
   return s->own_export && !fx_url_problem(url) && fx_url_same_origin(url, s->base);
 }
 
-void fx_url_redact(const char *url, char *out, size_t size) {
-  if (!size) return;
+static void redact(const char *url, char *out, size_t size) {
   out[0] = '\0';
   size_t n = strcspn(url, "?#"), used = 0;
   const char *from = url;
@@ -193,4 +203,13 @@ void fx_url_redact(const char *url, char *out, size_t size) {
     q += strcspn(q, "&#");
     if (*q == '&') q++;
   }
+}
+
+void fx_url_redact(const char *url, char *out, size_t size) {
+  if (!size) return;
+  redact(url, out, size);
+  /* What a server wrote goes into headers, records and logs: valid UTF-8,
+   * never a character cut by the buffer's end. */
+  fx_utf8_trim(out);
+  fx_utf8_fix(out);
 }

@@ -329,6 +329,19 @@ static void dry_run_lines(void **state) {
   assert_string_equal(line, "park   fhirx.dlq/0/1  job -  tenant -  -  attempt 1  last failure -");
   fx_rp_dry_key(&none, key, sizeof key);
   assert_string_equal(key, "-\t-");
+  /* A tenant of 64 control bytes escapes to 256 characters: the key still
+   * has its tab (replay_run splits it there) and fits its buffer. */
+  char ctl[65], k200[200];
+  memset(ctl, 0x01, 64);
+  ctl[64] = '\0';
+  fx_rp_letter loud = {.topic = "fhirx.dlq", .tenant = ctl, .error_class = "invalid_job"};
+  fx_rp_dry_key(&loud, k200, sizeof k200);
+  assert_non_null(strchr(k200, '\t'));
+  assert_true(strlen(k200) < sizeof k200);
+  assert_string_equal(strchr(k200, '\t') + 1, "invalid_job");
+  assert_int_equal(strncmp(k200, "\\x01\\x01", 8), 0);
+  fx_rp_dry_key(&loud, k200, 8);
+  assert_non_null(strchr(k200, '\t'));
   fx_rp_dry_line(&l, "replay", "1 -> 2", "", line, 40);
   assert_true(strlen(line) < 40);
   assert_null(strchr(line, 0x1b));

@@ -323,10 +323,32 @@ static void long_client_id_keeps_the_message(void **state) {
   assert_null(strstr(e.err.msg, ".eyJ"));
 }
 
+/* A token endpoint with userinfo (configured or discovered) is named in auth
+ * errors, which reach failure records, dead letters and logs: never with its
+ * userinfo (issue 13 item 9). */
+static void token_endpoint_userinfo_never_shown(void **state) {
+  (void)state;
+  fx_smart_client c = client;
+  c.token_endpoint = "https://svc:hunter2@auth/tenants/t1/protocols/oauth2/profiles/smart-v1/token";
+  fx_token_grant g;
+  fx_auth_error e;
+  int rc = fx_smart_parse_token_response(
+      &c, 400, "application/json",
+      "{\"error\":\"invalid_client\",\"error_uri\":\"" CERNER_URI("unknown-kid") "\"}", &g, &e);
+  assert_int_equal(rc, FX_EAUTH);
+  assert_non_null(strstr(e.err.msg, "for aud https://auth/tenants/t1/"));
+  assert_null(strstr(e.err.msg, "hunter2"));
+  rc = fx_smart_parse_token_response(&c, 503, "text/html", "<html>down</html>", &g, &e);
+  assert_int_equal(rc, FX_ETRANSIENT);
+  assert_non_null(strstr(e.err.msg, "the token endpoint https://auth/tenants/t1/"));
+  assert_null(strstr(e.err.msg, "hunter2"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(success),
                                      cmocka_unit_test(expires_in_is_bounded),
                                      cmocka_unit_test(invalid_client_names_kid_and_reason),
+                                     cmocka_unit_test(token_endpoint_userinfo_never_shown),
                                      cmocka_unit_test(invalid_scope_lists_what_we_asked),
                                      cmocka_unit_test(invalid_scope_never_cut_mid_sentence),
                                      cmocka_unit_test(outages_are_transient),

@@ -55,6 +55,15 @@ static void encoded_dot_segments_and_backslashes(void **state) {
       "https://fhir-ehr.cerner.com/r4/t1/..%252ft2/Patient/1",
       "https://fhir-ehr.cerner.com/r4/t1/..%255ct2/Patient/1",
       "https://fhir-ehr.cerner.com/r4/t1/%25252e%25252e/t2/Patient/1",
+      /* path parameters: Tomcat, Jetty and Spring drop ";..." before they
+       * normalize, so "..;" climbs like ".."; and a decoded NUL */
+      "https://fhir-ehr.cerner.com/r4/t1/..;/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..;x=1/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/.;/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/%2e%2e;x=1/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%3b/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%3B/t2/Patient/1",
+      "https://fhir-ehr.cerner.com/r4/t1/..%00/t2/Patient/1",
   };
   fx_token_scope s = {.base = base};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -70,6 +79,8 @@ static void encoded_dot_segments_and_backslashes(void **state) {
   assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Binary/a.b..c", base));
   assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/%41", base));
   assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/...", base));
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/a;b", base));
+  assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Patient/...;x", base));
   assert_true(fx_url_within("https://fhir-ehr.cerner.com/r4/t1/Observation?x=%2e%2e%2f..\\", base));
   assert_null(fx_url_problem("https://fhir-ehr.cerner.com/r4/t1/Patient?a=%2e%2e"));
   assert_non_null(strstr(fx_url_problem("https://h/r4/t1/%2e%2e/t2"), "dot segment"));
@@ -132,6 +143,12 @@ static void redact(void **state) {
   /* An '@' in the path or query is not userinfo. */
   fx_url_redact("https://h/a@b/c?d=e@f", out, sizeof out);
   assert_string_equal(out, "https://h/a@b/c?d=");
+  /* Valid UTF-8 whatever the server wrote: a character the end would cut is
+   * left out, bytes that were never UTF-8 become '?'. */
+  fx_url_redact("https://h/caf\xc3\xa9", out, 15);
+  assert_string_equal(out, "https://h/caf");
+  fx_url_redact("https://h/a\xff\xc3" "b", out, sizeof out);
+  assert_string_equal(out, "https://h/a??b");
   for (size_t n = 1; n < 40; n++) { /* cut anywhere: terminated, never the secret */
     fx_url_redact("https://user:secret@storage.example/b/1.ndjson", out, n);
     assert_true(strlen(out) < n);

@@ -678,8 +678,9 @@ int fx_replay_dry_run(replay *r) {
          "done");
   for (i = 0; keys && i < n; i++) {
     json_t *row = json_object_get(r->table, keys[i]);
-    const char *tab = strchr(keys[i], '\t');
-    printf("%-40.*s %-20s %8lld %8lld %8lld\n", (int)(tab - keys[i]), keys[i], tab + 1,
+    const char *tab = strchr(keys[i], '\t'); /* always there (fx_rp_dry_key) */
+    int tlen = tab ? (int)(tab - keys[i]) : (int)strlen(keys[i]);
+    printf("%-40.*s %-20s %8lld %8lld %8lld\n", tlen, keys[i], tab ? tab + 1 : "",
            (long long)json_integer_value(json_array_get(row, 0)),
            (long long)json_integer_value(json_array_get(row, 1)),
            (long long)json_integer_value(json_array_get(row, 2)));

@@ -343,8 +343,8 @@ fx_rp_action fx_rp_decide(const fx_rp_rules *r, const fx_rp_letter *l, char **jo
   fx_job_error jerr;
   if (fx_job_from_json(doc, r->profiles, &r->lim, &parsed, &jerr) != 0) {
     json_decref(doc);
-    snprintf(reason, reason_size, "not replayable as is (%s): %.300s" AFTER_FIX,
-             fx_errclass_name(jerr.cls), jerr.msg);
+    snprintf(reason, reason_size, "not replayable as is (%s): %.*s" AFTER_FIX,
+             fx_errclass_name(jerr.cls), (int)fx_utf8_cut(jerr.msg, 300), jerr.msg);
     return FX_RP_PARK_INVALID;
   }
   char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -604,6 +604,19 @@ void fx_rp_dry_key(const fx_rp_letter *l, char *out, size_t size) {
   shown(l->tenant, tenant, sizeof tenant);
   shown(l->error_class, cls, sizeof cls);
   if (!size) return;
-  snprintf(out, size, "%s\t%s", tenant, cls);
-  fx_utf8_trim(out);
+  /* The tab always fits: escaping makes a header up to 4x longer, and a key
+   * without its tab cannot be split again. When both do not fit, the class
+   * keeps up to half the room and the tenant the rest, each cut on a
+   * character (escaped text is valid UTF-8). */
+  size_t room = size - 1, nt = strlen(tenant), nc = strlen(cls);
+  if (room < 1) {
+    out[0] = '\0';
+    return;
+  }
+  if (nt + 1 + nc > room) {
+    if (nc > (room - 1) / 2) nc = (room - 1) / 2;
+    if (nt > room - 1 - nc) nt = room - 1 - nc;
+  }
+  snprintf(out, size, "%.*s\t%.*s", (int)fx_utf8_cut(tenant, nt), tenant,
+           (int)fx_utf8_cut(cls, nc), cls);
 }

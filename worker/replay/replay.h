@@ -106,7 +106,8 @@ void fx_rp_dry_line(const fx_rp_letter *l, const char *verb, const char *attempt
                     const char *reason, char *out, size_t size);
 
 /* The dry run's table key, "tenant<TAB>class" ("-" for an absent header),
- * both escaped as above, so a tab inside a header cannot split the key. */
+ * both escaped as above, so a tab inside a header cannot split the key; the
+ * tab is always there (size >= 2), the two cut to fit around it. */
 void fx_rp_dry_key(const fx_rp_letter *l, char *out, size_t size);
 
 /* "orig-topic/partition/offset#attempt": which job attempt the letter is
