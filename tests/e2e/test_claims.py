@@ -227,6 +227,9 @@ def scenario_delivery(check):
         m = scrape(admin)
         check(value(m, "fhirx_delivery_errors_total") > 0,
               "Kafka refused the results (%d delivery errors)" % value(m, "fhirx_delivery_errors_total"))
+        check(value(m, "fhirx_results_total") == 0,
+              "no result counts as published: Kafka acknowledged none (fhirx_results_total %d)"
+              % value(m, "fhirx_results_total"))
         check("an output was not delivered; its job will not be committed" in env.logs("w1"),
               "the worker gave up on the results and says the job will not be committed")
         # C's commit is the proof that commits happen at all (auto-commit every 500 ms).

@@ -78,11 +78,11 @@ static void render(const fx_admin *a, buf *b) {
     const char *name, *help;
     size_t off;
   } counters[] = {
-      {"fhirx_results_total", "Resources published to the results topic.", offsetof(fx_metrics, results)},
-      {"fhirx_failures_total", "Failure records published.", offsetof(fx_metrics, failures)},
+      {"fhirx_results_total", "Resources published to the results topic (acknowledged by Kafka).", offsetof(fx_metrics, results)},
+      {"fhirx_failures_total", "Failure records published (acknowledged by Kafka).", offsetof(fx_metrics, failures)},
       {"fhirx_failures_not_recorded_total", "Foreign or invalid references past a job's worker.max_reference_failures_per_job: counted, not published as failure records.", offsetof(fx_metrics, failures_unrecorded)},
-      {"fhirx_dead_letters_total", "Dead letters published.", offsetof(fx_metrics, dead_letters)},
-      {"fhirx_status_records_total", "Status records published.", offsetof(fx_metrics, statuses)},
+      {"fhirx_dead_letters_total", "Dead letters published (acknowledged by Kafka).", offsetof(fx_metrics, dead_letters)},
+      {"fhirx_status_records_total", "Status records published (acknowledged by Kafka).", offsetof(fx_metrics, statuses)},
       {"fhirx_http_retries_total", "FHIR requests retried after a transient failure.", offsetof(fx_metrics, http_retries)},
       {"fhirx_reference_fetches_total", "Referenced entities fetched.", offsetof(fx_metrics, refs_fetched)},
       {"fhirx_reference_cache_hits_total", "Referenced entities published from the reference cache.", offsetof(fx_metrics, refs_cached)},

@@ -222,7 +222,6 @@ static void publish_ref(bx_file *f, const bx_ref *r, const fx_http_response *res
     free(key);
     bx_count_add(f->counts, type, 1);
     f->refs_fetched++;
-    atomic_fetch_add(&p->metrics->results, 1);
     atomic_fetch_add(&p->metrics->refs_fetched, 1);
   }
   bx_follow_collect(f, doc, r->depth + 1);

@@ -113,7 +113,6 @@ void bx_publish_failure(bx_export *e, fx_sink *sink, const bx_failure *fl) {
   else
     free(value), bx_unbuilt(e, sink, "failure");
   free(key);
-  atomic_fetch_add(&p->metrics->failures, 1);
 }
 
 /* The dead letter: the job as it was (replay re-runs a new export), the
@@ -142,7 +141,6 @@ void bx_publish_dead_letter(bx_export *e, fx_errclass cls, long status, const ch
       .replayed_from = json_string_value(json_object_get(e->rec, "replayed_from"))};
   bx_emit(e->b, &e->sink, p->app->cfg->topics.dlq, e->job_id, value, len,
           fx_rec_dead_letter_headers(&j, &d));
-  atomic_fetch_add(&p->metrics->dead_letters, 1);
 }
 
 /* The names of the types in t, as a new array (NULL on OOM). */
@@ -239,7 +237,6 @@ void bx_publish_status(bx_export *e) {
     return;
   }
   bx_emit(e->b, &e->sink, p->app->cfg->topics.status, e->job_id, value, len, fx_rec_headers(&j));
-  atomic_fetch_add(&p->metrics->statuses, 1);
   fx_metrics_job_finished(p->metrics, (int)e->end_outcome);
   fx_log(FX_LOG_INFO, "bulk job finished", "job_id", e->job_id, "tenant", j.tenant, "state",
          fx_outcome_name(e->end_outcome), NULL);

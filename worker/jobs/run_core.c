@@ -100,7 +100,6 @@ void run_record_failure(fx_run *run, const run_fetch *f, const failure *fl) {
   else
     free(value), run_unbuilt(run, "failure");
   free(key);
-  atomic_fetch_add(&sv->metrics->failures, 1);
   /* Patient ids only at debug: a read URL or a server's message can hold one. */
   char status[16] = "";
   if (fl->status) snprintf(status, sizeof status, "%ld", fl->status);
@@ -173,7 +172,6 @@ static void publish_dead_letter(fx_run *run) {
                           .last_failure = run->last_failure_at,
                           .replayed_from = run->replayed_from, .omitted = omitted};
   run_emit(run, sv->app->cfg->topics.dlq, j.job_id, value, len, fx_rec_dead_letter_headers(&j, &d));
-  atomic_fetch_add(&sv->metrics->dead_letters, 1);
 }
 
 static void publish_status(fx_run *run) {
@@ -217,7 +215,6 @@ static void publish_status(fx_run *run) {
     return;
   }
   run_emit(run, sv->app->cfg->topics.status, j.job_id, value, len, fx_rec_headers(&j));
-  atomic_fetch_add(&sv->metrics->statuses, 1);
   fx_metrics_job_finished(sv->metrics, (int)outcome);
   run_logctx lc = run_log_of(run);
   fx_log(FX_LOG_INFO, "job finished", "job_id", j.job_id, "tenant", j.tenant, "partition",

@@ -216,7 +216,6 @@ static void publish_resource(run_fetch *f, const page *pg, json_t *res) {
   int idx = fx_resource_index(type);
   if (idx >= 0) run->counts[idx]++;
   run->resources++;
-  atomic_fetch_add(&sv->metrics->results, 1);
   follow_references(f, res);
 }
 

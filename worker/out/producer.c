@@ -18,7 +18,26 @@ struct fx_producer {
   atomic_int give_up;
   atomic_ullong delivery_errors;
   atomic_int brokers_up;
+  /* Deliveries Kafka acknowledged, counted per output topic (/metrics: what
+   * was published, not what was handed to librdkafka). */
+  fx_producer_counter counted[FX_PRODUCER_COUNTERS];
+  size_t n_counted;
 };
+
+static void count_delivered(fx_producer *p, const rd_kafka_message_t *m) {
+  if (!p->n_counted) return;
+  const char *topic = rd_kafka_topic_name(m->rkt);
+  for (size_t i = 0; i < p->n_counted; i++)
+    if (strcmp(topic, p->counted[i].topic) == 0) {
+      atomic_fetch_add(p->counted[i].count, 1);
+      return;
+    }
+}
+
+void fx_producer_count(fx_producer *p, const fx_producer_counter *c, size_t n) {
+  p->n_counted = n < FX_PRODUCER_COUNTERS ? n : FX_PRODUCER_COUNTERS;
+  for (size_t i = 0; i < p->n_counted; i++) p->counted[i] = c[i];
+}
 
 /* A message produced again after a failed delivery: its sink and how often
  * it was tried. Its opaque is the ticket, not the sink. */
@@ -85,6 +104,8 @@ static void on_dr(fx_producer *p, rd_kafka_event_t *ev, fx_sink_batch *batch) {
              "after a restart",
              "topic", rd_kafka_topic_name(m->rkt), "error", rd_kafka_err2str(m->err), NULL);
       failed = 1;
+    } else {
+      count_delivered(p, m);
     }
     free(t);
     if (s != run_sink) {

@@ -20,6 +20,7 @@
 #define FX_OUT_PRODUCER_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "common/config.h"
@@ -58,6 +59,16 @@ void fx_producer_give_up(fx_producer *p);
 /* The largest value this producer takes (message.max.bytes minus headroom
  * for key, headers and record overhead). */
 size_t fx_producer_max_message(const fx_producer *p);
+
+/* Counts acknowledged deliveries to these topics (each counter once per
+ * message Kafka acknowledged; a refused or purged one is not counted). The
+ * topics' strings must outlive p. Call before anything is produced. */
+#define FX_PRODUCER_COUNTERS 8
+typedef struct fx_producer_counter {
+  const char *topic;
+  atomic_ullong *count;
+} fx_producer_counter;
+void fx_producer_count(fx_producer *p, const fx_producer_counter *c, size_t n);
 
 /* For /metrics and /readyz: messages whose delivery failed (each try), and
  * brokers up per the latest statistics. Any thread. */

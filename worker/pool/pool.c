@@ -215,6 +215,12 @@ static int start(supervisor *s, fx_err *err) {
                                  (uint64_t)wc->ref_cache_ttl_s * 1000u);
   int rc = fx_producer_open(cfg, &s->lp, &s->sv.producer, err);
   if (rc) return rc;
+  /* /metrics counts what Kafka acknowledged on each output topic. */
+  const fx_producer_counter counted[] = {{cfg->topics.results, &s->metrics.results},
+                                         {cfg->topics.failures, &s->metrics.failures},
+                                         {cfg->topics.dlq, &s->metrics.dead_letters},
+                                         {cfg->topics.status, &s->metrics.statuses}};
+  fx_producer_count(s->sv.producer, counted, sizeof counted / sizeof counted[0]);
   s->sv.max_message = fx_producer_max_message(s->sv.producer);
   s->n_threads = wc->threads ? (size_t)wc->threads : (size_t)uv_available_parallelism();
   s->threads = calloc(s->n_threads, sizeof *s->threads);
