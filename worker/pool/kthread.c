@@ -88,17 +88,21 @@ static void set_state(fx_kthread *kt, fx_kthread_state to) {
 
 /* ---- partitions ----------------------------------------------------------- */
 
-static void count_assigned(fx_kthread *kt) {
-  rd_kafka_topic_partition_list_t *l = NULL;
-  int n = 0;
-  if (rd_kafka_assignment(kt->consumer, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
-    n = l->cnt;
-    rd_kafka_topic_partition_list_destroy(l);
-  }
+/* How many partitions this thread holds, kept from the rebalance callbacks'
+ * own lists. Not rd_kafka_assignment(): it waits for librdkafka's main
+ * thread to answer, and during a consumer close that answer may never come
+ * (CI saw a worker hang in a revoke callback on it, never exiting). */
+static void count_assigned(fx_kthread *kt, rd_kafka_resp_err_t err, int cooperative, int cnt) {
+  int n = atomic_load(&kt->assigned);
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) n = cooperative ? n + cnt : cnt;
+  else n = cooperative && n > cnt ? n - cnt : 0;
   atomic_store(&kt->assigned, n);
 }
 
 void fx_kthread_pause(fx_kthread *kt, int pause) {
+  /* Leaving, nothing is consumed any more; and rd_kafka_assignment() may
+   * wait forever on a consumer being closed (count_assigned). */
+  if (kt->state >= FX_KT_LEAVING) return;
   rd_kafka_topic_partition_list_t *l = NULL;
   if (rd_kafka_assignment(kt->consumer, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l) return;
   if (l->cnt) {
@@ -146,7 +150,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     fx_log(FX_LOG_INFO, "partitions revoked", "client", kt->log_client, "count", n, NULL);
   }
-  count_assigned(kt);
+  count_assigned(kt, err, cooperative, parts->cnt);
 }
 
 /* ---- the consumer queue --------------------------------------------------- */
