@@ -6,8 +6,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "common/strutil.h"
-
 typedef struct parts {
   char *scheme, *host, *port, *path;
 } parts;
@@ -207,9 +205,29 @@ static void redact(const char *url, char *out, size_t size) {
 
 void fx_url_redact(const char *url, char *out, size_t size) {
   if (!size) return;
-  redact(url, out, size);
-  /* What a server wrote goes into headers, records and logs: valid UTF-8,
-   * never a character cut by the buffer's end. */
-  fx_utf8_trim(out);
-  fx_utf8_fix(out);
+  char *raw = malloc(size);
+  if (!raw) {
+    out[0] = '\0';
+    return;
+  }
+  redact(url, raw, size);
+  /* What a server wrote goes into headers, records and logs: ASCII only.
+   * Bytes outside printable ASCII are percent-encoded, as a URL writes them
+   * (never '?', which would read as a query); an escape that does not fit
+   * whole is left out. */
+  static const char hex[] = "0123456789ABCDEF";
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+    if (*p > 0x20 && *p < 0x7f) {
+      if (o + 1 >= size) break;
+      out[o++] = (char)*p;
+    } else {
+      if (o + 3 >= size) break;
+      out[o++] = '%';
+      out[o++] = hex[*p >> 4];
+      out[o++] = hex[*p & 15];
+    }
+  }
+  out[o] = '\0';
+  free(raw);
 }

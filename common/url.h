@@ -57,9 +57,9 @@ int fx_url_may_carry_token(const char *url, const fx_token_scope *s);
 /* Copies url into out without userinfo ("user:secret@"), query values and
  * fragment ("https://host/path?patient=&_count=") so it can be logged or
  * published without credentials, patient ids or page secrets. Every URL
- * fhirx logs or publishes goes through it. The copy is valid UTF-8: a
- * character the buffer's end would cut is left out, and bytes that were
- * never UTF-8 become '?'. */
+ * fhirx logs or publishes goes through it. The copy is printable ASCII:
+ * other bytes (controls, spaces, UTF-8, bytes that were never UTF-8) are
+ * percent-encoded, and an escape that does not fit whole is left out. */
 void fx_url_redact(const char *url, char *out, size_t size);
 
 /* For a redirect status (300-399), a sentence fragment for error messages into

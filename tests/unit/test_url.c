@@ -143,12 +143,15 @@ static void redact(void **state) {
   /* An '@' in the path or query is not userinfo. */
   fx_url_redact("https://h/a@b/c?d=e@f", out, sizeof out);
   assert_string_equal(out, "https://h/a@b/c?d=");
-  /* Valid UTF-8 whatever the server wrote: a character the end would cut is
-   * left out, bytes that were never UTF-8 become '?'. */
+  /* Printable ASCII whatever the server wrote: other bytes are
+   * percent-encoded (never '?', which would read as a query), and an escape
+   * the end would cut is left out. */
   fx_url_redact("https://h/caf\xc3\xa9", out, 15);
   assert_string_equal(out, "https://h/caf");
-  fx_url_redact("https://h/a\xff\xc3" "b", out, sizeof out);
-  assert_string_equal(out, "https://h/a??b");
+  fx_url_redact("https://h/caf\xc3\xa9", out, 20);
+  assert_string_equal(out, "https://h/caf%C3%A9");
+  fx_url_redact("https://h/a\xff\xc3" "b\x1b[2J c", out, sizeof out);
+  assert_string_equal(out, "https://h/a%FF%C3b%1B[2J%20c");
   for (size_t n = 1; n < 40; n++) { /* cut anywhere: terminated, never the secret */
     fx_url_redact("https://user:secret@storage.example/b/1.ndjson", out, n);
     assert_true(strlen(out) < n);
