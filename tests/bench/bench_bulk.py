@@ -132,12 +132,18 @@ def main():
                                 % (status["state"], len({m.key for m in results})))
             if ndjson_bytes < 20 * 2**20:
                 problems.append("the file is only %.1f MiB; the check needs >= 20" % (ndjson_bytes / 2**20))
-            # Under ThreadSanitizer (make tsan-test) every byte the worker touches has its
-            # shadow and metadata in RSS too (measured: 43 MiB of growth where a normal build
-            # grows 7): allow 5x. Holding the file instead of streaming it still fails by far
-            # (27 MiB held is well over 100 MiB of RSS under TSan).
-            allowed = ndjson_bytes / 2 * (5 if tsan else 1)
-            if (hwm_after - hwm_before) * 1024 > allowed:
+            # Under ThreadSanitizer (make tsan-test) RSS is not a measure of what the worker
+            # holds: every byte it touches has shadow and metadata in RSS too, and that grew
+            # 43 MiB in one TSan run and 72 MiB in another for this same file (a normal build
+            # grows ~7). So the streaming bound is asserted by the normal and ASan runs of this
+            # test (make test, make asan-test), and a TSan run reports the figure only; it
+            # still checks every Observation arrived once and the worker exited 0.
+            allowed = ndjson_bytes / 2
+            grew = (hwm_after - hwm_before) * 1024
+            if tsan:
+                log("under ThreadSanitizer: peak RSS grew by %.1f MiB (reported, not checked: "
+                    "shadow memory)" % (grew / 2**20))
+            elif grew > allowed:
                 problems.append("peak RSS grew by %.1f MiB for a %.1f MiB file: not streamed"
                                 % ((hwm_after - hwm_before) / 1024, ndjson_bytes / 2**20))
             if rc != 0:
